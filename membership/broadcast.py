@@ -1,0 +1,85 @@
+"""The transmit-limited broadcast queue (memberlist's TransmitLimitedQueue).
+
+Claims to disseminate wait here, keyed by what they are about (a member's
+name): a newer claim replaces an older one with the same key, so the queue
+never holds stale news and its length is bounded by the number of keys.
+Each outgoing packet is topped up from the queue: the claims sent the fewest
+times go first (newest first among equals), as many as fit in the bytes left.
+A claim is retired once it has been sent ``limit`` times, where the caller
+computes ``limit`` as retransmit_mult * ceil(log10(n + 1)), enough for an
+epidemic to reach every member with high probability.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+import attrs
+
+T = TypeVar("T")
+
+# Below this many bytes left no message fits; stop scanning.
+_SMALLEST_MESSAGE = 8
+
+
+@attrs.define(slots=True)
+class _Broadcast(Generic[T]):
+    key: str
+    message: T
+    size: int
+    transmits: int = 0
+
+
+class BroadcastQueue(Generic[T]):
+    def __init__(self) -> None:
+        self._by_key: dict[str, _Broadcast[T]] = {}
+        # _levels[t] holds the broadcasts sent t times, in insertion order.
+        self._levels: list[dict[str, _Broadcast[T]]] = [{}]
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def enqueue(self, key: str, message: T, size: int) -> None:
+        """Queue ``message`` (``size`` bytes on the wire), replacing any
+        older message with the same key."""
+        old = self._by_key.pop(key, None)
+        if old is not None:
+            del self._levels[old.transmits][key]
+        broadcast = _Broadcast(key, message, size)
+        self._by_key[key] = broadcast
+        self._levels[0][key] = broadcast
+
+    def discard(self, key: str) -> None:
+        old = self._by_key.pop(key, None)
+        if old is not None:
+            del self._levels[old.transmits][key]
+
+    def pending(self, key: str) -> bool:
+        return key in self._by_key
+
+    def take(self, budget: int, limit: int) -> list[T]:
+        """Messages for one packet with ``budget`` bytes free; counts a
+        transmission for each and retires those sent ``limit`` times."""
+        if not self._by_key or budget < _SMALLEST_MESSAGE:
+            return []
+        chosen: list[_Broadcast[T]] = []
+        for level in self._levels:
+            for broadcast in reversed(level.values()):
+                if broadcast.size <= budget:
+                    chosen.append(broadcast)
+                    budget -= broadcast.size
+                    if budget < _SMALLEST_MESSAGE:
+                        break
+            if budget < _SMALLEST_MESSAGE:
+                break
+        # Oldest first, so that within a level the newer stay in front.
+        for broadcast in reversed(chosen):
+            del self._levels[broadcast.transmits][broadcast.key]
+            broadcast.transmits += 1
+            if broadcast.transmits >= limit:
+                del self._by_key[broadcast.key]
+                continue
+            if broadcast.transmits == len(self._levels):
+                self._levels.append({})
+            self._levels[broadcast.transmits][broadcast.key] = broadcast
+        return [broadcast.message for broadcast in chosen]

@@ -1,0 +1,701 @@
+"""SWIM membership with Lifeguard: the sans-IO protocol core.
+
+Theory of operation
+-------------------
+``Membership`` is one node's view of the cluster. It does no I/O and reads no
+clock: a driver (the trio runtime, or the simulator) feeds it decoded
+messages with ``receive(now, src, message)``, calls ``tick(now)`` at
+``next_deadline()``, and carries out what ``take_effects()`` returns:
+``Send`` (a datagram, or a message over the reliable channel) and ``Event``
+(a membership change). Randomness comes from the injected ``random.Random``.
+
+What a node believes about each member is the greatest claim it has heard
+(see ``membership.state``); every accepted claim is queued for gossip
+(``membership.broadcast``) and rides on the packets the node sends anyway.
+
+Failure detection runs in rounds of ``probe_interval`` (stretched by the
+local health multiplier, ``membership.awareness``). Each round pings the
+next member of a shuffled round-robin list. Without an ack within
+``probe_timeout``, ``indirect_checks`` members are asked to ping it for us
+(they answer nack if they get nothing either), and it is pinged once more
+over the reliable channel. Without an ack by the end of the round it becomes
+suspect; unless it refutes in time, the Lifeguard suspicion timer
+(``membership.suspicion``) declares it dead. A ping to a suspect carries the
+suspicion, so the member learns of it at once and can refute (the "buddy
+system").
+
+A full state exchange (``PushPull``) with one random member per
+``push_pull_period`` repairs whatever gossip missed. Joining is such an
+exchange with the seeds; healing is one with a seed, dead or left member
+every ``reconnect_interval``, so split halves find each other again. A node
+restarted under the same name must start with a higher incarnation than its
+previous life used (the runtime passes its boot time in milliseconds), so
+its new self outranks every claim about the old one.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import attrs
+
+from membership.awareness import Awareness
+from membership.broadcast import BroadcastQueue
+from membership.config import MembershipConfig
+from membership.effects import Effect, Event, Send
+from membership.messages import (
+    ENVELOPE_RESERVE,
+    META_MAX,
+    Ack,
+    Alive,
+    Claim,
+    Dead,
+    Left,
+    Message,
+    Nack,
+    Ping,
+    PingReq,
+    PushPull,
+    Suspect,
+    wire_size,
+)
+from membership.state import (
+    CHECKSUM_MODULUS,
+    Address,
+    Member,
+    Status,
+    member_digest,
+    supersedes,
+    transition_events,
+)
+from membership.suspicion import Suspicion
+from membership.timers import Timers
+
+# A relay answers nack when the target stays silent this long (as a
+# fraction of probe_timeout), early enough to reach the prober in its round.
+NACK_FRACTION = 0.8
+
+
+@attrs.define
+class MembershipStats:
+    """Counters an operator (or a test) can read; never reset."""
+
+    probes: int = 0
+    probes_failed: int = 0
+    ping_requests: int = 0  # indirect probes we asked others to make
+    relayed_pings: int = 0  # indirect probes we made for others
+    suspicions: int = 0  # members we suspected ourselves
+    declared_dead: int = 0  # suspicions of ours that timed out
+    refutations: int = 0
+    push_pulls: int = 0
+    reconnects: int = 0
+    misdirected_pings: int = 0  # pings naming someone else: a stale address
+    name_conflicts: int = 0  # another process claims our name
+    reaped: int = 0
+
+
+@attrs.define
+class _Probe:
+    seq: int
+    target: str
+    incarnation: int
+    expected_nacks: int = 0
+    nacks: int = 0
+
+
+@attrs.define
+class _Relay:
+    requester: Address
+    origin_seq: int
+    nacked: bool = False
+
+
+class Membership:
+    def __init__(
+        self,
+        name: str,
+        addr: Address,
+        config: MembershipConfig,
+        *,
+        rng: random.Random,
+        now: float,
+        incarnation: int = 1,
+        meta: bytes = b"",
+    ) -> None:
+        _check_meta(meta)
+        self.name = name
+        self.addr = addr
+        self.config = config
+        self.stats = MembershipStats()
+        self._rng = rng
+        me = Member(name, addr, incarnation, Status.ALIVE, meta)
+        self._members: dict[str, Member] = {name: me}
+        self._since: dict[str, float] = {name: now}  # local time of the last status change
+        self._checksum = member_digest(name, Status.ALIVE, incarnation)
+        # Live members other than ourselves, indexable for O(1) sampling.
+        self._live: list[str] = []
+        self._live_index: dict[str, int] = {}
+        self._recently_dead: dict[str, float] = {}  # still gossiped to, so they can refute
+        self._gone: dict[str, None] = {}  # dead and left members, oldest first
+        self._live_addrs: dict[Address, int] = {}  # address -> live members using it
+        self._probe_order: list[str] = []
+        self._probe_next = 0
+        self._probe: _Probe | None = None
+        self._relays: dict[int, _Relay] = {}
+        self._suspicions: dict[str, Suspicion] = {}
+        self._broadcasts: BroadcastQueue[Claim] = BroadcastQueue()
+        self._awareness = Awareness(config.awareness_max_multiplier)
+        self._retransmit_limit = config.retransmit_limit(1)
+        self._payload_budget = config.packet_budget - ENVELOPE_RESERVE
+        self._seq = 0
+        self._seeds: tuple[Address, ...] = ()
+        self._join_backoff = config.join_retry_interval
+        self._leaving = False
+        self._leave_timed_out = False
+        self._effects: list[Effect] = []
+        self._timers = Timers()
+        self._on_timer: dict[str, Callable[..., None]] = {
+            "probe": self._probe_round,
+            "probe_direct": self._probe_direct_timeout,
+            "relay": self._relay_timeout,
+            "suspicion": self._suspicion_timeout,
+            "gossip": self._gossip_round,
+            "push_pull": self._push_pull_round,
+            "join_retry": self._join_retry,
+            "reconnect": self._reconnect_round,
+            "leave_timeout": self._leave_timeout,
+        }
+        self._on_message: dict[type, Callable[[float, Any, bool], None]] = {
+            Ping: self._on_ping,
+            Ack: self._on_ack,
+            Nack: self._on_nack,
+            PingReq: self._on_ping_req,
+            PushPull: self._on_push_pull,
+            Alive: self._on_claim,
+            Suspect: self._on_claim,
+            Dead: self._on_claim,
+            Left: self._on_claim,
+        }
+        # Stagger the periodic work so that nodes started together do not
+        # probe and gossip in lockstep.
+        self._timers.schedule(("probe",), now + rng.uniform(0, config.probe_interval))
+        # Gossip rounds fall on a grid of gossip_interval, but the timer is
+        # only armed while there is something to gossip (see _broadcast).
+        self._gossip_phase = now + rng.uniform(0, config.gossip_interval)
+        self._timers.schedule(("push_pull",), now + rng.uniform(0.5, 1.0) * config.push_pull_interval)
+        self._timers.schedule(("reconnect",), now + rng.uniform(0.5, 1.5) * config.reconnect_interval)
+
+    # ------------------------------------------------------------------
+    # The driver's interface.
+
+    def receive(self, now: float, src: Address, message: Message, reliable: bool = False) -> None:
+        """Handle one decoded message from ``src`` (``reliable``: it came over
+        the reliable channel, and a reply should go back the same way)."""
+        handler = self._on_message.get(type(message))
+        if handler is None:
+            raise TypeError(f"not a membership message: {message!r}")
+        handler(now, message, reliable)
+
+    def tick(self, now: float) -> None:
+        """Fire every timer that is due at ``now``."""
+        while due := self._timers.due(now):
+            for key in due:
+                self._on_timer[key[0]](now, *key[1:])
+
+    def next_deadline(self) -> float:
+        return self._timers.next_deadline()
+
+    def take_effects(self) -> list[Effect]:
+        effects, self._effects = self._effects, []
+        return effects
+
+    def join(self, now: float, seeds: Iterable[Address]) -> None:
+        """Exchange state with every seed, retrying with backoff until some
+        member answers; seeds are also re-contacted later to heal splits."""
+        self._seeds = tuple(dict.fromkeys(seed for seed in seeds if seed != self.addr))
+        if not self._seeds or self._leaving:
+            return
+        for seed in self._seeds:
+            self._send_state(seed)
+        self._join_backoff = self.config.join_retry_interval
+        self._timers.schedule(("join_retry",), now + self._join_backoff)
+
+    def leave(self, now: float) -> None:
+        """Start a graceful leave: gossip our ``Left`` claim and stop probing.
+        Done when ``leave_complete`` is true; the driver then stops."""
+        if self._leaving:
+            return
+        self._leaving = True
+        me = self._members[self.name]
+        self._set_member(now, me, attrs.evolve(me, status=Status.LEFT))
+        self._broadcast(now, Left(self.name, me.incarnation))
+        self._probe = None
+        for key in (("probe",), ("push_pull",), ("reconnect",), ("join_retry",)):
+            self._timers.cancel(key)
+        self._timers.schedule(("leave_timeout",), now + self.config.leave_timeout)
+        self._gossip_round(now)  # spread it now rather than at the next gossip tick
+
+    def set_meta(self, now: float, meta: bytes) -> None:
+        """Change our metadata and announce it with a new incarnation."""
+        _check_meta(meta)
+        me = self._members[self.name]
+        if meta == me.meta or self._leaving:
+            return
+        self._set_member(now, me, attrs.evolve(me, incarnation=me.incarnation + 1, meta=meta))
+        self._broadcast(now, self._alive_claim())
+
+    # ------------------------------------------------------------------
+    # Reading the view.
+
+    @property
+    def incarnation(self) -> int:
+        return self._members[self.name].incarnation
+
+    @property
+    def checksum(self) -> int:
+        """Order-independent hash of the live view (name, status and
+        incarnation of every alive or suspect member, ourselves included):
+        equal checksums mean converged views."""
+        return self._checksum
+
+    @property
+    def awareness(self) -> int:
+        return self._awareness.score
+
+    @property
+    def leaving(self) -> bool:
+        return self._leaving
+
+    @property
+    def leave_complete(self) -> bool:
+        if not self._leaving:
+            return False
+        return self._leave_timed_out or not self._live or not self._broadcasts.pending(self.name)
+
+    def member(self, name: str) -> Member | None:
+        return self._members.get(name)
+
+    def members(self) -> list[Member]:
+        """Every member we know of, in any status, ourselves included."""
+        return list(self._members.values())
+
+    def live_members(self) -> list[Member]:
+        """Alive and suspect members, ourselves included unless leaving."""
+        return [m for m in self._members.values() if m.status.is_live]
+
+    @property
+    def live_count(self) -> int:
+        """Live members including ourselves (n in the protocol's formulas)."""
+        return len(self._live) + (0 if self._leaving else 1)
+
+    # ------------------------------------------------------------------
+    # Messages.
+
+    def _on_ping(self, now: float, ping: Ping, reliable: bool) -> None:
+        if ping.target != self.name:
+            self.stats.misdirected_pings += 1
+            return
+        self._send(ping.reply_to, [Ack(ping.seq)], reliable)
+
+    def _on_ack(self, now: float, ack: Ack, reliable: bool) -> None:
+        probe = self._probe
+        if probe is not None and ack.seq == probe.seq:
+            self._probe = None
+            self._timers.cancel(("probe_direct", probe.seq))
+            self._awareness.apply_delta(-1)
+            return
+        relay = self._relays.pop(ack.seq, None)
+        if relay is not None:
+            self._timers.cancel(("relay", ack.seq))
+            self._send(relay.requester, [Ack(relay.origin_seq)])
+
+    def _on_nack(self, now: float, nack: Nack, reliable: bool) -> None:
+        probe = self._probe
+        if probe is not None and nack.seq == probe.seq:
+            probe.nacks += 1
+
+    def _on_ping_req(self, now: float, request: PingReq, reliable: bool) -> None:
+        seq = self._next_seq()
+        self._relays[seq] = _Relay(request.reply_to, request.seq)
+        self.stats.relayed_pings += 1
+        self._send(request.target_addr, [Ping(seq, request.target, self.addr)])
+        self._timers.schedule(("relay", seq), now + NACK_FRACTION * self.config.probe_timeout)
+
+    def _on_push_pull(self, now: float, exchange: PushPull, reliable: bool) -> None:
+        self._merge_state(now, exchange.members)
+        if not exchange.is_reply:
+            self._send_state(exchange.reply_to, is_reply=True)
+
+    def _on_claim(self, now: float, claim: Claim, reliable: bool) -> None:
+        self._apply(now, claim)
+
+    # ------------------------------------------------------------------
+    # Claims: the only code that changes what we believe about a member.
+
+    def _apply(self, now: float, claim: Claim, source: str | None = None) -> None:
+        """Take ``claim`` into our view if it is news, and pass it on.
+        ``source`` overrides whom the resulting events name as their cause."""
+        name = claim.name
+        if name == self.name:
+            self._about_self(now, claim)
+            return
+        status = claim.STATUS
+        current = self._members.get(name)
+        if current is None:
+            if status is not Status.ALIVE:
+                return  # only an alive claim carries what we need to know a stranger
+        elif not supersedes(claim.incarnation, status, current):
+            if status is Status.SUSPECT and current.status is Status.SUSPECT:
+                self._confirm_suspicion(now, claim)
+            return
+        if isinstance(claim, Alive):
+            new = Member(name, claim.addr, claim.incarnation, Status.ALIVE, claim.meta)
+        else:
+            assert current is not None
+            new = Member(name, current.addr, claim.incarnation, status, current.meta)
+        if source is None and isinstance(claim, (Suspect, Dead)):
+            source = claim.accuser
+        self._set_member(now, current, new, source)
+        if isinstance(claim, Suspect):
+            self._start_suspicion(now, new, claim.accuser)
+        self._broadcast(now, claim)
+
+    def _about_self(self, now: float, claim: Claim) -> None:
+        me = self._members[self.name]
+        if self._leaving or claim.incarnation < me.incarnation:
+            return
+        if isinstance(claim, Alive):
+            if claim.incarnation == me.incarnation and claim.addr == me.addr and claim.meta == me.meta:
+                return  # our own claim, echoed back
+            if claim.addr != me.addr:
+                self.stats.name_conflicts += 1
+        else:
+            self._awareness.apply_delta(1)  # being suspected hints that we are the slow one
+        self.stats.refutations += 1
+        refuted = attrs.evolve(me, incarnation=max(claim.incarnation, me.incarnation) + 1)
+        self._set_member(now, me, refuted)
+        self._broadcast(now, self._alive_claim())
+
+    def _merge_state(self, now: float, table: Sequence[Member]) -> None:
+        members = self._members
+        for row in table:
+            current = members.get(row.name)
+            if current is not None and (row.incarnation, row.status) <= (current.incarnation, current.status):
+                continue  # not news (and an echo is no independent confirmation)
+            if row.status is Status.ALIVE:
+                self._apply(now, Alive(row.name, row.incarnation, row.addr, row.meta))
+            elif row.status is Status.LEFT:
+                self._apply(now, Left(row.name, row.incarnation))
+            else:
+                # Second-hand suspicions and deaths become our suspicion, so
+                # the member gets its chance to refute (after a partition,
+                # this is how each side learns the other is alive).
+                if row.status is Status.SUSPECT and row.name not in self._members:
+                    self._apply(now, Alive(row.name, row.incarnation, row.addr, row.meta))
+                self._apply(now, Suspect(row.name, row.incarnation, self.name))
+
+    def _set_member(self, now: float, old: Member | None, new: Member, source: str | None = None) -> None:
+        """Replace ``old`` by ``new`` and keep every derived structure in step."""
+        name = new.name
+        self._members[name] = new
+        if old is None or old.status != new.status:
+            self._since[name] = now
+        if old is not None and old.status.is_live:
+            self._checksum -= member_digest(name, old.status, old.incarnation)
+        if new.status.is_live:
+            self._checksum += member_digest(name, new.status, new.incarnation)
+        self._checksum %= CHECKSUM_MODULUS
+        if name == self.name:
+            return
+        was_live = old is not None and old.status.is_live
+        if was_live:
+            assert old is not None
+            self._count_live_addr(old.addr, -1)
+        if new.status.is_live:
+            self._count_live_addr(new.addr, +1)
+            self._gone.pop(name, None)
+        else:
+            self._gone.pop(name, None)
+            self._gone[name] = None  # (re)appended: the dict stays oldest first
+        if new.status.is_live and not was_live:
+            self._live_index[name] = len(self._live)
+            self._live.append(name)
+            self._recently_dead.pop(name, None)
+            # Probe newcomers within the current round.
+            position = self._rng.randint(self._probe_next, len(self._probe_order))
+            self._probe_order.insert(position, name)
+            self._membership_size_changed()
+        elif was_live and not new.status.is_live:
+            self._remove_live(name)
+            if new.status is Status.DEAD:
+                self._recently_dead[name] = now
+            self._membership_size_changed()
+        if new.status is not Status.SUSPECT and self._suspicions.pop(name, None) is not None:
+            self._timers.cancel(("suspicion", name))
+        for kind in transition_events(old, new):
+            self._effects.append(Event(kind, new, source))
+
+    def _count_live_addr(self, addr: Address, delta: int) -> None:
+        count = self._live_addrs.get(addr, 0) + delta
+        if count:
+            self._live_addrs[addr] = count
+        else:
+            del self._live_addrs[addr]
+
+    def _remove_live(self, name: str) -> None:
+        index = self._live_index.pop(name)
+        last = self._live.pop()
+        if last != name:
+            self._live[index] = last
+            self._live_index[last] = index
+
+    def _membership_size_changed(self) -> None:
+        self._retransmit_limit = self.config.retransmit_limit(self.live_count)
+
+    # ------------------------------------------------------------------
+    # Suspicion (Lifeguard).
+
+    def _start_suspicion(self, now: float, member: Member, accuser: str) -> None:
+        n = self.live_count
+        k = self.config.suspicion_mult - 2
+        if n - 2 < k:
+            k = 0  # too few members to expect independent confirmations
+        min_timeout = self.config.suspicion_min_timeout(n)
+        max_timeout = self.config.suspicion_max_timeout_mult * min_timeout
+        suspicion = Suspicion.start(member.incarnation, accuser, now, min_timeout, max_timeout, k)
+        self._suspicions[member.name] = suspicion
+        self._timers.schedule(("suspicion", member.name), suspicion.deadline())
+
+    def _confirm_suspicion(self, now: float, claim: Suspect) -> None:
+        suspicion = self._suspicions.get(claim.name)
+        if suspicion is None or suspicion.incarnation != claim.incarnation:
+            return
+        if suspicion.confirm(claim.accuser):
+            self._timers.schedule(("suspicion", claim.name), suspicion.deadline())
+            self._broadcast(now, claim)
+
+    def _suspicion_timeout(self, now: float, name: str) -> None:
+        suspicion = self._suspicions.pop(name, None)
+        member = self._members.get(name)
+        if suspicion is None or member is None or member.status is not Status.SUSPECT:
+            return
+        self.stats.declared_dead += 1
+        # The event names who raised the suspicion; the claim, who ended it.
+        self._apply(now, Dead(name, member.incarnation, self.name), source=suspicion.accuser)
+
+    # ------------------------------------------------------------------
+    # Probing (SWIM).
+
+    def _probe_round(self, now: float) -> None:
+        if self._probe is not None:
+            self._probe_failed(now, self._probe)
+        self._timers.schedule(("probe",), now + self._awareness.scale(self.config.probe_interval))
+        if self._leaving:
+            return
+        target = self._next_probe_target()
+        if target is None:
+            return
+        seq = self._next_seq()
+        self._probe = _Probe(seq, target.name, target.incarnation)
+        self.stats.probes += 1
+        messages: list[Message] = [Ping(seq, target.name, self.addr)]
+        if target.status is Status.SUSPECT:
+            messages.append(Suspect(target.name, target.incarnation, self.name))
+        self._send(target.addr, messages)
+        self._timers.schedule(("probe_direct", seq), now + self.config.probe_timeout)
+
+    def _next_probe_target(self) -> Member | None:
+        for _ in range(len(self._probe_order) + 1):
+            if self._probe_next >= len(self._probe_order):
+                self._probe_order = list(self._live)
+                self._rng.shuffle(self._probe_order)
+                self._probe_next = 0
+                if not self._probe_order:
+                    return None
+            name = self._probe_order[self._probe_next]
+            self._probe_next += 1
+            member = self._members.get(name)
+            if member is not None and member.status.is_live and name != self.name:
+                return member
+        return None
+
+    def _probe_direct_timeout(self, now: float, seq: int) -> None:
+        probe = self._probe
+        if probe is None or probe.seq != seq:
+            return
+        target = self._members.get(probe.target)
+        if target is None or not target.status.is_live:
+            self._probe = None
+            return
+        relays = self._sample_live(
+            self.config.indirect_checks,
+            lambda m: m.status is Status.ALIVE and m.name != probe.target,
+        )
+        for relay in relays:
+            self._send(relay.addr, [PingReq(seq, target.name, target.addr, self.addr)])
+        probe.expected_nacks = len(relays)
+        self.stats.ping_requests += len(relays)
+        if self.config.reliable_fallback_ping:
+            self._send(target.addr, [Ping(seq, target.name, self.addr)], reliable=True)
+
+    def _probe_failed(self, now: float, probe: _Probe) -> None:
+        self._probe = None
+        self.stats.probes_failed += 1
+        if probe.expected_nacks:
+            # Relays that did not even nack suggest our own network is at fault.
+            self._awareness.apply_delta(probe.expected_nacks - probe.nacks)
+        else:
+            self._awareness.apply_delta(1)
+        member = self._members.get(probe.target)
+        if member is not None and member.status.is_live:
+            # Suspects an alive member, or confirms the suspicion of a suspect one.
+            self.stats.suspicions += member.status is Status.ALIVE
+            self._apply(now, Suspect(probe.target, probe.incarnation, self.name))
+
+    def _relay_timeout(self, now: float, seq: int) -> None:
+        relay = self._relays.get(seq)
+        if relay is None:
+            return
+        if relay.nacked:
+            del self._relays[seq]
+            return
+        relay.nacked = True
+        self._send(relay.requester, [Nack(relay.origin_seq)])
+        # Keep relaying a late ack until the prober's round is surely over.
+        self._timers.schedule(("relay", seq), now + self.config.probe_interval)
+
+    # ------------------------------------------------------------------
+    # Dissemination, state exchange, joining and healing.
+
+    def _gossip_round(self, now: float) -> None:
+        for target in self._gossip_targets(now):
+            messages = self._broadcasts.take(self._payload_budget, self._retransmit_limit)
+            if not messages:
+                break
+            self._effects.append(Send(target.addr, tuple(messages)))
+        self._arm_gossip(now)
+
+    def _arm_gossip(self, now: float) -> None:
+        """Schedule the next gossip round on the grid, if there is news."""
+        if self._broadcasts and ("gossip",) not in self._timers:
+            interval = self.config.gossip_interval
+            rounds = math.floor((now - self._gossip_phase) / interval) + 1
+            self._timers.schedule(("gossip",), self._gossip_phase + max(rounds, 0) * interval)
+
+    def _gossip_targets(self, now: float) -> list[Member]:
+        horizon = now - self.config.gossip_to_the_dead_time
+        for name, since in list(self._recently_dead.items()):
+            if since < horizon or self._members.get(name, None) is None:
+                del self._recently_dead[name]
+        extra = [self._members[name] for name in self._recently_dead]
+        return self._sample_live(self.config.gossip_nodes, None, extra)
+
+    def _push_pull_round(self, now: float) -> None:
+        self._timers.schedule(("push_pull",), now + self.config.push_pull_period(self.live_count))
+        peers = self._sample_live(1, lambda m: m.status is Status.ALIVE)
+        if peers:
+            self.stats.push_pulls += 1
+            self._send_state(peers[0].addr)
+
+    def _join_retry(self, now: float) -> None:
+        if self._live or self._leaving:
+            return  # joined: healing takes over from here
+        for seed in self._seeds:
+            self._send_state(seed)
+        self._join_backoff = min(2 * self._join_backoff, self.config.reconnect_interval)
+        self._timers.schedule(("join_retry",), now + self._join_backoff)
+
+    def _reconnect_round(self, now: float) -> None:
+        self._timers.schedule(("reconnect",), now + self._rng.uniform(0.5, 1.5) * self.config.reconnect_interval)
+        self._reap(now)
+        candidates = [self._members[name].addr for name in self._gone]
+        candidates.extend(self._seeds)
+        candidates = [addr for addr in dict.fromkeys(candidates) if addr not in self._live_addrs]
+        if candidates:
+            self.stats.reconnects += 1
+            self._send_state(self._rng.choice(candidates))
+
+    def _reap(self, now: float) -> None:
+        """Forget members dead or left for longer than we remember them."""
+        for name in list(self._gone):
+            member = self._members[name]
+            if member.status is Status.DEAD:
+                keep_for = self.config.reconnect_timeout
+            else:
+                keep_for = self.config.tombstone_timeout
+            if now - self._since[name] > keep_for:
+                del self._members[name]
+                del self._since[name]
+                del self._gone[name]
+                self._recently_dead.pop(name, None)
+                self.stats.reaped += 1
+
+    def _leave_timeout(self, now: float) -> None:
+        self._leave_timed_out = True
+
+    # ------------------------------------------------------------------
+    # Helpers.
+
+    def _send(self, dst: Address, messages: list[Message], reliable: bool = False) -> None:
+        """Send ``messages``; a datagram is topped up with queued claims."""
+        if not reliable and self._broadcasts:
+            room = self._payload_budget - sum(wire_size(m) for m in messages)
+            messages.extend(self._broadcasts.take(room, self._retransmit_limit))
+        self._effects.append(Send(dst, tuple(messages), reliable))
+
+    def _send_state(self, dst: Address, is_reply: bool = False) -> None:
+        table = tuple(self._members.values())
+        self._effects.append(Send(dst, (PushPull(is_reply, self.addr, table),), reliable=True))
+
+    def _broadcast(self, now: float, claim: Claim) -> None:
+        self._broadcasts.enqueue(claim.name, claim, wire_size(claim))
+        self._arm_gossip(now)
+
+    def _alive_claim(self) -> Alive:
+        me = self._members[self.name]
+        return Alive(me.name, me.incarnation, me.addr, me.meta)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _sample_live(
+        self, k: int, accept: Callable[[Member], bool] | None, extra: Sequence[Member] = ()
+    ) -> list[Member]:
+        """Up to ``k`` distinct random members from the live list (plus
+        ``extra``) that ``accept`` admits."""
+        pool = len(self._live) + len(extra)
+        if k <= 0 or pool == 0:
+            return []
+        chosen: list[Member] = []
+        tried: set[int] = set()
+        # Rejection sampling: cheap because nearly every live member is admitted.
+        for _ in range(3 * k + 8):
+            if len(chosen) == k or len(tried) == pool:
+                break
+            index = self._rng.randrange(pool)
+            if index in tried:
+                continue
+            tried.add(index)
+            member = self._members[self._live[index]] if index < len(self._live) else extra[index - len(self._live)]
+            if accept is None or accept(member):
+                chosen.append(member)
+        if len(chosen) < k and len(tried) < pool:
+            # Few admissible members: fall back to a full scan.
+            rest = [
+                m for i, m in enumerate(self._pool_members(extra))
+                if i not in tried and (accept is None or accept(m))
+            ]
+            chosen.extend(self._rng.sample(rest, min(k - len(chosen), len(rest))))
+        return chosen
+
+    def _pool_members(self, extra: Sequence[Member]) -> list[Member]:
+        return [self._members[name] for name in self._live] + list(extra)
+
+
+def _check_meta(meta: bytes) -> None:
+    if len(meta) > META_MAX:
+        raise ValueError(f"member metadata is {len(meta)} bytes; at most {META_MAX} allowed")

@@ -1,0 +1,184 @@
+"""The wire codec: the one place that touches untrusted bytes.
+
+Frame layout (the same for a datagram and for a stream frame)::
+
+    version:u8  flags:u8  body  [mac:32 bytes, when flags has SIGNED]
+
+``body`` is a msgpack array of messages (a compound packet); each message is
+itself an array whose first element is its tag (see ``membership.messages``).
+msgpack only: nothing that can name code is ever decoded (no pickle, no ext
+types).
+
+Authentication: the MAC is HMAC-SHA256 over version, flags and body, keyed
+with the keyring's primary key; any key in the ring verifies. Rotating a key
+without downtime is three rolling steps: install the new key everywhere,
+make it primary everywhere, remove the old one.
+
+Decoding is total. Whatever the bytes, ``decode`` returns the messages or a
+``Dropped`` with one of four reasons (oversized, unknown version, bad MAC,
+malformed), counted in ``Codec.drops``; it never raises. Checks run cheapest
+first and the MAC is verified before msgpack sees the body, so in a keyed
+cluster only key holders reach the parser.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import attrs
+import msgpack
+
+from membership.messages import ENVELOPE_RESERVE, Message, from_wire
+
+VERSION = 1
+SIGNED = 0x01
+HEADER_SIZE = 2
+MAC_SIZE = 32
+# The largest UDP payload; what we send is bounded by the packet budget.
+MAX_DATAGRAM = 65_507
+# A full state exchange of 10k members is about 600 KB.
+MAX_STREAM_FRAME = 8 * 1024 * 1024
+KEY_SIZES = (16, 24, 32, 64)
+
+assert HEADER_SIZE + 3 + MAC_SIZE <= ENVELOPE_RESERVE, "the core's packet budget must cover the envelope"
+
+
+class DropReason(enum.Enum):
+    OVERSIZED = "oversized"
+    UNKNOWN_VERSION = "unknown_version"
+    BAD_MAC = "bad_mac"
+    MALFORMED = "malformed"
+
+
+@attrs.frozen
+class Dropped:
+    reason: DropReason
+    detail: str
+
+
+class FrameTooLarge(ValueError):
+    """An outgoing frame exceeds its channel's size limit."""
+
+
+def _valid_keys(instance: object, attribute: attrs.Attribute, keys: tuple[bytes, ...]) -> None:
+    if not keys:
+        raise ValueError("a keyring needs at least one key")
+    for key in keys:
+        if len(key) not in KEY_SIZES:
+            raise ValueError(f"a cluster key must be {', '.join(map(str, KEY_SIZES))} bytes long, not {len(key)}")
+    if len(set(keys)) != len(keys):
+        raise ValueError("a keyring must not hold the same key twice")
+
+
+@attrs.frozen
+class Keyring:
+    """Cluster keys: ``keys[0]`` signs, every key verifies."""
+
+    keys: tuple[bytes, ...] = attrs.field(converter=tuple, validator=_valid_keys)
+
+    @property
+    def primary(self) -> bytes:
+        return self.keys[0]
+
+    def install(self, key: bytes) -> Keyring:
+        """Also accept ``key`` (rotation step 1)."""
+        return self if key in self.keys else Keyring(self.keys + (key,))
+
+    def use(self, key: bytes) -> Keyring:
+        """Sign with ``key``, an installed key (rotation step 2)."""
+        if key not in self.keys:
+            raise ValueError("install a key before making it primary")
+        return Keyring((key,) + tuple(k for k in self.keys if k != key))
+
+    def remove(self, key: bytes) -> Keyring:
+        """Stop accepting ``key`` (rotation step 3); the primary stays."""
+        if key == self.primary:
+            raise ValueError("the primary key cannot be removed; make another key primary first")
+        return Keyring(tuple(k for k in self.keys if k != key))
+
+
+MessageDecoder = Callable[[Any], Message]
+
+
+class Codec:
+    """Frames messages for the wire and unframes them, counting every drop."""
+
+    def __init__(
+        self,
+        keyring: Keyring | None = None,
+        *,
+        max_datagram: int = MAX_DATAGRAM,
+        max_stream: int = MAX_STREAM_FRAME,
+        message_decoder: MessageDecoder = from_wire,
+    ) -> None:
+        self.keyring = keyring
+        self.max_datagram = max_datagram
+        self.max_stream = max_stream
+        self._decode_message = message_decoder
+        self.drops: dict[DropReason, int] = {reason: 0 for reason in DropReason}
+        self.frames_decoded = 0
+
+    def encode(self, messages: Iterable[Message], *, stream: bool = False) -> bytes:
+        body = msgpack.packb([message.to_wire() for message in messages])
+        if self.keyring is None:
+            frame = bytes((VERSION, 0)) + body
+        else:
+            signed = bytes((VERSION, SIGNED)) + body
+            frame = signed + hmac.digest(self.keyring.primary, signed, "sha256")
+        limit = self.max_stream if stream else self.max_datagram
+        if len(frame) > limit:
+            raise FrameTooLarge(f"frame of {len(frame)} bytes exceeds the {limit}-byte limit")
+        return frame
+
+    def decode(self, data: bytes, *, stream: bool = False) -> tuple[Message, ...] | Dropped:
+        result = self._decode(data, self.max_stream if stream else self.max_datagram)
+        if isinstance(result, Dropped):
+            self.drops[result.reason] += 1
+        else:
+            self.frames_decoded += 1
+        return result
+
+    def _decode(self, data: bytes, limit: int) -> tuple[Message, ...] | Dropped:
+        if len(data) > limit:
+            return Dropped(DropReason.OVERSIZED, f"{len(data)} bytes, limit {limit}")
+        if len(data) < HEADER_SIZE + 1:
+            return Dropped(DropReason.MALFORMED, f"frame of {len(data)} bytes is too short")
+        if data[0] != VERSION:
+            return Dropped(DropReason.UNKNOWN_VERSION, f"version {data[0]}, we speak {VERSION}")
+        flags = data[1]
+        if flags & ~SIGNED:
+            return Dropped(DropReason.MALFORMED, f"unknown flags {flags:#04x}")
+        signed = bool(flags & SIGNED)
+        if self.keyring is None:
+            if signed:
+                return Dropped(DropReason.BAD_MAC, "signed frame, but this node has no cluster key")
+            body = data[HEADER_SIZE:]
+        else:
+            if not signed:
+                return Dropped(DropReason.BAD_MAC, "unsigned frame, but this cluster requires a key")
+            if len(data) < HEADER_SIZE + 1 + MAC_SIZE:
+                return Dropped(DropReason.MALFORMED, "signed frame too short for its MAC")
+            if not self._verify(data[:-MAC_SIZE], data[-MAC_SIZE:]):
+                return Dropped(DropReason.BAD_MAC, "MAC matches no key in the keyring")
+            body = data[HEADER_SIZE:-MAC_SIZE]
+        try:
+            decoded = msgpack.unpackb(body, raw=False, strict_map_key=True, max_map_len=0, max_ext_len=0)
+            if type(decoded) is not list or not decoded:
+                return Dropped(DropReason.MALFORMED, "body is not a non-empty list of messages")
+            return tuple(self._decode_message(item) for item in decoded)
+        except Exception as error:  # the trust boundary: nothing may escape
+            return Dropped(DropReason.MALFORMED, f"{type(error).__name__}: {error}")
+
+    def _verify(self, signed: bytes, mac: bytes) -> bool:
+        assert self.keyring is not None
+        return any(
+            hmac.compare_digest(hmac.digest(key, signed, "sha256"), mac) for key in self.keyring.keys
+        )
+
+
+def total_drops(codecs: Sequence[Codec]) -> dict[str, int]:
+    """Drop counts summed over several codecs, by reason name."""
+    return {reason.value: sum(codec.drops[reason] for codec in codecs) for reason in DropReason}

@@ -1,0 +1,140 @@
+"""``python -m sim``: run a simulator scenario and print what it measured."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from membership.config import PROFILES
+from sim.faults import parse_partition
+from sim.membership_scenario import MembershipScenario, crash_scenario_faults, run_membership
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability in [0, 1)")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sim", description="Deterministic simulations of peer's protocols.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    m = commands.add_parser("membership", help="SWIM membership: join, failure detection, partitions")
+    m.add_argument("--nodes", type=_positive_int, default=20, help="cluster size (default 20)")
+    m.add_argument("--seed", type=int, default=1, help="master seed: same seed, same trace (default 1)")
+    m.add_argument("--duration", type=float, default=60.0, help="simulated seconds (default 60)")
+    m.add_argument("--profile", choices=sorted(PROFILES), default="lan", help="timing profile (default lan)")
+    m.add_argument("--seeds", type=_positive_int, default=1, help="how many nodes serve as join seeds (default 1)")
+    m.add_argument("--loss", type=_probability, default=0.0, help="datagram loss probability")
+    m.add_argument("--dup", type=_probability, default=0.0, help="datagram duplication probability")
+    m.add_argument("--crash", type=int, default=0, metavar="K", help="crash K random nodes")
+    m.add_argument("--crash-at", type=float, default=None, metavar="T", help="when to crash (default max(20, duration/3))")
+    m.add_argument("--restart-after", type=float, default=None, metavar="S", help="restart crashed nodes S seconds later")
+    m.add_argument(
+        "--partition",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="A|B@START+DURATION (two-way), A>B@START+DURATION (A to B dropped) or half@START+DURATION; "
+        "groups are indices and ranges like 0-4,9; may repeat",
+    )
+    m.add_argument("--no-auth", action="store_true", help="unsigned frames (default: HMAC-signed)")
+    m.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def _membership(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    crash_at = args.crash_at if args.crash_at is not None else max(20.0, args.duration / 3)
+    try:
+        faults = [parse_partition(spec, args.nodes) for spec in args.partition]
+        faults += crash_scenario_faults(args.nodes, args.crash, crash_at, args.restart_after, args.seed)
+    except ValueError as error:
+        parser.error(str(error))
+    scenario = MembershipScenario(
+        nodes=args.nodes,
+        seed=args.seed,
+        duration=args.duration,
+        profile=args.profile,
+        seeds=min(args.seeds, args.nodes),
+        loss=args.loss,
+        duplicate=args.dup,
+        authenticated=not args.no_auth,
+        faults=tuple(faults),
+    )
+    report = run_membership(scenario).to_json()
+    report["replay"] = _replay_line(args)
+    return report
+
+
+def _replay_line(args: argparse.Namespace) -> str:
+    words = ["python", "-m", "sim", "membership", "--nodes", str(args.nodes), "--seed", str(args.seed)]
+    words += ["--duration", repr(args.duration), "--profile", args.profile, "--seeds", str(args.seeds)]
+    if args.loss:
+        words += ["--loss", repr(args.loss)]
+    if args.dup:
+        words += ["--dup", repr(args.dup)]
+    if args.crash:
+        words += ["--crash", str(args.crash)]
+        if args.crash_at is not None:
+            words += ["--crash-at", repr(args.crash_at)]
+        if args.restart_after is not None:
+            words += ["--restart-after", repr(args.restart_after)]
+    for spec in args.partition:
+        words += ["--partition", spec]
+    if args.no_auth:
+        words.append("--no-auth")
+    return shlex.join(words + ["--json"])
+
+
+def _human(report: dict[str, Any]) -> str:
+    lines = [
+        f"membership: {report['nodes']} nodes, seed {report['seed']}, profile {report['profile']}, "
+        f"{report['sim_seconds']:g} simulated seconds in {report['wall_seconds']:.2f} s "
+        f"({report['sim_seconds_per_wall_second']}x real time)",
+        f"  converged:        {'yes' if report['converged'] else 'NO'}"
+        + (f", {report['convergence_seconds']:.2f} s after the last disturbance" if report["converged"] else ""),
+        f"  false positives:  {report['false_positives']} "
+        f"({report['failures_declared']} failure declarations in all)",
+    ]
+    for name, first, last, suspect in zip(
+        report["crashed"],
+        report["detection_first_seconds"],
+        report["detection_all_seconds"],
+        report["suspicion_first_seconds"],
+    ):
+        lines.append(f"  crashed {name}: suspected after {_s(suspect)}, failed at first {_s(first)}, by all {_s(last)}")
+    lines += [
+        f"  traffic:          {report['messages_per_node_second']} frames and "
+        f"{report['bytes_per_node_second']:.0f} bytes per node per second",
+        f"  trace hash:       {report['trace_hash']}",
+        f"  replay:           {report['replay']}",
+    ]
+    return "\n".join(lines)
+
+
+def _s(value: float | None) -> str:
+    return "never" if value is None else f"{value:.2f} s"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    report = _membership(args, parser)
+    if args.json:
+        json.dump(report, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print(_human(report))
+    return 0

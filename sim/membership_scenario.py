@@ -1,0 +1,424 @@
+"""Membership scenarios: N nodes, a fault schedule, and what to measure.
+
+A run boots N simulated nodes (seeded from the first ``seeds`` of them),
+applies the scenario's faults, and watches every membership event and every
+view. It measures, against the ground truth the simulator knows:
+
+- convergence: every running node's live view (checksum) equals the set of
+  running members at their current incarnations; ``convergence_seconds``
+  counts from the last disturbance (a boot, crash, leave, or the end of a
+  partition, pause or clog) to the moment views last became and stayed equal;
+- detection: per crashed node, seconds until the first and until the last
+  running member declared it failed (and until it was first suspected);
+- false positives: members declared failed while they ran, where no
+  injected fault between the two nodes (within the time suspicion takes)
+  explains it; and graceful leaves reported as failures;
+- cost: frames and bytes per node per simulated second, codec drops.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import attrs
+
+from membership.config import MembershipConfig, profile
+from membership.effects import Event
+from membership.state import CHECKSUM_MODULUS, EventKind, Status, member_digest
+from peer.wire import Codec, Keyring
+from sim.clock import NodeClock
+from sim.engine import Simulator
+from sim.faults import Crash, Fault, Join
+from sim.network import Block, Conditions, Network
+from sim.node import Life, SimNode
+from sim.streams import SeedStreams
+
+# The key every simulated node shares when the scenario is authenticated.
+SIM_KEY = b"peer-simulator-cluster-key-32by!"
+
+
+def _no_faults() -> tuple[Fault, ...]:
+    return ()
+
+
+@attrs.frozen
+class MembershipScenario:
+    nodes: int = 20
+    seed: int = 1
+    duration: float = 60.0
+    profile: str = "lan"
+    # Settings that differ from the profile, e.g. {"reconnect_interval": 10.0}.
+    overrides: dict[str, Any] = attrs.field(factory=dict)
+    seeds: int = 1  # nodes 0..seeds-1 are everyone's seeds
+    join_window: float = 1.0  # initial nodes boot at random times within it
+    loss: float = 0.0
+    duplicate: float = 0.0
+    latency: float = 0.0005
+    jitter: float = 0.0005
+    drift: float = 0.0  # each node's clock runs fast or slow by up to this
+    wall_skew: float = 0.0  # each node's wall clock is off by up to this many seconds
+    authenticated: bool = True
+    faults: tuple[Fault, ...] = attrs.field(factory=_no_faults, converter=tuple)
+
+    def config(self) -> MembershipConfig:
+        return attrs.evolve(profile(self.profile), **self.overrides)
+
+
+@attrs.define
+class MembershipResult:
+    scenario: MembershipScenario
+    sim_seconds: float
+    wall_seconds: float
+    converged: bool
+    convergence_seconds: float | None
+    false_positives: int
+    failures_declared: int
+    leaves_reported_failed: int
+    crashed: list[str]
+    detection_first_seconds: list[float | None]
+    detection_all_seconds: list[float | None]
+    suspicion_first_seconds: list[float | None]
+    messages_per_node_second: float
+    bytes_per_node_second: float
+    drops: dict[str, int]
+    network: dict[str, int]
+    events: int
+    trace_hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.scenario
+        return {
+            "scenario": "membership",
+            "nodes": s.nodes,
+            "seed": s.seed,
+            "profile": s.profile,
+            "sim_seconds": self.sim_seconds,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "sim_seconds_per_wall_second": round(self.sim_seconds / self.wall_seconds, 1) if self.wall_seconds else None,
+            "converged": self.converged,
+            "convergence_seconds": _round(self.convergence_seconds),
+            "false_positives": self.false_positives,
+            "failures_declared": self.failures_declared,
+            "leaves_reported_failed": self.leaves_reported_failed,
+            "crashed": self.crashed,
+            "detection_first_seconds": [_round(x) for x in self.detection_first_seconds],
+            "detection_all_seconds": [_round(x) for x in self.detection_all_seconds],
+            "suspicion_first_seconds": [_round(x) for x in self.suspicion_first_seconds],
+            "messages_per_node_second": round(self.messages_per_node_second, 2),
+            "bytes_per_node_second": round(self.bytes_per_node_second, 1),
+            "drops": self.drops,
+            "network": self.network,
+            "events": self.events,
+            "trace_hash": self.trace_hash,
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+@attrs.frozen
+class _Declaration:
+    time: float
+    observer: int
+    subject: int
+    incarnation: int
+    accuser: int | None
+
+
+class MembershipRun:
+    """Runs one scenario; also the ``World`` its faults act on and the
+    ``Observer`` its nodes report to."""
+
+    def __init__(self, scenario: MembershipScenario) -> None:
+        self.scenario = scenario
+        self.config = scenario.config()
+        self.sim = Simulator(scenario.seed)
+        self.network = Network(
+            self.sim,
+            Conditions(
+                latency=scenario.latency, jitter=scenario.jitter, loss=scenario.loss, duplicate=scenario.duplicate
+            ),
+        )
+        keyring = Keyring((SIM_KEY,)) if scenario.authenticated else None
+        clocks = self.sim.streams.get("clocks")
+        self.nodes: list[SimNode] = []
+        for index in range(scenario.nodes):
+            clock = NodeClock(
+                offset=clocks.uniform(0, 10_000),  # monotonic epochs differ per machine
+                drift=clocks.uniform(-scenario.drift, scenario.drift),
+                wall_step=clocks.uniform(-scenario.wall_skew, scenario.wall_skew),
+            )
+            name = f"node-{index:04d}"
+            addr = (f"10.{(index >> 16) & 255}.{(index >> 8) & 255}.{index & 255}", 7946)
+            self.nodes.append(
+                SimNode(self.sim, self.network, index, name, addr, self.config, clock, Codec(keyring), self)
+            )
+        self._index = {node.name: node.index for node in self.nodes}
+        self.seed_addrs = [node.addr for node in self.nodes[: scenario.seeds]]
+        # Ground truth and its checksum, maintained incrementally.
+        self._member_incarnation: dict[int, int] = {}  # running members -> incarnation
+        self._life_incarnation: dict[int, int] = {}  # node -> first incarnation of its current life
+        self._expected = 0
+        self._observer_checksum: dict[int, int] = {}  # nodes whose views are checked
+        self._checksum_counts: Counter[int] = Counter()
+        self._converged_since: float | None = None
+        self._last_disturbance = 0.0
+        # What happened, for the metrics.
+        self._failed: list[_Declaration] = []
+        self._suspected: list[_Declaration] = []
+        self._crashes: list[tuple[int, float, int]] = []  # node, time, incarnation of the life that ended
+        self._life_started: dict[int, float] = {}
+        self._events = 0
+
+    # -- World -------------------------------------------------------------
+
+    def at(self, when: float, action: Any, *args: Any) -> None:
+        self.sim.at(when, self._disturb, action, args)
+
+    def _disturb(self, action: Any, args: tuple[Any, ...]) -> None:
+        self._last_disturbance = self.sim.now
+        action(*args)
+        self._update_convergence()
+
+    def boot(self, index: int) -> None:
+        self.nodes[index].boot(self.seed_addrs)
+
+    def crash(self, index: int) -> None:
+        node = self.nodes[index]
+        if node.core is not None and node.life in (Life.UP, Life.PAUSED, Life.LEAVING):
+            self._crashes.append((index, self.sim.now, node.core.incarnation))
+        node.crash()
+
+    def pause(self, index: int) -> None:
+        self.nodes[index].pause()
+
+    def resume(self, index: int) -> None:
+        self.nodes[index].resume()
+
+    def leave(self, index: int) -> None:
+        self.nodes[index].leave()
+
+    def block(self, block: Block) -> None:
+        self.network.block(block)
+
+    def unblock(self, block: Block) -> None:
+        self.network.unblock(block)
+
+    def degrade(self, loss: float | None, duplicate: float | None) -> None:
+        conditions = self.network.conditions
+        conditions.loss = self.scenario.loss if loss is None else loss
+        conditions.duplicate = self.scenario.duplicate if duplicate is None else duplicate
+
+    def clog(self, index: int, until: float) -> None:
+        self.network.clog(index, until)
+        self.sim.at(until, self._disturb, lambda: None, ())
+
+    # -- Observer ----------------------------------------------------------
+
+    def on_event(self, node: SimNode, event: Event) -> None:
+        self._events += 1
+        if event.kind is EventKind.FAILED or event.kind is EventKind.SUSPECT:
+            subject = self._index.get(event.member.name)
+            if subject is not None:
+                log = self._failed if event.kind is EventKind.FAILED else self._suspected
+                accuser = self._index.get(event.source) if event.source is not None else None
+                log.append(_Declaration(self.sim.now, node.index, subject, event.member.incarnation, accuser))
+
+    def on_flush(self, node: SimNode) -> None:
+        core = node.core
+        assert core is not None
+        index = node.index
+        incarnation = self._member_incarnation.get(index)
+        if incarnation is not None and incarnation != core.incarnation:
+            self._set_expected(index, core.incarnation)
+        old = self._observer_checksum.get(index)
+        if old is not None and old != core.checksum:
+            self._checksum_counts[old] -= 1
+            self._checksum_counts[core.checksum] += 1
+            self._observer_checksum[index] = core.checksum
+        self._update_convergence()
+
+    def on_life(self, node: SimNode) -> None:
+        index, life = node.index, node.life
+        if life is Life.UP:
+            assert node.core is not None
+            if index not in self._member_incarnation:
+                self._life_incarnation[index] = node.core.incarnation
+                self._life_started[index] = self.sim.now
+            self._set_expected(index, node.core.incarnation)
+            self._add_observer(index, node.core.checksum)
+        elif life is Life.PAUSED:
+            self._remove_observer(index)
+        elif life in (Life.CRASHED, Life.LEAVING):
+            self._remove_observer(index)
+            self._set_expected(index, None)
+            self._life_started.pop(index, None)
+
+    def _set_expected(self, index: int, incarnation: int | None) -> None:
+        name = self.nodes[index].name
+        old = self._member_incarnation.pop(index, None)
+        if old is not None:
+            self._expected -= member_digest(name, Status.ALIVE, old)
+        if incarnation is not None:
+            self._member_incarnation[index] = incarnation
+            self._expected += member_digest(name, Status.ALIVE, incarnation)
+        self._expected %= CHECKSUM_MODULUS
+
+    def _add_observer(self, index: int, checksum: int) -> None:
+        self._remove_observer(index)
+        self._observer_checksum[index] = checksum
+        self._checksum_counts[checksum] += 1
+
+    def _remove_observer(self, index: int) -> None:
+        old = self._observer_checksum.pop(index, None)
+        if old is not None:
+            self._checksum_counts[old] -= 1
+
+    def _update_convergence(self) -> None:
+        observers = len(self._observer_checksum)
+        converged = observers > 0 and self._checksum_counts[self._expected] == observers
+        if not converged:
+            self._converged_since = None
+        elif self._converged_since is None:
+            self._converged_since = self.sim.now
+
+    # -- running -----------------------------------------------------------
+
+    def run(self) -> MembershipResult:
+        scenario = self.scenario
+        late = set()
+        for fault in scenario.faults:
+            if isinstance(fault, Join):
+                late |= fault.nodes
+        starts = self.sim.streams.get("boot")
+        for node in self.nodes:
+            if node.index not in late:
+                self.at(starts.uniform(0, scenario.join_window), self.boot, node.index)
+        for fault in scenario.faults:
+            fault.schedule(self)
+        started = time.perf_counter()
+        self.sim.run_until(scenario.duration)
+        wall = time.perf_counter() - started
+        return self._result(wall)
+
+    def _result(self, wall: float) -> MembershipResult:
+        scenario, config = self.scenario, self.config
+        n = scenario.nodes
+        window = (
+            config.suspicion_max_timeout_mult * config.suspicion_min_timeout(n)
+            + 5 * config.probe_interval
+            + config.reconnect_interval
+        )
+        false_positive_subjects = set()
+        leaves_failed = 0
+        leaving_lives = self._leaving_lives()
+        for declaration in self._failed:
+            subject = declaration.subject
+            if (subject, declaration.incarnation) in leaving_lives:
+                leaves_failed += 1
+            elif self._was_running(subject, declaration) and not self._explained(declaration, window):
+                false_positive_subjects.add(subject)
+        crashed, first, last, suspected = [], [], [], []
+        for index, when, incarnation in self._crashes:
+            crashed.append(self.nodes[index].name)
+            first.append(self._first_after(self._failed, index, when, incarnation))
+            suspected.append(self._first_after(self._suspected, index, when, incarnation))
+            last.append(self._all_declared(index, when, incarnation))
+        converged = self._converged_since is not None
+        convergence = max(0.0, self._converged_since - self._last_disturbance) if converged else None
+        stats = self.network.stats
+        node_seconds = n * scenario.duration
+        drops: Counter[str] = Counter()
+        for node in self.nodes:
+            for reason, count in node.codec.drops.items():
+                drops[reason.value] += count
+        return MembershipResult(
+            scenario=scenario,
+            sim_seconds=scenario.duration,
+            wall_seconds=wall,
+            converged=converged,
+            convergence_seconds=convergence,
+            false_positives=len(false_positive_subjects),
+            failures_declared=len(self._failed),
+            leaves_reported_failed=leaves_failed,
+            crashed=crashed,
+            detection_first_seconds=first,
+            detection_all_seconds=last,
+            suspicion_first_seconds=suspected,
+            messages_per_node_second=stats.frames / node_seconds,
+            bytes_per_node_second=stats.bytes / node_seconds,
+            drops=dict(sorted(drops.items())),
+            network=attrs.asdict(stats),
+            events=self._events,
+            trace_hash=self.sim.trace_hash,
+        )
+
+    def _leaving_lives(self) -> set[tuple[int, int]]:
+        lives = set()
+        for node in self.nodes:
+            if node.life in (Life.LEAVING, Life.LEFT) and node.core is not None:
+                lives.add((node.index, node.core.incarnation))
+        return lives
+
+    def _was_running(self, subject: int, declaration: _Declaration) -> bool:
+        """Did ``subject`` run, in the life the declaration is about, at the
+        time? (A crashed node, or an earlier life, is rightly declared dead.)"""
+        for index, when, incarnation in self._crashes:
+            if index == subject and incarnation >= declaration.incarnation and when <= declaration.time:
+                return False
+        return True
+
+    def _explained(self, declaration: _Declaration, window: float) -> bool:
+        """Did a fault cut the observer, or the accuser it believed, off from
+        the subject at the time (or shortly before)?"""
+        witnesses = [declaration.observer]
+        if declaration.accuser is not None:
+            witnesses.append(declaration.accuser)
+        return any(
+            fault.start <= declaration.time <= fault.end + window and fault.disturbs(witness, declaration.subject)
+            for fault in self.scenario.faults
+            for witness in witnesses
+        )
+
+    @staticmethod
+    def _first_after(log: list[_Declaration], subject: int, when: float, incarnation: int) -> float | None:
+        for declaration in log:
+            if declaration.subject == subject and declaration.time >= when and declaration.incarnation <= incarnation:
+                return declaration.time - when
+        return None
+
+    def _all_declared(self, subject: int, when: float, incarnation: int) -> float | None:
+        """Seconds until every node running since before the crash (and
+        still running) had declared ``subject`` failed."""
+        witnesses = {
+            index
+            for index, started in self._life_started.items()
+            if started <= when and index != subject and self.nodes[index].life is Life.UP
+        }
+        latest = 0.0
+        for observer in sorted(witnesses):
+            seen = [
+                d.time
+                for d in self._failed
+                if d.observer == observer and d.subject == subject and d.time >= when and d.incarnation <= incarnation
+            ]
+            if not seen:
+                return None
+            latest = max(latest, min(seen) - when)
+        return latest if witnesses else None
+
+
+def run_membership(scenario: MembershipScenario) -> MembershipResult:
+    return MembershipRun(scenario).run()
+
+
+def crash_scenario_faults(nodes: int, count: int, at: float, restart_after: float | None, seed: int) -> list[Fault]:
+    """``count`` distinct nodes, drawn from the seed's fault stream, crash at ``at``."""
+    if count > nodes - 1:
+        raise ValueError(f"cannot crash {count} of {nodes} nodes: at least one must survive")
+    chosen = SeedStreams(seed).get("faults").sample(range(nodes), count)
+    return [Crash(frozenset(chosen), at, restart_after)] if count else []
+

@@ -1,0 +1,208 @@
+"""A simulated peer process: the membership core behind the real codec.
+
+``SimNode`` is the simulator's thin driver, the counterpart of the trio
+runtime: it decodes frames with ``peer.wire.Codec``, feeds the core with its
+own clock's time, encodes what the core sends and hands it to the network,
+and wakes the core at its next deadline. It also plays the process's life:
+boot, crash (all state lost), restart under the same name, pause (SIGSTOP:
+timers stop, packets queue in the socket buffer), graceful leave.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import struct
+from collections.abc import Sequence
+from typing import Protocol
+
+from membership.config import MembershipConfig
+from membership.core import Membership
+from membership.effects import Event, Send
+from membership.state import Address
+from peer.wire import Codec, Dropped
+from sim.clock import NodeClock
+from sim.engine import Simulator
+from sim.network import Network
+
+# What a paused process's sockets hold before the kernel drops (Linux's
+# default UDP receive buffer, and a listen backlog).
+PAUSED_DATAGRAM_BYTES = 212_992
+PAUSED_STREAMS = 128
+
+_TRACE_LIFE = struct.Struct("<dHB")
+
+
+class Life(enum.Enum):
+    STOPPED = 0  # not started yet, or exited after leaving
+    UP = 1
+    PAUSED = 2
+    CRASHED = 3
+    LEAVING = 4
+    LEFT = 5
+
+
+class Observer(Protocol):
+    def on_event(self, node: SimNode, event: Event) -> None: ...
+
+    def on_flush(self, node: SimNode) -> None: ...
+
+    def on_life(self, node: SimNode) -> None: ...
+
+
+class SimNode:
+    def __init__(
+        self,
+        sim: Simulator,
+        network: Network,
+        index: int,
+        name: str,
+        addr: Address,
+        config: MembershipConfig,
+        clock: NodeClock,
+        codec: Codec,
+        observer: Observer,
+    ) -> None:
+        self.sim = sim
+        self.network = network
+        self.index = index
+        self.name = name
+        self.addr = addr
+        self.config = config
+        self.clock = clock
+        self.codec = codec
+        self.observer = observer
+        self.life = Life.STOPPED
+        self.core: Membership | None = None
+        self.boots = 0
+        self.seeds: tuple[Address, ...] = ()
+        self._wake_local = math.inf  # the local deadline a pending wake-up is for
+        self._wake_token = 0
+        self._inbox: list[tuple[Address, bytes, bool]] = []
+        self._inbox_bytes = 0
+        self._reported_view: tuple[int, int] | None = None  # what the observer last saw
+        network.attach(addr, self)
+
+    @property
+    def running(self) -> bool:
+        """Up or leaving: the process runs and its core answers."""
+        return self.life is Life.UP or self.life is Life.LEAVING
+
+    def _now(self) -> float:
+        return self.clock.monotonic(self.sim.now)
+
+    # -- life ------------------------------------------------------------
+
+    def boot(self, seeds: Sequence[Address]) -> None:
+        """Start (or restart) the process with a fresh core. Its incarnation
+        is its wall-clock boot time in ms, above anything its old self used."""
+        self.boots += 1
+        self.seeds = tuple(seeds)
+        rng = self.sim.streams.get(f"node/{self.name}/{self.boots}")
+        now = self._now()
+        incarnation = int(self.clock.wall(self.sim.now) * 1000)
+        self.core = Membership(self.name, self.addr, self.config, rng=rng, now=now, incarnation=incarnation)
+        self._set_life(Life.UP)
+        self.core.join(now, self.seeds)
+        self._flush()
+
+    def crash(self) -> None:
+        self.core = None
+        self._wake_token += 1
+        self._wake_local = math.inf
+        self._inbox.clear()
+        self._inbox_bytes = 0
+        self._set_life(Life.CRASHED)
+
+    def pause(self) -> None:
+        if self.life is Life.UP:
+            self._set_life(Life.PAUSED)
+
+    def resume(self) -> None:
+        if self.life is not Life.PAUSED:
+            return
+        self._set_life(Life.UP)
+        inbox, self._inbox, self._inbox_bytes = self._inbox, [], 0
+        for src, frame, reliable in inbox:
+            self.deliver(src, frame, reliable)
+        self._tick()
+
+    def leave(self) -> None:
+        if self.life is not Life.UP:
+            return
+        assert self.core is not None
+        self._set_life(Life.LEAVING)
+        self.core.leave(self._now())
+        self._flush()
+
+    def _set_life(self, life: Life) -> None:
+        self.life = life
+        self._reported_view = None
+        self.sim.record(_TRACE_LIFE.pack(self.sim.now, self.index, life.value))
+        self.observer.on_life(self)
+
+    # -- driving the core --------------------------------------------------
+
+    def deliver(self, src: Address, frame: bytes, reliable: bool) -> None:
+        if self.life is Life.PAUSED:
+            if reliable and sum(r for _, _, r in self._inbox) >= PAUSED_STREAMS:
+                return
+            if not reliable and self._inbox_bytes + len(frame) > PAUSED_DATAGRAM_BYTES:
+                return
+            self._inbox.append((src, frame, reliable))
+            self._inbox_bytes += 0 if reliable else len(frame)
+            return
+        if not self.running:
+            return
+        messages = self.codec.decode(frame, stream=reliable)
+        if isinstance(messages, Dropped):
+            return
+        core = self.core
+        assert core is not None
+        now = self._now()
+        for message in messages:
+            core.receive(now, src, message, reliable)
+        self._flush()
+
+    def _wake(self, token: int) -> None:
+        if token != self._wake_token or not self.running:
+            return
+        assert self.core is not None
+        deadline = self.core.next_deadline()
+        if deadline > self._wake_local:
+            # The timer we woke for was cancelled (an ack came in time): sleep on.
+            self._wake_local = deadline
+            self.sim.at(self.clock.to_global(deadline), self._wake, token)
+            return
+        self._tick()
+
+    def _tick(self) -> None:
+        assert self.core is not None
+        # Never hand the core a time before the deadline it asked for:
+        # converting through a drifting clock may round a hair short.
+        now = max(self._now(), self._wake_local) if self._wake_local != math.inf else self._now()
+        self._wake_local = math.inf
+        self.core.tick(now)
+        self._flush()
+
+    def _flush(self) -> None:
+        core = self.core
+        assert core is not None
+        for effect in core.take_effects():
+            if type(effect) is Send:
+                frame = self.codec.encode(effect.messages, stream=effect.reliable)
+                self.network.send(self.index, self.addr, effect.dst, frame, effect.reliable)
+            else:
+                self.observer.on_event(self, effect)
+        if self.life is Life.LEAVING and core.leave_complete:
+            self._set_life(Life.LEFT)  # the process exits
+            return
+        view = (core.checksum, core.incarnation)
+        if view != self._reported_view:
+            self._reported_view = view
+            self.observer.on_flush(self)
+        deadline = core.next_deadline()
+        if deadline < self._wake_local:
+            self._wake_local = deadline
+            self._wake_token += 1
+            self.sim.at(self.clock.to_global(deadline), self._wake, self._wake_token)
