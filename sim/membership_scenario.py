@@ -85,6 +85,7 @@ class MembershipResult:
     drops: dict[str, int]
     network: dict[str, int]
     events: int
+    last_event_seconds: float | None
     trace_hash: str
 
     def to_json(self) -> dict[str, Any]:
@@ -111,6 +112,7 @@ class MembershipResult:
             "drops": self.drops,
             "network": self.network,
             "events": self.events,
+            "last_event_seconds": _round(self.last_event_seconds),
             "trace_hash": self.trace_hash,
         }
 
@@ -172,6 +174,9 @@ class MembershipRun:
         self._crashes: list[tuple[int, float, int]] = []  # node, time, incarnation of the life that ended
         self._life_started: dict[int, float] = {}
         self._events = 0
+        self._last_event: float | None = None
+        self._started = False
+        self._wall = 0.0
 
     # -- World -------------------------------------------------------------
 
@@ -220,6 +225,7 @@ class MembershipRun:
 
     def on_event(self, node: SimNode, event: Event) -> None:
         self._events += 1
+        self._last_event = self.sim.now
         if event.kind is EventKind.FAILED or event.kind is EventKind.SUSPECT:
             subject = self._index.get(event.member.name)
             if subject is not None:
@@ -288,21 +294,30 @@ class MembershipRun:
     # -- running -----------------------------------------------------------
 
     def run(self) -> MembershipResult:
-        scenario = self.scenario
-        late = set()
-        for fault in scenario.faults:
+        """Run to the end of the scenario and measure."""
+        self.run_until(self.scenario.duration)
+        return self._result(self._wall)
+
+    def run_until(self, when: float) -> None:
+        """Run up to simulated time ``when`` (to look at the views midway)."""
+        if not self._started:
+            self._start()
+        started = time.perf_counter()
+        self.sim.run_until(min(when, self.scenario.duration))
+        self._wall += time.perf_counter() - started
+
+    def _start(self) -> None:
+        self._started = True
+        late: set[int] = set()
+        for fault in self.scenario.faults:
             if isinstance(fault, Join):
                 late |= fault.nodes
         starts = self.sim.streams.get("boot")
         for node in self.nodes:
             if node.index not in late:
-                self.at(starts.uniform(0, scenario.join_window), self.boot, node.index)
-        for fault in scenario.faults:
+                self.at(starts.uniform(0, self.scenario.join_window), self.boot, node.index)
+        for fault in self.scenario.faults:
             fault.schedule(self)
-        started = time.perf_counter()
-        self.sim.run_until(scenario.duration)
-        wall = time.perf_counter() - started
-        return self._result(wall)
 
     def _result(self, wall: float) -> MembershipResult:
         scenario, config = self.scenario, self.config
@@ -353,6 +368,7 @@ class MembershipRun:
             drops=dict(sorted(drops.items())),
             network=attrs.asdict(stats),
             events=self._events,
+            last_event_seconds=self._last_event,
             trace_hash=self.sim.trace_hash,
         )
 

@@ -1,0 +1,239 @@
+"""Membership under faults, in the simulator: each scenario asserts its invariants.
+
+Bounds come from the protocol's own parameters: a crashed member is first
+probed by someone within a few rounds (each round every member probes one
+other), then a suspicion lasts at most the maximum Lifeguard timeout, and
+the verdict spreads in a few gossip rounds.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from membership import MembershipConfig, Status
+from sim.faults import Clog, Crash, Degrade, Join, Leave, Partition, Pause
+from sim.membership_scenario import MembershipRun, MembershipResult, MembershipScenario, run_membership
+
+SEEDS = [1, 2, 3]
+N = 20
+HALF_A, HALF_B = frozenset(range(N // 2)), frozenset(range(N // 2, N))
+
+
+def detection_bound(config: MembershipConfig, n: int) -> float:
+    max_suspicion = config.suspicion_max_timeout_mult * config.suspicion_min_timeout(n)
+    return 8 * config.probe_interval + max_suspicion + 10 * config.gossip_interval
+
+
+def views(run: MembershipRun) -> dict[str, dict[str, tuple[Status, int]]]:
+    """Each running node's view: member name -> (status, incarnation)."""
+    return {
+        node.name: {m.name: (m.status, m.incarnation) for m in node.core.members()}
+        for node in run.nodes
+        if node.running and node.core is not None
+    }
+
+
+def assert_healthy(result: MembershipResult) -> None:
+    assert result.converged, result.to_json()
+    assert result.false_positives == 0, result.to_json()
+    assert result.leaves_reported_failed == 0, result.to_json()
+    assert sum(result.drops.values()) == 0
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_steady_state_has_no_false_failure_and_identical_views(seed):
+    run = MembershipRun(MembershipScenario(nodes=N, seed=seed, duration=60))
+    result = run.run()
+    assert_healthy(result)
+    assert result.failures_declared == 0
+    assert result.convergence_seconds < 10
+    live = {node.name: {m.name for m in node.core.live_members()} for node in run.nodes}
+    assert all(view == set(live) for view in live.values())
+    assert len({node.core.checksum for node in run.nodes}) == 1
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_crashed_nodes_are_declared_failed_by_all_within_the_bound(seed):
+    scenario = MembershipScenario(nodes=N, seed=seed, duration=90, faults=(Crash({4, 11}, at=20.0),))
+    run = MembershipRun(scenario)
+    result = run.run()
+    assert_healthy(result)
+    bound = detection_bound(scenario.config(), N)
+    for first, last in zip(result.detection_first_seconds, result.detection_all_seconds):
+        assert first is not None and last is not None
+        assert first <= last <= bound
+    for view in views(run).values():
+        assert view["node-0004"][0] is Status.DEAD and view["node-0011"][0] is Status.DEAD
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_halves_split_longer_than_dead_members_are_remembered_merge_again(seed):
+    """memberlist cannot heal this (its issue #222): once the halves have
+    forgotten each other, only re-contacting seeds brings them back."""
+    remember = 60.0
+    scenario = MembershipScenario(
+        nodes=N,
+        seed=seed,
+        duration=260,
+        seeds=2,  # both in half A: half B must find its way back alone
+        overrides={"reconnect_timeout": remember, "tombstone_timeout": remember},
+        faults=(Partition(HALF_A, HALF_B, start=20.0, duration=3 * remember),),
+    )
+    run = MembershipRun(scenario)
+    run.run_until(20.0 + 3 * remember - 1)  # late in the split
+    for node in run.nodes:
+        own_half = HALF_A if node.index in HALF_A else HALF_B
+        assert {m.name for m in node.core.live_members()} == {run.nodes[i].name for i in own_half}
+        assert node.core.stats.reaped >= len(own_half)  # the other half is forgotten
+    result = run.run()
+    assert_healthy(result)
+    config = scenario.config()
+    assert result.convergence_seconds <= 1.5 * config.reconnect_interval + detection_bound(config, N)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_halves_split_shorter_than_memory_merge_through_dead_members(seed):
+    scenario = MembershipScenario(
+        nodes=N, seed=seed, duration=150, faults=(Partition(HALF_A, HALF_B, start=20.0, duration=60.0),)
+    )
+    result = run_membership(scenario)
+    assert_healthy(result)
+    assert result.failures_declared >= 2 * (N // 2) ** 2  # each half failed the other
+    assert result.convergence_seconds <= 1.5 * scenario.config().reconnect_interval
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("group", [HALF_A, frozenset({3})], ids=["half", "one-node"])
+def test_one_way_partition_causes_no_permanent_flapping(seed, group):
+    scenario = MembershipScenario(
+        nodes=N,
+        seed=seed,
+        duration=180,
+        faults=(Partition(group, frozenset(range(N)) - group, start=20.0, duration=60.0, one_way=True),),
+    )
+    result = run_membership(scenario)
+    assert_healthy(result)
+    assert result.failures_declared > 0  # the fault did bite
+    assert result.last_event_seconds < 80.0 + 60.0  # then the views settled for good
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_ten_percent_loss_and_duplication(seed):
+    scenario = MembershipScenario(
+        nodes=N,
+        seed=seed,
+        duration=150,
+        faults=(
+            Degrade(loss=0.1, duplicate=0.1, start=0.0, duration=120.0),
+            Join({18, 19}, at=30.0),
+            Crash({7}, at=60.0),
+        ),
+    )
+    run = MembershipRun(scenario)
+    result = run.run()
+    assert_healthy(result)
+    assert result.network["lost"] > 300 and result.network["duplicated"] > 300  # the fault did bite
+    (detected,) = result.detection_all_seconds
+    assert detected is not None and detected <= detection_bound(scenario.config(), N)
+    for view in views(run).values():
+        assert view["node-0018"][0] is Status.ALIVE and view["node-0019"][0] is Status.ALIVE
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_churn_of_joins_and_leaves(seed):
+    scenario = MembershipScenario(
+        nodes=30,
+        seed=seed,
+        duration=150,
+        faults=(
+            Join(range(20, 25), at=20.0),
+            Leave({3, 4}, at=30.0),
+            Join(range(25, 30), at=40.0),
+            Leave({10, 22}, at=50.0),
+            Crash({12}, at=60.0),
+            Leave({0}, at=70.0),  # even the seed
+        ),
+    )
+    run = MembershipRun(scenario)
+    result = run.run()
+    assert_healthy(result)
+    left = {"node-0003", "node-0004", "node-0010", "node-0022", "node-0000"}
+    for view in views(run).values():
+        # left, or never known by nodes that joined after the leave
+        assert all(view.get(name, (Status.LEFT,))[0] is Status.LEFT for name in left)
+        assert view["node-0012"][0] is Status.DEAD
+        assert sum(status.is_live for status, _ in view.values()) == 30 - len(left) - 1
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_node_restarted_under_its_name_is_not_confused_with_its_dead_self(seed):
+    scenario = MembershipScenario(
+        nodes=N,
+        seed=seed,
+        duration=100,
+        faults=(
+            Crash({3}, at=20.0, restart_after=40.0),  # declared failed, then back
+            Crash({5}, at=20.0, restart_after=1.0),  # back before anyone noticed
+        ),
+    )
+    run = MembershipRun(scenario)
+    result = run.run()
+    assert_healthy(result)
+    assert result.detection_all_seconds[0] is not None  # its first life was declared failed
+    for index in (3, 5):
+        node = run.nodes[index]
+        assert node.boots == 2
+        for view in views(run).values():
+            assert view[node.name] == (Status.ALIVE, node.core.incarnation)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_paused_and_clogged_nodes_come_back(seed):
+    scenario = MembershipScenario(
+        nodes=N,
+        seed=seed,
+        duration=120,
+        faults=(Pause({2}, start=20.0, duration=40.0), Clog({9}, start=30.0, duration=3.0)),
+    )
+    run = MembershipRun(scenario)
+    result = run.run()
+    assert_healthy(result)
+    assert any(view["node-0002"][0] is Status.ALIVE for view in views(run).values())
+    assert run.nodes[2].core.stats.refutations >= 1  # it heard it was declared failed and refuted
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_clock_drift_and_wall_clock_skew_change_nothing(seed):
+    scenario = MembershipScenario(
+        nodes=N, seed=seed, duration=90, drift=1e-3, wall_skew=120.0, faults=(Crash({6}, at=30.0),)
+    )
+    result = run_membership(scenario)
+    assert_healthy(result)
+    assert result.detection_all_seconds[0] <= detection_bound(scenario.config(), N)
+
+
+def test_same_seed_same_trace_different_seed_different_trace():
+    scenario = MembershipScenario(nodes=10, seed=42, duration=40, loss=0.05, faults=(Crash({2}, at=10.0),))
+    first, second = run_membership(scenario), run_membership(scenario)
+    assert first.trace_hash == second.trace_hash
+    assert first.to_json() | {"wall_seconds": 0, "sim_seconds_per_wall_second": 0} == second.to_json() | {
+        "wall_seconds": 0,
+        "sim_seconds_per_wall_second": 0,
+    }
+    other = run_membership(MembershipScenario(nodes=10, seed=43, duration=40, loss=0.05, faults=(Crash({2}, at=10.0),)))
+    assert other.trace_hash != first.trace_hash
+
+
+def test_trace_does_not_depend_on_the_interpreter_hash_seed():
+    command = [sys.executable, "-m", "sim", "membership", "--nodes", "12", "--seed", "5", "--duration", "30",
+               "--crash", "1", "--crash-at", "10", "--loss", "0.05", "--json"]
+    hashes = set()
+    for hash_seed in ("0", "1", "12345"):
+        env = os.environ | {"PYTHONHASHSEED": hash_seed}
+        output = subprocess.run(command, env=env, capture_output=True, text=True, check=True, timeout=120).stdout
+        hashes.add(output.split('"trace_hash": "')[1][:32])
+    assert len(hashes) == 1
