@@ -24,10 +24,13 @@ suspect; unless it refutes in time, the Lifeguard suspicion timer
 suspicion, so the member learns of it at once and can refute (the "buddy
 system").
 
-A full state exchange (``PushPull``) with one random member per
-``push_pull_period`` repairs whatever gossip missed. Joining is such an
-exchange with the seeds; healing is one with a seed, dead or left member
-every ``reconnect_interval``, so split halves find each other again. A node
+Anti-entropy repairs whatever gossip missed: every ``push_pull_period``
+a node sends one random member the checksum of its live view
+(``StateDigest``); only if that member's view differs do the two exchange
+their full member tables (``PushPull``), so a converged cluster pays a
+datagram, not two tables. Joining is a full exchange with the seeds;
+healing is one with a seed, dead or left member every
+``reconnect_interval``, so split halves find each other again. A node
 restarted under the same name must start with a higher incarnation than its
 previous life used (the runtime passes its boot time in milliseconds), so
 its new self outranks every claim about the old one.
@@ -59,6 +62,7 @@ from membership.messages import (
     Ping,
     PingReq,
     PushPull,
+    StateDigest,
     Suspect,
     wire_size,
 )
@@ -90,8 +94,10 @@ class MembershipStats:
     suspicions: int = 0  # members we suspected ourselves
     declared_dead: int = 0  # suspicions of ours that timed out
     refutations: int = 0
-    push_pulls: int = 0
+    push_pulls: int = 0  # full state exchanges we started on a differing digest
+    digests_in_sync: int = 0  # digests that matched our view: nothing to exchange
     reconnects: int = 0
+    corrections: int = 0  # newer claims re-gossiped because someone spread older ones
     misdirected_pings: int = 0  # pings naming someone else: a stale address
     name_conflicts: int = 0  # another process claims our name
     reaped: int = 0
@@ -130,6 +136,9 @@ class Membership:
         self.addr = addr
         self.config = config
         self.stats = MembershipStats()
+        # Bumped on every change to the member table: a driver (or a layer
+        # above) compares it to know whether the view changed at all.
+        self.version = 0
         self._rng = rng
         me = Member(name, addr, incarnation, Status.ALIVE, meta)
         self._members: dict[str, Member] = {name: me}
@@ -138,8 +147,7 @@ class Membership:
         # Live members other than ourselves, indexable for O(1) sampling.
         self._live: list[str] = []
         self._live_index: dict[str, int] = {}
-        self._recently_dead: dict[str, float] = {}  # still gossiped to, so they can refute
-        self._gone: dict[str, None] = {}  # dead and left members, oldest first
+        self._gone: dict[str, None] = {}  # dead and left members, in the order they went
         self._live_addrs: dict[Address, int] = {}  # address -> live members using it
         self._probe_order: list[str] = []
         self._probe_next = 0
@@ -174,6 +182,7 @@ class Membership:
             Nack: self._on_nack,
             PingReq: self._on_ping_req,
             PushPull: self._on_push_pull,
+            StateDigest: self._on_digest,
             Alive: self._on_claim,
             Suspect: self._on_claim,
             Dead: self._on_claim,
@@ -231,6 +240,7 @@ class Membership:
         self._leaving = True
         me = self._members[self.name]
         self._set_member(now, me, attrs.evolve(me, status=Status.LEFT))
+        self._membership_size_changed()
         self._broadcast(now, Left(self.name, me.incarnation))
         self._probe = None
         for key in (("probe",), ("push_pull",), ("reconnect",), ("join_retry",)):
@@ -325,9 +335,16 @@ class Membership:
         self._timers.schedule(("relay", seq), now + NACK_FRACTION * self.config.probe_timeout)
 
     def _on_push_pull(self, now: float, exchange: PushPull, reliable: bool) -> None:
-        self._merge_state(now, exchange.members)
+        self._merge_state(now, exchange.sender, exchange.members)
         if not exchange.is_reply:
             self._send_state(exchange.reply_to, is_reply=True)
+
+    def _on_digest(self, now: float, digest: StateDigest, reliable: bool) -> None:
+        if digest.checksum == self._checksum:
+            self.stats.digests_in_sync += 1
+            return
+        self.stats.push_pulls += 1
+        self._send_state(digest.reply_to)
 
     def _on_claim(self, now: float, claim: Claim, reliable: bool) -> None:
         self._apply(now, claim)
@@ -348,7 +365,9 @@ class Membership:
             if status is not Status.ALIVE:
                 return  # only an alive claim carries what we need to know a stranger
         elif not supersedes(claim.incarnation, status, current):
-            if status is Status.SUSPECT and current.status is Status.SUSPECT:
+            if claim.incarnation < current.incarnation:
+                self._correct(now, current)
+            elif status is Status.SUSPECT and current.status is Status.SUSPECT:
                 self._confirm_suspicion(now, claim)
             return
         if isinstance(claim, Alive):
@@ -363,9 +382,29 @@ class Membership:
             self._start_suspicion(now, new, claim.accuser)
         self._broadcast(now, claim)
 
+    def _correct(self, now: float, current: Member) -> None:
+        """Someone still spreads news about ``current``'s previous life (it
+        missed a refutation or a restart, typically while views were split):
+        spread what we know again, unless we already are."""
+        if self._broadcasts.pending(current.name):
+            return
+        self.stats.corrections += 1
+        if current.status is Status.ALIVE:
+            claim: Claim = Alive(current.name, current.incarnation, current.addr, current.meta)
+        elif current.status is Status.SUSPECT:
+            claim = Suspect(current.name, current.incarnation, self.name)
+        elif current.status is Status.DEAD:
+            claim = Dead(current.name, current.incarnation, self.name)
+        else:
+            claim = Left(current.name, current.incarnation)
+        self._broadcast(now, claim)
+
     def _about_self(self, now: float, claim: Claim) -> None:
         me = self._members[self.name]
-        if self._leaving or claim.incarnation < me.incarnation:
+        if self._leaving:
+            return
+        if claim.incarnation < me.incarnation:
+            self._correct(now, me)
             return
         if isinstance(claim, Alive):
             if claim.incarnation == me.incarnation and claim.addr == me.addr and claim.meta == me.meta:
@@ -379,7 +418,7 @@ class Membership:
         self._set_member(now, me, refuted)
         self._broadcast(now, self._alive_claim())
 
-    def _merge_state(self, now: float, table: Sequence[Member]) -> None:
+    def _merge_state(self, now: float, sender: str, table: Sequence[Member]) -> None:
         members = self._members
         for row in table:
             current = members.get(row.name)
@@ -390,53 +429,56 @@ class Membership:
             elif row.status is Status.LEFT:
                 self._apply(now, Left(row.name, row.incarnation))
             else:
-                # Second-hand suspicions and deaths become our suspicion, so
-                # the member gets its chance to refute (after a partition,
-                # this is how each side learns the other is alive).
+                # A second-hand death becomes a suspicion on the sender's
+                # word, so the member gets its chance to refute (after a
+                # partition, this is how each side learns the other lives).
                 if row.status is Status.SUSPECT and row.name not in self._members:
                     self._apply(now, Alive(row.name, row.incarnation, row.addr, row.meta))
-                self._apply(now, Suspect(row.name, row.incarnation, self.name))
+                self._apply(now, Suspect(row.name, row.incarnation, sender))
 
     def _set_member(self, now: float, old: Member | None, new: Member, source: str | None = None) -> None:
         """Replace ``old`` by ``new`` and keep every derived structure in step."""
         name = new.name
         self._members[name] = new
+        self.version += 1
         if old is None or old.status != new.status:
             self._since[name] = now
-        if old is not None and old.status.is_live:
-            self._checksum -= member_digest(name, old.status, old.incarnation)
+        was_live = old is not None and old.status.is_live
+        if was_live:
+            self._checksum -= member_digest(name, old.status, old.incarnation)  # type: ignore[union-attr]
         if new.status.is_live:
             self._checksum += member_digest(name, new.status, new.incarnation)
         self._checksum %= CHECKSUM_MODULUS
         if name == self.name:
-            return
-        was_live = old is not None and old.status.is_live
+            return  # we are in no index of our own, and raise no events about ourselves
+        self._reindex(old, new, was_live)
+        if new.status is not Status.SUSPECT and self._suspicions.pop(name, None) is not None:
+            self._timers.cancel(("suspicion", name))
+        for kind in transition_events(old, new):
+            self._effects.append(Event(kind, new, source))
+
+    def _reindex(self, old: Member | None, new: Member, was_live: bool) -> None:
+        """Update the live list, the probe order, the dead-and-left list and
+        the live address counts for a member's change."""
+        name = new.name
         if was_live:
-            assert old is not None
-            self._count_live_addr(old.addr, -1)
+            self._count_live_addr(old.addr, -1)  # type: ignore[union-attr]
         if new.status.is_live:
             self._count_live_addr(new.addr, +1)
             self._gone.pop(name, None)
-        else:
+        elif old is None or old.status != new.status:
             self._gone.pop(name, None)
-            self._gone[name] = None  # (re)appended: the dict stays oldest first
+            self._gone[name] = None  # (re)appended, so the dict stays ordered by _since
         if new.status.is_live and not was_live:
             self._live_index[name] = len(self._live)
             self._live.append(name)
-            self._recently_dead.pop(name, None)
             # Probe newcomers within the current round.
             position = self._rng.randint(self._probe_next, len(self._probe_order))
             self._probe_order.insert(position, name)
             self._membership_size_changed()
         elif was_live and not new.status.is_live:
             self._remove_live(name)
-            if new.status is Status.DEAD:
-                self._recently_dead[name] = now
             self._membership_size_changed()
-        if new.status is not Status.SUSPECT and self._suspicions.pop(name, None) is not None:
-            self._timers.cancel(("suspicion", name))
-        for kind in transition_events(old, new):
-            self._effects.append(Event(kind, new, source))
 
     def _count_live_addr(self, addr: Address, delta: int) -> None:
         count = self._live_addrs.get(addr, 0) + delta
@@ -586,19 +628,25 @@ class Membership:
             self._timers.schedule(("gossip",), self._gossip_phase + max(rounds, 0) * interval)
 
     def _gossip_targets(self, now: float) -> list[Member]:
+        """Random live members, and those failed recently enough that telling
+        them may still let them refute."""
         horizon = now - self.config.gossip_to_the_dead_time
-        for name, since in list(self._recently_dead.items()):
-            if since < horizon or self._members.get(name, None) is None:
-                del self._recently_dead[name]
-        extra = [self._members[name] for name in self._recently_dead]
-        return self._sample_live(self.config.gossip_nodes, None, extra)
+        recently_dead = []
+        for name in reversed(self._gone):
+            if self._since[name] < horizon:
+                break
+            member = self._members[name]
+            if member.status is Status.DEAD:
+                recently_dead.append(member)
+        return self._sample_live(self.config.gossip_nodes, None, recently_dead)
 
     def _push_pull_round(self, now: float) -> None:
+        """Anti-entropy with one random member, digest first: only if its
+        view differs does it start a full state exchange with us."""
         self._timers.schedule(("push_pull",), now + self.config.push_pull_period(self.live_count))
         peers = self._sample_live(1, lambda m: m.status is Status.ALIVE)
         if peers:
-            self.stats.push_pulls += 1
-            self._send_state(peers[0].addr)
+            self._send(peers[0].addr, [StateDigest(self.name, self.addr, self._checksum)])
 
     def _join_retry(self, now: float) -> None:
         if self._live or self._leaving:
@@ -630,7 +678,7 @@ class Membership:
                 del self._members[name]
                 del self._since[name]
                 del self._gone[name]
-                self._recently_dead.pop(name, None)
+                self.version += 1
                 self.stats.reaped += 1
 
     def _leave_timeout(self, now: float) -> None:
@@ -648,7 +696,7 @@ class Membership:
 
     def _send_state(self, dst: Address, is_reply: bool = False) -> None:
         table = tuple(self._members.values())
-        self._effects.append(Send(dst, (PushPull(is_reply, self.addr, table),), reliable=True))
+        self._effects.append(Send(dst, (PushPull(self.name, is_reply, self.addr, table),), reliable=True))
 
     def _broadcast(self, now: float, claim: Claim) -> None:
         self._broadcasts.enqueue(claim.name, claim, wire_size(claim))

@@ -51,6 +51,12 @@ def _uint(value: Any, what: str) -> int:
     return value
 
 
+def _uint64(value: Any, what: str) -> int:
+    if type(value) is not int or not 0 <= value < 1 << 64:
+        raise MalformedMessage(f"{what}: expected an integer in 0..2**64-1")
+    return value
+
+
 def _addr(host: Any, port: Any, what: str) -> Address:
     if type(host) is not str or not 0 < len(host) <= HOST_MAX:
         raise MalformedMessage(f"{what}: expected a host of 1..{HOST_MAX} characters")
@@ -237,20 +243,22 @@ class PushPull:
     (``is_reply`` false) is answered with the receiver's table."""
 
     TAG: ClassVar[int] = 9
+    sender: str
     is_reply: bool
     reply_to: Address
     members: tuple[Member, ...]
 
     def to_wire(self) -> list[Any]:
         table = [[m.name, m.addr[0], m.addr[1], m.incarnation, int(m.status), m.meta] for m in self.members]
-        return [self.TAG, self.is_reply, self.reply_to[0], self.reply_to[1], table]
+        return [self.TAG, self.sender, self.is_reply, self.reply_to[0], self.reply_to[1], table]
 
     @classmethod
     def from_wire(cls, f: list[Any]) -> PushPull:
-        _fields(f, 5, "push-pull")
-        if type(f[1]) is not bool:
+        _fields(f, 6, "push-pull")
+        sender = _name(f[1], "push-pull.sender")
+        if type(f[2]) is not bool:
             raise MalformedMessage("push-pull.is_reply: expected a boolean")
-        table = f[4]
+        table = f[5]
         if type(table) is not list or len(table) > MEMBERS_MAX:
             raise MalformedMessage(f"push-pull.members: expected a list of at most {MEMBERS_MAX}")
         members = []
@@ -276,14 +284,34 @@ class PushPull:
             ):
                 raise MalformedMessage(f"push-pull.members: invalid row {row!r:.200}")
             members.append(Member(name, (host, port), incarnation, statuses[status], meta))
-        return cls(f[1], _addr(f[2], f[3], "push-pull.reply_to"), tuple(members))
+        return cls(sender, f[2], _addr(f[3], f[4], "push-pull.reply_to"), tuple(members))
+
+
+@attrs.frozen(slots=True)
+class StateDigest:
+    """The checksum of the sender's live view: the cheap first step of the
+    periodic anti-entropy. A receiver whose view differs starts a full
+    ``PushPull`` with the sender; an equal view costs nothing more."""
+
+    TAG: ClassVar[int] = 10
+    sender: str
+    reply_to: Address
+    checksum: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.TAG, self.sender, self.reply_to[0], self.reply_to[1], self.checksum]
+
+    @classmethod
+    def from_wire(cls, f: list[Any]) -> StateDigest:
+        _fields(f, 5, "digest")
+        return cls(_name(f[1], "digest.sender"), _addr(f[2], f[3], "digest.reply_to"), _uint64(f[4], "digest.checksum"))
 
 
 Claim = Union[Alive, Suspect, Dead, Left]
-Message = Union[Ping, Ack, Nack, PingReq, Alive, Suspect, Dead, Left, PushPull]
+Message = Union[Ping, Ack, Nack, PingReq, Alive, Suspect, Dead, Left, PushPull, StateDigest]
 
 MESSAGE_TYPES: dict[int, type[Message]] = {
-    cls.TAG: cls for cls in (Ping, Ack, Nack, PingReq, Alive, Suspect, Dead, Left, PushPull)
+    cls.TAG: cls for cls in (Ping, Ack, Nack, PingReq, Alive, Suspect, Dead, Left, PushPull, StateDigest)
 }
 
 

@@ -43,6 +43,9 @@ MAX_DATAGRAM = 65_507
 MAX_STREAM_FRAME = 8 * 1024 * 1024
 KEY_SIZES = (16, 24, 32, 64)
 
+_UNSIGNED_HEADER = bytes((VERSION, 0))
+_SIGNED_HEADER = bytes((VERSION, SIGNED))
+
 assert HEADER_SIZE + 3 + MAC_SIZE <= ENVELOPE_RESERVE, "the core's packet budget must cover the envelope"
 
 
@@ -124,9 +127,9 @@ class Codec:
     def encode(self, messages: Iterable[Message], *, stream: bool = False) -> bytes:
         body = msgpack.packb([message.to_wire() for message in messages])
         if self.keyring is None:
-            frame = bytes((VERSION, 0)) + body
+            frame = _UNSIGNED_HEADER + body
         else:
-            signed = bytes((VERSION, SIGNED)) + body
+            signed = _SIGNED_HEADER + body
             frame = signed + hmac.digest(self.keyring.primary, signed, "sha256")
         limit = self.max_stream if stream else self.max_datagram
         if len(frame) > limit:
@@ -168,15 +171,17 @@ class Codec:
             decoded = msgpack.unpackb(body, raw=False, strict_map_key=True, max_map_len=0, max_ext_len=0)
             if type(decoded) is not list or not decoded:
                 return Dropped(DropReason.MALFORMED, "body is not a non-empty list of messages")
-            return tuple(self._decode_message(item) for item in decoded)
+            decode_message = self._decode_message
+            return tuple([decode_message(item) for item in decoded])
         except Exception as error:  # the trust boundary: nothing may escape
             return Dropped(DropReason.MALFORMED, f"{type(error).__name__}: {error}")
 
     def _verify(self, signed: bytes, mac: bytes) -> bool:
         assert self.keyring is not None
-        return any(
-            hmac.compare_digest(hmac.digest(key, signed, "sha256"), mac) for key in self.keyring.keys
-        )
+        for key in self.keyring.keys:
+            if hmac.compare_digest(hmac.digest(key, signed, "sha256"), mac):
+                return True
+        return False
 
 
 def total_drops(codecs: Sequence[Codec]) -> dict[str, int]:

@@ -233,7 +233,7 @@ class MembershipRun:
                 accuser = self._index.get(event.source) if event.source is not None else None
                 log.append(_Declaration(self.sim.now, node.index, subject, event.member.incarnation, accuser))
 
-    def on_flush(self, node: SimNode) -> None:
+    def on_view_change(self, node: SimNode) -> None:
         core = node.core
         assert core is not None
         index = node.index
@@ -296,7 +296,12 @@ class MembershipRun:
     def run(self) -> MembershipResult:
         """Run to the end of the scenario and measure."""
         self.run_until(self.scenario.duration)
-        return self._result(self._wall)
+        return self.measure()
+
+    @property
+    def converged_since(self) -> float | None:
+        """Since when all running views have equalled the truth (None: they differ now)."""
+        return self._converged_since
 
     def run_until(self, when: float) -> None:
         """Run up to simulated time ``when`` (to look at the views midway)."""
@@ -319,8 +324,10 @@ class MembershipRun:
         for fault in self.scenario.faults:
             fault.schedule(self)
 
-    def _result(self, wall: float) -> MembershipResult:
+    def measure(self) -> MembershipResult:
+        """The figures, as of the current simulated time."""
         scenario, config = self.scenario, self.config
+        wall = self._wall
         n = scenario.nodes
         window = (
             config.suspicion_max_timeout_mult * config.suspicion_min_timeout(n)
@@ -345,14 +352,14 @@ class MembershipRun:
         converged = self._converged_since is not None
         convergence = max(0.0, self._converged_since - self._last_disturbance) if converged else None
         stats = self.network.stats
-        node_seconds = n * scenario.duration
+        node_seconds = n * max(self.sim.now, 1e-9)
         drops: Counter[str] = Counter()
         for node in self.nodes:
             for reason, count in node.codec.drops.items():
                 drops[reason.value] += count
         return MembershipResult(
             scenario=scenario,
-            sim_seconds=scenario.duration,
+            sim_seconds=self.sim.now,
             wall_seconds=wall,
             converged=converged,
             convergence_seconds=convergence,

@@ -45,7 +45,7 @@ class Life(enum.Enum):
 class Observer(Protocol):
     def on_event(self, node: SimNode, event: Event) -> None: ...
 
-    def on_flush(self, node: SimNode) -> None: ...
+    def on_view_change(self, node: SimNode) -> None: ...
 
     def on_life(self, node: SimNode) -> None: ...
 
@@ -80,7 +80,8 @@ class SimNode:
         self._wake_token = 0
         self._inbox: list[tuple[Address, bytes, bool]] = []
         self._inbox_bytes = 0
-        self._reported_view: tuple[int, int] | None = None  # what the observer last saw
+        self._inbox_streams = 0
+        self._reported_version = -1  # the core's view version the observer last saw
         network.attach(addr, self)
 
     @property
@@ -110,8 +111,7 @@ class SimNode:
         self.core = None
         self._wake_token += 1
         self._wake_local = math.inf
-        self._inbox.clear()
-        self._inbox_bytes = 0
+        self._inbox, self._inbox_bytes, self._inbox_streams = [], 0, 0
         self._set_life(Life.CRASHED)
 
     def pause(self) -> None:
@@ -122,7 +122,7 @@ class SimNode:
         if self.life is not Life.PAUSED:
             return
         self._set_life(Life.UP)
-        inbox, self._inbox, self._inbox_bytes = self._inbox, [], 0
+        inbox, self._inbox, self._inbox_bytes, self._inbox_streams = self._inbox, [], 0, 0
         for src, frame, reliable in inbox:
             self.deliver(src, frame, reliable)
         self._tick()
@@ -135,34 +135,41 @@ class SimNode:
         self.core.leave(self._now())
         self._flush()
 
+    def set_meta(self, meta: bytes) -> None:
+        if self.running:
+            assert self.core is not None
+            self.core.set_meta(self._now(), meta)
+            self._flush()
+
     def _set_life(self, life: Life) -> None:
         self.life = life
-        self._reported_view = None
+        self._reported_version = -1
         self.sim.record(_TRACE_LIFE.pack(self.sim.now, self.index, life.value))
         self.observer.on_life(self)
 
     # -- driving the core --------------------------------------------------
 
     def deliver(self, src: Address, frame: bytes, reliable: bool) -> None:
-        if self.life is Life.PAUSED:
-            if reliable and sum(r for _, _, r in self._inbox) >= PAUSED_STREAMS:
+        if self.life is Life.UP or self.life is Life.LEAVING:
+            messages = self.codec.decode(frame, stream=reliable)
+            if isinstance(messages, Dropped):
                 return
-            if not reliable and self._inbox_bytes + len(frame) > PAUSED_DATAGRAM_BYTES:
-                return
+            core = self.core
+            assert core is not None
+            now = self.clock.monotonic(self.sim.now)
+            for message in messages:
+                core.receive(now, src, message, reliable)
+            self._flush()
+        elif self.life is Life.PAUSED:
+            if reliable:
+                if self._inbox_streams >= PAUSED_STREAMS:
+                    return
+                self._inbox_streams += 1
+            else:
+                if self._inbox_bytes + len(frame) > PAUSED_DATAGRAM_BYTES:
+                    return
+                self._inbox_bytes += len(frame)
             self._inbox.append((src, frame, reliable))
-            self._inbox_bytes += 0 if reliable else len(frame)
-            return
-        if not self.running:
-            return
-        messages = self.codec.decode(frame, stream=reliable)
-        if isinstance(messages, Dropped):
-            return
-        core = self.core
-        assert core is not None
-        now = self._now()
-        for message in messages:
-            core.receive(now, src, message, reliable)
-        self._flush()
 
     def _wake(self, token: int) -> None:
         if token != self._wake_token or not self.running:
@@ -197,10 +204,9 @@ class SimNode:
         if self.life is Life.LEAVING and core.leave_complete:
             self._set_life(Life.LEFT)  # the process exits
             return
-        view = (core.checksum, core.incarnation)
-        if view != self._reported_view:
-            self._reported_view = view
-            self.observer.on_flush(self)
+        if core.version != self._reported_version:
+            self._reported_version = core.version
+            self.observer.on_view_change(self)
         deadline = core.next_deadline()
         if deadline < self._wake_local:
             self._wake_local = deadline

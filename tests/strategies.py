@@ -16,6 +16,7 @@ from membership.messages import (
     Ping,
     PingReq,
     PushPull,
+    StateDigest,
     Suspect,
 )
 from membership.state import Member, Status
@@ -37,5 +38,6 @@ messages = st.one_of(
     st.builds(Suspect, names, uints, names),
     st.builds(Dead, names, uints, names),
     st.builds(Left, names, uints),
-    st.builds(PushPull, st.booleans(), addrs, st.lists(members, max_size=8).map(tuple)),
+    st.builds(PushPull, names, st.booleans(), addrs, st.lists(members, max_size=8).map(tuple)),
+    st.builds(StateDigest, names, addrs, st.integers(min_value=0, max_value=2**64 - 1)),
 )

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from membership import EventKind, Membership, MembershipConfig, Status
 from membership.effects import Event, Send
-from membership.messages import Ack, Alive, Dead, Left, Nack, Ping, PingReq, PushPull, Suspect
+from membership.messages import Ack, Alive, Dead, Left, Nack, Ping, PingReq, PushPull, StateDigest, Suspect
 from membership.state import CHECKSUM_MODULUS, Member, member_digest
 from peer.wire import Codec, Keyring
 
@@ -231,7 +231,7 @@ def test_join_retries_with_backoff_until_a_member_answers():
     assert [(s.dst, s.reliable) for s in sends(core.take_effects())] == [(seed, True)]
     retries = [t for t in range(1, 16) if sends(run_until(core, float(t)))]
     assert retries[:3] == [1, 3, 7]  # 1 s, then doubling
-    core.receive(16.0, seed, PushPull(True, seed, (Member("s", seed, 1, Status.ALIVE),)))
+    core.receive(16.0, seed, PushPull("s", True, seed, (Member("s", seed, 1, Status.ALIVE),)))
     assert events(core.take_effects()) == [(EventKind.JOINED, "s")]
     exchanges = [s for s in sends(run_until(core, 29.0)) if isinstance(s.messages[0], PushPull)]
     assert not exchanges  # joined: no more retries (the seed is alive, so no reconnects either)
@@ -246,7 +246,7 @@ def test_push_pull_merge_and_reply():
         Member("e", addr("e"), 3, Status.DEAD),  # a dead stranger: not worth knowing
         Member("me", ME, 10, Status.DEAD),  # news about ourselves: refute
     )
-    core.receive(1.0, addr("b"), PushPull(False, addr("b"), table))
+    core.receive(1.0, addr("b"), PushPull("b", False, addr("b"), table))
     effects = core.take_effects()
     assert events(effects) == [
         (EventKind.SUSPECT, "b"),
@@ -258,8 +258,25 @@ def test_push_pull_merge_and_reply():
     (reply,) = [s for s in sends(effects) if s.reliable]
     assert reply.dst == addr("b") and reply.messages[0].is_reply
     assert {m.name: m.status for m in reply.messages[0].members}["me"] is Status.ALIVE
-    core.receive(1.0, addr("b"), PushPull(True, addr("b"), table))
+    core.receive(1.0, addr("b"), PushPull("b", True, addr("b"), table))
     assert not sends(core.take_effects())  # a reply is not answered
+
+
+def test_anti_entropy_sends_a_digest_and_exchanges_tables_only_when_views_differ():
+    core = make_core(["b", "c"])
+    effects = [e for _, e in run_answering(core, core.config.push_pull_interval)]
+    (digest,) = sent_messages(effects, StateDigest)
+    assert digest == StateDigest("me", ME, core.checksum)
+    assert not [s for s in sends(effects) if s.reliable]  # no table went out
+    twin = make_core(["b", "c"])
+    twin.receive(1.0, addr("x"), StateDigest("x", addr("x"), core.checksum))
+    assert not twin.take_effects() and twin.stats.digests_in_sync == 1
+    twin.receive(1.0, addr("b"), Suspect("c", 1, "b"))
+    twin.take_effects()
+    twin.receive(1.0, addr("x"), StateDigest("x", addr("x"), core.checksum))
+    (exchange,) = sends(twin.take_effects())
+    assert exchange.reliable and exchange.dst == addr("x")
+    assert isinstance(exchange.messages[0], PushPull) and not exchange.messages[0].is_reply
 
 
 def test_reconnect_contacts_dead_members_and_seeds_then_forgets_the_dead():
