@@ -237,6 +237,18 @@ def test_join_retries_with_backoff_until_a_member_answers():
     assert not exchanges  # joined: no more retries (the seed is alive, so no reconnects either)
 
 
+def test_a_joiner_announces_itself_and_compares_views_soon_after():
+    core = make_core()
+    seed = ("10.0.0.9", 7946)
+    core.join(0.0, [seed])
+    core.take_effects()
+    core.receive(0.5, seed, PushPull("s", True, seed, (Member("s", seed, 1, Status.ALIVE),)))
+    core.take_effects()
+    effects = [e for _, e in run_answering(core, 0.5 + 4 * core.config.probe_interval)]
+    assert Alive("me", 10, ME) in sent_messages(effects)  # not left to the seed alone
+    assert sent_messages(effects, StateDigest)  # long before push_pull_interval
+
+
 def test_push_pull_merge_and_reply():
     core = make_core(["b", "c"])
     table = (

@@ -56,6 +56,17 @@ def test_steady_state_has_no_false_failure_and_identical_views(seed):
     assert len({node.core.checksum for node in run.nodes}) == 1
 
 
+@pytest.mark.parametrize("seed", range(1, 6))
+def test_a_mass_join_leaves_no_member_missing_for_long(seed):
+    """Serf sometimes leaves one agent missing a member until its next
+    push-pull, tens of seconds later; a joiner here compares views a few
+    probe intervals after joining, so the last hole closes within seconds."""
+    scenario = MembershipScenario(nodes=50, seed=seed, duration=40)
+    result = run_membership(scenario)
+    assert_healthy(result)
+    assert result.convergence_seconds <= 4 * scenario.config().probe_interval + 1
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_crashed_nodes_are_declared_failed_by_all_within_the_bound(seed):
     scenario = MembershipScenario(nodes=N, seed=seed, duration=90, faults=(Crash({4, 11}, at=20.0),))
