@@ -164,7 +164,7 @@ class Membership:
         self._leaving = False
         self._leave_timed_out = False
         self._effects: list[Effect] = []
-        self._timers = Timers()
+        self._timers: Timers[tuple[Any, ...]] = Timers()
         self._on_timer: dict[str, Callable[..., None]] = {
             "probe": self._probe_round,
             "probe_direct": self._probe_direct_timeout,
@@ -370,7 +370,7 @@ class Membership:
         elif not supersedes(claim.incarnation, status, current):
             if claim.incarnation < current.incarnation:
                 self._correct(now, current)
-            elif status is Status.SUSPECT and current.status is Status.SUSPECT:
+            elif isinstance(claim, Suspect) and current.status is Status.SUSPECT:
                 self._confirm_suspicion(now, claim)
             return
         if isinstance(claim, Alive):

@@ -16,6 +16,7 @@ full state exchange.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar, Union
 
 import attrs
@@ -181,8 +182,28 @@ class Alive:
         )
 
 
+class _Accusation:
+    """The wire form Suspect and Dead share: name, incarnation, accuser."""
+
+    __slots__ = ()
+    TAG: ClassVar[int]
+    name: str
+    incarnation: int
+    accuser: str
+
+    def to_wire(self) -> list[Any]:
+        return [self.TAG, self.name, self.incarnation, self.accuser]
+
+    @classmethod
+    def from_wire(cls, f: list[Any]) -> Any:
+        what = cls.__name__.lower()
+        _fields(f, 4, what)
+        make: Callable[[str, int, str], Any] = cls  # Suspect or Dead
+        return make(_name(f[1], f"{what}.name"), _uint(f[2], f"{what}.incarnation"), _name(f[3], f"{what}.accuser"))
+
+
 @attrs.frozen(slots=True)
-class Suspect:
+class Suspect(_Accusation):
     """Claim: ``accuser`` suspects ``name`` (at ``incarnation``) has failed."""
 
     TAG: ClassVar[int] = 6
@@ -191,17 +212,9 @@ class Suspect:
     incarnation: int
     accuser: str
 
-    def to_wire(self) -> list[Any]:
-        return [self.TAG, self.name, self.incarnation, self.accuser]
-
-    @classmethod
-    def from_wire(cls, f: list[Any]) -> Suspect:
-        _fields(f, 4, "suspect")
-        return cls(_name(f[1], "suspect.name"), _uint(f[2], "suspect.incarnation"), _name(f[3], "suspect.accuser"))
-
 
 @attrs.frozen(slots=True)
-class Dead:
+class Dead(_Accusation):
     """Claim: ``accuser`` declared ``name`` (at ``incarnation``) failed."""
 
     TAG: ClassVar[int] = 7
@@ -209,14 +222,6 @@ class Dead:
     name: str
     incarnation: int
     accuser: str
-
-    def to_wire(self) -> list[Any]:
-        return [self.TAG, self.name, self.incarnation, self.accuser]
-
-    @classmethod
-    def from_wire(cls, f: list[Any]) -> Dead:
-        _fields(f, 4, "dead")
-        return cls(_name(f[1], "dead.name"), _uint(f[2], "dead.incarnation"), _name(f[3], "dead.accuser"))
 
 
 @attrs.frozen(slots=True)

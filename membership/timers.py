@@ -12,11 +12,12 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Hashable
+from typing import Generic, TypeVar
 
-Key = Hashable
+Key = TypeVar("Key", bound=Hashable)
 
 
-class Timers:
+class Timers(Generic[Key]):
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, Key]] = []
         self._live: dict[Key, int] = {}  # key -> sequence number of its live entry

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 import hmac
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -66,6 +66,10 @@ class FrameTooLarge(ValueError):
     """An outgoing frame exceeds its channel's size limit."""
 
 
+def _key_tuple(keys: Iterable[bytes]) -> tuple[bytes, ...]:
+    return tuple(keys)
+
+
 def _valid_keys(instance: object, attribute: attrs.Attribute, keys: tuple[bytes, ...]) -> None:
     if not keys:
         raise ValueError("a keyring needs at least one key")
@@ -80,7 +84,7 @@ def _valid_keys(instance: object, attribute: attrs.Attribute, keys: tuple[bytes,
 class Keyring:
     """Cluster keys: ``keys[0]`` signs, every key verifies."""
 
-    keys: tuple[bytes, ...] = attrs.field(converter=tuple, validator=_valid_keys)
+    keys: tuple[bytes, ...] = attrs.field(converter=_key_tuple, validator=_valid_keys)
 
     @property
     def primary(self) -> bytes:
@@ -183,7 +187,3 @@ class Codec:
                 return True
         return False
 
-
-def total_drops(codecs: Sequence[Codec]) -> dict[str, int]:
-    """Drop counts summed over several codecs, by reason name."""
-    return {reason.value: sum(codec.drops[reason] for codec in codecs) for reason in DropReason}

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from membership.config import PROFILES
-from sim.faults import parse_partition
+from sim.faults import Fault, parse_partition
 from sim.membership_scenario import MembershipScenario, crash_scenario_faults, run_membership
 
 
@@ -57,8 +57,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _membership(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
     crash_at = args.crash_at if args.crash_at is not None else max(20.0, args.duration / 3)
+    faults: list[Fault] = []
     try:
-        faults = [parse_partition(spec, args.nodes) for spec in args.partition]
+        faults += [parse_partition(spec, args.nodes) for spec in args.partition]
         faults += crash_scenario_faults(args.nodes, args.crash, crash_at, args.restart_after, args.seed)
     except ValueError as error:
         parser.error(str(error))
@@ -71,7 +72,7 @@ def _membership(args: argparse.Namespace, parser: argparse.ArgumentParser) -> di
         loss=args.loss,
         duplicate=args.dup,
         authenticated=not args.no_auth,
-        faults=tuple(faults),
+        faults=faults,
     )
     report = run_membership(scenario).to_json()
     report["replay"] = _replay_line(args)

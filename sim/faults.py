@@ -10,6 +10,7 @@ false positive. Nodes are named by index.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from typing import Protocol, Union
 
 import attrs
@@ -41,8 +42,8 @@ class World(Protocol):
     def degrade(self, loss: float | None, duplicate: float | None) -> None: ...
 
 
-def _indices(values: object) -> frozenset[int]:
-    return frozenset(values)  # type: ignore[arg-type]
+def _indices(values: Iterable[int]) -> frozenset[int]:
+    return frozenset(values)
 
 
 @attrs.frozen
@@ -140,8 +141,8 @@ class Clog:
 
 
 @attrs.frozen
-class Join:
-    """The nodes are not started with the others but boot at ``at``."""
+class _NodesAt:
+    """Something that happens to ``nodes`` at one moment."""
 
     nodes: frozenset[int] = attrs.field(converter=_indices)
     at: float
@@ -155,34 +156,31 @@ class Join:
         return self.at
 
     def schedule(self, world: World) -> None:
+        action = self._action(world)
         for index in sorted(self.nodes):
-            world.at(self.at, world.boot, index)
+            world.at(self.at, action, index)
+
+    def _action(self, world: World) -> Callable[[int], None]:
+        raise NotImplementedError
 
     def disturbs(self, x: int, y: int) -> bool:
         return False
 
 
 @attrs.frozen
-class Leave:
+class Join(_NodesAt):
+    """The nodes are not started with the others but boot at ``at``."""
+
+    def _action(self, world: World) -> Callable[[int], None]:
+        return world.boot
+
+
+@attrs.frozen
+class Leave(_NodesAt):
     """The nodes leave gracefully at ``at`` (SIGTERM)."""
 
-    nodes: frozenset[int] = attrs.field(converter=_indices)
-    at: float
-
-    @property
-    def start(self) -> float:
-        return self.at
-
-    @property
-    def end(self) -> float:
-        return self.at
-
-    def schedule(self, world: World) -> None:
-        for index in sorted(self.nodes):
-            world.at(self.at, world.leave, index)
-
-    def disturbs(self, x: int, y: int) -> bool:
-        return False
+    def _action(self, world: World) -> Callable[[int], None]:
+        return world.leave
 
 
 @attrs.frozen

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -39,8 +40,8 @@ from sim.streams import SeedStreams
 SIM_KEY = b"peer-simulator-cluster-key-32by!"
 
 
-def _no_faults() -> tuple[Fault, ...]:
-    return ()
+def _fault_tuple(faults: Iterable[Fault]) -> tuple[Fault, ...]:
+    return tuple(faults)
 
 
 @attrs.frozen
@@ -60,7 +61,7 @@ class MembershipScenario:
     drift: float = 0.0  # each node's clock runs fast or slow by up to this
     wall_skew: float = 0.0  # each node's wall clock is off by up to this many seconds
     authenticated: bool = True
-    faults: tuple[Fault, ...] = attrs.field(factory=_no_faults, converter=tuple)
+    faults: tuple[Fault, ...] = attrs.field(default=(), converter=_fault_tuple)
 
     def config(self) -> MembershipConfig:
         return attrs.evolve(profile(self.profile), **self.overrides)
@@ -349,8 +350,9 @@ class MembershipRun:
             first.append(self._first_after(self._failed, index, when, incarnation))
             suspected.append(self._first_after(self._suspected, index, when, incarnation))
             last.append(self._all_declared(index, when, incarnation))
-        converged = self._converged_since is not None
-        convergence = max(0.0, self._converged_since - self._last_disturbance) if converged else None
+        since = self._converged_since
+        converged = since is not None
+        convergence = max(0.0, since - self._last_disturbance) if since is not None else None
         stats = self.network.stats
         node_seconds = n * max(self.sim.now, 1e-9)
         drops: Counter[str] = Counter()

@@ -196,7 +196,7 @@ class SimNode:
         core = self.core
         assert core is not None
         for effect in core.take_effects():
-            if type(effect) is Send:
+            if isinstance(effect, Send):
                 frame = self.codec.encode(effect.messages, stream=effect.reliable)
                 self.network.send(self.index, self.addr, effect.dst, frame, effect.reliable)
             else:

@@ -1,4 +1,4 @@
-"""Lifeguard's local health multiplier and dynamic suspicion timeout, and the timers."""
+"""Lifeguard's local health multiplier and dynamic suspicion timeout."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 
 from membership.awareness import Awareness
 from membership.suspicion import Suspicion
-from membership.timers import Timers
 
 
 def test_awareness_is_clamped_and_scales_timeouts():
@@ -34,17 +33,3 @@ def test_suspicion_without_expected_confirmations_uses_the_minimum():
     s = Suspicion.start(1, "a", now=0.0, min_timeout=4.0, max_timeout=24.0, k=0)
     assert s.deadline() == 4.0
 
-
-def test_timers_fire_in_order_and_honour_cancel_and_reschedule():
-    timers = Timers()
-    timers.schedule("b", 2.0)
-    timers.schedule("a", 1.0)
-    timers.schedule("c", 2.0)
-    timers.schedule("gone", 0.5)
-    timers.cancel("gone")
-    timers.schedule("a", 3.0)  # moved later
-    assert timers.next_deadline() == 2.0
-    assert timers.due(2.5) == ["b", "c"]  # ties in scheduling order
-    assert "a" in timers and len(timers) == 1
-    assert timers.due(3.0) == ["a"]
-    assert timers.next_deadline() == math.inf
