@@ -41,6 +41,8 @@ class World(Protocol):
 
     def degrade(self, loss: float | None, duplicate: float | None) -> None: ...
 
+    def step_clock(self, index: int, seconds: float) -> None: ...
+
 
 def _indices(values: Iterable[int]) -> frozenset[int]:
     return frozenset(values)
@@ -177,10 +179,44 @@ class Join(_NodesAt):
 
 @attrs.frozen
 class Leave(_NodesAt):
-    """The nodes leave gracefully at ``at`` (SIGTERM)."""
+    """The nodes leave gracefully at ``at`` (SIGTERM); with ``rejoin_after``
+    they start again under the same names that many seconds later."""
+
+    rejoin_after: float | None = None
+
+    def schedule(self, world: World) -> None:
+        super().schedule(world)
+        if self.rejoin_after is not None:
+            for index in sorted(self.nodes):
+                world.at(self.at + self.rejoin_after, world.boot, index)
 
     def _action(self, world: World) -> Callable[[int], None]:
         return world.leave
+
+
+@attrs.frozen
+class ClockStep:
+    """The nodes' wall clocks jump by ``seconds`` (backwards if negative) at
+    ``at``, as after an NTP correction; monotonic clocks are unaffected."""
+
+    nodes: frozenset[int] = attrs.field(converter=_indices)
+    at: float
+    seconds: float
+
+    @property
+    def start(self) -> float:
+        return self.at
+
+    @property
+    def end(self) -> float:
+        return self.at
+
+    def schedule(self, world: World) -> None:
+        for index in sorted(self.nodes):
+            world.at(self.at, world.step_clock, index, self.seconds)
+
+    def disturbs(self, x: int, y: int) -> bool:
+        return False
 
 
 @attrs.frozen
@@ -205,7 +241,7 @@ class Degrade:
         return False  # loss must not cause false failures: that is what is tested
 
 
-Fault = Union[Partition, Crash, Pause, Clog, Join, Leave, Degrade]
+Fault = Union[Partition, Crash, Pause, Clog, Join, Leave, Degrade, ClockStep]
 
 _GROUP = r"(?:\d+(?:-\d+)?)(?:,\d+(?:-\d+)?)*"
 _PARTITION = re.compile(rf"^(?P<a>{_GROUP})(?P<op>[|>])(?P<b>{_GROUP})@(?P<start>[\d.]+)\+(?P<duration>[\d.]+)$")

@@ -163,7 +163,6 @@ class MembershipRun:
         self.seed_addrs = [node.addr for node in self.nodes[: scenario.seeds]]
         # Ground truth and its checksum, maintained incrementally.
         self._member_incarnation: dict[int, int] = {}  # running members -> incarnation
-        self._life_incarnation: dict[int, int] = {}  # node -> first incarnation of its current life
         self._expected = 0
         self._observer_checksum: dict[int, int] = {}  # nodes whose views are checked
         self._checksum_counts: Counter[int] = Counter()
@@ -173,6 +172,7 @@ class MembershipRun:
         self._failed: list[_Declaration] = []
         self._suspected: list[_Declaration] = []
         self._crashes: list[tuple[int, float, int]] = []  # node, time, incarnation of the life that ended
+        self._left_lives: set[tuple[int, int]] = set()  # (node, incarnation) of every graceful leave
         self._life_started: dict[int, float] = {}
         self._events = 0
         self._last_event: float | None = None
@@ -213,6 +213,9 @@ class MembershipRun:
     def unblock(self, block: Block) -> None:
         self.network.unblock(block)
 
+    def step_clock(self, index: int, seconds: float) -> None:
+        self.nodes[index].clock.wall_step += seconds
+
     def degrade(self, loss: float | None, duplicate: float | None) -> None:
         conditions = self.network.conditions
         conditions.loss = self.scenario.loss if loss is None else loss
@@ -220,7 +223,7 @@ class MembershipRun:
 
     def clog(self, index: int, until: float) -> None:
         self.network.clog(index, until)
-        self.sim.at(until, self._disturb, lambda: None, ())
+        self.sim.at(until, self._disturb, lambda: None, ())  # its end is a disturbance too
 
     # -- Observer ----------------------------------------------------------
 
@@ -253,13 +256,15 @@ class MembershipRun:
         if life is Life.UP:
             assert node.core is not None
             if index not in self._member_incarnation:
-                self._life_incarnation[index] = node.core.incarnation
                 self._life_started[index] = self.sim.now
             self._set_expected(index, node.core.incarnation)
             self._add_observer(index, node.core.checksum)
         elif life is Life.PAUSED:
             self._remove_observer(index)
         elif life in (Life.CRASHED, Life.LEAVING):
+            if life is Life.LEAVING:
+                assert node.core is not None
+                self._left_lives.add((index, node.core.incarnation))
             self._remove_observer(index)
             self._set_expected(index, None)
             self._life_started.pop(index, None)
@@ -337,10 +342,9 @@ class MembershipRun:
         )
         false_positive_subjects = set()
         leaves_failed = 0
-        leaving_lives = self._leaving_lives()
         for declaration in self._failed:
             subject = declaration.subject
-            if (subject, declaration.incarnation) in leaving_lives:
+            if (subject, declaration.incarnation) in self._left_lives:
                 leaves_failed += 1
             elif self._was_running(subject, declaration) and not self._explained(declaration, window):
                 false_positive_subjects.add(subject)
@@ -380,13 +384,6 @@ class MembershipRun:
             last_event_seconds=self._last_event,
             trace_hash=self.sim.trace_hash,
         )
-
-    def _leaving_lives(self) -> set[tuple[int, int]]:
-        lives = set()
-        for node in self.nodes:
-            if node.life in (Life.LEAVING, Life.LEFT) and node.core is not None:
-                lives.add((node.index, node.core.incarnation))
-        return lives
 
     def _was_running(self, subject: int, declaration: _Declaration) -> bool:
         """Did ``subject`` run, in the life the declaration is about, at the

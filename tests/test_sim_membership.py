@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from membership import MembershipConfig, Status
-from sim.faults import Clog, Crash, Degrade, Join, Leave, Partition, Pause
+from sim.faults import ClockStep, Clog, Crash, Degrade, Join, Leave, Partition, Pause
 from sim.membership_scenario import MembershipRun, MembershipResult, MembershipScenario, run_membership
 
 SEEDS = [1, 2, 3]
@@ -198,6 +198,44 @@ def test_a_node_restarted_under_its_name_is_not_confused_with_its_dead_self(seed
     for index in (3, 5):
         node = run.nodes[index]
         assert node.boots == 2
+        for view in views(run).values():
+            assert view[node.name] == (Status.ALIVE, node.core.incarnation)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("down_for", [1.0, 40.0], ids=["before-detection", "after-detection"])
+def test_a_restart_after_the_wall_clock_stepped_back_still_wins(seed, down_for):
+    """Its boot-time incarnation is then below its previous life's: it must
+    learn of its old self and refute, not stay outranked."""
+    scenario = MembershipScenario(
+        nodes=N,
+        seed=seed,
+        duration=100,
+        faults=(ClockStep({3}, at=10.0, seconds=-3600.0), Crash({3}, at=20.0, restart_after=down_for)),
+    )
+    run = MembershipRun(scenario)
+    first_life = []
+    run.at(19.9, lambda: first_life.append(run.nodes[3].core.incarnation))
+    result = run.run()
+    assert_healthy(result)
+    node = run.nodes[3]
+    booted_at = int(node.clock.wall(20.0 + down_for) * 1000)
+    assert booted_at < first_life[0]  # the step put its new life below the old one...
+    assert node.core.incarnation > first_life[0]  # ...and it climbed back above it
+    for view in views(run).values():
+        assert view[node.name] == (Status.ALIVE, node.core.incarnation)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_node_that_left_can_come_back_under_its_name(seed):
+    scenario = MembershipScenario(
+        nodes=N, seed=seed, duration=90, faults=(Leave({4, 9}, at=20.0, rejoin_after=15.0),)
+    )
+    run = MembershipRun(scenario)
+    result = run.run()
+    assert_healthy(result)
+    for index in (4, 9):
+        node = run.nodes[index]
         for view in views(run).values():
             assert view[node.name] == (Status.ALIVE, node.core.incarnation)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from sim.faults import Clog, Crash, Degrade, Join, Leave, Partition, Pause
+from sim.faults import ClockStep, Clog, Crash, Degrade, Join, Leave, Partition, Pause
 from sim.membership_scenario import MembershipScenario, run_membership
 
 pytestmark = pytest.mark.soak
@@ -43,6 +43,12 @@ SCENARIOS = {
     "restart": lambda seed: MembershipScenario(
         nodes=N, seed=seed, duration=100, faults=(Crash({3}, 20, 40), Crash({5}, 20, 1))
     ),
+    "restart-clock-back": lambda seed: MembershipScenario(
+        nodes=N, seed=seed, duration=100, faults=(ClockStep({3, 5}, 10, -3600), Crash({3}, 20, 40), Crash({5}, 20, 1))
+    ),
+    "leave-rejoin": lambda seed: MembershipScenario(
+        nodes=N, seed=seed, duration=90, faults=(Leave({4, 9}, 20, rejoin_after=15),)
+    ),
     "pause": lambda seed: MembershipScenario(
         nodes=N, seed=seed, duration=120, faults=(Pause({2}, 20, 40), Clog({9}, 30, 3))
     ),
@@ -59,4 +65,7 @@ def test_sweep(name, seed):
     assert result.converged, (name, seed)
     assert result.false_positives == 0, (name, seed)
     assert result.leaves_reported_failed == 0, (name, seed)
-    assert all(d is not None for d in result.detection_all_seconds), (name, seed)
+    # A node restarted after 1 s may come back before anyone noticed: only
+    # crashes of nodes that stay down long enough must be detected by all.
+    detected = result.detection_all_seconds[:1] if name.startswith("restart") else result.detection_all_seconds
+    assert all(d is not None for d in detected), (name, seed)
