@@ -480,12 +480,12 @@ class Membership:
             self._live_index[name] = len(self._live)
             self._live.append(name)
             if len(self._live) == 1:
-                # We just joined (or an isolation ended): send the news held
-                # back while we knew nobody, and compare views soon, once the
-                # join's gossip has settled, to repair what it missed.
-                self._arm_gossip(now)
-                first_sync = now + self._rng.uniform(2.0, 4.0) * self.config.probe_interval
-                self._timers.schedule(("push_pull",), first_sync)
+                self._arm_gossip(now)  # news held back while we knew nobody
+            if len(self._live) == 1 or old is not None:
+                # We just joined, or a member we had given up on is back (a
+                # restart, a healed split): gossip spread while views were
+                # apart leaves holes, so compare views soon to repair them.
+                self._sync_soon(now)
             # Probe newcomers within the current round.
             position = self._rng.randint(self._probe_next, len(self._probe_order))
             self._probe_order.insert(position, name)
@@ -654,6 +654,12 @@ class Membership:
             if member.status is Status.DEAD:
                 recently_dead.append(member)
         return self._sample_live(self.config.gossip_nodes, None, recently_dead)
+
+    def _sync_soon(self, now: float) -> None:
+        """Run the next anti-entropy round within a few probe intervals."""
+        if not self._leaving:
+            soon = now + self._rng.uniform(2.0, 4.0) * self.config.probe_interval
+            self._timers.schedule_by(("push_pull",), soon)
 
     def _push_pull_round(self, now: float) -> None:
         """Anti-entropy with one random member, digest first: only if its

@@ -21,6 +21,7 @@ class Timers(Generic[Key]):
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, Key]] = []
         self._live: dict[Key, int] = {}  # key -> sequence number of its live entry
+        self._when: dict[Key, float] = {}  # key -> its deadline
         self._seq = 0
 
     def __contains__(self, key: Key) -> bool:
@@ -32,10 +33,17 @@ class Timers(Generic[Key]):
     def schedule(self, key: Key, when: float) -> None:
         self._seq += 1
         self._live[key] = self._seq
+        self._when[key] = when
         heapq.heappush(self._heap, (when, self._seq, key))
+
+    def schedule_by(self, key: Key, when: float) -> None:
+        """Make ``key`` fire no later than ``when`` (earlier if it already would)."""
+        if self._when.get(key, math.inf) > when:
+            self.schedule(key, when)
 
     def cancel(self, key: Key) -> None:
         self._live.pop(key, None)
+        self._when.pop(key, None)
 
     def next_deadline(self) -> float:
         heap, live = self._heap, self._live
@@ -53,5 +61,6 @@ class Timers(Generic[Key]):
             _, seq, key = heapq.heappop(heap)
             if live.get(key) == seq:
                 del live[key]
+                del self._when[key]
                 fired.append(key)
         return fired
