@@ -34,6 +34,13 @@ healing is one with a seed, dead or left member every
 restarted under the same name must start with a higher incarnation than its
 previous life used (the runtime passes its boot time in milliseconds), so
 its new self outranks every claim about the old one.
+
+Gossip spread while views are apart (a mass join, a healing split) leaves
+holes: claims go only to members the sender knows. Two repairs close them
+in seconds rather than at the next periodic exchange: after a join, or when
+a member we had given up on returns, the next anti-entropy round comes
+within a few probe intervals; and a node that hears a claim about a
+member's older incarnation gossips the newer one again.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ full state exchange.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any, ClassVar, Union
 
@@ -43,7 +44,7 @@ class MalformedMessage(ValueError):
 def _name(value: Any, what: str) -> str:
     if type(value) is not str or not 0 < len(value) <= NAME_MAX:
         raise MalformedMessage(f"{what}: expected a name of 1..{NAME_MAX} characters")
-    return value
+    return sys.intern(value)  # names recur in every message: keep one copy
 
 
 def _uint(value: Any, what: str) -> int:
@@ -63,7 +64,7 @@ def _addr(host: Any, port: Any, what: str) -> Address:
         raise MalformedMessage(f"{what}: expected a host of 1..{HOST_MAX} characters")
     if type(port) is not int or not 0 < port < 65536:
         raise MalformedMessage(f"{what}: expected a port in 1..65535")
-    return (host, port)
+    return (sys.intern(host), port)
 
 
 def _meta(value: Any, what: str) -> bytes:
@@ -267,7 +268,7 @@ class PushPull:
         if type(table) is not list or len(table) > MEMBERS_MAX:
             raise MalformedMessage(f"push-pull.members: expected a list of at most {MEMBERS_MAX}")
         members = []
-        statuses = _STATUSES
+        statuses, intern = _STATUSES, sys.intern
         for row in table:
             # Inlined checks: a table may hold thousands of rows.
             if type(row) is not list or len(row) != 6:
@@ -288,7 +289,7 @@ class PushPull:
                 or len(meta) > META_MAX
             ):
                 raise MalformedMessage(f"push-pull.members: invalid row {row!r:.200}")
-            members.append(Member(name, (host, port), incarnation, statuses[status], meta))
+            members.append(Member(intern(name), (intern(host), port), incarnation, statuses[status], meta))
         return cls(sender, f[2], _addr(f[3], f[4], "push-pull.reply_to"), tuple(members))
 
 

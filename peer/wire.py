@@ -24,6 +24,7 @@ cluster only key holders reach the parser.
 from __future__ import annotations
 
 import enum
+import hashlib
 import hmac
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -121,20 +122,37 @@ class Codec:
         max_stream: int = MAX_STREAM_FRAME,
         message_decoder: MessageDecoder = from_wire,
     ) -> None:
-        self.keyring = keyring
+        self.keyring = keyring  # a property: keyed MACs are prepared once per keyring
         self.max_datagram = max_datagram
         self.max_stream = max_stream
         self._decode_message = message_decoder
+        self._packer = msgpack.Packer()
         self.drops: dict[DropReason, int] = {reason: 0 for reason in DropReason}
         self.frames_decoded = 0
 
+    @property
+    def keyring(self) -> Keyring | None:
+        return self._keyring
+
+    @keyring.setter
+    def keyring(self, keyring: Keyring | None) -> None:
+        self._keyring = keyring
+        # Keying HMAC costs about as much as the MAC of a small frame: key
+        # once, then copy the keyed state for each frame.
+        self._macs = [hmac.new(key, digestmod=hashlib.sha256) for key in keyring.keys] if keyring else []
+
+    def _mac(self, index: int, data: bytes) -> bytes:
+        mac = self._macs[index].copy()
+        mac.update(data)
+        return mac.digest()
+
     def encode(self, messages: Iterable[Message], *, stream: bool = False) -> bytes:
-        body = msgpack.packb([message.to_wire() for message in messages])
-        if self.keyring is None:
+        body = self._packer.pack([message.to_wire() for message in messages])
+        if self._keyring is None:
             frame = _UNSIGNED_HEADER + body
         else:
             signed = _SIGNED_HEADER + body
-            frame = signed + hmac.digest(self.keyring.primary, signed, "sha256")
+            frame = signed + self._mac(0, signed)
         limit = self.max_stream if stream else self.max_datagram
         if len(frame) > limit:
             raise FrameTooLarge(f"frame of {len(frame)} bytes exceeds the {limit}-byte limit")
@@ -159,7 +177,7 @@ class Codec:
         if flags & ~SIGNED:
             return Dropped(DropReason.MALFORMED, f"unknown flags {flags:#04x}")
         signed = bool(flags & SIGNED)
-        if self.keyring is None:
+        if self._keyring is None:
             if signed:
                 return Dropped(DropReason.BAD_MAC, "signed frame, but this node has no cluster key")
             body = data[HEADER_SIZE:]
@@ -181,9 +199,8 @@ class Codec:
             return Dropped(DropReason.MALFORMED, f"{type(error).__name__}: {error}")
 
     def _verify(self, signed: bytes, mac: bytes) -> bool:
-        assert self.keyring is not None
-        for key in self.keyring.keys:
-            if hmac.compare_digest(hmac.digest(key, signed, "sha256"), mac):
+        for index in range(len(self._macs)):
+            if hmac.compare_digest(self._mac(index, signed), mac):
                 return True
         return False
 

@@ -172,16 +172,8 @@ class SimNode:
             self._inbox.append((src, frame, reliable))
 
     def _wake(self, token: int) -> None:
-        if token != self._wake_token or not self.running:
-            return
-        assert self.core is not None
-        deadline = self.core.next_deadline()
-        if deadline > self._wake_local:
-            # The timer we woke for was cancelled (an ack came in time): sleep on.
-            self._wake_local = deadline
-            self.sim.at(self.clock.to_global(deadline), self._wake, token)
-            return
-        self._tick()
+        if token == self._wake_token and self.running:
+            self._tick()
 
     def _tick(self) -> None:
         assert self.core is not None
@@ -208,7 +200,10 @@ class SimNode:
             self._reported_version = core.version
             self.observer.on_view_change(self)
         deadline = core.next_deadline()
-        if deadline < self._wake_local:
+        if deadline != self._wake_local:
+            # Re-arm; a wake-up already scheduled (say for a probe timeout an
+            # ack just cancelled) is then dropped by its stale token.
             self._wake_local = deadline
             self._wake_token += 1
-            self.sim.at(self.clock.to_global(deadline), self._wake, self._wake_token)
+            if deadline != math.inf:
+                self.sim.at(self.clock.to_global(deadline), self._wake, self._wake_token)
