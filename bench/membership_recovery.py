@@ -21,11 +21,13 @@ from sim.membership_scenario import MembershipScenario, run_membership
 
 
 def seconds(scenarios: list[MembershipScenario]) -> tuple[float, float]:
-    results = [run_membership(scenario) for scenario in scenarios]
-    times = [r.convergence_seconds for r in results]
-    if any(t is None or r.false_positives for t, r in zip(times, results)):
-        raise SystemExit("a run did not converge, or declared a running member failed")
-    return statistics.median(times), max(times)  # type: ignore[type-var]
+    times = []
+    for scenario in scenarios:
+        result = run_membership(scenario)
+        if result.convergence_seconds is None or result.false_positives:
+            raise SystemExit(f"seed {scenario.seed}: no convergence, or a running member declared failed")
+        times.append(result.convergence_seconds)
+    return statistics.median(times), max(times)
 
 
 def main() -> None:
