@@ -156,7 +156,7 @@ class SimNode:
                 return
             core = self.core
             assert core is not None
-            now = self.clock.monotonic(self.sim.now)
+            now = self._now()
             for message in messages:
                 core.receive(now, src, message, reliable)
             self._flush()
@@ -173,13 +173,13 @@ class SimNode:
 
     def _wake(self, token: int) -> None:
         if token == self._wake_token and self.running:
-            self._tick()
+            self._tick(self._wake_local)
 
-    def _tick(self) -> None:
+    def _tick(self, deadline: float = -math.inf) -> None:
         assert self.core is not None
-        # Never hand the core a time before the deadline it asked for:
+        # Never hand the core a time before the deadline it woke for:
         # converting through a drifting clock may round a hair short.
-        now = max(self._now(), self._wake_local) if self._wake_local != math.inf else self._now()
+        now = max(self._now(), deadline)
         self._wake_local = math.inf
         self.core.tick(now)
         self._flush()

@@ -255,6 +255,40 @@ def test_paused_and_clogged_nodes_come_back(seed):
     assert run.nodes[2].core.stats.refutations >= 1  # it heard it was declared failed and refuted
 
 
+@pytest.mark.parametrize("pause", [0.05, 0.3, 2.0])
+def test_a_core_never_sees_its_clock_go_backwards(pause):
+    """Short pauses end before the core's next deadline: resuming must not
+    hand it that deadline as the time, and an earlier time after."""
+    scenario = MembershipScenario(
+        nodes=8,
+        seed=4,
+        duration=40,
+        drift=1e-3,
+        faults=tuple(Pause({1}, start=5.0 + 1.37 * k, duration=pause) for k in range(10)),
+    )
+    run = MembershipRun(scenario)
+    handed: list[float] = []
+
+    def watch() -> None:
+        core = run.nodes[1].core
+        tick, receive = core.tick, core.receive
+
+        def checked_tick(now: float) -> None:
+            handed.append(now)
+            tick(now)
+
+        def checked_receive(now: float, *args: object) -> None:
+            handed.append(now)
+            receive(now, *args)
+
+        core.tick, core.receive = checked_tick, checked_receive
+
+    run.at(1.5, watch)
+    assert_healthy(run.run())
+    assert len(handed) > 100
+    assert all(a <= b for a, b in zip(handed, handed[1:]))
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_clock_drift_and_wall_clock_skew_change_nothing(seed):
     scenario = MembershipScenario(
