@@ -71,6 +71,7 @@ from membership.messages import (
     PushPull,
     StateDigest,
     Suspect,
+    claim_for,
     wire_size,
 )
 from membership.state import (
@@ -396,18 +397,9 @@ class Membership:
         """Someone still spreads news about ``current``'s previous life (it
         missed a refutation or a restart, typically while views were split):
         spread what we know again, unless we already are."""
-        if self._broadcasts.pending(current.name):
-            return
-        self.stats.corrections += 1
-        if current.status is Status.ALIVE:
-            claim: Claim = Alive(current.name, current.incarnation, current.addr, current.meta)
-        elif current.status is Status.SUSPECT:
-            claim = Suspect(current.name, current.incarnation, self.name)
-        elif current.status is Status.DEAD:
-            claim = Dead(current.name, current.incarnation, self.name)
-        else:
-            claim = Left(current.name, current.incarnation)
-        self._broadcast(now, claim)
+        if not self._broadcasts.pending(current.name):
+            self.stats.corrections += 1
+            self._broadcast(now, claim_for(current, self.name))
 
     def _about_self(self, now: float, claim: Claim) -> None:
         me = self._members[self.name]
@@ -438,16 +430,14 @@ class Membership:
             current = members.get(row.name)
             if current is not None and (row.incarnation, row.status) <= (current.incarnation, current.status):
                 continue  # not news (and an echo is no independent confirmation)
-            if row.status is Status.ALIVE:
-                self._apply(now, Alive(row.name, row.incarnation, row.addr, row.meta))
-            elif row.status is Status.LEFT:
-                self._apply(now, Left(row.name, row.incarnation))
+            if row.status is Status.ALIVE or row.status is Status.LEFT:
+                self._apply(now, claim_for(row, sender))
             else:
                 # A second-hand death becomes a suspicion on the sender's
                 # word, so the member gets its chance to refute (after a
                 # partition, this is how each side learns the other lives).
                 if row.status is Status.SUSPECT and row.name not in self._members:
-                    self._apply(now, Alive(row.name, row.incarnation, row.addr, row.meta))
+                    self._apply(now, claim_for(attrs.evolve(row, status=Status.ALIVE), sender))
                 self._apply(now, Suspect(row.name, row.incarnation, sender))
 
     def _set_member(self, now: float, old: Member | None, new: Member, source: str | None = None) -> None:
@@ -457,26 +447,28 @@ class Membership:
         self.version += 1
         if old is None or old.status != new.status:
             self._since[name] = now
-        was_live = old is not None and old.status.is_live
-        if was_live:
-            self._checksum -= member_digest(name, old.status, old.incarnation)  # type: ignore[union-attr]
+        old_live = old if old is not None and old.status.is_live else None
+        if old_live is not None:
+            self._checksum -= member_digest(name, old_live.status, old_live.incarnation)
         if new.status.is_live:
             self._checksum += member_digest(name, new.status, new.incarnation)
         self._checksum %= CHECKSUM_MODULUS
         if name == self.name:
             return  # we are in no index of our own, and raise no events about ourselves
-        self._reindex(now, old, new, was_live)
+        self._reindex(now, old, old_live, new)
         if new.status is not Status.SUSPECT and self._suspicions.pop(name, None) is not None:
             self._timers.cancel(("suspicion", name))
         for kind in transition_events(old, new):
             self._effects.append(Event(kind, new, source))
 
-    def _reindex(self, now: float, old: Member | None, new: Member, was_live: bool) -> None:
+    def _reindex(self, now: float, old: Member | None, old_live: Member | None, new: Member) -> None:
         """Update the live list, the probe order, the dead-and-left list and
-        the live address counts for a member's change."""
+        the live address counts for a member's change (``old_live``: ``old``
+        if it was live)."""
         name = new.name
-        if was_live:
-            self._count_live_addr(old.addr, -1)  # type: ignore[union-attr]
+        was_live = old_live is not None
+        if old_live is not None:
+            self._count_live_addr(old_live.addr, -1)
         if new.status.is_live:
             self._count_live_addr(new.addr, +1)
             self._gone.pop(name, None)
@@ -730,9 +722,8 @@ class Membership:
         self._broadcasts.enqueue(claim.name, claim, wire_size(claim))
         self._arm_gossip(now)
 
-    def _alive_claim(self) -> Alive:
-        me = self._members[self.name]
-        return Alive(me.name, me.incarnation, me.addr, me.meta)
+    def _alive_claim(self) -> Claim:
+        return claim_for(self._members[self.name], self.name)
 
     def _next_seq(self) -> int:
         self._seq += 1

@@ -321,6 +321,18 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
 }
 
 
+def claim_for(member: Member, accuser: str) -> Claim:
+    """The claim that states ``member`` as it is (``accuser`` signs a
+    suspicion or a death)."""
+    if member.status is Status.ALIVE:
+        return Alive(member.name, member.incarnation, member.addr, member.meta)
+    if member.status is Status.SUSPECT:
+        return Suspect(member.name, member.incarnation, accuser)
+    if member.status is Status.DEAD:
+        return Dead(member.name, member.incarnation, accuser)
+    return Left(member.name, member.incarnation)
+
+
 def from_wire(obj: Any) -> Message:
     """Rebuild one message from decoded primitives, or raise MalformedMessage."""
     if type(obj) is not list or not obj:

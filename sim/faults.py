@@ -195,28 +195,14 @@ class Leave(_NodesAt):
 
 
 @attrs.frozen
-class ClockStep:
+class ClockStep(_NodesAt):
     """The nodes' wall clocks jump by ``seconds`` (backwards if negative) at
     ``at``, as after an NTP correction; monotonic clocks are unaffected."""
 
-    nodes: frozenset[int] = attrs.field(converter=_indices)
-    at: float
     seconds: float
 
-    @property
-    def start(self) -> float:
-        return self.at
-
-    @property
-    def end(self) -> float:
-        return self.at
-
-    def schedule(self, world: World) -> None:
-        for index in sorted(self.nodes):
-            world.at(self.at, world.step_clock, index, self.seconds)
-
-    def disturbs(self, x: int, y: int) -> bool:
-        return False
+    def _action(self, world: World) -> Callable[[int], None]:
+        return lambda index: world.step_clock(index, self.seconds)
 
 
 @attrs.frozen
