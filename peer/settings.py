@@ -1,0 +1,195 @@
+"""The agent's settings, from defaults, a TOML file, ``PEER_*`` variables and flags.
+
+Every setting has one key, read from four sources; a later source wins:
+
+    defaults  <  the TOML file (--config / PEER_CONFIG)  <  PEER_<KEY>  <  --<key>
+
+Each value is checked by the one converter of its key, and an error names the
+source and the key (``peer.toml: profile: ...``, ``PEER_BIND: ...``,
+``--api: ...``), so a person knows what to fix. Membership timings can be
+tuned in the TOML file's ``[membership]`` table (any ``MembershipConfig``
+field), on top of the chosen profile.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from membership.config import PROFILES, MembershipConfig, profile
+from membership.state import Address
+from peer.addresses import AddressError, parse_ip_address
+from peer.seeds import parse_seed
+
+DEFAULT_PORT = 7946
+DEFAULT_API_PORT = 7947
+ENV_PREFIX = "PEER_"
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names its source and key."""
+
+
+def _address(default_port: int) -> Callable[[Any], Address]:
+    def convert(value: Any) -> Address:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string HOST:PORT, got {value!r}")
+        try:
+            return parse_ip_address(value, default_port=default_port)
+        except AddressError as error:
+            raise ValueError(str(error)) from None
+
+    return convert
+
+
+def _optional_address(value: Any) -> Address | None:
+    return None if value in (None, "") else _address(DEFAULT_PORT)(value)
+
+
+def _seed_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items = [item for item in value.replace(" ", ",").split(",") if item]
+    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+        items = value
+    else:
+        raise ValueError(f"expected a list of seeds or a comma-separated string, got {value!r}")
+    for item in items:
+        parse_seed(item)
+    return tuple(items)
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a non-empty name")
+    if len(value.encode()) > 128:
+        raise ValueError("a node name is at most 128 bytes")
+    return value.strip()
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return str(value)
+
+    return convert
+
+
+def _seconds(value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number of seconds, got {value!r}") from None
+    if not seconds >= 0:
+        raise ValueError(f"expected a number of seconds >= 0, got {value!r}")
+    return seconds
+
+
+def _optional_path(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"expected a file path, got {value!r}")
+    return value
+
+
+def _membership_table(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError("expected a table of membership settings")
+    known = {field.name for field in attrs.fields(MembershipConfig)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"unknown setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    return dict(value)
+
+
+# key -> converter. The CLI flag is --key with '_' as '-', the variable PEER_KEY.
+CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "name": _name,
+    "bind": _address(DEFAULT_PORT),
+    "advertise": _optional_address,
+    "seeds": _seed_list,
+    "api": _address(DEFAULT_API_PORT),
+    "key_file": _optional_path,
+    "profile": _choice(*PROFILES),
+    "join_timeout": _seconds,
+    "dns_interval": _seconds,
+    "hosts_file": _optional_path,
+    "log_format": _choice("text", "json"),
+    "log_level": _choice("debug", "info", "warning", "error"),
+    "membership": _membership_table,
+}
+
+
+@attrs.frozen
+class Settings:
+    name: str = attrs.field(factory=socket.gethostname)
+    bind: Address = ("0.0.0.0", DEFAULT_PORT)
+    advertise: Address | None = None
+    seeds: tuple[str, ...] = ()
+    api: Address = ("127.0.0.1", DEFAULT_API_PORT)
+    key_file: str | None = None
+    profile: str = "lan"
+    join_timeout: float = 60.0
+    dns_interval: float = 30.0
+    hosts_file: str | None = None
+    log_format: str = "text"
+    log_level: str = "info"
+    membership: dict[str, Any] = attrs.field(factory=dict)
+
+    def membership_config(self) -> MembershipConfig:
+        try:
+            return attrs.evolve(profile(self.profile), **self.membership)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"membership: {error}") from None
+
+
+def read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config file: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+
+
+def load(
+    flags: Mapping[str, Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_path: str | None = None,
+) -> Settings:
+    """Settings from the four sources; ``flags`` holds only the flags given
+    (keys as in ``CONVERTERS``). Raises ``ConfigError``."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = config_path or environ.get(ENV_PREFIX + "CONFIG")
+    if path:
+        table = read_toml(path)
+        for key, value in table.items():
+            if key not in CONVERTERS:
+                raise ConfigError(f"{path}: unknown setting {key!r}; known: {', '.join(CONVERTERS)}")
+            values[key] = _convert(f"{path}: {key}", key, value)
+    for key in CONVERTERS:
+        variable = ENV_PREFIX + key.upper()
+        if key != "membership" and variable in environ:
+            values[key] = _convert(variable, key, environ[variable])
+    for key, value in flags.items():
+        if value is not None:
+            values[key] = _convert("--" + key.replace("_", "-"), key, value)
+    settings = Settings(**values)
+    settings.membership_config()  # a bad [membership] table fails now, not at start
+    return settings
+
+
+def _convert(source: str, key: str, value: Any) -> Any:
+    try:
+        return CONVERTERS[key](value)
+    except ValueError as error:
+        raise ConfigError(f"{source}: {error}") from None
