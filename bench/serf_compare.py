@@ -366,7 +366,7 @@ class Peer(System):
     def ready(self, agent: Agent, procs: Processes) -> bool:
         try:
             with urllib.request.urlopen(f"http://{HOST}:{agent.control_port}/health", timeout=0.5) as response:
-                return response.status == 200
+                return bool(response.status == 200)
         except (OSError, urllib.error.URLError):
             return False
 
@@ -576,7 +576,7 @@ def run_once(system: System, size: int, rep: int, settings: RunSettings, ports: 
         events = cluster.log.snapshot()
         result["join_s"] = join_convergence(events, cluster.names, t0)
         ups = [cluster.log.first_line.get(a.name) for a in cluster.agents[1:]]
-        result["last_agent_up_s"] = max(t - t0 for t in ups) if ups and None not in ups else None
+        result["last_agent_up_s"] = max(t - t0 for t in ups if t is not None) if None not in ups else None
         exited = [a.name for a in cluster.agents if a.proc is not None and a.proc.poll() is not None]
         if exited:
             raise RuntimeError(f"{system.name} agents exited during the join: {exited}; see {cluster.log_dir}")
@@ -820,14 +820,14 @@ def main() -> None:
     wanted = {s.strip().lower() for s in args.systems.split(",")}
     systems: list[System] = []
     notes: list[str] = []
-    for system in (Serf(args.serf), Peer(args.python)):
-        if system.name.lower() in wanted:
-            problem = system.available()
+    for candidate in (Serf(args.serf), Peer(args.python)):
+        if candidate.name.lower() in wanted:
+            problem = candidate.available()
             if problem:
-                notes.append(f"{system.name} skipped: {problem}")
+                notes.append(f"{candidate.name} skipped: {problem}")
                 log_progress(notes[-1])
             else:
-                systems.append(system)
+                systems.append(candidate)
     if not systems:
         raise SystemExit("nothing to run")
     ports = {"Serf": PortRange(17000, 27000), "peer": PortRange(27000, 32768)}

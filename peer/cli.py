@@ -90,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="start a local cluster and show it at work")
     demo.add_argument("--nodes", type=int, default=5, help="agents to start (default 5)")
+    demo.add_argument("--keep", action="store_true", help="keep the cluster running at the end, until Ctrl-C")
     demo.set_defaults(command=run_demo)
     return parser
 
@@ -200,4 +201,4 @@ def format_table(rows: Sequence[Sequence[str]]) -> str:
 def run_demo(args: argparse.Namespace) -> int:
     from peer.demo import run
 
-    return run(args.nodes)
+    return run(args.nodes, keep=args.keep)
