@@ -18,12 +18,23 @@ class ClientError(Exception):
 
 
 def call(api: Address, path: str, *, method: str = "GET", timeout: float = 5.0) -> dict[str, Any]:
+    """The JSON document at ``path``."""
+    body = fetch(api, path, method=method, timeout=timeout)
+    try:
+        document: dict[str, Any] = json.loads(body)
+    except ValueError as error:
+        raise ClientError(f"{path}: the answer is not JSON: {error}") from None
+    return document
+
+
+def fetch(api: Address, path: str, *, method: str = "GET", timeout: float = 5.0) -> bytes:
+    """The body at ``path``."""
     url = f"http://{format_address(api)}{path}"
     request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            document: dict[str, Any] = json.load(response)
-            return document
+            body: bytes = response.read()
+            return body
     except urllib.error.HTTPError as error:
         try:
             detail = json.load(error).get("error", error.reason)
@@ -40,5 +51,3 @@ def call(api: Address, path: str, *, method: str = "GET", timeout: float = 5.0) 
         raise ClientError(f"cannot reach the agent at {format_address(api)}: {reason}") from None
     except TimeoutError:
         raise ClientError(f"the agent at {format_address(api)} did not answer within {timeout:g}s") from None
-    except ValueError as error:
-        raise ClientError(f"{url}: the answer is not JSON: {error}") from None

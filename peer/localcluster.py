@@ -23,7 +23,7 @@ import attrs
 
 from membership.state import Address
 from peer.addresses import format_address
-from peer.client import ClientError, call
+from peer.client import ClientError, call, fetch
 
 T = TypeVar("T")
 
@@ -103,6 +103,9 @@ class AgentProcess:
 
     def call(self, path: str, *, method: str = "GET", timeout: float = 5.0) -> dict[str, Any]:
         return call(self.api, path, method=method, timeout=timeout)
+
+    def call_text(self, path: str, *, timeout: float = 5.0) -> str:
+        return fetch(self.api, path, timeout=timeout).decode()
 
     def view(self) -> dict[str, str]:
         """name -> status, as this agent sees the cluster."""

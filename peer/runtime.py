@@ -46,6 +46,9 @@ log = logging.getLogger("peer.agent")
 # its answer) get before the process stops.
 API_DRAIN_SECONDS = 2.0
 
+# At most one warning per interval about frames signed with another key.
+KEY_WARNING_INTERVAL = 60.0
+
 _EVENT_LEVEL = {EventKind.FAILED: logging.WARNING}
 
 
@@ -84,6 +87,7 @@ class Agent:
         self._api_socket: socket.socket | None = None
         self._nursery: trio.Nursery | None = None
         self._armed_deadline = math.inf
+        self._next_key_warning = -math.inf
         self._rearm = trio.Event()
         self._joined = trio.Event()
         self._left = trio.Event()
@@ -187,7 +191,7 @@ class Agent:
     async def _on_frame(self, src: Address, frame: bytes, reliable: bool) -> None:
         messages = self.codec.decode(frame, stream=reliable)
         if isinstance(messages, Dropped):
-            log.debug("dropped a frame from %s: %s (%s)", format_address(src), messages.reason.value, messages.detail)
+            self._report_drop(src, messages)
             return
         now = trio.current_time()
         for message in messages:
@@ -197,6 +201,23 @@ class Agent:
                 self.handler_errors += 1
                 log.exception("the membership core failed on %r from %s", message, format_address(src))
         await self._flush()
+
+    def _report_drop(self, src: Address, dropped: Dropped) -> None:
+        level = logging.DEBUG
+        if dropped.reason is DropReason.BAD_MAC:
+            # Someone is talking to us with another key: worth a warning, not a flood.
+            now = trio.current_time()
+            if now >= self._next_key_warning:
+                self._next_key_warning = now + KEY_WARNING_INTERVAL
+                level = logging.WARNING
+        log.log(
+            level,
+            "dropped a frame from %s: %s (%s)",
+            format_address(src),
+            dropped.reason.value,
+            dropped.detail,
+            extra={"node": self.name},
+        )
 
     async def _timer_loop(self) -> None:
         while True:
@@ -287,12 +308,11 @@ class Agent:
     def _join_failure(self) -> str:
         tried = ", ".join(map(format_address, self.seed_addresses)) or "no address: the seeds did not resolve"
         rejected = self.codec.drops[DropReason.BAD_MAC]
-        hint = (
-            f"; {rejected} frames were rejected for a bad MAC: check the cluster key"
-            if rejected
-            else "; check --seeds and that the seeds run, or raise --join-timeout (0 waits forever)"
+        key = f"{rejected} frames came with a bad MAC: " if rejected else ""
+        return (
+            f"no seed answered within {self.settings.join_timeout:g}s (tried {tried}); {key}check --seeds, "
+            "that the seeds run and that this node has the cluster's key, or raise --join-timeout (0 waits forever)"
         )
-        return f"no seed answered within {self.settings.join_timeout:g}s (tried {tried}){hint}"
 
     def _advertised_address(self) -> Address:
         if self.settings.advertise is not None:

@@ -184,7 +184,10 @@ def load(
         if value is not None:
             values[key] = _convert("--" + key.replace("_", "-"), key, value)
     settings = Settings(**values)
-    settings.membership_config()  # a bad [membership] table fails now, not at start
+    try:
+        settings.membership_config()  # a bad [membership] table fails now, not at start
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}" if path else str(error)) from None
     return settings
 
 

@@ -1,0 +1,68 @@
+"""The trio runtime in-process: two agents on 127.0.0.1, hostile input, leave."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import trio
+
+from membership.messages import Ping
+from peer.client import call
+from peer.runtime import Agent
+from peer.settings import Settings
+from peer.wire import Codec, Keyring
+
+FAST = {"probe_interval": 0.2, "probe_timeout": 0.1, "gossip_interval": 0.05}
+
+
+def settings(name: str, seeds: tuple[str, ...] = ()) -> Settings:
+    return Settings(
+        name=name, bind=("127.0.0.1", 0), api=("127.0.0.1", 0), seeds=seeds, profile="local", membership=FAST
+    )
+
+
+async def wait_until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.02)
+
+
+async def test_agents_join_survive_garbage_and_leave() -> None:
+    a = Agent(settings("a"), None)
+    await a.bind()
+    b = Agent(settings("b", seeds=(f"127.0.0.1:{a.transport.port}",)), None)
+    await b.bind()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        await wait_until(lambda: a.core.live_count == 2 and b.core.live_count == 2)
+        assert a.ready and b.ready
+
+        # Hostile input: every kind is dropped and counted; nothing raises.
+        target = ("127.0.0.1", a.transport.port)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.sendto(b"\x01\x00garbage", target)  # malformed body
+            udp.sendto(b"\x07\x00\x90", target)  # unknown version
+            signed = Codec(Keyring([b"k" * 32])).encode([Ping(1, "a", ("127.0.0.1", 1))])
+            udp.sendto(signed, target)  # signed, but this cluster has no key
+        with socket.create_connection(target) as tcp:
+            tcp.sendall(struct.pack(">I", 2**31))  # a length over the stream limit
+        with socket.create_connection(target) as tcp:
+            tcp.sendall(struct.pack(">I", 100) + b"short")  # ends inside the frame
+        await wait_until(
+            lambda: a.drops() == {"malformed": 1, "unknown_version": 1, "bad_mac": 1, "oversized": 0, "handler_error": 0}
+            and a.transport.stats.streams_refused == 1
+        )
+
+        # The control API, as a client sees it.
+        api = a._api_socket.getsockname()  # type: ignore[union-attr]
+        status = await trio.to_thread.run_sync(call, api, "/status")
+        assert status["members"] == {"alive": 2, "suspect": 0, "dead": 0, "left": 0}
+        assert status["drops"]["bad_mac"] == 1 and status["transport"]["streams_refused"] == 1
+
+        await b.leave()
+        await wait_until(lambda: a.core.member("b") is not None and a.core.member("b").status.name == "LEFT")  # type: ignore[union-attr]
+        assert a.events["failed"] == 0 and a.events["left"] == 1
+        with trio.fail_after(5):
+            await a.leave()
