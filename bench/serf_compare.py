@@ -427,6 +427,7 @@ class Cluster:
                 if parsed is not None:
                     kind, member, agent_ts = parsed
                     self.log.add(MemberEvent(t, agent.name, kind, member, agent_ts))
+        agent.proc.stdout.close()
 
     def all_up(self, observers: Iterable[Agent], members: Iterable[Agent]) -> bool:
         names = [m.name for m in members]

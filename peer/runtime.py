@@ -170,7 +170,20 @@ class Agent:
                     await trio.sleep_forever()  # serve_api returns once drained; then cancel
                 nursery.cancel_scope.cancel()
         finally:
-            self.transport.close()
+            self.close()
+
+    def close(self) -> None:
+        """Release the sockets (``run()`` does this when it ends)."""
+        self.transport.close()
+        if self._api_socket is not None:
+            self._api_socket.close()
+
+    @property
+    def api_address(self) -> Address:
+        """Where the control API listens (the bound port, if 0 was asked)."""
+        assert self._api_socket is not None, "bind() first"
+        host, port = self._api_socket.getsockname()[:2]
+        return str(host), int(port)
 
     async def leave(self) -> None:
         """Leave gracefully (others see ``left``, never ``failed``) and wait

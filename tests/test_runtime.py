@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 
+import attrs
 import trio
 
 from membership.messages import Ping
@@ -56,8 +57,7 @@ async def test_agents_join_survive_garbage_and_leave() -> None:
         )
 
         # The control API, as a client sees it.
-        api = a._api_socket.getsockname()  # type: ignore[union-attr]
-        status = await trio.to_thread.run_sync(call, api, "/status")
+        status = await trio.to_thread.run_sync(call, a.api_address, "/status")
         assert status["members"] == {"alive": 2, "suspect": 0, "dead": 0, "left": 0}
         assert status["drops"]["bad_mac"] == 1 and status["transport"]["streams_refused"] == 1
 
@@ -66,3 +66,14 @@ async def test_agents_join_survive_garbage_and_leave() -> None:
         assert a.events["failed"] == 0 and a.events["left"] == 1
         with trio.fail_after(5):
             await a.leave()
+
+
+async def test_advertised_address_is_what_the_core_gossips() -> None:
+    agent = Agent(attrs.evolve(settings("nat"), advertise=("127.0.0.9", 0)), None)
+    await agent.bind()
+    try:
+        # Port 0 in --advertise means "the port we bound".
+        assert agent.advertise == ("127.0.0.9", agent.transport.port) == agent.core.addr
+        assert agent.core.member("nat").addr == agent.advertise  # type: ignore[union-attr]
+    finally:
+        agent.close()
