@@ -70,7 +70,9 @@ def bind_api_socket(addr: Address) -> socket.socket:
 
 async def serve_api(agent: Agent, sock: socket.socket, *, task_status: trio.TaskStatus[None]) -> None:
     config = HypercornConfig()
-    config.bind = [f"fd://{sock.fileno()}"]
+    # The server owns the descriptor from now on and closes it when it stops;
+    # detached, our socket object will not close it (or a reused number) again.
+    config.bind = [f"fd://{sock.detach()}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 1.0

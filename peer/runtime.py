@@ -84,7 +84,8 @@ class Agent:
         self.handler_errors = 0  # messages the core refused with an exception (a bug, counted)
         self.events: Counter[str] = Counter()
         self._core: Membership | None = None
-        self._api_socket: socket.socket | None = None
+        self._api_socket: socket.socket | None = None  # handed to the API server by run()
+        self.api_address: Address = settings.api
         self._nursery: trio.Nursery | None = None
         self._armed_deadline = math.inf
         self._next_key_warning = -math.inf
@@ -122,6 +123,8 @@ class Agent:
         except BindError:
             self.transport.close()
             raise
+        host, port = self._api_socket.getsockname()[:2]
+        self.api_address = (str(host), int(port))  # the bound port, if 0 was asked
         self.advertise = self._advertised_address()
         self._core = Membership(
             self.name,
@@ -177,13 +180,6 @@ class Agent:
         self.transport.close()
         if self._api_socket is not None:
             self._api_socket.close()
-
-    @property
-    def api_address(self) -> Address:
-        """Where the control API listens (the bound port, if 0 was asked)."""
-        assert self._api_socket is not None, "bind() first"
-        host, port = self._api_socket.getsockname()[:2]
-        return str(host), int(port)
 
     async def leave(self) -> None:
         """Leave gracefully (others see ``left``, never ``failed``) and wait
