@@ -32,7 +32,10 @@ from typing import Any
 import attrs
 import msgpack
 
-from membership.messages import ENVELOPE_RESERVE, Message, from_wire
+from crdt.messages import MESSAGE_TYPES as REPLICATION_TYPES
+from crdt.messages import from_wire as replication_from_wire
+from membership.messages import ENVELOPE_RESERVE, Message
+from membership.messages import from_wire as membership_from_wire
 
 VERSION = 1
 SIGNED = 0x01
@@ -108,7 +111,14 @@ class Keyring:
         return Keyring(tuple(k for k in self.keys if k != key))
 
 
-MessageDecoder = Callable[[Any], Message]
+MessageDecoder = Callable[[Any], Any]
+
+
+def decode_message(obj: Any) -> Any:
+    """Any message the node speaks, by its tag: membership or replication."""
+    if type(obj) is list and obj and obj[0] in REPLICATION_TYPES:
+        return replication_from_wire(obj)
+    return membership_from_wire(obj)
 
 
 class Codec:
@@ -120,7 +130,7 @@ class Codec:
         *,
         max_datagram: int = MAX_DATAGRAM,
         max_stream: int = MAX_STREAM_FRAME,
-        message_decoder: MessageDecoder = from_wire,
+        message_decoder: MessageDecoder = decode_message,
     ) -> None:
         self.keyring = keyring  # a property: keyed MACs are prepared once per keyring
         self.max_datagram = max_datagram
@@ -190,7 +200,7 @@ class Codec:
                 return Dropped(DropReason.BAD_MAC, "MAC matches no key in the keyring")
             body = data[HEADER_SIZE:-MAC_SIZE]
         try:
-            decoded = msgpack.unpackb(body, raw=False, strict_map_key=True, max_map_len=0, max_ext_len=0)
+            decoded = msgpack.unpackb(body, raw=False, strict_map_key=True, max_ext_len=0)
             if type(decoded) is not list or not decoded:
                 return Dropped(DropReason.MALFORMED, "body is not a non-empty list of messages")
             decode_message = self._decode_message

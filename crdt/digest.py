@@ -1,0 +1,116 @@
+"""A map's hash summary: a shallow Merkle tree over its keys.
+
+Each key lands in a leaf by the leading bits of its hash; the tree has
+``DEPTH`` levels below the root, each node with ``FANOUT`` children
+(16 x 16 x 16 x 16 = 65,536 leaves). A node's hash is the XOR of the hashes
+of the entries under it, and its count how many there are, both kept up to
+date on every change (``DEPTH`` updates per entry change), so comparing two
+replicas starts at once from the root's children.
+
+Two replicas compare children, descend only into those that differ, and
+exchange entries once a differing node is small; traffic follows the
+difference, not the state (``peer.replication`` runs the exchange). Nodes
+are named ``(level, index)``: level 0 is the root, level ``DEPTH`` the leaves.
+Hashes are 64-bit BLAKE2b: a collision between two different entry sets in
+the same node would hide a difference, with odds of 2**-64 per comparison.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+FANOUT_BITS = 4
+FANOUT = 1 << FANOUT_BITS
+DEPTH = 4
+HASH_BITS = 64
+
+Node = tuple[int, int]  # (level, index)
+ROOT: Node = (0, 0)
+
+
+def hash64(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+def key_position(key: str) -> int:
+    """Where a key sits in every tree: the same on every replica."""
+    return hash64(b"k" + key.encode())
+
+
+def node_of(position: int, level: int) -> int:
+    return position >> (HASH_BITS - FANOUT_BITS * level)
+
+
+def children(node: Node) -> list[Node]:
+    level, index = node
+    if level >= DEPTH:
+        return []
+    first = index << FANOUT_BITS
+    return [(level + 1, first + offset) for offset in range(FANOUT)]
+
+
+def covers(node: Node, position: int) -> bool:
+    return node_of(position, node[0]) == node[1]
+
+
+class HashTree:
+    """Per-node XOR of entry hashes and entry counts, sparse: an empty node
+    costs nothing."""
+
+    def __init__(self) -> None:
+        self._hashes: list[dict[int, int]] = [{} for _ in range(DEPTH + 1)]
+        self._counts: list[dict[int, int]] = [{} for _ in range(DEPTH + 1)]
+        self._leaves: dict[int, set[str]] = {}
+
+    def update(self, key: str, position: int, old: int | None, new: int | None) -> None:
+        """Entry ``key`` changed its hash from ``old`` to ``new`` (None:
+        absent)."""
+        if old == new:
+            return
+        delta = (old or 0) ^ (new or 0)
+        count = (new is not None) - (old is not None)
+        for level in range(DEPTH + 1):
+            index = node_of(position, level)
+            hashes, counts = self._hashes[level], self._counts[level]
+            value = hashes.get(index, 0) ^ delta
+            total = counts.get(index, 0) + count
+            if total:
+                hashes[index], counts[index] = value, total
+            else:
+                hashes.pop(index, None)
+                counts.pop(index, None)
+        leaf = node_of(position, DEPTH)
+        if new is None:
+            keys = self._leaves[leaf]
+            keys.discard(key)
+            if not keys:
+                del self._leaves[leaf]
+        elif old is None:
+            self._leaves.setdefault(leaf, set()).add(key)
+
+    def summary(self, node: Node) -> tuple[int, int]:
+        """(hash, count) of a node."""
+        level, index = node
+        return self._hashes[level].get(index, 0), self._counts[level].get(index, 0)
+
+    def children_summary(self, node: Node) -> list[tuple[int, int]]:
+        return [self.summary(child) for child in children(node)]
+
+    def keys_under(self, node: Node) -> Iterator[str]:
+        level, index = node
+        if level == DEPTH:
+            yield from self._leaves.get(index, ())
+            return
+        shift = FANOUT_BITS * (DEPTH - level)
+        if self._counts[level].get(index, 0) == 0:
+            return
+        span = 1 << shift
+        first = index << shift
+        if len(self._leaves) < span:
+            for leaf, keys in self._leaves.items():
+                if leaf >> shift == index:
+                    yield from keys
+        else:
+            for leaf in range(first, first + span):
+                yield from self._leaves.get(leaf, ())

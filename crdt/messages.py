@@ -1,0 +1,226 @@
+"""Replication messages and their plain-data wire form.
+
+Like ``membership.messages``: each message is a frozen value with
+``to_wire()`` (msgpack-native primitives, tag first) and ``from_wire()``,
+which rebuilds it from untrusted primitives and raises ``MalformedState``
+(nothing else) when anything is off: wrong types, out-of-range numbers,
+oversized keys or values, entries outside their sync scope. Tags start at
+32, clear of the membership protocol's, so one codec carries both.
+
+    DeltaGossip   one map's delta, piggybacked on membership gossip
+    SyncProbe     a digest node's children (hash, count): "do yours match?"
+    SyncEntries   every entry under some digest nodes, and the sender's context
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, ClassVar, Union
+
+import attrs
+import msgpack
+
+from crdt.context import CausalContext, Dot
+from crdt.digest import DEPTH, FANOUT, Node, covers, key_position
+from crdt.hlc import Timestamp
+from crdt.ormap import MAX_KEY_BYTES, MAX_VALUE_BYTES, Delta, Register, Registers
+
+NAME_MAX = 128
+HOST_MAX = 255
+UINT63 = (1 << 63) - 1
+MAX_ENTRIES = 200_000
+MAX_REPLICAS = 100_000
+MAX_CLOUD = 1_000_000
+
+
+class MalformedState(ValueError):
+    """Replicated state from the wire that does not describe valid state."""
+
+
+def _check(condition: bool, what: str) -> None:
+    if not condition:
+        raise MalformedState(what)
+
+
+def _name(value: Any, what: str) -> str:
+    _check(type(value) is str and 0 < len(value) <= NAME_MAX, f"{what}: expected a name of 1..{NAME_MAX} characters")
+    return sys.intern(value)
+
+
+def _uint(value: Any, what: str) -> int:
+    _check(type(value) is int and 0 <= value <= UINT63, f"{what}: expected an integer in 0..2**63-1")
+    return int(value)
+
+
+def _list(value: Any, what: str, limit: int) -> list[Any]:
+    _check(type(value) is list and len(value) <= limit, f"{what}: expected a list of at most {limit} items")
+    return list(value)
+
+
+def _addr(value: Any, what: str) -> tuple[str, int]:
+    _check(type(value) is list and len(value) == 2, f"{what}: expected [host, port]")
+    host, port = value
+    _check(type(host) is str and 0 < len(host) <= HOST_MAX, f"{what}: bad host")
+    _check(type(port) is int and 0 < port < 65536, f"{what}: bad port")
+    return (sys.intern(host), port)
+
+
+def _node(value: Any, what: str) -> Node:
+    _check(type(value) is list and len(value) == 2, f"{what}: expected [level, index]")
+    level, index = _uint(value[0], what), _uint(value[1], what)
+    _check(level <= DEPTH and index < FANOUT**level, f"{what}: no such digest node")
+    return (level, index)
+
+
+def context_to_wire(context: CausalContext) -> list[Any]:
+    return [sorted(context.vv.items()), sorted(context.cloud)]
+
+
+def context_from_wire(value: Any) -> CausalContext:
+    _check(type(value) is list and len(value) == 2, "context: expected [vv, cloud]")
+    vv = {}
+    for item in _list(value[0], "context.vv", MAX_REPLICAS):
+        _check(type(item) is list and len(item) == 2, "context.vv: expected [replica, counter]")
+        vv[_name(item[0], "context.vv replica")] = _uint(item[1], "context.vv counter")
+    cloud = []
+    for item in _list(value[1], "context.cloud", MAX_CLOUD):
+        cloud.append(_dot(item, "context.cloud"))
+    return CausalContext(vv, cloud)
+
+
+def _dot(value: Any, what: str) -> Dot:
+    _check(type(value) is list and len(value) == 2, f"{what}: expected [replica, counter]")
+    return (_name(value[0], what), _uint(value[1], what))
+
+
+def entries_to_wire(entries: dict[str, Registers]) -> list[Any]:
+    return [
+        [key, [[dot[0], dot[1], *register.to_wire()] for dot, register in registers.items()]]
+        for key, registers in entries.items()
+    ]
+
+
+def entries_from_wire(value: Any) -> dict[str, Registers]:
+    entries: dict[str, Registers] = {}
+    for item in _list(value, "entries", MAX_ENTRIES):
+        _check(type(item) is list and len(item) == 2, "entry: expected [key, registers]")
+        key, registers = item
+        _check(
+            type(key) is str and 0 < len(key.encode()) <= MAX_KEY_BYTES and key not in entries,
+            f"entry key: expected a new string of 1..{MAX_KEY_BYTES} bytes",
+        )
+        parsed: Registers = {}
+        for register in _list(registers, f"entry {key!r:.40}", 1024):
+            _check(type(register) is list and len(register) == 7, "register: expected 7 fields")
+            replica, counter, wall, ticks, node, value, expires = register
+            dot = (_name(replica, "register.replica"), _uint(counter, "register.counter"))
+            stamp = Timestamp(_uint(wall, "register.wall"), _uint(ticks, "register.counter"), _name(node, "register.node"))
+            _check(expires is None or type(expires) is int and 0 <= expires <= UINT63, "register.expires: bad value")
+            _check(len(msgpack.packb(value)) <= MAX_VALUE_BYTES, "register.value: too large")
+            _check(dot not in parsed, "register: the same dot twice")
+            parsed[dot] = Register(stamp, value, expires)
+        _check(bool(parsed), f"entry {key!r:.40}: no registers")
+        entries[sys.intern(key)] = parsed
+    return entries
+
+
+@attrs.frozen(slots=True)
+class DeltaGossip:
+    TAG: ClassVar[int] = 32
+    map: str
+    delta: Delta
+
+    def to_wire(self) -> list[Any]:
+        return [self.TAG, self.map, entries_to_wire(self.delta.entries), context_to_wire(self.delta.context)]
+
+    @classmethod
+    def from_wire(cls, f: list[Any]) -> DeltaGossip:
+        _check(len(f) == 4, "delta: expected 4 fields")
+        return cls(_name(f[1], "delta.map"), Delta(entries_from_wire(f[2]), context_from_wire(f[3])))
+
+
+@attrs.frozen(slots=True)
+class SyncProbe:
+    """The sender's summary of the children of ``node``; at the root it also
+    carries the sender's context, for the receiver to take in if the
+    summaries match (then, when ``echo``, it answers with its own)."""
+
+    TAG: ClassVar[int] = 33
+    map: str
+    reply_to: tuple[str, int]
+    node: Node
+    children: tuple[tuple[int, int], ...]  # (hash, count) per child
+    context: CausalContext | None = None
+    echo: bool = False
+
+    def to_wire(self) -> list[Any]:
+        context = None if self.context is None else context_to_wire(self.context)
+        children = [value for pair in self.children for value in pair]
+        return [self.TAG, self.map, list(self.reply_to), list(self.node), children, context, self.echo]
+
+    @classmethod
+    def from_wire(cls, f: list[Any]) -> SyncProbe:
+        _check(len(f) == 7, "probe: expected 7 fields")
+        node = _node(f[3], "probe.node")
+        _check(node[0] < DEPTH, "probe.node: a leaf has no children")
+        flat = _list(f[4], "probe.children", 2 * FANOUT)
+        _check(len(flat) == 2 * FANOUT, "probe.children: expected one (hash, count) per child")
+        values = [_uint(value, "probe.children") if i % 2 else _hash(value) for i, value in enumerate(flat)]
+        children = tuple((values[i], values[i + 1]) for i in range(0, len(values), 2))
+        context = None if f[5] is None else context_from_wire(f[5])
+        _check(type(f[6]) is bool, "probe.echo: expected a boolean")
+        return cls(_name(f[1], "probe.map"), _addr(f[2], "probe.reply_to"), node, children, context, f[6])
+
+
+def _hash(value: Any) -> int:
+    _check(type(value) is int and 0 <= value < 1 << 64, "probe.children: expected a 64-bit hash")
+    return int(value)
+
+
+@attrs.frozen(slots=True)
+class SyncEntries:
+    """Every entry the sender holds under the ``scope`` nodes, with its
+    context (for the receiver's removals); answered with a delta."""
+
+    TAG: ClassVar[int] = 34
+    map: str
+    reply_to: tuple[str, int]
+    scope: tuple[Node, ...]
+    entries: dict[str, Registers]
+    context: CausalContext
+
+    def to_wire(self) -> list[Any]:
+        return [
+            self.TAG,
+            self.map,
+            list(self.reply_to),
+            [list(node) for node in self.scope],
+            entries_to_wire(self.entries),
+            context_to_wire(self.context),
+        ]
+
+    @classmethod
+    def from_wire(cls, f: list[Any]) -> SyncEntries:
+        _check(len(f) == 6, "entries: expected 6 fields")
+        scope = tuple(_node(node, "entries.scope") for node in _list(f[3], "entries.scope", 4096))
+        _check(bool(scope), "entries.scope: empty")
+        entries = entries_from_wire(f[4])
+        for key in entries:
+            position = key_position(key)
+            _check(any(covers(node, position) for node in scope), f"entry {key!r:.40} lies outside its scope")
+        return cls(_name(f[1], "entries.map"), _addr(f[2], "entries.reply_to"), scope, entries, context_from_wire(f[5]))
+
+
+ReplicationMessage = Union[DeltaGossip, SyncProbe, SyncEntries]
+MESSAGE_TYPES: dict[int, type[ReplicationMessage]] = {cls.TAG: cls for cls in (DeltaGossip, SyncProbe, SyncEntries)}
+
+
+def from_wire(obj: Any) -> ReplicationMessage:
+    _check(type(obj) is list and bool(obj), "expected a non-empty list")
+    cls = MESSAGE_TYPES.get(obj[0]) if type(obj[0]) is int else None
+    _check(cls is not None, f"unknown replication message tag {obj[0]!r:.20}")
+    return cls.from_wire(obj)  # type: ignore[union-attr]
+
+
+def wire_size(message: ReplicationMessage) -> int:
+    return len(msgpack.packb(message.to_wire()))

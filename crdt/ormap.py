@@ -1,0 +1,298 @@
+"""An observed-remove map of last-writer-wins registers, as a delta-state CRDT.
+
+Theory of operation
+-------------------
+State is a dot store plus a causal context (``crdt.context``): for each key,
+the registers written to it, each tagged with the dot of the write that
+made it; and the set of dots this replica has seen. A write to a key takes a
+new dot and replaces every register of the key this replica has seen; a
+remove replaces them with nothing. Each mutation returns a small delta: the
+new register (if any) and, as its context, the dots it replaced plus its own.
+
+Merging is the dot-store join, one rule for every case:
+
+    a register survives if both sides hold it,
+    or one side holds it and the other has not seen its dot.
+
+So a register the other side has seen and dropped stays dropped (removes
+win over the past), and a write the other side has not seen is kept (adds
+win over concurrent removes). The join is commutative, associative and
+idempotent, so replicas that receive the same deltas in any order, grouped
+in any way, any number of times, end equal.
+
+Concurrent writes leave several registers under a key; a read returns the
+one with the greatest HLC timestamp (node id breaks ties), so every replica
+reads the same value, and the next write replaces them all.
+
+Expiry: a register may carry an expiry in HLC wall time. A key whose winning
+register has expired reads as absent, and ``expire(now)`` drops its
+registers; their dots stay in the causal context, so a replica that still
+holds them (a laggard, one back from a long absence) loses them at the next
+exchange instead of bringing them back, and an expired register arriving
+from anywhere is not adopted. The context compacts to one counter per
+replica, so memory follows the live entries.
+
+Digest sync needs one caution: a replica may only take in another's whole
+causal context when their entries are equal (the root digests match), else
+it would claim to have seen dots it does not hold and refuse them later.
+Scoped merges (``merge_scoped``) therefore use the sender's context only to
+decide removals, and record only the dots they adopt or drop.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import attrs
+import msgpack
+
+from crdt.context import CausalContext, Dot
+from crdt.digest import DEPTH, ROOT, HashTree, Node, covers, hash64, key_position
+from crdt.hlc import Timestamp
+
+MAX_KEY_BYTES = 512
+MAX_VALUE_BYTES = 64 * 1024
+
+
+@attrs.frozen(slots=True)
+class Register:
+    ts: Timestamp
+    value: Any
+    expires: int | None = None  # HLC wall ms; None: never
+
+    def expired(self, now_ms: int) -> bool:
+        return self.expires is not None and self.expires <= now_ms
+
+    def to_wire(self) -> list[Any]:
+        return [self.ts.wall, self.ts.counter, self.ts.node, self.value, self.expires]
+
+
+Registers = dict[Dot, Register]
+
+
+@attrs.frozen
+class Delta:
+    """Part of a map's state: registers by key, and the dots they stand for."""
+
+    entries: dict[str, Registers]
+    context: CausalContext
+
+    def join(self, other: Delta) -> Delta:
+        """A delta group: the effect of both, in either order."""
+        entries: dict[str, Registers] = {}
+        for key in self.entries.keys() | other.entries.keys():
+            joined = join_registers(self.entries.get(key, {}), self.context, other.entries.get(key, {}), other.context)
+            if joined:
+                entries[key] = joined
+        context = self.context.copy()
+        context.merge(other.context)
+        return Delta(entries, context)
+
+    def size(self) -> int:
+        return sum(len(registers) for registers in self.entries.values())
+
+
+def join_registers(mine: Registers, my_context: CausalContext, theirs: Registers, their_context: CausalContext) -> Registers:
+    """The dot-store join of one key's registers (the rule at the top)."""
+    joined = {dot: register for dot, register in mine.items() if dot in theirs or dot not in their_context}
+    for dot, register in theirs.items():
+        if dot not in mine and dot not in my_context:
+            joined[dot] = register
+    return joined
+
+
+def winner(registers: Registers) -> Register:
+    return max(registers.values(), key=lambda register: register.ts)
+
+
+def entry_hash(key: str, registers: Registers) -> int:
+    items = sorted((dot, register.to_wire()) for dot, register in registers.items())
+    return hash64(msgpack.packb([key, [[dot[0], dot[1], wire] for dot, wire in items]]))
+
+
+def check_entry(key: str, value: Any) -> Any:
+    """Refuse what could not be replicated, saying why; the value as every
+    replica will see it (msgpack-native: tuples become lists)."""
+    if not isinstance(key, str) or not 0 < len(key.encode()) <= MAX_KEY_BYTES:
+        raise ValueError(f"a key is a string of 1..{MAX_KEY_BYTES} bytes, got {key!r:.80}")
+    try:
+        packed = msgpack.packb(value)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise ValueError(f"value for {key!r} cannot be serialised: {error}") from None
+    if len(packed) > MAX_VALUE_BYTES:
+        raise ValueError(f"value for {key!r} is {len(packed)} bytes; the limit is {MAX_VALUE_BYTES}")
+    try:
+        return msgpack.unpackb(packed, strict_map_key=True)
+    except ValueError:
+        raise ValueError(f"value for {key!r}: map keys must be strings or bytes") from None
+
+
+class ORMap:
+    def __init__(self, replica: str) -> None:
+        self.replica = replica
+        self.context = CausalContext()
+        self._store: dict[str, Registers] = {}
+        self._dot_keys: dict[Dot, str] = {}
+        self._hashes: dict[str, int] = {}
+        self._positions: dict[str, int] = {}
+        self.tree = HashTree()
+        self._expiry: list[tuple[int, str]] = []  # heap of (expires, key); stale items skipped
+        self.expired = 0  # keys dropped by expiry
+
+    # -- reading ----------------------------------------------------------------
+
+    def get(self, key: str, now_ms: int) -> Register | None:
+        registers = self._store.get(key)
+        if not registers:
+            return None
+        register = winner(registers)
+        return None if register.expired(now_ms) else register
+
+    def items(self, now_ms: int) -> Iterator[tuple[str, Register]]:
+        for key, registers in self._store.items():
+            register = winner(registers)
+            if not register.expired(now_ms):
+                yield key, register
+
+    def __len__(self) -> int:
+        """Keys held, expired-but-not-yet-dropped included."""
+        return len(self._store)
+
+    def registers(self, key: str) -> Registers:
+        return dict(self._store.get(key, {}))
+
+    def state(self) -> Delta:
+        """The whole state, as a delta (a copy)."""
+        return Delta({key: dict(registers) for key, registers in self._store.items()}, self.context.copy())
+
+    def scope_state(self, nodes: Iterable[Node]) -> dict[str, Registers]:
+        """The entries under the given digest nodes."""
+        entries: dict[str, Registers] = {}
+        for node in nodes:
+            for key in self.tree.keys_under(node):
+                entries[key] = dict(self._store[key])
+        return entries
+
+    # -- mutating ---------------------------------------------------------------
+
+    def put(self, key: str, value: Any, ts: Timestamp, *, expires: int | None = None) -> Delta:
+        value = check_entry(key, value)
+        dot = self.context.next_dot(self.replica)
+        replaced = CausalContext(cloud=[*self._store.get(key, {}), dot])
+        register = Register(ts, value, expires)
+        self._set(key, {dot: register})
+        return Delta({key: {dot: register}}, replaced)
+
+    def remove(self, key: str) -> Delta | None:
+        registers = self._store.get(key)
+        if not registers:
+            return None
+        self._set(key, {})
+        return Delta({}, CausalContext(cloud=registers))
+
+    def merge(self, delta: Delta, now_ms: int) -> list[str]:
+        """Join a delta (or a whole state) into ours; the keys whose
+        registers changed."""
+        affected = set(delta.entries)
+        for dot in delta.context.cloud:
+            key = self._dot_keys.get(dot)
+            if key is not None:
+                affected.add(key)
+        if delta.context.vv:
+            vv = delta.context.vv
+            affected.update(key for dot, key in self._dot_keys.items() if dot[1] <= vv.get(dot[0], 0))
+        changed = self._join_keys(affected, delta.entries, delta.context, now_ms)
+        self.context.merge(delta.context)
+        return changed
+
+    def merge_scoped(
+        self, entries: Mapping[str, Registers], context: CausalContext, scope: Iterable[Node], now_ms: int
+    ) -> list[str]:
+        """Join another replica's entries under ``scope`` (all of them that
+        it holds there); its context decides removals only."""
+        scope = list(scope)
+        affected = set(entries)
+        for node in scope:
+            affected.update(self.tree.keys_under(node))
+        for key in entries:
+            position = key_position(key)
+            if not any(covers(node, position) for node in scope):
+                raise ValueError(f"entry {key!r} lies outside the scope it came with")
+        return self._join_keys(affected, entries, context, now_ms)
+
+    def merge_context(self, context: CausalContext) -> None:
+        """Take in a replica's whole context: only when our entries equal
+        the ones it had along with that context."""
+        self.context.merge(context)
+
+    def expire(self, now_ms: int) -> int:
+        """Drop keys whose winning register has expired; how many."""
+        dropped = 0
+        heap = self._expiry
+        while heap and heap[0][0] <= now_ms:
+            _, key = heapq.heappop(heap)
+            registers = self._store.get(key)
+            if registers and winner(registers).expired(now_ms):
+                self._set(key, {})
+                dropped += 1
+        self.expired += dropped
+        return dropped
+
+    # -- the one place that changes the store -----------------------------------
+
+    def _join_keys(
+        self, keys: Iterable[str], entries: Mapping[str, Registers], context: CausalContext, now_ms: int
+    ) -> list[str]:
+        changed = []
+        for key in keys:
+            mine = self._store.get(key, {})
+            theirs = entries.get(key, {})
+            joined = join_registers(mine, self.context, theirs, context)
+            for dot, register in list(joined.items()):
+                if dot not in mine:
+                    self.context.add(dot)
+                    if register.expired(now_ms):
+                        del joined[dot]  # seen, but dead on arrival: never adopted
+            if joined != mine:
+                self._set(key, joined)
+                changed.append(key)
+        return changed
+
+    def _set(self, key: str, registers: Registers) -> None:
+        old = self._store.get(key)
+        for dot in old or ():
+            del self._dot_keys[dot]
+        position = self._positions.get(key)
+        if position is None:
+            position = key_position(key)
+        new_hash = entry_hash(key, registers) if registers else None
+        self.tree.update(key, position, self._hashes.get(key), new_hash)
+        if registers:
+            self._store[key] = registers
+            self._hashes[key] = new_hash  # type: ignore[assignment]
+            self._positions[key] = position
+            for dot in registers:
+                self._dot_keys[dot] = key
+            expires = winner(registers).expires
+            if expires is not None:
+                heapq.heappush(self._expiry, (expires, key))
+        else:
+            self._store.pop(key, None)
+            self._hashes.pop(key, None)
+            self._positions.pop(key, None)
+
+    def __eq__(self, other: object) -> bool:
+        """Same entries and same causal context (compacted)."""
+        if not isinstance(other, ORMap):
+            return NotImplemented
+        return self._store == other._store and self.context == other.context
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def root(self) -> tuple[int, int]:
+        return self.tree.summary(ROOT)
+
+
+assert DEPTH >= 1

@@ -1,0 +1,332 @@
+"""Replicated maps over the membership layer: the sans-IO replication core.
+
+Theory of operation
+-------------------
+A ``Replicator`` holds a node's replicas of named CRDT maps
+(``crdt.ormap.ORMap``) and keeps them converging with the other live
+members, in three ways:
+
+1. Gossip. Every local write makes a small delta, queued in a
+   transmit-limited broadcast queue (the membership layer's) and
+   piggybacked on the membership protocol's packets, which go to random
+   members several times a second anyway. A delta too big for a packet is
+   left to the next two ways.
+2. Digest sync. Every ``sync_interval`` (and soon after a member joins), a
+   node sends one random member a ``SyncProbe`` per map: the children of its
+   digest tree's root (``crdt.digest``). The receiver compares them with its
+   own, and for each differing child either descends (answers with that
+   child's own children, and the roles swap) or, once the node is small on
+   either side, settles: sends all its entries there (``SyncEntries``). The
+   other side merges them and answers with a delta holding only what the
+   sender lacked. Traffic follows the difference, not the state; large
+   answers are split into chunks of whole digest nodes or keys.
+3. Context exchange. When the roots match, the probe's causal context is
+   taken in, which is what lets contexts compact (see ``crdt.ormap``).
+
+Every received timestamp goes through the hybrid logical clock: a register
+stamped further ahead than ``max_drift_ms`` is refused and counted. Expired
+entries are dropped every ``expire_interval``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import msgpack
+
+from crdt.context import CausalContext
+from crdt.digest import DEPTH, ROOT, Node, children
+from crdt.hlc import HLC, ClockDrift, Timestamp
+from crdt.messages import DeltaGossip, ReplicationMessage, SyncEntries, SyncProbe, entries_to_wire, wire_size
+from crdt.ormap import Delta, ORMap, Register, Registers
+from membership.broadcast import BroadcastQueue
+from membership.effects import Send
+from membership.state import Address
+from membership.timers import Timers
+
+
+@attrs.frozen
+class ReplicationConfig:
+    sync_interval: float = 10.0  # digest comparison with one random member
+    sync_after_join: float = 0.5  # ... and this soon with a member that joins
+    settle_count: int = 16  # exchange entries once a differing node holds this few (both sides)
+    chunk_bytes: int = 60_000  # bound on one SyncEntries or answer
+    gossip_max_bytes: int = 1_000  # larger deltas wait for a sync
+    expire_interval: float = 1.0
+    max_drift_ms: int = 60_000
+
+
+@attrs.define
+class ReplicationStats:
+    writes: int = 0
+    deltas_gossiped: int = 0  # local deltas queued for gossip
+    deltas_too_big: int = 0  # local deltas left to sync
+    deltas_received: int = 0
+    keys_changed: int = 0  # keys changed by merging anything received
+    syncs_started: int = 0
+    syncs_in_sync: int = 0  # probes whose root matched
+    probes_sent: int = 0
+    entries_sent: int = 0
+    entries_received: int = 0
+    registers_refused: int = 0  # stamped too far in the future
+    malformed: int = 0  # well-formed messages that made no sense here (e.g. scope errors)
+    expired: int = 0
+
+
+class Replicator:
+    def __init__(
+        self,
+        addr: Address,
+        replica: str,
+        config: ReplicationConfig,
+        *,
+        rng: random.Random,
+        now: float,
+    ) -> None:
+        self.addr = addr
+        self.replica = replica
+        self.config = config
+        self.hlc = HLC(replica, max_drift_ms=config.max_drift_ms)
+        self.stats = ReplicationStats()
+        self.maps: dict[str, ORMap] = {}
+        self._rng = rng
+        self._peers: list[Address] = []
+        self._gossip: BroadcastQueue[DeltaGossip] = BroadcastQueue()
+        self._effects: list[Send] = []
+        self._timers: Timers[str] = Timers()
+        self._timers.schedule("sync", now + rng.uniform(0.5, 1.0) * config.sync_interval)
+        self._timers.schedule("expire", now + config.expire_interval)
+
+    # -- the driver's interface ---------------------------------------------------
+
+    def receive(self, now: float, wall_ms: int, message: ReplicationMessage) -> None:
+        if isinstance(message, DeltaGossip):
+            self._on_delta(wall_ms, message.map, message.delta)
+        elif isinstance(message, SyncProbe):
+            self._on_probe(wall_ms, message)
+        else:
+            self._on_entries(wall_ms, message)
+
+    def tick(self, now: float, wall_ms: int) -> None:
+        for key in self._timers.due(now):
+            if key == "sync":
+                self._timers.schedule("sync", now + self._rng.uniform(0.75, 1.25) * self.config.sync_interval)
+                if self._peers:
+                    self._start_sync(self._rng.choice(self._peers))
+            elif key == "expire":
+                self._timers.schedule("expire", now + self.config.expire_interval)
+                self._expire(wall_ms)
+
+    def next_deadline(self) -> float:
+        return self._timers.next_deadline()
+
+    def take_effects(self) -> list[Send]:
+        effects, self._effects = self._effects, []
+        return effects
+
+    def set_peers(self, peers: Sequence[Address]) -> None:
+        """The live members to replicate with (not ourselves)."""
+        self._peers = list(peers)
+
+    def sync_with(self, now: float, peer: Address) -> None:
+        """Compare digests with ``peer`` now (a member that just joined)."""
+        self._start_sync(peer)
+
+    # Piggybacking: the membership core tops its packets up from here.
+
+    def has_gossip(self) -> bool:
+        return bool(self._gossip)
+
+    def take_gossip(self, budget: int, limit: int) -> list[DeltaGossip]:
+        return self._gossip.take(budget, limit)
+
+    # -- the application's interface ----------------------------------------------
+
+    def map(self, name: str) -> ORMap:
+        replica_map = self.maps.get(name)
+        if replica_map is None:
+            replica_map = self.maps[name] = ORMap(self.replica)
+        return replica_map
+
+    def put(self, wall_ms: int, map_name: str, key: str, value: Any, *, ttl: float | None = None) -> Timestamp:
+        stamp = self.hlc.now(wall_ms)
+        expires = None if ttl is None else stamp.wall + math.ceil(ttl * 1000)
+        delta = self.map(map_name).put(key, value, stamp, expires=expires)
+        self.stats.writes += 1
+        self._gossip_delta(map_name, key, delta)
+        return stamp
+
+    def remove(self, wall_ms: int, map_name: str, key: str) -> bool:
+        delta = self.map(map_name).remove(key)
+        if delta is None:
+            return False
+        self.stats.writes += 1
+        self._gossip_delta(map_name, key, delta)
+        return True
+
+    def get(self, wall_ms: int, map_name: str, key: str) -> Register | None:
+        return self.map(map_name).get(key, self.hlc.peek(wall_ms))
+
+    # -- gossip ----------------------------------------------------------------------
+
+    def _gossip_delta(self, map_name: str, key: str, delta: Delta) -> None:
+        message = DeltaGossip(map_name, delta)
+        size = wire_size(message)
+        if size > self.config.gossip_max_bytes:
+            self.stats.deltas_too_big += 1
+            return
+        self.stats.deltas_gossiped += 1
+        # Keyed by map and key: a newer write replaces the older in the queue
+        # (its context covers the older's dot).
+        self._gossip.enqueue(f"{map_name}\x00{key}", message, size)
+
+    def _on_delta(self, wall_ms: int, map_name: str, delta: Delta) -> None:
+        self.stats.deltas_received += 1
+        delta = self._admit(wall_ms, delta.entries, delta.context)
+        changed = self.map(map_name).merge(delta, self.hlc.peek(wall_ms))
+        self.stats.keys_changed += len(changed)
+
+    def _admit(self, wall_ms: int, entries: dict[str, Registers], context: CausalContext) -> Delta:
+        """Observe every timestamp; drop registers from too far ahead."""
+        newest = max((r.ts for registers in entries.values() for r in registers.values()), default=None)
+        if newest is None:
+            return Delta(entries, context)
+        try:
+            self.hlc.observe(newest, wall_ms)
+            return Delta(entries, context)
+        except ClockDrift:
+            pass
+        limit = wall_ms + self.config.max_drift_ms
+        admitted: dict[str, Registers] = {}
+        for key, registers in entries.items():
+            kept = {dot: r for dot, r in registers.items() if r.ts.wall <= limit}
+            self.stats.registers_refused += len(registers) - len(kept)
+            if kept:
+                admitted[key] = kept
+        newest = max((r.ts for registers in admitted.values() for r in registers.values()), default=None)
+        if newest is not None:
+            self.hlc.observe(newest, wall_ms)
+        return Delta(admitted, context)
+
+    # -- digest sync -------------------------------------------------------------------
+
+    def _start_sync(self, peer: Address) -> None:
+        self.stats.syncs_started += 1
+        for name, replica_map in sorted(self.maps.items()):
+            probe = SyncProbe(
+                name, self.addr, ROOT, tuple(replica_map.tree.children_summary(ROOT)), replica_map.context.copy(), True
+            )
+            self._send(peer, [probe])
+
+    def _on_probe(self, wall_ms: int, probe: SyncProbe) -> None:
+        replica_map = self.map(probe.map)
+        mine = replica_map.tree.children_summary(probe.node)
+        if probe.node == ROOT and mine == list(probe.children):
+            self.stats.syncs_in_sync += 1
+            if probe.context is not None:
+                replica_map.merge_context(probe.context)
+            if probe.echo:
+                answer = SyncProbe(probe.map, self.addr, ROOT, tuple(mine), replica_map.context.copy(), False)
+                self._send(probe.reply_to, [answer])
+            return
+        settle: list[Node] = []
+        probes: list[ReplicationMessage] = []
+        for child, (my_hash, my_count), (their_hash, their_count) in zip(children(probe.node), mine, probe.children):
+            if (my_hash, my_count) == (their_hash, their_count):
+                continue
+            small = my_count == 0 or their_count == 0 or my_count + their_count <= self.config.settle_count
+            if small or child[0] == DEPTH:
+                settle.append(child)
+            else:
+                summary = tuple(replica_map.tree.children_summary(child))
+                probes.append(SyncProbe(probe.map, self.addr, child, summary))
+        if probes:
+            self.stats.probes_sent += len(probes)
+            self._send(probe.reply_to, probes)
+        if settle:
+            self._send_entries(probe.reply_to, probe.map, replica_map, settle)
+
+    def _send_entries(self, dst: Address, map_name: str, replica_map: ORMap, nodes: list[Node]) -> None:
+        """Our entries under ``nodes``, in chunks of whole nodes, each asking
+        for an answer."""
+        pending = list(nodes)
+        scope: list[Node] = []
+        entries: dict[str, Registers] = {}
+        size = 0
+        while pending:
+            node = pending.pop(0)
+            node_entries = replica_map.scope_state([node])
+            node_size = len(msgpack.packb(entries_to_wire(node_entries)))
+            if node_size > self.config.chunk_bytes and node[0] < DEPTH:
+                pending[0:0] = children(node)
+                continue
+            if scope and size + node_size > self.config.chunk_bytes:
+                self._send_chunk(dst, map_name, replica_map, scope, entries)
+                scope, entries, size = [], {}, 0
+            scope.append(node)
+            entries.update(node_entries)
+            size += node_size
+        if scope:
+            self._send_chunk(dst, map_name, replica_map, scope, entries)
+
+    def _send_chunk(
+        self, dst: Address, map_name: str, replica_map: ORMap, scope: list[Node], entries: dict[str, Registers]
+    ) -> None:
+        self.stats.entries_sent += len(entries)
+        message = SyncEntries(map_name, self.addr, tuple(scope), entries, replica_map.context.copy())
+        self._send(dst, [message], reliable=True)
+
+    def _on_entries(self, wall_ms: int, message: SyncEntries) -> None:
+        replica_map = self.map(message.map)
+        self.stats.entries_received += len(message.entries)
+        admitted = self._admit(wall_ms, message.entries, message.context)
+        try:
+            changed = replica_map.merge_scoped(admitted.entries, message.context, message.scope, self.hlc.peek(wall_ms))
+        except ValueError:
+            self.stats.malformed += 1
+            return
+        self.stats.keys_changed += len(changed)
+        self._answer(message, replica_map)
+
+    def _answer(self, message: SyncEntries, replica_map: ORMap) -> None:
+        """What the sender lacks under its scope, now that we merged: our
+        registers that differ from what it sent, and as context the dots it
+        sent that we dropped. Split by keys into chunks."""
+        ours = replica_map.scope_state(message.scope)
+        held = {dot for registers in ours.values() for dot in registers}
+        dead = [
+            dot
+            for registers in message.entries.values()
+            for dot in registers
+            if dot not in held and dot in replica_map.context  # seen and dropped, not refused
+        ]
+        differing = {key: registers for key, registers in ours.items() if message.entries.get(key) != registers}
+        if not differing and not dead:
+            return
+        chunk: dict[str, Registers] = {}
+        size = 0
+        for key, registers in differing.items():
+            entry_size = len(msgpack.packb(entries_to_wire({key: registers})))
+            if chunk and size + entry_size > self.config.chunk_bytes:
+                self._send(message.reply_to, [DeltaGossip(message.map, Delta(chunk, CausalContext()))], reliable=True)
+                chunk, size = {}, 0
+            chunk[key] = registers
+            size += entry_size
+        self.stats.entries_sent += len(differing)
+        self._send(message.reply_to, [DeltaGossip(message.map, Delta(chunk, CausalContext(cloud=dead)))], reliable=True)
+
+    # -- expiry and sending ---------------------------------------------------------------
+
+    def _expire(self, wall_ms: int) -> None:
+        now_ms = self.hlc.peek(wall_ms)
+        for replica_map in self.maps.values():
+            self.stats.expired += replica_map.expire(now_ms)
+
+    def _send(self, dst: Address, messages: list[Any], reliable: bool = False) -> None:
+        if not reliable and sum(wire_size(m) for m in messages) > self.config.gossip_max_bytes:
+            reliable = True
+        self._effects.append(Send(dst, tuple(messages), reliable))
