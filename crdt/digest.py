@@ -18,7 +18,7 @@ the same node would hide a difference, with odds of 2**-64 per comparison.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 FANOUT_BITS = 4
 FANOUT = 1 << FANOUT_BITS
@@ -50,8 +50,16 @@ def children(node: Node) -> list[Node]:
     return [(level + 1, first + offset) for offset in range(FANOUT)]
 
 
-def covers(node: Node, position: int) -> bool:
-    return node_of(position, node[0]) == node[1]
+class Scope:
+    """A set of digest nodes; ``position in scope`` in at most DEPTH + 1 lookups."""
+
+    def __init__(self, nodes: Iterable[Node]) -> None:
+        self.nodes = frozenset(nodes)
+        self._levels = sorted({level for level, _ in self.nodes})
+
+    def __contains__(self, position: int) -> bool:
+        nodes = self.nodes
+        return any((level, position >> (HASH_BITS - FANOUT_BITS * level)) in nodes for level in self._levels)
 
 
 class HashTree:

@@ -21,9 +21,9 @@ import attrs
 import msgpack
 
 from crdt.context import CausalContext, Dot
-from crdt.digest import DEPTH, FANOUT, Node, covers, key_position
+from crdt.digest import DEPTH, FANOUT, Node
 from crdt.hlc import Timestamp
-from crdt.ormap import MAX_KEY_BYTES, MAX_VALUE_BYTES, Delta, Register, Registers
+from crdt.ormap import MAX_KEY_BYTES, Delta, Register, Registers
 
 NAME_MAX = 128
 HOST_MAX = 255
@@ -101,26 +101,42 @@ def entries_to_wire(entries: dict[str, Registers]) -> list[Any]:
 
 
 def entries_from_wire(value: Any) -> dict[str, Registers]:
+    # The hot path of a catch-up (one call per received register): checks are
+    # written out inline, and a message is only formatted on failure.
     entries: dict[str, Registers] = {}
+    intern = sys.intern
     for item in _list(value, "entries", MAX_ENTRIES):
-        _check(type(item) is list and len(item) == 2, "entry: expected [key, registers]")
+        if type(item) is not list or len(item) != 2:
+            raise MalformedState("entry: expected [key, registers]")
         key, registers = item
-        _check(
-            type(key) is str and 0 < len(key.encode()) <= MAX_KEY_BYTES and key not in entries,
-            f"entry key: expected a new string of 1..{MAX_KEY_BYTES} bytes",
-        )
+        if type(key) is not str or not 0 < len(key) <= MAX_KEY_BYTES or key in entries or type(registers) is not list:
+            raise MalformedState(f"entry: expected a new key of 1..{MAX_KEY_BYTES} bytes and a list of registers")
+        if not 0 < len(registers) <= 1024 or len(key.encode()) > MAX_KEY_BYTES:
+            raise MalformedState(f"entry {key!r:.40}: expected 1..1024 registers and a key of at most {MAX_KEY_BYTES} bytes")
         parsed: Registers = {}
-        for register in _list(registers, f"entry {key!r:.40}", 1024):
-            _check(type(register) is list and len(register) == 7, "register: expected 7 fields")
-            replica, counter, wall, ticks, node, value, expires = register
-            dot = (_name(replica, "register.replica"), _uint(counter, "register.counter"))
-            stamp = Timestamp(_uint(wall, "register.wall"), _uint(ticks, "register.counter"), _name(node, "register.node"))
-            _check(expires is None or type(expires) is int and 0 <= expires <= UINT63, "register.expires: bad value")
-            _check(len(msgpack.packb(value)) <= MAX_VALUE_BYTES, "register.value: too large")
-            _check(dot not in parsed, "register: the same dot twice")
-            parsed[dot] = Register(stamp, value, expires)
-        _check(bool(parsed), f"entry {key!r:.40}: no registers")
-        entries[sys.intern(key)] = parsed
+        for register in registers:
+            if type(register) is not list or len(register) != 7:
+                raise MalformedState("register: expected 7 fields")
+            replica, counter, wall, ticks, node, value_, expires = register
+            if not (
+                type(replica) is str
+                and 0 < len(replica) <= NAME_MAX
+                and type(node) is str
+                and 0 < len(node) <= NAME_MAX
+                and type(counter) is int
+                and 0 <= counter <= UINT63
+                and type(wall) is int
+                and 0 <= wall <= UINT63
+                and type(ticks) is int
+                and 0 <= ticks <= UINT63
+                and (expires is None or type(expires) is int and 0 <= expires <= UINT63)
+            ):
+                raise MalformedState(f"register of {key!r:.40}: a field has the wrong type or range")
+            dot = (intern(replica), counter)
+            if dot in parsed:
+                raise MalformedState(f"register of {key!r:.40}: the same dot twice")
+            parsed[dot] = Register(Timestamp(wall, ticks, intern(node)), value_, expires)
+        entries[intern(key)] = parsed
     return entries
 
 
@@ -204,10 +220,7 @@ class SyncEntries:
         _check(len(f) == 6, "entries: expected 6 fields")
         scope = tuple(_node(node, "entries.scope") for node in _list(f[3], "entries.scope", 4096))
         _check(bool(scope), "entries.scope: empty")
-        entries = entries_from_wire(f[4])
-        for key in entries:
-            position = key_position(key)
-            _check(any(covers(node, position) for node in scope), f"entry {key!r:.40} lies outside its scope")
+        entries = entries_from_wire(f[4])  # that they lie in scope, the map checks as it merges
         return cls(_name(f[1], "entries.map"), _addr(f[2], "entries.reply_to"), scope, entries, context_from_wire(f[5]))
 
 

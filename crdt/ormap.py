@@ -43,21 +43,22 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import msgpack
 
 from crdt.context import CausalContext, Dot
-from crdt.digest import DEPTH, ROOT, HashTree, Node, covers, hash64, key_position
+from crdt.digest import DEPTH, ROOT, HashTree, Node, Scope, hash64, key_position
 from crdt.hlc import Timestamp
 
 MAX_KEY_BYTES = 512
 MAX_VALUE_BYTES = 64 * 1024
 
 
-@attrs.frozen(slots=True)
-class Register:
+class Register(NamedTuple):
+    """One write's value. A named tuple for the reason ``Timestamp`` is."""
+
     ts: Timestamp
     value: Any
     expires: int | None = None  # HLC wall ms; None: never
@@ -107,9 +108,25 @@ def winner(registers: Registers) -> Register:
     return max(registers.values(), key=lambda register: register.ts)
 
 
-def entry_hash(key: str, registers: Registers) -> int:
-    items = sorted((dot, register.to_wire()) for dot, register in registers.items())
-    return hash64(msgpack.packb([key, [[dot[0], dot[1], wire] for dot, wire in items]]))
+def entry_hash(key: str, registers: Registers) -> tuple[int, int]:
+    """The entry's hash for the digest, and about how many bytes it takes on
+    the wire. A dot names one write and its register never changes, so the
+    key and its dots are enough to tell two entries apart."""
+    digest = 0
+    size = len(key) + 4
+    prefix = key.encode() + b"\x00"
+    for (replica, counter), register in registers.items():
+        digest ^= hash64(prefix + replica.encode() + counter.to_bytes(8, "big"))
+        size += len(replica) + len(register.ts.node) + 30 + _value_size(register.value)
+    return digest, size
+
+
+def _value_size(value: Any) -> int:
+    if value is None or isinstance(value, (bool, int, float)):
+        return 9
+    if isinstance(value, (str, bytes)):
+        return len(value) + 5
+    return len(msgpack.packb(value))
 
 
 def check_entry(key: str, value: Any) -> Any:
@@ -136,6 +153,7 @@ class ORMap:
         self._store: dict[str, Registers] = {}
         self._dot_keys: dict[Dot, str] = {}
         self._hashes: dict[str, int] = {}
+        self._sizes: dict[str, int] = {}
         self._positions: dict[str, int] = {}
         self.tree = HashTree()
         self._expiry: list[tuple[int, str]] = []  # heap of (expires, key); stale items skipped
@@ -163,17 +181,25 @@ class ORMap:
     def registers(self, key: str) -> Registers:
         return dict(self._store.get(key, {}))
 
+    # A key's registers dict is replaced on every change, never changed in
+    # place, so the readers below share it rather than copy it.
+
     def state(self) -> Delta:
-        """The whole state, as a delta (a copy)."""
-        return Delta({key: dict(registers) for key, registers in self._store.items()}, self.context.copy())
+        """The whole state, as a delta."""
+        return Delta(dict(self._store), self.context.copy())
 
     def scope_state(self, nodes: Iterable[Node]) -> dict[str, Registers]:
         """The entries under the given digest nodes."""
-        entries: dict[str, Registers] = {}
-        for node in nodes:
-            for key in self.tree.keys_under(node):
-                entries[key] = dict(self._store[key])
-        return entries
+        store = self._store
+        return {key: store[key] for node in nodes for key in self.tree.keys_under(node)}
+
+    def wire_size_of(self, key: str) -> int:
+        return self._sizes.get(key, 0)
+
+    def wire_size(self, nodes: Iterable[Node]) -> int:
+        """About how many bytes the entries under ``nodes`` take on the wire."""
+        sizes = self._sizes
+        return sum(sizes[key] for node in nodes for key in self.tree.keys_under(node))
 
     # -- mutating ---------------------------------------------------------------
 
@@ -216,11 +242,12 @@ class ORMap:
         affected = set(entries)
         for node in scope:
             affected.update(self.tree.keys_under(node))
-        for key in entries:
-            position = key_position(key)
-            if not any(covers(node, position) for node in scope):
+        within = Scope(scope)
+        positions = {key: key_position(key) for key in entries}
+        for key, position in positions.items():
+            if position not in within:
                 raise ValueError(f"entry {key!r} lies outside the scope it came with")
-        return self._join_keys(affected, entries, context, now_ms)
+        return self._join_keys(affected, entries, context, now_ms, positions)
 
     def merge_context(self, context: CausalContext) -> None:
         """Take in a replica's whole context: only when our entries equal
@@ -243,35 +270,43 @@ class ORMap:
     # -- the one place that changes the store -----------------------------------
 
     def _join_keys(
-        self, keys: Iterable[str], entries: Mapping[str, Registers], context: CausalContext, now_ms: int
+        self,
+        keys: Iterable[str],
+        entries: Mapping[str, Registers],
+        context: CausalContext,
+        now_ms: int,
+        positions: Mapping[str, int] | None = None,
     ) -> list[str]:
         changed = []
+        my_context = self.context
         for key in keys:
             mine = self._store.get(key, {})
             theirs = entries.get(key, {})
-            joined = join_registers(mine, self.context, theirs, context)
+            joined = join_registers(mine, my_context, theirs, context)
             for dot, register in list(joined.items()):
                 if dot not in mine:
-                    self.context.add(dot)
-                    if register.expired(now_ms):
+                    my_context.add(dot)
+                    if register.expires is not None and register.expires <= now_ms:
                         del joined[dot]  # seen, but dead on arrival: never adopted
             if joined != mine:
-                self._set(key, joined)
+                self._set(key, joined, positions.get(key) if positions else None)
                 changed.append(key)
         return changed
 
-    def _set(self, key: str, registers: Registers) -> None:
+    def _set(self, key: str, registers: Registers, position: int | None = None) -> None:
         old = self._store.get(key)
         for dot in old or ():
             del self._dot_keys[dot]
-        position = self._positions.get(key)
+        if position is None:
+            position = self._positions.get(key)
         if position is None:
             position = key_position(key)
-        new_hash = entry_hash(key, registers) if registers else None
+        new_hash, size = entry_hash(key, registers) if registers else (None, 0)
         self.tree.update(key, position, self._hashes.get(key), new_hash)
-        if registers:
+        if new_hash is not None:
             self._store[key] = registers
-            self._hashes[key] = new_hash  # type: ignore[assignment]
+            self._hashes[key] = new_hash
+            self._sizes[key] = size
             self._positions[key] = position
             for dot in registers:
                 self._dot_keys[dot] = key
@@ -281,6 +316,7 @@ class ORMap:
         else:
             self._store.pop(key, None)
             self._hashes.pop(key, None)
+            self._sizes.pop(key, None)
             self._positions.pop(key, None)
 
     def __eq__(self, other: object) -> bool:

@@ -49,6 +49,11 @@ from membership.state import Address
 from membership.timers import Timers
 
 
+# A digest node holding more keys than this is sent as its children, so that
+# chunks can be cut between them.
+CHUNK_KEYS = 256
+
+
 @attrs.frozen
 class ReplicationConfig:
     sync_interval: float = 10.0  # digest comparison with one random member
@@ -84,6 +89,7 @@ class Replicator:
         replica: str,
         config: ReplicationConfig,
         *,
+        maps: Sequence[str],
         rng: random.Random,
         now: float,
     ) -> None:
@@ -92,7 +98,9 @@ class Replicator:
         self.config = config
         self.hlc = HLC(replica, max_drift_ms=config.max_drift_ms)
         self.stats = ReplicationStats()
-        self.maps: dict[str, ORMap] = {}
+        # The maps are declared up front: every sync compares all of them, and
+        # a peer cannot make us create others.
+        self.maps: dict[str, ORMap] = {name: ORMap(replica) for name in maps}
         self._rng = rng
         self._peers: list[Address] = []
         self._gossip: BroadcastQueue[DeltaGossip] = BroadcastQueue()
@@ -104,6 +112,9 @@ class Replicator:
     # -- the driver's interface ---------------------------------------------------
 
     def receive(self, now: float, wall_ms: int, message: ReplicationMessage) -> None:
+        if message.map not in self.maps:
+            self.stats.malformed += 1
+            return
         if isinstance(message, DeltaGossip):
             self._on_delta(wall_ms, message.map, message.delta)
         elif isinstance(message, SyncProbe):
@@ -147,10 +158,8 @@ class Replicator:
     # -- the application's interface ----------------------------------------------
 
     def map(self, name: str) -> ORMap:
-        replica_map = self.maps.get(name)
-        if replica_map is None:
-            replica_map = self.maps[name] = ORMap(self.replica)
-        return replica_map
+        """A declared map; ``KeyError`` for any other name."""
+        return self.maps[name]
 
     def put(self, wall_ms: int, map_name: str, key: str, value: Any, *, ttl: float | None = None) -> Timestamp:
         stamp = self.hlc.now(wall_ms)
@@ -255,27 +264,23 @@ class Replicator:
         for an answer."""
         pending = list(nodes)
         scope: list[Node] = []
-        entries: dict[str, Registers] = {}
         size = 0
         while pending:
             node = pending.pop(0)
-            node_entries = replica_map.scope_state([node])
-            node_size = len(msgpack.packb(entries_to_wire(node_entries)))
-            if node_size > self.config.chunk_bytes and node[0] < DEPTH:
+            if replica_map.tree.summary(node)[1] > CHUNK_KEYS and node[0] < DEPTH:
                 pending[0:0] = children(node)
                 continue
+            node_size = replica_map.wire_size([node])
             if scope and size + node_size > self.config.chunk_bytes:
-                self._send_chunk(dst, map_name, replica_map, scope, entries)
-                scope, entries, size = [], {}, 0
+                self._send_chunk(dst, map_name, replica_map, scope)
+                scope, size = [], 0
             scope.append(node)
-            entries.update(node_entries)
             size += node_size
         if scope:
-            self._send_chunk(dst, map_name, replica_map, scope, entries)
+            self._send_chunk(dst, map_name, replica_map, scope)
 
-    def _send_chunk(
-        self, dst: Address, map_name: str, replica_map: ORMap, scope: list[Node], entries: dict[str, Registers]
-    ) -> None:
+    def _send_chunk(self, dst: Address, map_name: str, replica_map: ORMap, scope: list[Node]) -> None:
+        entries = replica_map.scope_state(scope)
         self.stats.entries_sent += len(entries)
         message = SyncEntries(map_name, self.addr, tuple(scope), entries, replica_map.context.copy())
         self._send(dst, [message], reliable=True)
@@ -310,7 +315,7 @@ class Replicator:
         chunk: dict[str, Registers] = {}
         size = 0
         for key, registers in differing.items():
-            entry_size = len(msgpack.packb(entries_to_wire({key: registers})))
+            entry_size = replica_map.wire_size_of(key)
             if chunk and size + entry_size > self.config.chunk_bytes:
                 self._send(message.reply_to, [DeltaGossip(message.map, Delta(chunk, CausalContext()))], reliable=True)
                 chunk, size = {}, 0
