@@ -69,7 +69,9 @@ class HashTree:
     def __init__(self) -> None:
         self._hashes: list[dict[int, int]] = [{} for _ in range(DEPTH + 1)]
         self._counts: list[dict[int, int]] = [{} for _ in range(DEPTH + 1)]
-        self._leaves: dict[int, set[str]] = {}
+        # Keys by leaf, as dicts: insertion-ordered, so every replica lists a
+        # node's keys in an order that does not depend on string hashing.
+        self._leaves: dict[int, dict[str, None]] = {}
 
     def update(self, key: str, position: int, old: int | None, new: int | None) -> None:
         """Entry ``key`` changed its hash from ``old`` to ``new`` (None:
@@ -91,11 +93,11 @@ class HashTree:
         leaf = node_of(position, DEPTH)
         if new is None:
             keys = self._leaves[leaf]
-            keys.discard(key)
+            keys.pop(key, None)
             if not keys:
                 del self._leaves[leaf]
         elif old is None:
-            self._leaves.setdefault(leaf, set()).add(key)
+            self._leaves.setdefault(leaf, {})[key] = None
 
     def summary(self, node: Node) -> tuple[int, int]:
         """(hash, count) of a node."""

@@ -83,7 +83,7 @@ class Delta:
     def join(self, other: Delta) -> Delta:
         """A delta group: the effect of both, in either order."""
         entries: dict[str, Registers] = {}
-        for key in self.entries.keys() | other.entries.keys():
+        for key in dict.fromkeys([*self.entries, *other.entries]):  # ordered: deterministic bytes
             joined = join_registers(self.entries.get(key, {}), self.context, other.entries.get(key, {}), other.context)
             if joined:
                 entries[key] = joined
@@ -154,6 +154,7 @@ class ORMap:
         self._dot_keys: dict[Dot, str] = {}
         self._hashes: dict[str, int] = {}
         self._sizes: dict[str, int] = {}
+        self.entry_bytes = 0  # the sum of _sizes: about what the entries take on the wire
         self._positions: dict[str, int] = {}
         self.tree = HashTree()
         self._expiry: list[tuple[int, str]] = []  # heap of (expires, key); stale items skipped
@@ -221,14 +222,13 @@ class ORMap:
     def merge(self, delta: Delta, now_ms: int) -> list[str]:
         """Join a delta (or a whole state) into ours; the keys whose
         registers changed."""
-        affected = set(delta.entries)
-        for dot in delta.context.cloud:
-            key = self._dot_keys.get(dot)
-            if key is not None:
-                affected.add(key)
+        covered = {self._dot_keys[dot] for dot in delta.context.cloud if dot in self._dot_keys}
         if delta.context.vv:
             vv = delta.context.vv
-            affected.update(key for dot, key in self._dot_keys.items() if dot[1] <= vv.get(dot[0], 0))
+            covered.update(key for dot, key in self._dot_keys.items() if dot[1] <= vv.get(dot[0], 0))
+        # In a fixed order (sets of strings iterate by hash, which varies
+        # between processes), so replicas and simulations are deterministic.
+        affected = [*delta.entries, *sorted(covered.difference(delta.entries))]
         changed = self._join_keys(affected, delta.entries, delta.context, now_ms)
         self.context.merge(delta.context)
         return changed
@@ -239,9 +239,9 @@ class ORMap:
         """Join another replica's entries under ``scope`` (all of them that
         it holds there); its context decides removals only."""
         scope = list(scope)
-        affected = set(entries)
+        affected = dict.fromkeys(entries)
         for node in scope:
-            affected.update(self.tree.keys_under(node))
+            affected.update(dict.fromkeys(self.tree.keys_under(node)))
         within = Scope(scope)
         positions = {key: key_position(key) for key in entries}
         for key, position in positions.items():
@@ -306,6 +306,7 @@ class ORMap:
         if new_hash is not None:
             self._store[key] = registers
             self._hashes[key] = new_hash
+            self.entry_bytes += size - self._sizes.get(key, 0)
             self._sizes[key] = size
             self._positions[key] = position
             for dot in registers:
@@ -316,7 +317,7 @@ class ORMap:
         else:
             self._store.pop(key, None)
             self._hashes.pop(key, None)
-            self._sizes.pop(key, None)
+            self.entry_bytes -= self._sizes.pop(key, 0)
             self._positions.pop(key, None)
 
     def __eq__(self, other: object) -> bool:

@@ -57,6 +57,11 @@ class BroadcastQueue(Generic[T]):
     def pending(self, key: str) -> bool:
         return key in self._by_key
 
+    def get(self, key: str) -> T | None:
+        """The message queued under ``key``, if any."""
+        broadcast = self._by_key.get(key)
+        return None if broadcast is None else broadcast.message
+
     def take(self, budget: int, limit: int) -> list[T]:
         """Messages for one packet with ``budget`` bytes free; counts a
         transmission for each and retires those sent ``limit`` times."""

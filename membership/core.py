@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -89,6 +89,19 @@ from membership.timers import Timers
 # A relay answers nack when the target stays silent this long (as a
 # fraction of probe_timeout), early enough to reach the prober in its round.
 NACK_FRACTION = 0.8
+
+
+class Piggyback(Protocol):
+    """A layer above whose small messages ride on membership packets
+    (memberlist's Delegate.GetBroadcasts): the core tops every datagram up
+    with them once its own claims are in."""
+
+    def has_gossip(self) -> bool: ...
+
+    def take_gossip(self, budget: int, limit: int) -> list[Any]:
+        """Messages that fit in ``budget`` bytes; ``limit``: transmissions
+        each may have in all (the core's retransmit limit)."""
+        ...
 
 
 @attrs.define
@@ -138,6 +151,7 @@ class Membership:
         now: float,
         incarnation: int = 1,
         meta: bytes = b"",
+        piggyback: Piggyback | None = None,
     ) -> None:
         _check_meta(meta)
         self.name = name
@@ -148,6 +162,7 @@ class Membership:
         # above) compares it to know whether the view changed at all.
         self.version = 0
         self._rng = rng
+        self._piggyback = piggyback
         me = Member(name, addr, incarnation, Status.ALIVE, meta)
         self._members: dict[str, Member] = {name: me}
         self._since: dict[str, float] = {name: now}  # local time of the last status change
@@ -627,16 +642,33 @@ class Membership:
 
     def _gossip_round(self, now: float) -> None:
         for target in self._gossip_targets(now):
-            messages = self._broadcasts.take(self._payload_budget, self._retransmit_limit)
+            messages = self._take_gossip(self._payload_budget)
             if not messages:
                 break
             self._effects.append(Send(target.addr, tuple(messages)))
         self._arm_gossip(now)
 
+    def _take_gossip(self, budget: int) -> list[Any]:
+        """Queued claims first, then the layer above's messages, as many as fit."""
+        messages: list[Any] = self._broadcasts.take(budget, self._retransmit_limit) if self._broadcasts else []
+        piggyback = self._piggyback
+        if piggyback is not None and piggyback.has_gossip():
+            room = budget - sum(wire_size(m) for m in messages)
+            messages.extend(piggyback.take_gossip(room, self._retransmit_limit))
+        return messages
+
+    def gossip_soon(self, now: float) -> None:
+        """The layer above queued something to piggyback: make sure a gossip
+        round comes."""
+        self._arm_gossip(now)
+
+    def _has_gossip(self) -> bool:
+        return bool(self._broadcasts) or (self._piggyback is not None and self._piggyback.has_gossip())
+
     def _arm_gossip(self, now: float) -> None:
         """Schedule the next gossip round on the grid, if there is news and
         someone to tell it."""
-        if self._broadcasts and self._live and ("gossip",) not in self._timers:
+        if self._live and ("gossip",) not in self._timers and self._has_gossip():
             interval = self.config.gossip_interval
             rounds = math.floor((now - self._gossip_phase) / interval) + 1
             self._timers.schedule(("gossip",), self._gossip_phase + max(rounds, 0) * interval)
@@ -709,9 +741,8 @@ class Membership:
 
     def _send(self, dst: Address, messages: list[Message], reliable: bool = False) -> None:
         """Send ``messages``; a datagram is topped up with queued claims."""
-        if not reliable and self._broadcasts:
-            room = self._payload_budget - sum(wire_size(m) for m in messages)
-            messages.extend(self._broadcasts.take(room, self._retransmit_limit))
+        if not reliable and self._has_gossip():
+            messages.extend(self._take_gossip(self._payload_budget - sum(wire_size(m) for m in messages)))
         self._effects.append(Send(dst, tuple(messages), reliable))
 
     def _send_state(self, dst: Address, is_reply: bool = False) -> None:

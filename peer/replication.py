@@ -70,6 +70,7 @@ class ReplicationStats:
     writes: int = 0
     deltas_gossiped: int = 0  # local deltas queued for gossip
     deltas_too_big: int = 0  # local deltas left to sync
+    deltas_relayed: int = 0  # received deltas passed on
     deltas_received: int = 0
     keys_changed: int = 0  # keys changed by merging anything received
     syncs_started: int = 0
@@ -143,9 +144,15 @@ class Replicator:
         """The live members to replicate with (not ourselves)."""
         self._peers = list(peers)
 
-    def sync_with(self, now: float, peer: Address) -> None:
+    def sync_with(self, peer: Address) -> None:
         """Compare digests with ``peer`` now (a member that just joined)."""
         self._start_sync(peer)
+
+    def sync_with_some(self, count: int) -> None:
+        """Compare digests with up to ``count`` random peers now (pushing our
+        state before we leave)."""
+        for peer in self._rng.sample(self._peers, min(count, len(self._peers))):
+            self._start_sync(peer)
 
     # Piggybacking: the membership core tops its packets up from here.
 
@@ -182,22 +189,35 @@ class Replicator:
 
     # -- gossip ----------------------------------------------------------------------
 
-    def _gossip_delta(self, map_name: str, key: str, delta: Delta) -> None:
+    def _gossip_delta(self, map_name: str, key: str, delta: Delta, *, relayed: bool = False) -> None:
+        queue_key = f"{map_name}\x00{key}"
+        queued = self._gossip.get(queue_key)
+        if queued is not None:
+            # One queue entry per key, holding the join of its deltas: a
+            # concurrent write must not push another out of the queue.
+            delta = queued.delta.join(delta)
         message = DeltaGossip(map_name, delta)
         size = wire_size(message)
         if size > self.config.gossip_max_bytes:
-            self.stats.deltas_too_big += 1
+            self.stats.deltas_too_big += 0 if relayed else 1
             return
-        self.stats.deltas_gossiped += 1
-        # Keyed by map and key: a newer write replaces the older in the queue
-        # (its context covers the older's dot).
-        self._gossip.enqueue(f"{map_name}\x00{key}", message, size)
+        if relayed:
+            self.stats.deltas_relayed += 1
+        else:
+            self.stats.deltas_gossiped += 1
+        self._gossip.enqueue(queue_key, message, size)
 
     def _on_delta(self, wall_ms: int, map_name: str, delta: Delta) -> None:
         self.stats.deltas_received += 1
         delta = self._admit(wall_ms, delta.entries, delta.context)
         changed = self.map(map_name).merge(delta, self.hlc.peek(wall_ms))
         self.stats.keys_changed += len(changed)
+        if len(delta.entries) == 1 and changed:
+            # News to us is likely news to others: pass it on, as SWIM does
+            # with claims, so it spreads as an epidemic rather than only from
+            # its writer. Known news is not repeated, so this dies out.
+            (key,) = delta.entries
+            self._gossip_delta(map_name, key, delta, relayed=True)
 
     def _admit(self, wall_ms: int, entries: dict[str, Registers], context: CausalContext) -> Delta:
         """Observe every timestamp; drop registers from too far ahead."""

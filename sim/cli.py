@@ -11,6 +11,7 @@ from typing import Any
 
 from membership.config import PROFILES
 from sim.faults import Fault, parse_partition
+from sim.crdt_scenario import CrdtScenario, run_crdt
 from sim.membership_scenario import MembershipScenario, crash_scenario_faults, run_membership
 
 
@@ -52,10 +53,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--no-auth", action="store_true", help="unsigned frames (default: HMAC-signed)")
     m.add_argument("--json", action="store_true", help="print one JSON object")
+
+    c = commands.add_parser("crdt", help="a replicated map written on every node, under the same faults")
+    for action in m._actions:  # the same network, cluster and fault options
+        if action.dest not in ("help",):
+            c._add_action(action)
+    c.add_argument("--keys", type=_positive_int, default=100, help="distinct keys written (default 100)")
+    c.add_argument("--writes", type=int, default=1000, help="writes in all, on random nodes (default 1000)")
+    c.add_argument("--write-start", type=float, default=5.0, help="when writing starts (default 5)")
+    c.add_argument("--write-window", type=float, default=20.0, help="seconds the writes spread over (default 20)")
+    c.add_argument("--ttl", type=float, default=None, metavar="S", help="time to live of expiring writes")
+    c.add_argument("--ttl-share", type=_probability, default=0.0, help="the share of writes that expire (with --ttl)")
+    c.add_argument("--sync-interval", type=float, default=None, help="seconds between digest syncs (default 10)")
     return parser
 
 
-def _membership(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
+def _scenario_fields(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The MembershipScenario fields the shared options set."""
     crash_at = args.crash_at if args.crash_at is not None else max(20.0, args.duration / 3)
     faults: list[Fault] = []
     try:
@@ -63,24 +77,45 @@ def _membership(args: argparse.Namespace, parser: argparse.ArgumentParser) -> di
         faults += crash_scenario_faults(args.nodes, args.crash, crash_at, args.restart_after, args.seed)
     except ValueError as error:
         parser.error(str(error))
-    scenario = MembershipScenario(
-        nodes=args.nodes,
-        seed=args.seed,
-        duration=args.duration,
-        profile=args.profile,
-        seeds=min(args.seeds, args.nodes),
-        loss=args.loss,
-        duplicate=args.dup,
-        authenticated=not args.no_auth,
-        faults=faults,
+    return {
+        "nodes": args.nodes,
+        "seed": args.seed,
+        "duration": args.duration,
+        "profile": args.profile,
+        "seeds": min(args.seeds, args.nodes),
+        "loss": args.loss,
+        "duplicate": args.dup,
+        "authenticated": not args.no_auth,
+        "faults": faults,
+    }
+
+
+def _membership(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    report = run_membership(MembershipScenario(**_scenario_fields(args, parser))).to_json()
+    report["replay"] = _replay_line(args)
+    return report
+
+
+def _crdt(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    if args.ttl_share and args.ttl is None:
+        parser.error("--ttl-share needs --ttl")
+    scenario = CrdtScenario(
+        **_scenario_fields(args, parser),
+        keys=args.keys,
+        writes=args.writes,
+        write_start=args.write_start,
+        write_window=args.write_window,
+        ttl=args.ttl,
+        ttl_share=args.ttl_share,
+        replication={} if args.sync_interval is None else {"sync_interval": args.sync_interval},
     )
-    report = run_membership(scenario).to_json()
+    report = run_crdt(scenario)
     report["replay"] = _replay_line(args)
     return report
 
 
 def _replay_line(args: argparse.Namespace) -> str:
-    words = ["python", "-m", "sim", "membership", "--nodes", str(args.nodes), "--seed", str(args.seed)]
+    words = ["python", "-m", "sim", args.command, "--nodes", str(args.nodes), "--seed", str(args.seed)]
     words += ["--duration", repr(args.duration), "--profile", args.profile, "--seeds", str(args.seeds)]
     if args.loss:
         words += ["--loss", repr(args.loss)]
@@ -96,6 +131,13 @@ def _replay_line(args: argparse.Namespace) -> str:
         words += ["--partition", spec]
     if args.no_auth:
         words.append("--no-auth")
+    if args.command == "crdt":
+        words += ["--keys", str(args.keys), "--writes", str(args.writes)]
+        words += ["--write-start", repr(args.write_start), "--write-window", repr(args.write_window)]
+        if args.ttl is not None:
+            words += ["--ttl", repr(args.ttl), "--ttl-share", repr(args.ttl_share)]
+        if args.sync_interval is not None:
+            words += ["--sync-interval", repr(args.sync_interval)]
     return shlex.join(words + ["--json"])
 
 
@@ -132,10 +174,28 @@ def _s(value: float | None) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    report = _membership(args, parser)
+    report = (_crdt if args.command == "crdt" else _membership)(args, parser)
     if args.json:
         json.dump(report, sys.stdout)
         sys.stdout.write("\n")
     else:
-        print(_human(report))
+        print(_human_crdt(report) if args.command == "crdt" else _human(report))
     return 0
+
+
+def _human_crdt(report: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"crdt: {report['nodes']} nodes, seed {report['seed']}, {report['writes']} writes on {report['keys']} keys, "
+            f"{report['sim_seconds']:g} simulated seconds in {report['wall_seconds']:.2f} s "
+            f"({report['sim_seconds_per_wall_second']}x real time)",
+            f"  converged:        {'yes' if report['converged'] else 'NO'}"
+            + (f", {report['convergence_seconds']:.2f} s after the last write or fault" if report["converged"] else ""),
+            f"  lost writes:      {report['lost_writes']} (keys missing their newest write)",
+            f"  expired entries still read: {report['expired_entries_seen']}",
+            f"  traffic:          {report['bytes_per_node_second']:.0f} bytes per node per second (membership included)",
+            f"  largest replica:  {report['max_state_bytes']} bytes; {report['live_keys']} live keys",
+            f"  trace hash:       {report['trace_hash']}",
+            f"  replay:           {report['replay']}",
+        ]
+    )

@@ -33,7 +33,7 @@ from sim.clock import NodeClock
 from sim.engine import Simulator
 from sim.faults import Crash, Fault, Join
 from sim.network import Block, Conditions, Network
-from sim.node import Life, SimNode
+from sim.node import CoreFactory, Life, SimNode, membership_core
 from sim.streams import SeedStreams
 
 # The key every simulated node shares when the scenario is authenticated.
@@ -135,7 +135,7 @@ class MembershipRun:
     """Runs one scenario; also the ``World`` its faults act on and the
     ``Observer`` its nodes report to."""
 
-    def __init__(self, scenario: MembershipScenario) -> None:
+    def __init__(self, scenario: MembershipScenario, make_core: CoreFactory = membership_core) -> None:
         self.scenario = scenario
         self.config = scenario.config()
         self.sim = Simulator(scenario.seed)
@@ -157,7 +157,7 @@ class MembershipRun:
             name = f"node-{index:04d}"
             addr = (f"10.{(index >> 16) & 255}.{(index >> 8) & 255}.{index & 255}", 7946)
             self.nodes.append(
-                SimNode(self.sim, self.network, index, name, addr, self.config, clock, Codec(keyring), self)
+                SimNode(self.sim, self.network, index, name, addr, self.config, clock, Codec(keyring), self, make_core)
             )
         self._index = {node.name: node.index for node in self.nodes}
         self.seed_addrs = [node.addr for node in self.nodes[: scenario.seeds]]

@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import enum
 import math
+import random
 import struct
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol, TypeVar
 
 from membership.config import MembershipConfig
 from membership.core import Membership
-from membership.effects import Event, Send
-from membership.state import Address
+from membership.effects import Effect, Event, Send
+from membership.state import Address, Member
 from peer.wire import Codec, Dropped
 from sim.clock import NodeClock
 from sim.engine import Simulator
 from sim.network import Network
+
+T = TypeVar("T")
 
 # What a paused process's sockets hold before the kernel drops (Linux's
 # default UDP receive buffer, and a listen backlog).
@@ -40,6 +43,46 @@ class Life(enum.Enum):
     CRASHED = 3
     LEAVING = 4
     LEFT = 5
+
+
+class DrivenCore(Protocol):
+    """What the driver needs of a core: ``Membership``, or ``peer.core.NodeCore``."""
+
+    @property
+    def incarnation(self) -> int: ...
+
+    @property
+    def checksum(self) -> int: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def leave_complete(self) -> bool: ...
+
+    def receive(self, now: float, src: Address, message: Any, reliable: bool = False) -> None: ...
+
+    def tick(self, now: float) -> None: ...
+
+    def next_deadline(self) -> float: ...
+
+    def take_effects(self) -> list[Effect]: ...
+
+    def join(self, now: float, seeds: Iterable[Address]) -> None: ...
+
+    def leave(self, now: float) -> None: ...
+
+    def set_meta(self, now: float, meta: bytes) -> None: ...
+
+    def live_members(self) -> list[Member]: ...
+
+
+# (node, its random stream, local time, incarnation) -> a fresh core for a boot.
+CoreFactory = Callable[["SimNode", random.Random, float, int], DrivenCore]
+
+
+def membership_core(node: SimNode, rng: random.Random, now: float, incarnation: int) -> DrivenCore:
+    return Membership(node.name, node.addr, node.config, rng=rng, now=now, incarnation=incarnation)
 
 
 class Observer(Protocol):
@@ -62,6 +105,7 @@ class SimNode:
         clock: NodeClock,
         codec: Codec,
         observer: Observer,
+        make_core: CoreFactory = membership_core,
     ) -> None:
         self.sim = sim
         self.network = network
@@ -72,8 +116,9 @@ class SimNode:
         self.clock = clock
         self.codec = codec
         self.observer = observer
+        self.make_core = make_core
         self.life = Life.STOPPED
-        self.core: Membership | None = None
+        self.core: DrivenCore | None = None
         self.boots = 0
         self.seeds: tuple[Address, ...] = ()
         self._wake_local = math.inf  # the local deadline a pending wake-up is for
@@ -102,7 +147,7 @@ class SimNode:
         rng = self.sim.streams.get(f"node/{self.name}/{self.boots}")
         now = self._now()
         incarnation = int(self.clock.wall(self.sim.now) * 1000)
-        self.core = Membership(self.name, self.addr, self.config, rng=rng, now=now, incarnation=incarnation)
+        self.core = self.make_core(self, rng, now, incarnation)
         self._set_life(Life.UP)
         self.core.join(now, self.seeds)
         self._flush()
@@ -134,6 +179,13 @@ class SimNode:
         self._set_life(Life.LEAVING)
         self.core.leave(self._now())
         self._flush()
+
+    def apply(self, action: Callable[[DrivenCore, float], T]) -> T:
+        """Call into the running core (a write, say) and carry out its effects."""
+        assert self.core is not None and self.running
+        result = action(self.core, self._now())
+        self._flush()
+        return result
 
     def set_meta(self, meta: bytes) -> None:
         if self.running:
