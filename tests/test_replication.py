@@ -28,7 +28,7 @@ def pair(config: ReplicationConfig | None = None) -> dict[tuple[str, int], Repli
 def run_exchange(nodes: dict[tuple[str, int], Replicator], start: Replicator, peer: tuple[str, int]) -> tuple[int, int, int]:
     """Deliver every message until quiet; (messages, bytes, round trips)."""
     codec = Codec()
-    start.sync_with(0.0, peer)
+    start.sync_with(peer)
     wave: list[tuple[tuple[str, int], Send]] = [(start.addr, effect) for effect in start.take_effects()]
     messages = size = rounds = 0
     while wave:
