@@ -34,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from membership.core import MembershipStats
+from peer.replication import ReplicationStats
 from membership.state import Address
 from peer.addresses import format_address, is_ipv6
 from peer.transport import BindError, TransportStats, bind_error_message
@@ -154,7 +155,7 @@ def _json(status: int, document: dict[str, Any]) -> Response:
 
 
 def members_document(agent: Agent) -> dict[str, Any]:
-    members = sorted(agent.core.members(), key=lambda member: member.name)
+    members = sorted(agent.membership.members(), key=lambda member: member.name)
     return {
         "node": agent.name,
         "members": [
@@ -186,7 +187,7 @@ def status_document(agent: Agent) -> dict[str, Any]:
         "seeds": [format_address(addr) for addr in agent.seed_addresses],
         "members": agent.member_counts(),
         "checksum": core.checksum,
-        "health_score": core.awareness,
+        "health_score": agent.membership.awareness,
         **agent.stats(),
     }
 
@@ -219,7 +220,24 @@ _TRANSPORT_HELP = {
     "streams_refused": "Inbound streams refused: over the limit, or a bad frame length",
     "streams_dropped": "Outbound stream frames dropped: too many in flight",
 }
+_REPLICATION_HELP = {
+    "writes": "Writes made on this node",
+    "deltas_gossiped": "Local deltas queued for gossip",
+    "deltas_too_big": "Local deltas too big to gossip, left to digest sync",
+    "deltas_relayed": "Received deltas passed on",
+    "deltas_received": "Deltas received (gossip and sync answers)",
+    "keys_changed": "Keys changed by merging what was received",
+    "syncs_started": "Digest syncs started",
+    "syncs_in_sync": "Digest probes whose roots matched",
+    "probes_sent": "Digest probes sent while descending",
+    "entries_sent": "Entries sent by digest sync",
+    "entries_received": "Entries received by digest sync",
+    "registers_refused": "Registers refused for a timestamp too far ahead",
+    "malformed": "Replication messages that made no sense here",
+    "expired": "Entries dropped by expiry",
+}
 assert set(_MEMBERSHIP_HELP) == {field.name for field in attrs.fields(MembershipStats)}
+assert set(_REPLICATION_HELP) == {field.name for field in attrs.fields(ReplicationStats)}
 assert set(_TRANSPORT_HELP) == {field.name for field in attrs.fields(TransportStats)}
 
 
@@ -239,11 +257,13 @@ class AgentCollector(Collector):
         yield GaugeMetricFamily("peer_leaving", "1 while leaving gracefully", value=int(agent.leaving))
         yield GaugeMetricFamily("peer_cluster_key", "1 when frames are authenticated with a key", value=int(agent.keyed))
         yield GaugeMetricFamily(
-            "peer_health_score", "Lifeguard local health: 0 is healthy, higher probes slower", value=agent.core.awareness
+            "peer_health_score", "Lifeguard local health: 0 is healthy, higher probes slower", value=agent.membership.awareness
         )
         stats = agent.stats()
         for name, value in stats["membership"].items():
             yield CounterMetricFamily(f"peer_membership_{name}", _MEMBERSHIP_HELP[name], value=value)
+        for name, value in stats["replication"].items():
+            yield CounterMetricFamily(f"peer_replication_{name}", _REPLICATION_HELP[name], value=value)
         for name, value in stats["transport"].items():
             yield CounterMetricFamily(f"peer_transport_{name}", _TRANSPORT_HELP[name], value=value)
         drops = CounterMetricFamily(

@@ -1,8 +1,9 @@
-"""The trio runtime: one node's membership core on real sockets.
+"""The trio runtime: one node's protocol cores on real sockets.
 
 ``Agent`` is a thin driver, the counterpart of the simulator's ``SimNode``:
 it decodes frames with ``peer.wire.Codec`` and hands the messages to the
-core with trio's clock as ``now``; it wakes the core at
+node's core (``peer.core.NodeCore``: membership, and replication of the maps
+the agent declares) with trio's clock as ``now``; it wakes the core at
 ``next_deadline()``; after every call into the core it carries out the
 effects (``Send`` as a datagram, or as a stream frame when reliable or too
 big for a datagram; ``Event`` to the log and the counters). No protocol
@@ -25,12 +26,15 @@ import random
 import socket
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import trio
 
 from membership.core import Membership
+from peer.core import NodeCore
+from peer.replication import ReplicationConfig
 from membership.effects import Event, Send
 from membership.state import Address, EventKind, Status
 from peer.addresses import format_address, is_ip, is_ipv6, is_wildcard
@@ -68,6 +72,8 @@ class Agent:
         *,
         lookup: Lookup = system_lookup,
         rng: random.Random | None = None,
+        maps: Sequence[str] = (),
+        replication: ReplicationConfig | None = None,
     ) -> None:
         self.settings = settings
         self.name = settings.name
@@ -83,7 +89,9 @@ class Agent:
         self.seed_addresses: list[Address] = []
         self.handler_errors = 0  # messages the core refused with an exception (a bug, counted)
         self.events: Counter[str] = Counter()
-        self._core: Membership | None = None
+        self.maps = tuple(maps)
+        self.replication_config = replication or ReplicationConfig()
+        self._core: NodeCore | None = None
         self._api_socket: socket.socket | None = None  # handed to the API server by run()
         self.api_address: Address = settings.api
         self._nursery: trio.Nursery | None = None
@@ -95,9 +103,13 @@ class Agent:
         self.stopping = trio.Event()  # the API's shutdown trigger
 
     @property
-    def core(self) -> Membership:
+    def core(self) -> NodeCore:
         assert self._core is not None, "bind() first"
         return self._core
+
+    @property
+    def membership(self) -> Membership:
+        return self.core.membership
 
     @property
     def keyed(self) -> bool:
@@ -126,12 +138,15 @@ class Agent:
         host, port = self._api_socket.getsockname()[:2]
         self.api_address = (str(host), int(port))  # the bound port, if 0 was asked
         self.advertise = self._advertised_address()
-        self._core = Membership(
+        self._core = NodeCore(
             self.name,
             self.advertise,
             self.config,
+            self.replication_config,
+            maps=self.maps,
             rng=self.rng,
             now=trio.current_time(),
+            wall_clock=time.time,
             incarnation=int(time.time() * 1000),
         )
 
@@ -190,6 +205,21 @@ class Agent:
             await self._flush()
         await self._left.wait()
 
+    async def put(self, map_name: str, key: str, value: Any, *, ttl: float | None = None) -> None:
+        """Write to a replicated map (one the agent was created with)."""
+        self.core.put(trio.current_time(), map_name, key, value, ttl=ttl)
+        await self._flush()
+
+    async def remove(self, map_name: str, key: str) -> bool:
+        removed = self.core.remove(trio.current_time(), map_name, key)
+        await self._flush()
+        return removed
+
+    def get(self, map_name: str, key: str) -> Any:
+        """The value in a replicated map, or None."""
+        register = self.core.get(map_name, key)
+        return None if register is None else register.value
+
     def api_drained(self) -> None:
         """Called by the API server once it stopped: nothing is left to wait for."""
         if self._nursery is not None and self._left.is_set():
@@ -208,7 +238,7 @@ class Agent:
                 self.core.receive(now, src, message, reliable)
             except Exception:  # the node never crashes on input; a bug is logged and counted
                 self.handler_errors += 1
-                log.exception("the membership core failed on %r from %s", message, format_address(src))
+                log.exception("the node's core failed on %r from %s", message, format_address(src))
         await self._flush()
 
     def _report_drop(self, src: Address, dropped: Dropped) -> None:
@@ -244,7 +274,7 @@ class Agent:
                 await self._send(effect)
             else:
                 self._on_event(effect)
-        if core.live_count > 1 and not self._joined.is_set():
+        if core.membership.live_count > 1 and not self._joined.is_set():
             self._joined.set()
         if core.leaving and core.leave_complete:
             self._left.set()
@@ -336,7 +366,7 @@ class Agent:
 
     def member_counts(self) -> dict[str, int]:
         counts = {status.name.lower(): 0 for status in Status}
-        for member in self.core.members():
+        for member in self.membership.members():
             counts[member.status.name.lower()] += 1
         return counts
 
@@ -347,7 +377,8 @@ class Agent:
 
     def stats(self) -> dict[str, Any]:
         return {
-            "membership": attrs.asdict(self.core.stats),
+            "membership": attrs.asdict(self.membership.stats),
+            "replication": attrs.asdict(self.core.replicator.stats),
             "transport": attrs.asdict(self.transport.stats),
             "drops": self.drops(),
             "events": {kind.value: self.events[kind.value] for kind in EventKind},

@@ -37,7 +37,7 @@ async def test_agents_join_survive_garbage_and_leave() -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(a.run)
         await nursery.start(b.run)
-        await wait_until(lambda: a.core.live_count == 2 and b.core.live_count == 2)
+        await wait_until(lambda: a.membership.live_count == 2 and b.membership.live_count == 2)
         assert a.ready and b.ready
 
         # Hostile input: every kind is dropped and counted; nothing raises.
@@ -62,7 +62,7 @@ async def test_agents_join_survive_garbage_and_leave() -> None:
         assert status["drops"]["bad_mac"] == 1 and status["transport"]["streams_refused"] == 1
 
         await b.leave()
-        await wait_until(lambda: a.core.member("b") is not None and a.core.member("b").status.name == "LEFT")  # type: ignore[union-attr]
+        await wait_until(lambda: a.membership.member("b") is not None and a.membership.member("b").status.name == "LEFT")  # type: ignore[union-attr]
         assert a.events["failed"] == 0 and a.events["left"] == 1
         with trio.fail_after(5):
             await a.leave()
@@ -74,6 +74,29 @@ async def test_advertised_address_is_what_the_core_gossips() -> None:
     try:
         # Port 0 in --advertise means "the port we bound".
         assert agent.advertise == ("127.0.0.9", agent.transport.port) == agent.core.addr
-        assert agent.core.member("nat").addr == agent.advertise  # type: ignore[union-attr]
+        assert agent.membership.member("nat").addr == agent.advertise  # type: ignore[union-attr]
     finally:
         agent.close()
+
+
+async def test_replicated_map_over_real_sockets() -> None:
+    a = Agent(settings("a"), None, maps=["data"])
+    await a.bind()
+    for i in range(300):
+        await a.put("data", f"key-{i}", {"n": i})
+    b = Agent(settings("b", seeds=(f"127.0.0.1:{a.transport.port}",)), None, maps=["data"])
+    await b.bind()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        # b starts empty and catches up through a digest sync when it joins.
+        await wait_until(lambda: len(b.core.replicator.map("data")) == 300)
+        assert b.get("data", "key-7") == {"n": 7}
+        await a.put("data", "fresh", "gossiped")  # small deltas ride on gossip
+        await b.remove("data", "key-7")
+        await wait_until(lambda: b.get("data", "fresh") == "gossiped" and a.get("data", "key-7") is None)
+        assert a.core.replicator.map("data").root() == b.core.replicator.map("data").root()
+        status = await trio.to_thread.run_sync(call, a.api_address, "/status")
+        assert status["replication"]["writes"] == 301 and status["replication"]["syncs_started"] >= 1
+        await b.leave()
+        await a.leave()
