@@ -222,7 +222,8 @@ class ORMap:
     def merge(self, delta: Delta, now_ms: int) -> list[str]:
         """Join a delta (or a whole state) into ours; the keys whose
         registers changed."""
-        covered = {self._dot_keys[dot] for dot in delta.context.cloud if dot in self._dot_keys}
+        dot_keys = self._dot_keys
+        covered = {dot_keys[dot] for dot in delta.context.cloud if dot in dot_keys}
         if delta.context.vv:
             vv = delta.context.vv
             covered.update(key for dot, key in self._dot_keys.items() if dot[1] <= vv.get(dot[0], 0))

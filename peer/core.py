@@ -5,9 +5,9 @@ later, the scheduler) so a driver, the trio runtime or the simulator,
 drives one object: ``receive``, ``tick``, ``next_deadline``,
 ``take_effects``. It routes each message by its type, keeps the replication
 layer's peers equal to the live members, lets replication deltas ride on
-membership packets, starts a digest sync with each member that joins (how a
-new or restarted node catches up), and pushes state to a few members when
-leaving. Time comes in as ``now`` (monotonic seconds) and, for the hybrid
+membership packets, starts a digest sync with one member as soon as it finds
+the cluster (how a new or restarted node catches up), and pushes state to a
+few members when leaving. Time comes in as ``now`` (monotonic seconds) and, for the hybrid
 logical clock, from the injected ``wall_clock`` (seconds since the epoch).
 """
 
@@ -22,8 +22,8 @@ from crdt.ormap import Register
 from crdt.hlc import Timestamp
 from membership.config import MembershipConfig
 from membership.core import Membership
-from membership.effects import Effect, Event
-from membership.state import Address, EventKind, Member
+from membership.effects import Effect
+from membership.state import Address, Member
 from peer.replication import ReplicationConfig, Replicator
 
 # Members a leaving node pushes its state to.
@@ -56,6 +56,7 @@ class NodeCore:
             name, addr, membership_config, rng=rng, now=now, incarnation=incarnation, meta=meta, piggyback=self.replicator
         )
         self._peers_version = -1
+        self._alone = True
         self._sync_peers()
 
     # -- the driver's interface ---------------------------------------------------
@@ -76,9 +77,6 @@ class NodeCore:
     def take_effects(self) -> list[Effect]:
         effects = self.membership.take_effects()
         self._sync_peers()
-        for effect in effects:
-            if isinstance(effect, Event) and effect.kind is EventKind.JOINED:
-                self.replicator.sync_with(effect.member.addr)
         effects.extend(self.replicator.take_effects())
         return effects
 
@@ -144,6 +142,14 @@ class NodeCore:
         return int(self._wall_clock() * 1000)
 
     def _sync_peers(self) -> None:
-        if self.membership.version != self._peers_version:
-            self._peers_version = self.membership.version
-            self.replicator.set_peers([m.addr for m in self.membership.live_members() if m.name != self.name])
+        if self.membership.version == self._peers_version:
+            return
+        self._peers_version = self.membership.version
+        peers = [m.addr for m in self.membership.live_members() if m.name != self.name]
+        self.replicator.set_peers(peers)
+        if self._alone and peers:
+            # We just found the cluster (booted, restarted, or back from
+            # isolation): catch up from one member now. Only the newcomer
+            # asks, so its state crosses the network once, not once per member.
+            self.replicator.sync_with_some(1)
+        self._alone = not peers

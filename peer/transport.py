@@ -33,7 +33,8 @@ LENGTH = struct.Struct(">I")
 RECEIVE_BUFFER = 65_536
 STREAM_TIMEOUT = 10.0  # connect + write, or read, of one stream frame
 MAX_INBOUND_STREAMS = 64
-MAX_OUTBOUND_STREAMS = 64
+MAX_OUTBOUND_STREAMS = 64  # connections open at once; more frames wait their turn
+MAX_QUEUED_STREAMS = 4096  # frames waiting or in flight; beyond, new ones are dropped
 
 # (src, frame, reliable); awaited for every frame received.
 FrameHandler = Callable[[Address, bytes, bool], Awaitable[None]]
@@ -65,7 +66,8 @@ class Transport:
         self._udp: trio.socket.SocketType | None = None
         self._tcp: trio.socket.SocketType | None = None
         self._inbound = 0
-        self._outbound = 0
+        self._outbound = 0  # stream frames queued or in flight
+        self._connections = trio.CapacityLimiter(MAX_OUTBOUND_STREAMS)
 
     @property
     def port(self) -> int:
@@ -180,8 +182,10 @@ class Transport:
         self.stats.bytes_out += len(frame)
 
     def start_stream(self, nursery: trio.Nursery, dst: Address, frame: bytes) -> None:
-        """Deliver ``frame`` on a new connection, in the background."""
-        if self._outbound >= MAX_OUTBOUND_STREAMS:
+        """Deliver ``frame`` on a new connection, in the background; at most
+        MAX_OUTBOUND_STREAMS connect at once (a digest sync's chunks queue
+        for their turn rather than being dropped)."""
+        if self._outbound >= MAX_QUEUED_STREAMS:
             self.stats.streams_dropped += 1
             return
         self._outbound += 1
@@ -189,13 +193,14 @@ class Transport:
 
     async def _send_stream(self, dst: Address, frame: bytes) -> None:
         try:
-            with trio.move_on_after(STREAM_TIMEOUT) as scope:
-                host, port = self._route(dst)[:2]
-                stream = await trio.open_tcp_stream(host, port)
-                async with stream:
-                    await stream.send_all(LENGTH.pack(len(frame)) + frame)
-            if scope.cancelled_caught:
-                raise TimeoutError("timed out")
+            async with self._connections:
+                with trio.move_on_after(STREAM_TIMEOUT) as scope:
+                    host, port = self._route(dst)[:2]
+                    stream = await trio.open_tcp_stream(host, port)
+                    async with stream:
+                        await stream.send_all(LENGTH.pack(len(frame)) + frame)
+                if scope.cancelled_caught:
+                    raise TimeoutError("timed out")
             self.stats.streams_out += 1
             self.stats.bytes_out += len(frame) + LENGTH.size
         except (OSError, trio.BrokenResourceError) as error:

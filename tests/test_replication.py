@@ -9,12 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crdt.ormap import ORMap
-from membership.effects import Send
 from peer.replication import ReplicationConfig, Replicator
 from peer.wire import Codec
+from sim.direct import WALL_MS, sync
 
 A, B = ("10.0.0.1", 1), ("10.0.0.2", 1)
-WALL = 1_000_000
+WALL = WALL_MS
 
 
 def pair(config: ReplicationConfig | None = None) -> dict[tuple[str, int], Replicator]:
@@ -26,24 +26,8 @@ def pair(config: ReplicationConfig | None = None) -> dict[tuple[str, int], Repli
 
 
 def run_exchange(nodes: dict[tuple[str, int], Replicator], start: Replicator, peer: tuple[str, int]) -> tuple[int, int, int]:
-    """Deliver every message until quiet; (messages, bytes, round trips)."""
-    codec = Codec()
-    start.sync_with(peer)
-    wave: list[tuple[tuple[str, int], Send]] = [(start.addr, effect) for effect in start.take_effects()]
-    messages = size = rounds = 0
-    while wave:
-        rounds += 1
-        next_wave = []
-        for _, send in wave:
-            frame = codec.encode(send.messages, stream=True)
-            messages += len(send.messages)
-            size += len(frame)
-            receiver = nodes[send.dst]
-            for message in codec.decode(frame, stream=True):  # type: ignore[union-attr]
-                receiver.receive(0.0, WALL, message)
-            next_wave += [(receiver.addr, effect) for effect in receiver.take_effects()]
-        wave = next_wave
-    return messages, size, (rounds + 1) // 2
+    result = sync(nodes, start, peer)
+    return result.messages, result.bytes, result.round_trips
 
 
 def fill(replicator: Replicator, keys: list[str], value: Any) -> None:

@@ -1,0 +1,153 @@
+"""Replicated maps: what merging, gossip, digest sync and catch-up cost.
+
+    python bench/crdt_bench.py [--quick]
+
+Prints, for the record in BENCHMARKS.md:
+- merge throughput: single-key deltas merged per second into a replica;
+- delta bytes per mutation (a DeltaGossip message: a new key, an overwrite);
+- digest sync of 10k and 100k keys with 0, 1, 100 and 10k differing keys:
+  bytes, messages and round trips (sim.direct: the real codec, no network);
+- catch-up on loopback: two agents in one process on 127.0.0.1, one with
+  100k keys, the other empty; seconds from the empty one's start until its
+  map equals the other's (both sides share one core, so this is an upper
+  bound), and the CPU the same exchange costs in memory;
+- memory per 100k entries (tracemalloc), and state bytes as replicated.
+Wall-clock figures vary with the machine's load; run twice and compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+import tracemalloc
+
+import trio
+
+from crdt.hlc import HLC
+from crdt.messages import DeltaGossip, wire_size
+from crdt.ormap import ORMap
+from membership.state import Address
+from peer.replication import ReplicationConfig, Replicator
+from peer.runtime import Agent
+from peer.settings import Settings
+from sim.direct import WALL_MS, sync
+
+A: Address = ("10.0.0.1", 7946)
+B: Address = ("10.0.0.2", 7946)
+
+
+def pair() -> dict[Address, Replicator]:
+    return {
+        addr: Replicator(addr, name, ReplicationConfig(), maps=["m"], rng=random.Random(i), now=0.0)
+        for i, (addr, name) in enumerate([(A, "a#1"), (B, "b#1")])
+    }
+
+
+def fill(replicator: Replicator, keys: list[str], value: object) -> None:
+    for key in keys:
+        replicator.put(WALL_MS, "m", key, value)
+    replicator.take_gossip(10**9, 1)  # drop the queued gossip: not measured here
+
+
+def merge_throughput(count: int) -> float:
+    source = ORMap("a")
+    clock = HLC("a")
+    deltas = [source.put(f"key-{i % 10_000}", i, clock.now(WALL_MS + i)) for i in range(count)]
+    target = ORMap("b")
+    started = time.perf_counter()
+    for delta in deltas:
+        target.merge(delta, WALL_MS)
+    return count / (time.perf_counter() - started)
+
+
+def delta_bytes() -> tuple[int, int]:
+    replica = ORMap("node-a#1795641243997")
+    clock = HLC(replica.replica)
+    first = replica.put("run:nightly-report:2026-11-25T03:00:00Z", {"state": "running", "owner": "node-a"}, clock.now(1))
+    second = replica.put("run:nightly-report:2026-11-25T03:00:00Z", {"state": "succeeded", "owner": "node-a"}, clock.now(2))
+    return wire_size(DeltaGossip("runs", first)), wire_size(DeltaGossip("runs", second))
+
+
+def digest_sync(keys: int, differing: int) -> tuple[int, int, int]:
+    nodes = pair()
+    a, b = nodes[A], nodes[B]
+    fill(a, [f"key-{i}" for i in range(keys)], "value")
+    b.map("m").merge(a.map("m").state(), WALL_MS)
+    fill(b, [f"key-{i}" for i in range(differing)], "changed")  # overwrites on b
+    result = sync(nodes, a, B)
+    assert a.map("m").root() == b.map("m").root()
+    return result.bytes, result.messages, result.round_trips
+
+
+def catch_up_in_memory(keys: int) -> tuple[float, int]:
+    nodes = pair()
+    a, b = nodes[A], nodes[B]
+    fill(a, [f"key-{i}" for i in range(keys)], "value")
+    started = time.process_time()
+    result = sync(nodes, b, A)
+    assert len(b.map("m")) == keys
+    return time.process_time() - started, result.bytes
+
+
+async def catch_up_loopback(keys: int) -> float:
+    def settings(name: str, seeds: tuple[str, ...] = ()) -> Settings:
+        return Settings(name=name, bind=("127.0.0.1", 0), api=("127.0.0.1", 0), seeds=seeds, profile="lan")
+
+    full = Agent(settings("full"), None, maps=["m"])
+    await full.bind()
+    for i in range(keys):
+        full.core.put(trio.current_time(), "m", f"key-{i}", "value")
+    full.core.replicator.take_gossip(10**9, 1)
+    empty = Agent(settings("empty", seeds=(f"127.0.0.1:{full.transport.port}",)), None, maps=["m"])
+    await empty.bind()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(full.run)
+        started = trio.current_time()
+        await nursery.start(empty.run)
+        target = full.core.replicator.map("m").root()
+        while empty.core.replicator.map("m").root() != target:
+            await trio.sleep(0.01)
+        elapsed = trio.current_time() - started
+        nursery.cancel_scope.cancel()
+    return elapsed
+
+
+def memory_per(keys: int) -> tuple[int, int]:
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    replica = ORMap("a")
+    clock = HLC("a")
+    for i in range(keys):
+        replica.put(f"key-{i}", {"n": i}, clock.now(WALL_MS))
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return used, replica.entry_bytes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="10k keys only, for a smoke run")
+    args = parser.parse_args()
+    sizes = [10_000] if args.quick else [10_000, 100_000]
+
+    print(f"merge throughput: {merge_throughput(100_000):,.0f} single-key deltas per second")
+    new, overwrite = delta_bytes()
+    print(f"delta bytes per mutation: {new} (new key), {overwrite} (overwrite)")
+    print("\ndigest sync (bytes / messages / round trips)")
+    print("| keys | 0 differ | 1 differs | 100 differ | 10k differ |")
+    print("| ---: | --- | --- | --- | --- |")
+    for keys in sizes:
+        cells = [digest_sync(keys, differing) for differing in (0, 1, 100, 10_000)]
+        print(f"| {keys:,} | " + " | ".join(f"{b:,} B / {m} / {r}" for b, m, r in cells) + " |")
+    keys = sizes[-1]
+    cpu, size = catch_up_in_memory(keys)
+    print(f"\ncatch-up of {keys:,} keys: {cpu:.2f} s CPU in memory (both sides), {size / 1e6:.1f} MB sent")
+    seconds = min(trio.run(catch_up_loopback, keys) for _ in range(2))
+    print(f"catch-up of {keys:,} keys on loopback (two agents, one process): {seconds:.2f} s (best of 2)")
+    used, wire = memory_per(100_000)
+    print(f"memory per 100k entries: {used / 1e6:.1f} MB in Python ({wire / 1e6:.1f} MB as replicated)")
+
+
+if __name__ == "__main__":
+    main()
