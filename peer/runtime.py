@@ -297,6 +297,9 @@ class Agent:
             return
         assert self._nursery is not None
         self.transport.start_stream(self._nursery, send.dst, frame)
+        # Let the stream go out before encoding the next one: a catch-up's
+        # chunks then reach the other side while we still encode.
+        await trio.sleep(0)
 
     def _on_event(self, event: Event) -> None:
         member = event.member
