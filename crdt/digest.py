@@ -67,8 +67,8 @@ class HashTree:
     costs nothing."""
 
     def __init__(self) -> None:
-        self._hashes: list[dict[int, int]] = [{} for _ in range(DEPTH + 1)]
-        self._counts: list[dict[int, int]] = [{} for _ in range(DEPTH + 1)]
+        # Per level, node index -> [hash, count]: one lookup per level on update.
+        self._nodes: list[dict[int, list[int]]] = [{} for _ in range(DEPTH + 1)]
         # Keys by leaf, as dicts: insertion-ordered, so every replica lists a
         # node's keys in an order that does not depend on string hashing.
         self._leaves: dict[int, dict[str, None]] = {}
@@ -80,17 +80,19 @@ class HashTree:
             return
         delta = (old or 0) ^ (new or 0)
         count = (new is not None) - (old is not None)
-        for level in range(DEPTH + 1):
-            index = node_of(position, level)
-            hashes, counts = self._hashes[level], self._counts[level]
-            value = hashes.get(index, 0) ^ delta
-            total = counts.get(index, 0) + count
-            if total:
-                hashes[index], counts[index] = value, total
+        shift = HASH_BITS
+        for nodes in self._nodes:
+            index = position >> shift
+            shift -= FANOUT_BITS
+            node = nodes.get(index)
+            if node is None:
+                nodes[index] = [delta, count]
             else:
-                hashes.pop(index, None)
-                counts.pop(index, None)
-        leaf = node_of(position, DEPTH)
+                node[0] ^= delta
+                node[1] += count
+                if not node[1]:
+                    del nodes[index]
+        leaf = position >> (HASH_BITS - FANOUT_BITS * DEPTH)
         if new is None:
             keys = self._leaves[leaf]
             keys.pop(key, None)
@@ -102,7 +104,8 @@ class HashTree:
     def summary(self, node: Node) -> tuple[int, int]:
         """(hash, count) of a node."""
         level, index = node
-        return self._hashes[level].get(index, 0), self._counts[level].get(index, 0)
+        found = self._nodes[level].get(index)
+        return (found[0], found[1]) if found is not None else (0, 0)
 
     def children_summary(self, node: Node) -> list[tuple[int, int]]:
         return [self.summary(child) for child in children(node)]
@@ -113,7 +116,7 @@ class HashTree:
             yield from self._leaves.get(index, ())
             return
         shift = FANOUT_BITS * (DEPTH - level)
-        if self._counts[level].get(index, 0) == 0:
+        if index not in self._nodes[level]:
             return
         span = 1 << shift
         first = index << shift

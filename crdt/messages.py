@@ -95,7 +95,8 @@ def _dot(value: Any, what: str) -> Dot:
 
 def entries_to_wire(entries: dict[str, Registers]) -> list[Any]:
     return [
-        [key, [[dot[0], dot[1], *register.to_wire()] for dot, register in registers.items()]]
+        [key, [[replica, counter, wall, ticks, node, value, expires]
+               for (replica, counter), ((wall, ticks, node), value, expires) in registers.items()]]
         for key, registers in entries.items()
     ]
 
