@@ -36,12 +36,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-import msgpack
 
 from crdt.context import CausalContext
 from crdt.digest import DEPTH, ROOT, Node, children
 from crdt.hlc import HLC, ClockDrift, Timestamp
-from crdt.messages import DeltaGossip, ReplicationMessage, SyncEntries, SyncProbe, entries_to_wire, wire_size
+from crdt.messages import DeltaGossip, ReplicationMessage, SyncEntries, SyncProbe, wire_size
 from crdt.ormap import Delta, ORMap, Register, Registers
 from membership.broadcast import BroadcastQueue
 from membership.effects import Send

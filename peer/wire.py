@@ -34,7 +34,7 @@ import msgpack
 
 from crdt.messages import MESSAGE_TYPES as REPLICATION_TYPES
 from crdt.messages import from_wire as replication_from_wire
-from membership.messages import ENVELOPE_RESERVE, Message
+from membership.messages import ENVELOPE_RESERVE
 from membership.messages import from_wire as membership_from_wire
 
 VERSION = 1
@@ -156,7 +156,7 @@ class Codec:
         mac.update(data)
         return mac.digest()
 
-    def encode(self, messages: Iterable[Message], *, stream: bool = False) -> bytes:
+    def encode(self, messages: Iterable[Any], *, stream: bool = False) -> bytes:
         body = self._packer.pack([message.to_wire() for message in messages])
         if self._keyring is None:
             frame = _UNSIGNED_HEADER + body
@@ -168,7 +168,7 @@ class Codec:
             raise FrameTooLarge(f"frame of {len(frame)} bytes exceeds the {limit}-byte limit")
         return frame
 
-    def decode(self, data: bytes, *, stream: bool = False) -> tuple[Message, ...] | Dropped:
+    def decode(self, data: bytes, *, stream: bool = False) -> tuple[Any, ...] | Dropped:
         result = self._decode(data, self.max_stream if stream else self.max_datagram)
         if isinstance(result, Dropped):
             self.drops[result.reason] += 1
@@ -176,7 +176,7 @@ class Codec:
             self.frames_decoded += 1
         return result
 
-    def _decode(self, data: bytes, limit: int) -> tuple[Message, ...] | Dropped:
+    def _decode(self, data: bytes, limit: int) -> tuple[Any, ...] | Dropped:
         if len(data) > limit:
             return Dropped(DropReason.OVERSIZED, f"{len(data)} bytes, limit {limit}")
         if len(data) < HEADER_SIZE + 1:
