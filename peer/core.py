@@ -22,12 +22,15 @@ from crdt.ormap import Register
 from crdt.hlc import Timestamp
 from membership.config import MembershipConfig
 from membership.core import Membership
-from membership.effects import Effect
-from membership.state import Address, Member
+from membership.effects import Effect, Event
+from membership.state import Address, EventKind, Member
 from peer.replication import ReplicationConfig, Replicator
 
 # Members a leaving node pushes its state to.
 LEAVE_PUSH_PEERS = 2
+# An incarnation this far above the last one seen is a new life (a restart:
+# incarnations are boot times in ms), not refutations (which add one each).
+NEW_LIFE_INCARNATION_GAP = 1_000
 
 
 class NodeCore:
@@ -55,6 +58,10 @@ class NodeCore:
         self.membership = Membership(
             name, addr, membership_config, rng=rng, now=now, incarnation=incarnation, meta=meta, piggyback=self.replicator
         )
+        self._rng = random.Random(rng.getrandbits(64))
+        self._now = now
+        self._next_prompt_sync = now
+        self._lives: dict[str, int] = {}  # member -> incarnation last seen live
         self._peers_version = -1
         self._alone = True
         self._sync_peers()
@@ -62,12 +69,14 @@ class NodeCore:
     # -- the driver's interface ---------------------------------------------------
 
     def receive(self, now: float, src: Address, message: Any, reliable: bool = False) -> None:
+        self._now = now
         if type(message).TAG in REPLICATION_TYPES:
             self.replicator.receive(now, self._wall_ms(), message)
         else:
             self.membership.receive(now, src, message, reliable)
 
     def tick(self, now: float) -> None:
+        self._now = now
         self.membership.tick(now)
         self.replicator.tick(now, self._wall_ms())
 
@@ -77,8 +86,31 @@ class NodeCore:
     def take_effects(self) -> list[Effect]:
         effects = self.membership.take_effects()
         self._sync_peers()
+        returned = [e.member for e in effects if isinstance(e, Event) and self._returned(e)]
+        if returned and self._now >= self._next_prompt_sync:
+            # Members we had lost came back (a partition healed, a pause
+            # ended): their writes and ours diverged, so compare now rather
+            # than at the next periodic sync. Once per half interval at most:
+            # a healed split returns many members at once.
+            self._next_prompt_sync = self._now + self.replicator.config.sync_interval / 2
+            self.replicator.sync_with(self._rng.choice(returned).addr)
         effects.extend(self.replicator.take_effects())
         return effects
+
+    def _returned(self, event: Event) -> bool:
+        """Is this the return of a member's same life? A restarted process
+        has a new incarnation (its boot time in ms, far above the old one)
+        and starts empty: it catches up by itself, so nobody need push to it;
+        refutations bump the incarnation by one at a time."""
+        member = event.member
+        before = self._lives.get(member.name)
+        if member.status.is_live:
+            self._lives[member.name] = member.incarnation
+        return (
+            event.kind is EventKind.JOINED
+            and before is not None
+            and member.incarnation - before < NEW_LIFE_INCARNATION_GAP
+        )
 
     def join(self, now: float, seeds: Iterable[Address]) -> None:
         self.membership.join(now, seeds)

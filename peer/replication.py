@@ -48,6 +48,9 @@ from membership.state import Address
 from membership.timers import Timers
 
 
+# A digest sync that changes at most this many keys passes them on as gossip.
+RELAY_MAX_KEYS = 64
+
 # A digest node holding more keys than this is sent as its children, so that
 # chunks can be cut between them.
 CHUNK_KEYS = 256
@@ -217,6 +220,22 @@ class Replicator:
             # its writer. Known news is not repeated, so this dies out.
             (key,) = delta.entries
             self._gossip_delta(map_name, key, delta, relayed=True)
+        else:
+            self._relay_changes(map_name, changed)
+
+    def _relay_changes(self, map_name: str, keys: list[str]) -> None:
+        """A digest sync that changed a few keys repaired what gossip missed
+        (a lost delta, a healed split): what was news to us is likely news to
+        others, so it goes on as gossip instead of waiting for their syncs.
+        Many changed keys mean a catch-up (a new or restarted node), news to
+        no one else: those are not relayed."""
+        if not keys or len(keys) > RELAY_MAX_KEYS:
+            return
+        replica_map = self.map(map_name)
+        for key in keys:
+            registers = replica_map.registers(key)
+            if registers:
+                self._gossip_delta(map_name, key, Delta({key: registers}, CausalContext(cloud=registers)), relayed=True)
 
     def _admit(self, wall_ms: int, entries: dict[str, Registers], context: CausalContext) -> Delta:
         """Observe every timestamp; drop registers from too far ahead."""
@@ -314,6 +333,7 @@ class Replicator:
             self.stats.malformed += 1
             return
         self.stats.keys_changed += len(changed)
+        self._relay_changes(message.map, changed)
         self._answer(message, replica_map)
 
     def _answer(self, message: SyncEntries, replica_map: ORMap) -> None:

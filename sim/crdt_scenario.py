@@ -9,7 +9,8 @@ the digest roots of all running replicas. It measures:
 
 - convergence: all running replicas hold equal entries (equal roots);
   ``convergence_seconds`` counts from the last disturbance (the last write,
-  or a fault's end) to the moment roots last became and stayed equal;
+  the last expiry, or a fault's end) to the moment roots last became and
+  stayed equal;
 - lost writes: keys whose converged value is older than the newest write
   to them, where that write did not expire and its node did not crash
   afterwards (a node that crashed may not have passed its write on);
@@ -124,6 +125,9 @@ class CrdtRun(MembershipRun):
         if self.scenario.ttl is not None and round(self.sim.now / POLL_INTERVAL) % 4 == 0:
             self._check_expiry()
 
+    def _wall_ms_now(self) -> int:
+        return int(self.nodes[0].clock.wall(self.sim.now) * 1000)
+
     def _check_expiry(self) -> None:
         """No replica may still read an entry a second past its expiry (the
         second allows for skew between the nodes' clocks)."""
@@ -139,7 +143,13 @@ class CrdtRun(MembershipRun):
         base = self.measure()
         scenario = self.scenario
         since = self._roots_equal_since
-        disturbance = max(self._last_write, self._last_disturbance)
+        # An expiry changes every replica too (each on its own clock): the
+        # last one is a disturbance like the last write.
+        last_expiry = max(
+            (self.sim.now - (self._wall_ms_now() - write.expires) / 1000 for write in self._writes if write.expires),
+            default=0.0,
+        )
+        disturbance = max(self._last_write, self._last_disturbance, min(last_expiry, self.sim.now))
         cores = [_node_core(node.core) for node in self.nodes if node.life is Life.UP and node.core is not None]
         final = cores[0].replicator.map(MAP) if cores else None
         wall_ms = int(self.nodes[0].clock.wall(self.sim.now) * 1000)
@@ -170,6 +180,7 @@ class CrdtRun(MembershipRun):
                 "converged": since is not None and bool(cores),
                 "convergence_seconds": None if since is None else round(max(0.0, since - disturbance), 3),
                 "membership_converged": base.converged,
+                "membership_convergence_seconds": base.to_json()["convergence_seconds"],
                 "lost_writes": lost,
                 "expired_entries_seen": self._expiry_violations,
                 "live_keys": sum(1 for _ in final.items(wall_ms)) if final is not None else 0,

@@ -7,18 +7,23 @@ import json
 import subprocess
 import sys
 
+from typing import Any
+
 import pytest
 
 from sim.crdt_scenario import CrdtScenario, run_crdt
-from sim.faults import Crash, Partition
+from sim.faults import Crash, Degrade, Partition, Pause
 
 SYNC = 10.0  # the default digest sync interval
-BOUND = 2.5 * SYNC  # converged this long after the last write or fault, at the latest
+# Replicas converge at most this long after the membership views do (which,
+# after a partition, takes up to a reconnect interval): a few sync rounds.
+BOUND = 2.5 * SYNC
 
 
-def check(report: dict[str, object]) -> None:
+def check(report: dict[str, Any]) -> None:
     assert report["converged"], report
-    assert report["convergence_seconds"] is not None and report["convergence_seconds"] <= BOUND  # type: ignore[operator]
+    membership = report["membership_convergence_seconds"] or 0.0
+    assert report["convergence_seconds"] is not None and report["convergence_seconds"] <= membership + BOUND
     assert report["lost_writes"] == 0 and report["expired_entries_seen"] == 0
     assert report["membership_converged"] and report["false_positives"] == 0
     assert report["drops"] == {"bad_mac": 0, "malformed": 0, "oversized": 0, "unknown_version": 0}
@@ -63,3 +68,29 @@ def test_the_same_seed_gives_the_same_trace_and_the_cli_prints_it() -> None:
     for field in ("converged", "convergence_seconds", "bytes_per_node_second", "max_state_bytes", "trace_hash"):
         assert field in first
     assert first["replay"].startswith("python -m sim crdt --nodes 8 --seed 9")
+
+
+def test_a_node_back_from_a_long_absence_resurrects_nothing() -> None:
+    # Two nodes stop (SIGSTOP) for 40 s while the entries they hold expire
+    # everywhere else; when they continue, nothing expired comes back.
+    pause = Pause({4, 9}, start=20.0, duration=40.0)
+    scenario = CrdtScenario(
+        nodes=12, seed=6, duration=90.0, writes=500, ttl=20.0, ttl_share=0.5, write_window=10.0, faults=[pause]
+    )
+    report = run_crdt(scenario)
+    check(report)
+    assert report["replication"]["expired"] > 0  # type: ignore[index]
+    assert report["live_keys"] < report["keys_written"]  # type: ignore[operator]
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("seed", range(40))
+def test_soak_crdt_under_mixed_faults(seed: int) -> None:
+    faults = [  # a faulty phase, then a healed one in which the invariants must hold
+        Degrade(0.1, 0.05, 0.0, 40.0),
+        Partition(range(8), range(8, 16), start=10.0, duration=20.0),
+        Crash({seed % 16}, at=12.0, restart_after=8.0),
+        Pause({(seed + 5) % 16}, start=15.0, duration=10.0),
+    ]
+    scenario = CrdtScenario(nodes=16, seed=seed, duration=100.0, writes=800, ttl=15.0, ttl_share=0.3, faults=faults)
+    check(run_crdt(scenario))
