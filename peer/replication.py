@@ -7,19 +7,24 @@ A ``Replicator`` holds a node's replicas of named CRDT maps
 members, in three ways:
 
 1. Gossip. Every local write makes a small delta, queued in a
-   transmit-limited broadcast queue (the membership layer's) and
-   piggybacked on the membership protocol's packets, which go to random
-   members several times a second anyway. A delta too big for a packet is
-   left to the next two ways.
-2. Digest sync. Every ``sync_interval`` (and soon after a member joins), a
-   node sends one random member a ``SyncProbe`` per map: the children of its
+   transmit-limited broadcast queue (the membership layer's, one entry per
+   key holding the join of its deltas) and piggybacked on the membership
+   protocol's packets, which go to random members several times a second
+   anyway. A node that receives a delta which was news to it passes it on,
+   so writes spread as an epidemic. A delta too big for a packet is left to
+   the digest sync.
+2. Digest sync. Every ``sync_interval`` (and at once when a node finds the
+   cluster, or lost members return: ``peer.core``), a node sends one
+   random member a ``SyncProbe`` per map: the children of its
    digest tree's root (``crdt.digest``). The receiver compares them with its
    own, and for each differing child either descends (answers with that
    child's own children, and the roles swap) or, once the node is small on
    either side, settles: sends all its entries there (``SyncEntries``). The
    other side merges them and answers with a delta holding only what the
    sender lacked. Traffic follows the difference, not the state; large
-   answers are split into chunks of whole digest nodes or keys.
+   answers are split into chunks of whole digest nodes or keys. A sync that
+   changed only a few keys repaired something gossip missed, and passes
+   those keys on as gossip; a catch-up's many keys are not relayed.
 3. Context exchange. When the roots match, the probe's causal context is
    taken in, which is what lets contexts compact (see ``crdt.ormap``).
 
