@@ -224,9 +224,11 @@ class ORMap:
         registers changed."""
         dot_keys = self._dot_keys
         covered = {dot_keys[dot] for dot in delta.context.cloud if dot in dot_keys}
-        if delta.context.vv:
-            vv = delta.context.vv
-            covered.update(key for dot, key in self._dot_keys.items() if dot[1] <= vv.get(dot[0], 0))
+        for replica, top in delta.context.vv.items():
+            if top <= len(dot_keys):  # a delta's few dots: look each up
+                covered.update(dot_keys[(replica, n)] for n in range(1, top + 1) if (replica, n) in dot_keys)
+            else:  # a whole state's context: scan what we hold
+                covered.update(key for (r, n), key in dot_keys.items() if r == replica and n <= top)
         # In a fixed order (sets of strings iterate by hash, which varies
         # between processes), so replicas and simulations are deterministic.
         affected = [*delta.entries, *sorted(covered.difference(delta.entries))]
