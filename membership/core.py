@@ -393,6 +393,11 @@ class Membership:
         elif not supersedes(claim.incarnation, status, current):
             if claim.incarnation < current.incarnation:
                 self._correct(now, current)
+            elif current.status is Status.LEFT and status is not Status.LEFT:
+                # Someone missed this member's graceful leave and suspects it
+                # (or still vouches for it): tell them again, before their
+                # suspicion can turn a leave into a reported failure.
+                self._correct(now, current)
             elif isinstance(claim, Suspect) and current.status is Status.SUSPECT:
                 self._confirm_suspicion(now, claim)
             return
@@ -410,8 +415,8 @@ class Membership:
 
     def _correct(self, now: float, current: Member) -> None:
         """Someone still spreads news about ``current``'s previous life (it
-        missed a refutation or a restart, typically while views were split):
-        spread what we know again, unless we already are."""
+        missed a refutation or a restart, typically while views were split),
+        or missed its leave: spread what we know again, unless we already are."""
         if not self._broadcasts.pending(current.name):
             self.stats.corrections += 1
             self._broadcast(now, claim_for(current, self.name))

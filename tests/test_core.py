@@ -306,6 +306,20 @@ def test_reconnect_contacts_dead_members_and_seeds_then_forgets_the_dead():
     assert core.member("c").status is Status.ALIVE
 
 
+def test_a_member_that_missed_a_leave_is_told_again():
+    # b left; someone who missed it suspects b (its probes fail). We answer
+    # with the leave, so the straggler does not end by declaring b failed.
+    core = make_core(["b", "c"])
+    core.receive(1.0, addr("b"), Left("b", 1))
+    core.take_effects()
+    run_until(core, 2.0)  # the leave has been gossiped and retired
+    assert not core._broadcasts.pending("b")
+    core.receive(2.5, addr("c"), Suspect("b", 1, "c"))
+    assert core.member("b").status is Status.LEFT and core.stats.corrections == 1
+    effects = run_until(core, 3.0)
+    assert Left("b", 1) in sent_messages(effects)
+
+
 def test_a_restarted_member_outranks_its_dead_self():
     core = make_core(["b"])
     core.receive(1.0, addr("x"), Dead("b", 1, "x"))
