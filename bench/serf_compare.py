@@ -3,6 +3,8 @@
     python bench/serf_compare.py [--sizes 10,30] [--reps 3] [--idle-seconds 20]
                                  [--load-seconds 30] [--json] [--keep-logs]
 
+About 17 minutes for the default sizes on 2 cores (28 with --sizes 10,30,60).
+
 For each cluster size N and each repetition, it runs one cluster of N Serf
 agents (``serf agent -profile lan``), then one of N peer agents
 (``python -m peer agent --profile lan``), every agent on 127.0.0.1, with no
@@ -17,14 +19,20 @@ port is checked free before use). Each run goes through five phases:
    figure for both systems (a Go binary starts faster than a Python
    interpreter), so the join is also given from the moment the last agent
    printed its first line (``join_after_up_s``; ``last_agent_up_s`` is when
-   that was). The
-   views are then checked against the agents' own APIs (``serf members``,
-   ``GET /members``).
+   that was). The views are then checked against the agents' own APIs
+   (``serf members``, ``GET /members``).
 2. Idle. After a settle pause, every agent's /proc/PID/stat utime+stime and
    /proc/PID/status VmRSS are sampled over ``--idle-seconds``. Figures: mean
    CPU % of one core per agent, mean RSS MB per agent.
-3. Crash. One agent (never agent 0) gets SIGKILL. Figures: seconds until the
-   first, and until the last, of the other agents declares it failed.
+3. Crash. One agent (never agent 0) gets SIGKILL; once all others declared
+   it failed, and a settle pause, another (``--kills``, default 2: the time
+   until a member first probes the dead one varies by seconds, so each run
+   gives several samples). Figures: seconds until the first, and until the
+   last, of the other agents declares it failed; also (not a target) until
+   the first suspicion (peer: a ``suspect`` event; Serf: memberlist's
+   "Suspect X has failed, no acks received" line of the prober), and from
+   there to the first failure declaration: the first part is the luck of
+   the probe order, the second the Lifeguard suspicion timeout.
 4. Graceful leave. Another agent is told to leave (peer: SIGTERM; Serf:
    SIGINT, on which ``serf agent`` leaves gracefully by default, as its log
    shows: "requesting graceful leave"). Figures: seconds until every other
@@ -34,7 +42,8 @@ port is checked free before use). Each run goes through five phases:
 5. Load. Two busy-loop processes (one per core, each ending by itself after
    ``--load-seconds``) run beside the cluster. Figure: failure declarations
    about running members from the start of the load until ``--load-tail``
-   seconds after it, when nothing was killed.
+   seconds after it, when nothing was killed (and, in the JSON, how many
+   members were suspected in that time).
 
 How events are timed. Every agent's output goes to a pipe that a reader
 thread of this script drains line by line, stamping each line with
@@ -49,8 +58,9 @@ JSON log lines with ``event`` (joined, suspect, alive, failed, left, updated)
 and ``member``. From these, each agent's view of each member (up, failed or
 left; a suspect member is still up, as Serf lists a suspect member alive) is
 kept up to date, for waiting, and the figures are computed afterwards by
-replaying the events in arrival order. Every wait is bounded by
-``--timeout``; a figure that did not happen in time is printed ``timeout``.
+replaying the events in arrival order. Every wait is bounded (the join by
+``--join-timeout``, the others by ``--timeout``); a figure that did not
+happen in time is printed ``timeout``.
 
 Every process started (agents, burners, ``serf members`` calls) is tracked
 by PID and killed with SIGKILL in a ``finally``, also on Ctrl-C.
@@ -79,9 +89,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -280,6 +290,10 @@ class System:
 class Serf(System):
     name, prefix, leave_how = "Serf", "s", "SIGINT (graceful leave)"
     EVENT = re.compile(r"\bserf: EventMember(Join|Leave|Failed|Update|Reap): (\S+)")
+    # memberlist's prober, when its probe of a member failed and it raises (or
+    # confirms) a suspicion; not a view change (it also shows up after a
+    # member was declared failed), so it is its own kind.
+    PROBE_FAILED = re.compile(r"\bmemberlist: Suspect (\S+) has failed, no acks received")
     KINDS = {"Join": "joined", "Leave": "left", "Failed": "failed", "Update": "updated", "Reap": "reaped"}
     STATUS = {"alive": UP, "failed": FAILED, "left": LEFT}
 
@@ -288,6 +302,13 @@ class Serf(System):
 
     def available(self) -> str | None:
         return None if shutil.which(self.binary) else f"{self.binary} not found"
+
+    def version(self) -> str:
+        try:
+            out = subprocess.run([self.binary, "version"], capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return "unknown"
+        return out.splitlines()[0] if out else "unknown"
 
     def command(self, agent: Agent, seed: Agent | None) -> list[str]:
         argv = [self.binary, "agent", "-node", agent.name, "-bind", f"{HOST}:{agent.port}",
@@ -298,7 +319,10 @@ class Serf(System):
 
     def parse(self, line: str) -> tuple[str, str, float | None] | None:
         match = self.EVENT.search(line)
-        return (self.KINDS[match[1]], match[2], None) if match else None
+        if match:
+            return self.KINDS[match[1]], match[2], None
+        match = self.PROBE_FAILED.search(line)
+        return ("probe_failed", match[1], None) if match else None
 
     def ready(self, agent: Agent, procs: Processes) -> bool:
         try:
@@ -469,6 +493,13 @@ def first_event(events: list[MemberEvent], observer: str, member: str, kinds: se
     return None
 
 
+def first_suspicion(events: list[MemberEvent], victim: str, t_kill: float) -> float | None:
+    """Seconds until some agent first suspected the victim (peer: a suspect
+    event; Serf: memberlist's "Suspect ... no acks received" line)."""
+    times = [e.t for e in events if e.member == victim and e.kind in ("suspect", "probe_failed") and e.t >= t_kill]
+    return min(times) - t_kill if times else None
+
+
 def detection(events: list[MemberEvent], victim: str, observers: list[str], t_kill: float
               ) -> tuple[float | None, float | None, int]:
     """(first, last declaration of failure in seconds, observers that never declared)."""
@@ -548,10 +579,24 @@ BURNER = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile t
 @dataclass
 class RunSettings:
     timeout: float
+    join_timeout: float
     settle: float
+    kills: int
     idle_seconds: float
     load_seconds: float
     load_tail: float
+
+
+def code_version() -> str:
+    """The commit the peer agents run, and whether their code has uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "peer", "membership"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return f"{head or 'unknown'}{' + uncommitted changes in peer/ or membership/' if dirty else ''}"
 
 
 def log_progress(message: str) -> None:
@@ -575,7 +620,7 @@ def run_once(system: System, size: int, rep: int, settings: RunSettings, ports: 
         t0 = time.time()
         for agent in cluster.agents[1:]:
             cluster.start(agent)
-        cluster.log.wait(lambda: cluster.all_up(cluster.agents, cluster.agents), settings.timeout)
+        cluster.log.wait(lambda: cluster.all_up(cluster.agents, cluster.agents), settings.join_timeout)
         events = cluster.log.snapshot()
         result["join_s"] = join_convergence(events, cluster.names, t0)
         ups = [cluster.log.first_line.get(a.name) for a in cluster.agents[1:]]
@@ -597,17 +642,31 @@ def run_once(system: System, size: int, rep: int, settings: RunSettings, ports: 
         cpu_mean, cpu_max, rss = idle_usage(cluster.agents, settings.idle_seconds)
         result.update(idle_cpu_pct=cpu_mean, idle_cpu_pct_max_agent=cpu_max, idle_rss_mb=rss)
 
-        # 3. Crash (SIGKILL) of one agent other than agent 0.
-        victim, leaver = rng.sample(cluster.agents[1:], 2)
-        observers = [a for a in cluster.agents if a is not victim]
-        t_kill = time.time()
-        assert victim.proc is not None
-        os.kill(victim.proc.pid, signal.SIGKILL)
-        victim.running = False
-        cluster.log.wait(lambda: all(cluster.log.view(o.name, victim.name) in (FAILED, LEFT) for o in observers),
-                         settings.timeout)
-        first_s, last_s, missing = detection(cluster.log.snapshot(), victim.name, [o.name for o in observers], t_kill)
-        result.update(killed=victim.name, kill_first_s=first_s, kill_last_s=last_s, kill_undetected=missing)
+        # 3. Crashes (SIGKILL), one after another, of agents other than agent 0.
+        *victims, leaver = rng.sample(cluster.agents[1:], settings.kills + 1)
+        for key in ("killed", "kill_suspect_s", "kill_confirm_s", "kill_first_s", "kill_last_s", "kill_undetected"):
+            result[key] = []
+        for number, victim in enumerate(victims):
+            if number:
+                time.sleep(settings.settle)
+            observers = cluster.running()
+            observers.remove(victim)
+            t_kill = time.time()
+            assert victim.proc is not None
+            os.kill(victim.proc.pid, signal.SIGKILL)
+            victim.running = False
+            cluster.log.wait(lambda: all(cluster.log.view(o.name, victim.name) in (FAILED, LEFT) for o in observers),
+                             settings.timeout)
+            events = cluster.log.snapshot()
+            first_s, last_s, missing = detection(events, victim.name, [o.name for o in observers], t_kill)
+            result["killed"].append(victim.name)
+            suspected_s = first_suspicion(events, victim.name, t_kill)
+            result["kill_suspect_s"].append(suspected_s)
+            result["kill_confirm_s"].append(first_s - suspected_s if first_s is not None and suspected_s is not None
+                                            else None)
+            result["kill_first_s"].append(first_s)
+            result["kill_last_s"].append(last_s)
+            result["kill_undetected"].append(missing)
 
         # 4. Graceful leave of another agent, once the failure's gossip has settled.
         time.sleep(settings.settle)
@@ -641,7 +700,8 @@ def run_once(system: System, size: int, rep: int, settings: RunSettings, ports: 
         result["load_false_failures"] = len(bogus)
         result["load_false_failure_examples"] = [f"{e.observer}: {e.member} at +{e.t - t_load:.1f} s"
                                                  for e in bogus[:5]]
-        result["load_suspect_events"] = sum(e.kind == "suspect" and t_load <= e.t <= t_end for e in events)
+        result["load_members_suspected"] = len({e.member for e in events if e.kind in ("suspect", "probe_failed")
+                                                 and t_load <= e.t <= t_end})
         result["load_views_complete_after"] = cluster.log.wait(lambda: cluster.all_up(running, running), 10.0)
 
         lags = [e.t - e.agent_ts for e in cluster.log.snapshot() if e.agent_ts is not None]
@@ -653,12 +713,15 @@ def run_once(system: System, size: int, rep: int, settings: RunSettings, ports: 
 
 
 def describe(r: dict[str, Any]) -> str:
+    kills = ", ".join(f"{name} {show(s)}/{show(f)}/{show(l)}" for name, s, f, l in
+                      zip(r["killed"], r["kill_suspect_s"], r["kill_first_s"], r["kill_last_s"]))
+    checksums = "" if r["distinct_checksums"] is None else f", {r['distinct_checksums']} distinct checksums"
     return (f"{r['system']:>4} N={r['n']} rep {r['rep']}: join {show(r['join_s'])} s"
-            f" (last agent up {show(r['last_agent_up_s'])} s, API views incomplete {r['api_views_incomplete']}),"
-            f" idle {r['idle_cpu_pct']:.2f} % CPU {r['idle_rss_mb']:.1f} MB,"
-            f" kill {r['killed']}: first {show(r['kill_first_s'])} last {show(r['kill_last_s'])} s,"
+            f" (last agent up {show(r['last_agent_up_s'])} s, API views incomplete {r['api_views_incomplete']}"
+            f"{checksums}), idle {r['idle_cpu_pct']:.2f} % CPU {r['idle_rss_mb']:.1f} MB,"
+            f" kill (suspected/first/last failed s): {kills},"
             f" leave {r['left']}: {show(r['leave_s'])} s ({r['leave_reported_failed']} failed, exit {r['leave_exit_code']}),"
-            f" load: {r['load_false_failures']} false failures, {r['load_suspect_events']} suspect events")
+            f" load: {r['load_false_failures']} false failures, {r['load_members_suspected']} members suspected")
 
 
 # --------------------------------------------------------------------------
@@ -672,11 +735,14 @@ class Figure:
     unit: str
     kind: str = "time"  # time: median/worst of seconds (None = timeout); mean: median/worst; count: total/worst
     target: str = ""  # "le1": peer <= Serf; "le2": peer <= 2 x Serf; "zero": peer total is 0
+    markdown: bool = True  # in the table for BENCHMARKS.md (else in the printed table and the JSON only)
 
 
 FIGURES = [
     Figure("join_s", "join convergence", "s", target="le1"),
     Figure("join_after_up_s", "join from the last agent up", "s"),
+    Figure("kill_suspect_s", "kill -9: first suspicion", "s", markdown=False),
+    Figure("kill_confirm_s", "  then until first failed", "s", markdown=False),
     Figure("kill_first_s", "kill -9: first detection", "s", target="le1"),
     Figure("kill_last_s", "kill -9: last detection", "s", target="le1"),
     Figure("leave_s", "leave: gone for all", "s"),
@@ -691,6 +757,14 @@ def show(value: float | None, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isinf(value)):
         return "timeout"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def samples(runs: list[dict[str, Any]], key: str) -> list[Any]:
+    """Every run's value of a figure; figures measured several times per run (one per kill) are flattened."""
+    out: list[Any] = []
+    for r in runs:
+        out += r[key] if isinstance(r[key], list) else [r[key]]
+    return out
 
 
 def summarize(values: list[Any], figure: Figure) -> dict[str, Any]:
@@ -742,7 +816,11 @@ def cell(figure: Figure, s: dict[str, Any], digits: int) -> str:
 def ratio_cell(figure: Figure, serf: dict[str, Any], peer: dict[str, Any]) -> str:
     if figure.kind == "count":
         return "-"
-    return f"{show(ratio(peer['median'], serf['median']))} / {show(ratio(peer['worst'], serf['worst']))}"
+    def one(which: str) -> str:
+        r = ratio(peer[which], serf[which])
+        return "n/a" if r is None else f"{r:.2f}"
+
+    return f"{one('median')} / {one('worst')}"
 
 
 def digits_for(figure: Figure) -> int:
@@ -773,17 +851,18 @@ def text_report(summary: dict[int, dict[str, dict[str, dict[str, Any]]]], reps: 
 
 
 def markdown_table(summary: dict[int, dict[str, dict[str, dict[str, Any]]]]) -> str:
+    figures = [f for f in FIGURES if f.markdown]
     heads = ["N", "system"] + [
-        f"{f.label}" + (f" ({f.unit}, median / worst)" if f.kind != "count" else " (total)") for f in FIGURES]
-    rows = ["| " + " | ".join(heads) + " |", "| " + " | ".join(["---:", "---"] + ["---:"] * len(FIGURES)) + " |"]
+        f"{f.label}" + (f" ({f.unit}, median / worst)" if f.kind != "count" else " (total)") for f in figures]
+    rows = ["| " + " | ".join(heads) + " |", "| " + " | ".join(["---:", "---"] + ["---:"] * len(figures)) + " |"]
     for size, systems in summary.items():
         for name in ("Serf", "peer"):
             if name in systems:
                 rows.append("| " + " | ".join([str(size), name] + [
-                    cell(f, systems[name][f.key], digits_for(f)) for f in FIGURES]) + " |")
+                    cell(f, systems[name][f.key], digits_for(f)) for f in figures]) + " |")
         if {"Serf", "peer"} <= set(systems):
             rows.append("| " + " | ".join([str(size), "peer / Serf"] + [
-                ratio_cell(f, systems["Serf"][f.key], systems["peer"][f.key]) for f in FIGURES]) + " |")
+                ratio_cell(f, systems["Serf"][f.key], systems["peer"][f.key]) for f in figures]) + " |")
     return "\n".join(rows)
 
 
@@ -812,17 +891,24 @@ def main() -> None:
                         help="also count failures this long after the load ends (default 10)")
     parser.add_argument("--settle", type=float, default=2.0,
                         help="pause after convergence, after the detection of the kill and after the leave")
-    parser.add_argument("--timeout", type=float, default=60.0, help="bound of every wait (default 60 s)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="bound of every other wait (default 60 s)")
+    parser.add_argument("--join-timeout", type=float, default=120.0,
+                        help="bound of the wait for join convergence (default 120 s: two of Serf's push-pull"
+                             " periods up to 64 members, so that a member Serf left missing is still timed)")
     parser.add_argument("--systems", default="serf,peer", help="serf, peer or both (default)")
     parser.add_argument("--serf", default="serf", help="the serf binary")
     parser.add_argument("--python", default=sys.executable, help="the Python that runs `-m peer agent`")
+    parser.add_argument("--kills", type=int, default=2,
+                        help="agents killed one after another in each run (default 2): detection times vary by"
+                             " seconds with the luck of the probe order, so each run gives this many samples")
     parser.add_argument("--seed", type=int, default=1, help="picks which agents are killed and leave")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     parser.add_argument("--keep-logs", action="store_true", help="keep every agent's output (path printed)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    if min(sizes) < 3 or args.reps < 1:
-        parser.error("sizes must be >= 3 (one agent is killed, another leaves) and --reps >= 1")
+    if args.kills < 1 or min(sizes) < args.kills + 3 or args.reps < 1:
+        parser.error("need --kills >= 1, --reps >= 1 and sizes >= kills + 3 (agent 0 stays, the killed ones,"
+                     " one leaves, one observes)")
 
     wanted = {s.strip().lower() for s in args.systems.split(",")}
     systems: list[System] = []
@@ -838,12 +924,14 @@ def main() -> None:
     if not systems:
         raise SystemExit("nothing to run")
     ports = {"Serf": PortRange(17000, 27000), "peer": PortRange(27000, 32768)}
-    settings = RunSettings(args.timeout, args.settle, args.idle_seconds, args.load_seconds, args.load_tail)
+    settings = RunSettings(args.timeout, args.join_timeout, args.settle, args.kills, args.idle_seconds, args.load_seconds,
+                           args.load_tail)
     rng = random.Random(args.seed)
     log_dir = Path(tempfile.mkdtemp(prefix="serf_compare-"))
     procs = Processes()
     runs: list[dict[str, Any]] = []
     started = time.monotonic()
+    version = code_version()
 
     def on_sigterm(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -872,14 +960,15 @@ def main() -> None:
     for size in sizes:
         for system in systems:
             mine = [r for r in runs if r["n"] == size and r["system"] == system.name]
-            summary.setdefault(size, {})[system.name] = {f.key: summarize([r[f.key] for r in mine], f)
+            summary.setdefault(size, {})[system.name] = {f.key: summarize(samples(mine, f.key), f)
                                                          for f in FIGURES}
     markdown = markdown_table(summary)
     targets = targets_report(summary)
     wall = time.monotonic() - started
     command = "python bench/serf_compare.py " + " ".join(sys.argv[1:])
     if args.json:
-        print(json.dumps({"command": command.strip(), "sizes": sizes, "reps": args.reps, "settings": vars(settings),
+        print(json.dumps({"command": command.strip(), "peer_code": version, "serf": Serf(args.serf).version(),
+                          "sizes": sizes, "reps": args.reps, "settings": vars(settings),
                           "serf_leave": Serf.leave_how, "peer_leave": Peer.leave_how, "notes": notes,
                           "runs": runs, "summary": {str(k): v for k, v in summary.items()}, "targets": targets,
                           "markdown": markdown, "wall_seconds": round(wall, 1)}, indent=2))
@@ -887,6 +976,7 @@ def main() -> None:
     print(f"{command.strip()}   ({wall / 60:.1f} min; loopback, {os.cpu_count()} cores; Serf leave by "
           f"{Serf.leave_how}, peer by {Peer.leave_how}; idle window {args.idle_seconds:g} s; load: 2 busy loops "
           f"for {args.load_seconds:g} s, failures counted until {args.load_tail:g} s after)")
+    print(f"peer code: {version}; serf: {Serf(args.serf).version()}")
     for note in notes:
         print(note)
     print(text_report(summary, args.reps))
