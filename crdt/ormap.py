@@ -282,10 +282,15 @@ class ORMap:
     ) -> list[str]:
         changed = []
         my_context = self.context
+        store = self._store
         for key in keys:
-            mine = self._store.get(key, {})
+            mine = store.get(key)
             theirs = entries.get(key, {})
-            joined = join_registers(mine, my_context, theirs, context)
+            if mine is None:  # the common case of a catch-up: a key new to us
+                mine = {}
+                joined = {dot: register for dot, register in theirs.items() if dot not in my_context}
+            else:
+                joined = join_registers(mine, my_context, theirs, context)
             for dot, register in list(joined.items()):
                 if dot not in mine:
                     my_context.add(dot)
@@ -314,7 +319,7 @@ class ORMap:
             self._positions[key] = position
             for dot in registers:
                 self._dot_keys[dot] = key
-            expires = winner(registers).expires
+            expires = (next(iter(registers.values())) if len(registers) == 1 else winner(registers)).expires
             if expires is not None:
                 heapq.heappush(self._expiry, (expires, key))
         else:

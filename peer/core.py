@@ -181,7 +181,8 @@ class NodeCore:
         self.replicator.set_peers(peers)
         if self._alone and peers:
             # We just found the cluster (booted, restarted, or back from
-            # isolation): catch up from one member now. Only the newcomer
-            # asks, so its state crosses the network once, not once per member.
-            self.replicator.sync_with_some(1)
+            # isolation): catch up from one member now. Only nodes that were
+            # alone ask, so a newcomer's state crosses the network once, not
+            # once per member.
+            self.replicator.catch_up(self._now)
         self._alone = not peers

@@ -64,7 +64,7 @@ CHUNK_KEYS = 256
 @attrs.frozen
 class ReplicationConfig:
     sync_interval: float = 10.0  # digest comparison with one random member
-    sync_after_join: float = 0.5  # ... and this soon with a member that joins
+    catch_up_jitter: float = 0.1  # a node that finds the cluster syncs within this, unless synced with first
     settle_count: int = 16  # exchange entries once a differing node holds this few (both sides)
     chunk_bytes: int = 60_000  # bound on one SyncEntries or answer
     gossip_max_bytes: int = 1_000  # larger deltas wait for a sync
@@ -114,6 +114,8 @@ class Replicator:
         self._gossip: BroadcastQueue[DeltaGossip] = BroadcastQueue()
         self._effects: list[Send] = []
         self._timers: Timers[str] = Timers()
+        self._syncs_received = 0  # sync messages received, to tell whether a peer synced with us
+        self._catch_up_mark = 0
         self._timers.schedule("sync", now + rng.uniform(0.5, 1.0) * config.sync_interval)
         self._timers.schedule("expire", now + config.expire_interval)
 
@@ -123,6 +125,8 @@ class Replicator:
         if message.map not in self.maps:
             self.stats.malformed += 1
             return
+        if not isinstance(message, DeltaGossip):
+            self._syncs_received += 1
         if isinstance(message, DeltaGossip):
             self._on_delta(wall_ms, message.map, message.delta)
         elif isinstance(message, SyncProbe):
@@ -135,6 +139,9 @@ class Replicator:
             if key == "sync":
                 self._timers.schedule("sync", now + self._rng.uniform(0.75, 1.25) * self.config.sync_interval)
                 if self._peers:
+                    self._start_sync(self._rng.choice(self._peers))
+            elif key == "catch_up":
+                if self._syncs_received == self._catch_up_mark and self._peers:
                     self._start_sync(self._rng.choice(self._peers))
             elif key == "expire":
                 self._timers.schedule("expire", now + self.config.expire_interval)
@@ -154,6 +161,14 @@ class Replicator:
     def sync_with(self, peer: Address) -> None:
         """Compare digests with ``peer`` now (a member that just joined)."""
         self._start_sync(peer)
+
+    def catch_up(self, now: float) -> None:
+        """We just found the cluster: compare digests with one member soon,
+        unless a member starts a sync with us first. (Two nodes that find
+        each other both call this; one exchange serves both, and a full
+        state then crosses the network once, not twice.)"""
+        self._catch_up_mark = self._syncs_received
+        self._timers.schedule("catch_up", now + self._rng.uniform(0, self.config.catch_up_jitter))
 
     def sync_with_some(self, count: int) -> None:
         """Compare digests with up to ``count`` random peers now (pushing our

@@ -97,6 +97,8 @@ async def test_replicated_map_over_real_sockets() -> None:
         await wait_until(lambda: b.get("data", "fresh") == "gossiped" and a.get("data", "key-7") is None)
         assert a.core.replicator.map("data").root() == b.core.replicator.map("data").root()
         status = await trio.to_thread.run_sync(call, a.api_address, "/status")
-        assert status["replication"]["writes"] == 301 and status["replication"]["syncs_started"] >= 1
+        assert status["replication"]["writes"] == 301
+        # Both found the cluster; one asks for a sync (the other, synced with first, usually does not).
+        assert status["replication"]["syncs_started"] + b.core.replicator.stats.syncs_started >= 1
         await b.leave()
         await a.leave()
