@@ -17,9 +17,9 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from crdt.hlc import Timestamp
 from crdt.messages import MESSAGE_TYPES as REPLICATION_TYPES
 from crdt.ormap import Register
-from crdt.hlc import Timestamp
 from membership.config import MembershipConfig
 from membership.core import Membership
 from membership.effects import Effect, Event

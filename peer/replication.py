@@ -221,7 +221,8 @@ class Replicator:
         message = DeltaGossip(map_name, delta)
         size = wire_size(message)
         if size > self.config.gossip_max_bytes:
-            self.stats.deltas_too_big += 0 if relayed else 1
+            if not relayed:
+                self.stats.deltas_too_big += 1
             return
         if relayed:
             self.stats.deltas_relayed += 1

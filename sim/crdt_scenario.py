@@ -113,7 +113,7 @@ class CrdtRun(MembershipRun):
 
     def _poll(self) -> None:
         self.sim.at(self.sim.now + POLL_INTERVAL, self._poll)
-        cores = [_node_core(node.core) for node in self.nodes if node.life is Life.UP and node.core is not None]
+        cores = self._running_cores()
         roots = {core.replicator.map(MAP).root() for core in cores}
         if len(roots) == 1 and cores:
             if self._roots_equal_since is None:
@@ -124,6 +124,9 @@ class CrdtRun(MembershipRun):
             self._max_state_bytes = max(self._max_state_bytes, _state_bytes(core))
         if self.scenario.ttl is not None and round(self.sim.now / POLL_INTERVAL) % 4 == 0:
             self._check_expiry()
+
+    def _running_cores(self) -> list[NodeCore]:
+        return [_node_core(node.core) for node in self.nodes if node.life is Life.UP and node.core is not None]
 
     def _wall_ms_now(self) -> int:
         return int(self.nodes[0].clock.wall(self.sim.now) * 1000)
@@ -150,9 +153,9 @@ class CrdtRun(MembershipRun):
             default=0.0,
         )
         disturbance = max(self._last_write, self._last_disturbance, min(last_expiry, self.sim.now))
-        cores = [_node_core(node.core) for node in self.nodes if node.life is Life.UP and node.core is not None]
+        cores = self._running_cores()
         final = cores[0].replicator.map(MAP) if cores else None
-        wall_ms = int(self.nodes[0].clock.wall(self.sim.now) * 1000)
+        wall_ms = self._wall_ms_now()
         lost = 0
         newest: dict[str, _Write] = {}
         for write in self._writes:
