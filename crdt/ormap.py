@@ -22,7 +22,10 @@ in any way, any number of times, end equal.
 
 Concurrent writes leave several registers under a key; a read returns the
 one with the greatest HLC timestamp (node id breaks ties), so every replica
-reads the same value, and the next write replaces them all.
+reads the same value, and the next write replaces them all. A map may be
+given another precedence, any total order on registers (``Precedence``):
+the runs map ranks a finished run above a concurrent claim whatever their
+timestamps (``peer.runs``).
 
 Expiry: a register may carry an expiry in HLC wall time. A key whose winning
 register has expired reads as absent, and ``expire(now)`` drops its
@@ -42,7 +45,7 @@ decide removals, and record only the dots they adopt or drop.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import attrs
@@ -104,8 +107,16 @@ def join_registers(mine: Registers, my_context: CausalContext, theirs: Registers
     return joined
 
 
-def winner(registers: Registers) -> Register:
-    return max(registers.values(), key=lambda register: register.ts)
+# A total order on registers: the read value of a key is the greatest.
+Precedence = Callable[[Register], Any]
+
+
+def by_timestamp(register: Register) -> Timestamp:
+    return register.ts
+
+
+def winner(registers: Registers, precedence: Precedence = by_timestamp) -> Register:
+    return max(registers.values(), key=precedence)
 
 
 def entry_hash(key: str, registers: Registers) -> tuple[int, int]:
@@ -147,8 +158,9 @@ def check_entry(key: str, value: Any) -> Any:
 
 
 class ORMap:
-    def __init__(self, replica: str) -> None:
+    def __init__(self, replica: str, precedence: Precedence = by_timestamp) -> None:
         self.replica = replica
+        self.precedence = precedence
         self.context = CausalContext()
         self._store: dict[str, Registers] = {}
         self._dot_keys: dict[Dot, str] = {}
@@ -166,12 +178,12 @@ class ORMap:
         registers = self._store.get(key)
         if not registers:
             return None
-        register = winner(registers)
+        register = winner(registers, self.precedence)
         return None if register.expired(now_ms) else register
 
     def items(self, now_ms: int) -> Iterator[tuple[str, Register]]:
         for key, registers in self._store.items():
-            register = winner(registers)
+            register = winner(registers, self.precedence)
             if not register.expired(now_ms):
                 yield key, register
 
@@ -257,17 +269,17 @@ class ORMap:
         the ones it had along with that context."""
         self.context.merge(context)
 
-    def expire(self, now_ms: int) -> int:
-        """Drop keys whose winning register has expired; how many."""
-        dropped = 0
+    def expire(self, now_ms: int) -> list[str]:
+        """Drop keys whose winning register has expired; which."""
+        dropped = []
         heap = self._expiry
         while heap and heap[0][0] <= now_ms:
             _, key = heapq.heappop(heap)
             registers = self._store.get(key)
-            if registers and winner(registers).expired(now_ms):
+            if registers and winner(registers, self.precedence).expired(now_ms):
                 self._set(key, {})
-                dropped += 1
-        self.expired += dropped
+                dropped.append(key)
+        self.expired += len(dropped)
         return dropped
 
     # -- the one place that changes the store -----------------------------------
@@ -319,7 +331,7 @@ class ORMap:
             self._positions[key] = position
             for dot in registers:
                 self._dot_keys[dot] = key
-            expires = (next(iter(registers.values())) if len(registers) == 1 else winner(registers)).expires
+            expires = (next(iter(registers.values())) if len(registers) == 1 else winner(registers, self.precedence)).expires
             if expires is not None:
                 heapq.heappush(self._expiry, (expires, key))
         else:

@@ -202,7 +202,7 @@ def test_expired_entries_vanish_everywhere_and_never_come_back() -> None:
         replica.merge(delta, 1_000)
         replica.merge(kept, 1_000)
     assert b.get("run-1", 60_999) is not None and b.get("run-1", 61_000) is None  # read: gone at expiry
-    assert a.expire(61_000) == 1 and b.expire(61_000) == 1 and len(a) == len(b) == 1
+    assert len(a.expire(61_000)) == 1 and len(b.expire(61_000)) == 1 and len(a) == len(b) == 1
     # The laggard was away (its clock stopped); it comes back holding the entry.
     assert laggard.get("run-1", 50_000) is not None
     a.merge(laggard.state(), 70_000)  # its stale state cannot resurrect the entry
