@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -46,7 +46,7 @@ from crdt.context import CausalContext
 from crdt.digest import DEPTH, ROOT, Node, children
 from crdt.hlc import HLC, ClockDrift, Timestamp
 from crdt.messages import DeltaGossip, ReplicationMessage, SyncEntries, SyncProbe, wire_size
-from crdt.ormap import Delta, ORMap, Register, Registers
+from crdt.ormap import Delta, ORMap, Precedence, Register, Registers, by_timestamp
 from membership.broadcast import BroadcastQueue
 from membership.effects import Send
 from membership.state import Address
@@ -65,6 +65,8 @@ CHUNK_KEYS = 256
 class ReplicationConfig:
     sync_interval: float = 10.0  # digest comparison with one random member
     catch_up_jitter: float = 0.1  # a node that finds the cluster syncs within this, unless synced with first
+    catch_up_retry: float = 2.0  # then again this much later while a map matches no one's...
+    catch_up_attempts: int = 3  # ...up to this many exchanges in all
     settle_count: int = 16  # exchange entries once a differing node holds this few (both sides)
     chunk_bytes: int = 60_000  # bound on one SyncEntries or answer
     gossip_max_bytes: int = 1_000  # larger deltas wait for a sync
@@ -100,6 +102,8 @@ class Replicator:
         maps: Sequence[str],
         rng: random.Random,
         now: float,
+        precedence: Mapping[str, Precedence] | None = None,
+        watch: Iterable[str] = (),
     ) -> None:
         self.addr = addr
         self.replica = replica
@@ -108,7 +112,12 @@ class Replicator:
         self.stats = ReplicationStats()
         # The maps are declared up front: every sync compares all of them, and
         # a peer cannot make us create others.
-        self.maps: dict[str, ORMap] = {name: ORMap(replica) for name in maps}
+        precedence = precedence or {}
+        self.maps: dict[str, ORMap] = {name: ORMap(replica, precedence.get(name, by_timestamp)) for name in maps}
+        # Keys changed in the watched maps (by anyone, expiry included) since
+        # the application last took them: how the scheduler learns of news
+        # without scanning its maps.
+        self._changes: dict[str, set[str]] = {name: set() for name in watch}
         self._rng = rng
         self._peers: list[Address] = []
         self._gossip: BroadcastQueue[DeltaGossip] = BroadcastQueue()
@@ -116,6 +125,9 @@ class Replicator:
         self._timers: Timers[str] = Timers()
         self._syncs_received = 0  # sync messages received, to tell whether a peer synced with us
         self._catch_up_mark = 0
+        self._catch_up_left = 0
+        # Maps whose digest root has matched a peer's at least once: caught up.
+        self.in_sync: set[str] = set()
         self._timers.schedule("sync", now + rng.uniform(0.5, 1.0) * config.sync_interval)
         self._timers.schedule("expire", now + config.expire_interval)
 
@@ -142,7 +154,17 @@ class Replicator:
                     self._start_sync(self._rng.choice(self._peers))
             elif key == "catch_up":
                 if self._syncs_received == self._catch_up_mark and self._peers:
-                    self._start_sync(self._rng.choice(self._peers))
+                    self._start_sync(self._rng.choice(self._peers), reliable=True)
+                self._catch_up_left = self.config.catch_up_attempts - 1
+                self._timers.schedule("catch_up_again", now + self.config.catch_up_retry)
+            elif key == "catch_up_again":
+                # One exchange may have been lost, or been with a member as
+                # new as we are: while a map has not matched anyone's, ask
+                # another member.
+                if self._catch_up_left > 0 and self._peers and set(self.maps) - self.in_sync:
+                    self._catch_up_left -= 1
+                    self._start_sync(self._rng.choice(self._peers), reliable=True)
+                    self._timers.schedule("catch_up_again", now + self.config.catch_up_retry)
             elif key == "expire":
                 self._timers.schedule("expire", now + self.config.expire_interval)
                 self._expire(wall_ms)
@@ -186,6 +208,13 @@ class Replicator:
 
     # -- the application's interface ----------------------------------------------
 
+    def take_changes(self) -> dict[str, set[str]]:
+        """The keys of each watched map changed since the last call."""
+        changes = {name: keys for name, keys in self._changes.items() if keys}
+        for name in changes:
+            self._changes[name] = set()
+        return changes
+
     def map(self, name: str) -> ORMap:
         """A declared map; ``KeyError`` for any other name."""
         return self.maps[name]
@@ -194,6 +223,7 @@ class Replicator:
         stamp = self.hlc.now(wall_ms)
         expires = None if ttl is None else stamp.wall + math.ceil(ttl * 1000)
         delta = self.map(map_name).put(key, value, stamp, expires=expires)
+        self._note_changes(map_name, (key,))
         self.stats.writes += 1
         self._gossip_delta(map_name, key, delta)
         return stamp
@@ -202,6 +232,7 @@ class Replicator:
         delta = self.map(map_name).remove(key)
         if delta is None:
             return False
+        self._note_changes(map_name, (key,))
         self.stats.writes += 1
         self._gossip_delta(map_name, key, delta)
         return True
@@ -235,6 +266,7 @@ class Replicator:
         delta = self._admit(wall_ms, delta.entries, delta.context)
         changed = self.map(map_name).merge(delta, self.hlc.peek(wall_ms))
         self.stats.keys_changed += len(changed)
+        self._note_changes(map_name, changed)
         if len(delta.entries) == 1 and changed:
             # News to us is likely news to others: pass it on, as SWIM does
             # with claims, so it spreads as an epidemic rather than only from
@@ -282,19 +314,20 @@ class Replicator:
 
     # -- digest sync -------------------------------------------------------------------
 
-    def _start_sync(self, peer: Address) -> None:
+    def _start_sync(self, peer: Address, *, reliable: bool = False) -> None:
         self.stats.syncs_started += 1
         for name, replica_map in sorted(self.maps.items()):
             probe = SyncProbe(
                 name, self.addr, ROOT, tuple(replica_map.tree.children_summary(ROOT)), replica_map.context.copy(), True
             )
-            self._send(peer, [probe])
+            self._send(peer, [probe], reliable)
 
     def _on_probe(self, wall_ms: int, probe: SyncProbe) -> None:
         replica_map = self.map(probe.map)
         mine = replica_map.tree.children_summary(probe.node)
         if probe.node == ROOT and mine == list(probe.children):
             self.stats.syncs_in_sync += 1
+            self.in_sync.add(probe.map)
             if probe.context is not None:
                 replica_map.merge_context(probe.context)
             if probe.echo:
@@ -354,6 +387,7 @@ class Replicator:
             self.stats.malformed += 1
             return
         self.stats.keys_changed += len(changed)
+        self._note_changes(message.map, changed)
         self._relay_changes(message.map, changed)
         self._answer(message, replica_map)
 
@@ -388,8 +422,15 @@ class Replicator:
 
     def _expire(self, wall_ms: int) -> None:
         now_ms = self.hlc.peek(wall_ms)
-        for replica_map in self.maps.values():
-            self.stats.expired += replica_map.expire(now_ms)
+        for name, replica_map in self.maps.items():
+            dropped = replica_map.expire(now_ms)
+            self.stats.expired += len(dropped)
+            self._note_changes(name, dropped)
+
+    def _note_changes(self, map_name: str, keys: Iterable[str]) -> None:
+        watched = self._changes.get(map_name)
+        if watched is not None:
+            watched.update(keys)
 
     def _send(self, dst: Address, messages: list[Any], reliable: bool = False) -> None:
         if not reliable and sum(wire_size(m) for m in messages) > self.config.gossip_max_bytes:
