@@ -1,20 +1,22 @@
 """One node's protocols behind one sans-IO interface.
 
-``NodeCore`` composes the membership core and the replication core (and,
-later, the scheduler) so a driver, the trio runtime or the simulator,
-drives one object: ``receive``, ``tick``, ``next_deadline``,
-``take_effects``. It routes each message by its type, keeps the replication
-layer's peers equal to the live members, lets replication deltas ride on
-membership packets, starts a digest sync with one member as soon as it finds
-the cluster (how a new or restarted node catches up), and pushes state to a
-few members when leaving. Time comes in as ``now`` (monotonic seconds) and, for the hybrid
+``NodeCore`` composes the membership core, the replication core and (when
+given a ``SchedulerConfig``) the scheduler, so a driver, the trio runtime
+or the simulator, drives one object: ``receive``, ``tick``,
+``next_deadline``, ``take_effects``. It routes each message by its type,
+keeps the replication layer's peers equal to the live members, lets
+replication deltas ride on membership packets, starts a digest sync with
+one member as soon as it finds the cluster (how a new or restarted node
+catches up), feeds the scheduler the view and the changes to its maps,
+publishes the scheduler's role in the membership metadata, and leaves in
+two steps: drain the scheduler, then push state to a few members and leave. Time comes in as ``now`` (monotonic seconds) and, for the hybrid
 logical clock, from the injected ``wall_clock`` (seconds since the epoch).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from crdt.hlc import Timestamp
@@ -25,6 +27,9 @@ from membership.core import Membership
 from membership.effects import Effect, Event
 from membership.state import Address, EventKind, Member
 from peer.replication import ReplicationConfig, Replicator
+from peer.runs import precedence
+from peer.scheduler import MAPS as SCHEDULER_MAPS
+from peer.scheduler import JOBS, RUNS, Scheduler, SchedulerConfig, SchedulerEffect
 
 # Members a leaving node pushes its state to.
 LEAVE_PUSH_PEERS = 2
@@ -41,20 +46,36 @@ class NodeCore:
         membership_config: MembershipConfig,
         replication_config: ReplicationConfig,
         *,
-        maps: Sequence[str],
+        maps: Sequence[str] = (),
         rng: random.Random,
         now: float,
         wall_clock: Callable[[], float],
         incarnation: int = 1,
         meta: bytes = b"",
+        scheduler: SchedulerConfig | None = None,
     ) -> None:
         self.name = name
         self._wall_clock = wall_clock
+        if scheduler is not None:
+            maps = [*SCHEDULER_MAPS, *(m for m in maps if m not in SCHEDULER_MAPS)]
         # A replica id per life: a restarted node's new writes never reuse
         # the dots of its previous life.
         self.replicator = Replicator(
-            addr, f"{name}#{incarnation}", replication_config, maps=maps, rng=random.Random(rng.getrandbits(64)), now=now
+            addr,
+            f"{name}#{incarnation}",
+            replication_config,
+            maps=maps,
+            rng=random.Random(rng.getrandbits(64)),
+            now=now,
+            precedence={RUNS: precedence} if scheduler is not None else None,
+            watch=SCHEDULER_MAPS if scheduler is not None else (),
         )
+        self.scheduler: Scheduler | None = None
+        if scheduler is not None:
+            self.scheduler = Scheduler(
+                name, scheduler, _Maps(self), rng=random.Random(rng.getrandbits(64)), wall_ms=self.wall_ms()
+            )
+            meta = self.scheduler.role.meta
         self.membership = Membership(
             name, addr, membership_config, rng=rng, now=now, incarnation=incarnation, meta=meta, piggyback=self.replicator
         )
@@ -64,6 +85,8 @@ class NodeCore:
         self._lives: dict[str, int] = {}  # member -> incarnation last seen live
         self._peers_version = -1
         self._alone = True
+        self._leave_requested = False
+        self._view_version = -1
         self._sync_peers()
 
     # -- the driver's interface ---------------------------------------------------
@@ -71,20 +94,28 @@ class NodeCore:
     def receive(self, now: float, src: Address, message: Any, reliable: bool = False) -> None:
         self._now = now
         if type(message).TAG in REPLICATION_TYPES:
-            self.replicator.receive(now, self._wall_ms(), message)
+            self.replicator.receive(now, self.wall_ms(), message)
         else:
             self.membership.receive(now, src, message, reliable)
 
     def tick(self, now: float) -> None:
         self._now = now
         self.membership.tick(now)
-        self.replicator.tick(now, self._wall_ms())
+        self.replicator.tick(now, self.wall_ms())
+        self._drive_scheduler()
 
     def next_deadline(self) -> float:
-        return min(self.membership.next_deadline(), self.replicator.next_deadline())
+        deadline = min(self.membership.next_deadline(), self.replicator.next_deadline())
+        if self.scheduler is not None:
+            # The scheduler keeps wall time (ticks are wall-clock times).
+            wall_ms = self.wall_ms()
+            deadline = min(deadline, self._now + max(0, self.scheduler.next_deadline() - wall_ms) / 1000)
+        return deadline
 
-    def take_effects(self) -> list[Effect]:
-        effects = self.membership.take_effects()
+    def take_effects(self) -> list[Effect | SchedulerEffect]:
+        self._drive_scheduler()
+        effects: list[Effect | SchedulerEffect] = []
+        effects.extend(self.membership.take_effects())
         self._sync_peers()
         returned = [e.member for e in effects if isinstance(e, Event) and self._returned(e)]
         if returned and self._now >= self._next_prompt_sync:
@@ -95,6 +126,8 @@ class NodeCore:
             self._next_prompt_sync = self._now + self.replicator.config.sync_interval / 2
             self.replicator.sync_with(self._rng.choice(returned).addr)
         effects.extend(self.replicator.take_effects())
+        if self.scheduler is not None:
+            effects.extend(self.scheduler.take_effects())
         return effects
 
     def _returned(self, event: Event) -> bool:
@@ -116,10 +149,34 @@ class NodeCore:
         self.membership.join(now, seeds)
 
     def leave(self, now: float) -> None:
-        """Leave gracefully, first pushing our state to a few members so that
-        nothing written here is lost with us."""
-        self.replicator.sync_with_some(LEAVE_PUSH_PEERS)
-        self.membership.leave(now)
+        """Leave gracefully: let the scheduler hand its work over, then push
+        our state to a few members, so that nothing written here is lost
+        with us, and leave."""
+        self._now = now
+        self._leave_requested = True
+        if self.scheduler is not None:
+            self.scheduler.drain(self.wall_ms())
+        self._drive_scheduler()
+
+    def _drive_scheduler(self) -> None:
+        """Bring the scheduler up to date: the view, changes to its maps,
+        its timers; publish its role; leave once it has drained."""
+        scheduler = self.scheduler
+        if scheduler is not None:
+            wall_ms = self.wall_ms()
+            if self.membership.version != self._view_version:
+                self._view_version = self.membership.version
+                scheduler.set_view(wall_ms, self.membership.members())
+            changes = self.replicator.take_changes()
+            if changes:
+                scheduler.on_changes(wall_ms, changes)
+            scheduler.tick(wall_ms, caught_up=self._alone or JOBS in self.replicator.in_sync)
+            me = self.membership.member(self.name)
+            if me is not None and not self.membership.leaving and me.meta != scheduler.role.meta:
+                self.membership.set_meta(self._now, scheduler.role.meta)
+        if self._leave_requested and not self.membership.leaving and (scheduler is None or scheduler.drained):
+            self.replicator.sync_with_some(LEAVE_PUSH_PEERS)
+            self.membership.leave(self._now)
 
     def set_meta(self, now: float, meta: bytes) -> None:
         self.membership.set_meta(now, meta)
@@ -127,17 +184,17 @@ class NodeCore:
     # -- replicated maps -----------------------------------------------------------------
 
     def put(self, now: float, map_name: str, key: str, value: Any, *, ttl: float | None = None) -> Timestamp:
-        stamp = self.replicator.put(self._wall_ms(), map_name, key, value, ttl=ttl)
+        stamp = self.replicator.put(self.wall_ms(), map_name, key, value, ttl=ttl)
         self.membership.gossip_soon(now)
         return stamp
 
     def remove(self, now: float, map_name: str, key: str) -> bool:
-        removed = self.replicator.remove(self._wall_ms(), map_name, key)
+        removed = self.replicator.remove(self.wall_ms(), map_name, key)
         self.membership.gossip_soon(now)
         return removed
 
     def get(self, map_name: str, key: str) -> Register | None:
-        return self.replicator.get(self._wall_ms(), map_name, key)
+        return self.replicator.get(self.wall_ms(), map_name, key)
 
     # -- the membership view, for drivers and observers ---------------------------------
 
@@ -159,7 +216,7 @@ class NodeCore:
 
     @property
     def leaving(self) -> bool:
-        return self.membership.leaving
+        return self._leave_requested or self.membership.leaving
 
     @property
     def leave_complete(self) -> bool:
@@ -168,10 +225,12 @@ class NodeCore:
     def live_members(self) -> list[Member]:
         return self.membership.live_members()
 
-    # -- internals -------------------------------------------------------------------------
-
-    def _wall_ms(self) -> int:
+    def wall_ms(self) -> int:
+        """Wall-clock time, epoch milliseconds: what the maps and the
+        scheduler go by."""
         return int(self._wall_clock() * 1000)
+
+    # -- internals -------------------------------------------------------------------------
 
     def _sync_peers(self) -> None:
         if self.membership.version == self._peers_version:
@@ -186,3 +245,23 @@ class NodeCore:
             # once per member.
             self.replicator.catch_up(self._now)
         self._alone = not peers
+
+
+class _Maps:
+    """The replicated maps as the scheduler sees them (``scheduler.Store``):
+    writes go through the node, so they are gossiped soon."""
+
+    def __init__(self, core: NodeCore) -> None:
+        self._core = core
+
+    def put(self, map_name: str, key: str, value: Any, *, ttl: float | None = None) -> Timestamp:
+        return self._core.put(self._core._now, map_name, key, value, ttl=ttl)
+
+    def remove(self, map_name: str, key: str) -> bool:
+        return self._core.remove(self._core._now, map_name, key)
+
+    def get(self, map_name: str, key: str) -> Register | None:
+        return self._core.get(map_name, key)
+
+    def items(self, map_name: str) -> Iterator[tuple[str, Register]]:
+        return self._core.replicator.map(map_name).items(self._core.replicator.hlc.peek(self._core.wall_ms()))

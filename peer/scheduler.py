@@ -1,0 +1,841 @@
+"""The scheduler: which node runs what, and when. A sans-IO core.
+
+Theory of operation
+-------------------
+Three replicated maps hold everything (``peer.replication``): ``jobs`` (job
+id -> definition and the time it took effect), ``runs`` (run id -> record,
+``peer.runs``) and ``updates`` (data sent to running runs). Every node
+holds all three, so every node can answer for every job and run, and a
+node's death loses nothing that reached one other node.
+
+Ownership. A node is *eligible* to own work when it is live and says it is
+``ready`` in its membership metadata: a node first spends ``settle``
+seconds ``starting`` (catching up the maps, so it does not re-run what it has
+not heard of yet) and says ``draining`` when leaving. Cron jobs in mode
+``one`` are placed on the eligible nodes with bounded-load consistent
+hashing (``peer.ring``); a submitted run goes to its run id's owner on the
+ring; a run of a job in mode ``all`` belongs to its node. Every node
+computes the same owners from the same view, so no leader hands work out.
+
+Ticks. An owner walks each owned job's schedule with a cursor. A tick that
+already has a record was handled (by us or a previous owner); otherwise the
+owner applies the job's policies: late by more than its grace, it is a
+misfire (``skip``: recorded ``missed``; ``once``: only the last of a
+backlog runs; ``all``: every one runs); with a previous run still going, the
+overlap policy (``allow`` runs both; ``forbid`` records ``skipped``;
+``replace`` cancels the old one). When a node gains a job its cursor starts
+back at ``max(the job's start, now - result TTL)``: ticks whose records
+could still be seen are checked, so a tick its previous owner never reached
+runs late rather than never.
+
+Claims and conflicts. To run a tick or a pending run the owner writes a
+``running`` record (the claim) and starts it. Two nodes with different
+views may both claim; the runs map's precedence picks the same winner on
+every node and the loser cancels (``peer.runs``). Duplicates are possible
+only across a membership change and are counted, never hidden.
+
+Failover. Every ``scan_interval`` (and on each view change) a node looks
+at the unfinished runs: a ``running`` record whose owner has failed (dead,
+left, or unknown) is re-run by the run's current owner as attempt + 1,
+up to ``max_failovers`` times beyond the job's retries, then recorded
+``lost``; a due ``pending`` record (a submit, a retry after its backoff, a
+hand-back) is claimed by its owner.
+
+Handoff. ``drain`` makes the node ``draining``: it leaves the ring (others
+take its jobs at once), claims nothing new, lets its running runs finish
+for up to ``drain_timeout``, then cancels them and hands each back as a
+``pending`` record for its next owner. ``drained`` tells the node it may
+push its state and leave.
+
+Time: ``wall_ms`` (epoch milliseconds) for everything the cluster shares
+(ticks, records); all of it is injected, as is randomness.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import logging
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+import attrs
+import msgpack
+
+from crdt.hlc import Timestamp
+from crdt.ormap import Register
+from membership.state import Member, Status
+from peer.jobdef import JobError, JobSpec
+from peer.ring import Ring
+from peer.runs import (
+    MAX_ERROR_CHARS,
+    MAX_PROGRESS_BYTES,
+    RunRecord,
+    RunState,
+    run_of_update,
+    submitted_run_id,
+    tick_run_id,
+    update_key,
+)
+
+log = logging.getLogger(__name__)
+
+JOBS, RUNS, UPDATES = "jobs", "runs", "updates"
+# At most one new ring per this many milliseconds.
+RING_REBUILD_MS = 100
+# How long a finished run of a job no longer defined stays readable.
+DEFAULT_RESULT_TTL = 600.0
+MAPS = (JOBS, RUNS, UPDATES)
+
+
+class Role(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+
+    @property
+    def meta(self) -> bytes:
+        """How the role travels in membership metadata."""
+        return self.value.encode()
+
+
+@attrs.frozen
+class SchedulerConfig:
+    settle: float = 2.0  # seconds a new node catches up before owning work...
+    settle_max: float = 10.0  # ...and at most this long while its jobs map matches no member's
+    drain_timeout: float = 30.0  # seconds a leaving node lets its runs finish
+    scan_interval: float = 1.0  # seconds between looks for orphaned and pending runs
+    progress_interval: float = 0.5  # at most one progress write per run this often
+    max_failovers: int = 3  # re-runs after owner failures, beyond the job's retries
+    catch_up_limit: int = 1000  # ticks per job handled in one go
+    update_ttl: float = 3600.0  # seconds an update sent to a run is kept
+    unfinished_ttl: float = 86400.0  # seconds an unfinished record lives past its timeout
+    load_factor: float | None = None  # bounded loads (e.g. 1.1): no node above this x the mean
+    handover: float = 1.5  # seconds a job's new owner waits for its old owner's last claims
+    late_check_interval: float = 5.0  # seconds between looks for late jobs
+    catch_up_window: float = 30.0  # seconds a new node owes no tick from before it started
+    left_grace: float = 5.0  # seconds a left owner's last records get to arrive before its runs are re-run
+
+
+# -- effects: what the driver must do ------------------------------------------------
+
+
+@attrs.frozen
+class StartRun:
+    run_id: str
+    attempt: int
+    spec: JobSpec
+    tick: int | None
+
+
+@attrs.frozen
+class CancelRun:
+    run_id: str
+    attempt: int
+    reason: str
+
+
+@attrs.frozen
+class DeliverUpdate:
+    run_id: str
+    attempt: int
+    data: Any
+
+
+SchedulerEffect = StartRun | CancelRun | DeliverUpdate
+
+
+class Store(Protocol):
+    """The replicated maps, as the node offers them."""
+
+    def put(self, map_name: str, key: str, value: Any, *, ttl: float | None = None) -> Timestamp: ...
+
+    def remove(self, map_name: str, key: str) -> bool: ...
+
+    def get(self, map_name: str, key: str) -> Register | None: ...
+
+    def items(self, map_name: str) -> Iterator[tuple[str, Register]]: ...
+
+
+@attrs.define
+class SchedulerStats:
+    ticks_run: int = 0  # ticks this node started
+    ticks_late: int = 0  # of which started later than their grace
+    ticks_missed: int = 0  # recorded missed (misfire policy)
+    ticks_skipped: int = 0  # recorded skipped (overlap policy)
+    runs_started: int = 0
+    runs_succeeded: int = 0
+    runs_failed: int = 0  # finished failed, after their last attempt
+    retries: int = 0
+    failovers: int = 0  # runs re-run after their owner failed
+    claims_lost: int = 0  # runs cancelled because another claim won
+    handed_back: int = 0
+    lost: int = 0
+    bad_records: int = 0  # records or definitions from peers that did not parse
+
+
+@attrs.define
+class Execution:
+    """A run this node is running."""
+
+    record: RunRecord
+    spec: JobSpec
+    delivered: set[str] = attrs.Factory(set)
+    progress_written: int = 0  # when progress was last written
+    progress_due: int | None = None  # when to write progress reported since
+
+
+@attrs.define
+class JobEntry:
+    spec: JobSpec
+    since: int  # epoch ms the definition took effect: no tick before it is due
+
+
+class Scheduler:
+    def __init__(self, name: str, config: SchedulerConfig, store: Store, *, rng: random.Random, wall_ms: int) -> None:
+        self.name = name
+        self.config = config
+        self.stats = SchedulerStats()
+        self._store = store
+        self._rng = rng
+        self.role = Role.STARTING
+        self._started_at = wall_ms
+        self._last_tick = wall_ms
+        self._ready_at = wall_ms + round(config.settle * 1000)
+        self._left_seen: dict[str, int] = {}  # member -> when we saw it had left
+        self._drain_deadline: int | None = None
+        self._members: dict[str, Member] = {}
+        self._jobs: dict[str, JobEntry] = {}
+        self._ring = Ring(())
+        self._previous_ring = self._ring  # before the last change, with when it changed:
+        self._ring_changed_at = 0  # a pending run's old owner may be claiming it still
+        self._owners: dict[str, str] = {}  # cron job in mode one -> owner
+        self._cursors: dict[str, int] = {}  # job I schedule -> last tick handled
+        self._due: list[tuple[int, int, str]] = []  # heap of (due, tick, job); stale entries skipped
+        self._pending_due: list[tuple[int, str]] = []  # heap of (not before, run) of pending runs
+        self._handover_until: dict[str, int] = {}  # job taken from a live owner -> until when to wait for its claims
+        self._next_late_check = wall_ms
+        self._unfinished: dict[str, RunRecord] = {}  # pending and running records
+        self._updates: dict[str, set[str]] = {}  # run -> its update keys
+        self._running: dict[str, Execution] = {}
+        self._effects: list[SchedulerEffect] = []
+        self._placement_stale = True
+        self._jobs_changed = True
+        self._placed_as: Role | None = None
+        self._next_scan = wall_ms
+        self._late: dict[str, int] = {}  # job -> the tick found late, for status
+        self._defined_when_ready: list[JobSpec] = []
+
+    # -- the driver's interface -----------------------------------------------------
+
+    def set_view(self, wall_ms: int, members: Sequence[Member]) -> None:
+        """The membership view changed."""
+        self._members = {member.name: member for member in members}
+        for member in members:
+            if member.status is Status.LEFT:
+                self._left_seen.setdefault(member.name, wall_ms)
+            else:
+                self._left_seen.pop(member.name, None)
+        self._placement_stale = True
+        self._next_scan = 0
+
+    def on_changes(self, wall_ms: int, changes: Mapping[str, set[str]]) -> None:
+        """Keys of our maps changed (written here, merged, or expired)."""
+        for job_id in changes.get(JOBS, ()):
+            self._load_job(job_id)
+        for run_id in changes.get(RUNS, ()):
+            self._load_run(run_id)
+        runs = {self._load_update(key, deliver=False) for key in changes.get(UPDATES, ())}
+        for run_id in runs & self._running.keys():
+            # Once all of a batch is in: updates that came in one packet go in order.
+            self._deliver_updates(run_id)
+
+    def tick(self, wall_ms: int, caught_up: bool = True) -> None:
+        """``caught_up``: the node holds the cluster's job definitions (its
+        jobs map matched a member's), or it is alone."""
+        self._last_tick = wall_ms
+        if self.role is Role.STARTING and wall_ms >= self._ready_at and (
+            caught_up or wall_ms >= self._started_at + round(self.config.settle_max * 1000)
+        ):
+            self.role = Role.READY
+            self._placement_stale = True
+            self._next_scan = 0
+            for spec in self._defined_when_ready:
+                self.add_job(wall_ms, spec)
+            self._defined_when_ready.clear()
+        if self._placement_stale:
+            self._place(wall_ms)
+        if wall_ms >= self._next_late_check:
+            self._next_late_check = wall_ms + round(self.config.late_check_interval * 1000)
+            self._find_late(wall_ms)
+        self._fire_due_ticks(wall_ms)
+        while self._pending_due and self._pending_due[0][0] <= wall_ms:
+            heapq.heappop(self._pending_due)
+            self._next_scan = wall_ms  # a retry or a delayed submit is due: look now
+        if wall_ms >= self._next_scan:
+            self._next_scan = wall_ms + round(self.config.scan_interval * 1000)
+            self._scan(wall_ms)
+        self._write_progress(wall_ms)
+        if self._drain_deadline is not None and wall_ms >= self._drain_deadline:
+            self._hand_back(wall_ms)
+
+    def next_deadline(self) -> int:
+        """Epoch ms of the next thing to do."""
+        deadlines = [self._next_scan, self._next_late_check]
+        if self._placement_stale:
+            deadlines.append(self._ring_changed_at + RING_REBUILD_MS)
+        if self._due:
+            deadlines.append(self._due[0][0])
+        if self._pending_due:
+            deadlines.append(self._pending_due[0][0])
+        if self.role is Role.STARTING:
+            # Past its settle time, a node waiting to catch up is woken by
+            # the messages that bring it; at the latest, at settle_max.
+            settle_max = self._started_at + round(self.config.settle_max * 1000)
+            deadlines.append(self._ready_at if self._ready_at > self._last_tick else settle_max)
+        if self._drain_deadline is not None and self._running:
+            deadlines.append(self._drain_deadline)
+        deadlines.extend(e.progress_due for e in self._running.values() if e.progress_due is not None)
+        return min(deadlines)
+
+    def take_effects(self) -> list[SchedulerEffect]:
+        effects, self._effects = self._effects, []
+        return effects
+
+    # -- what the driver reports -------------------------------------------------------
+
+    def run_progress(self, wall_ms: int, run_id: str, attempt: int, value: Any) -> None:
+        execution = self._execution(run_id, attempt)
+        if execution is None:
+            return
+        if len(msgpack.packb(value, default=repr)) > MAX_PROGRESS_BYTES:
+            value = repr(value)[:200]
+        else:
+            value = msgpack.unpackb(msgpack.packb(value, default=repr))
+        execution.record = execution.record.evolve(progress=value)
+        if execution.progress_due is None:
+            # Progress is a rate-limited view: one write per interval at most.
+            interval = round(self.config.progress_interval * 1000)
+            execution.progress_due = max(wall_ms, execution.progress_written + interval)
+            self._write_progress(wall_ms)
+
+    def run_finished(self, wall_ms: int, run_id: str, attempt: int, ok: bool, result: Any = None, error: str | None = None) -> None:
+        execution = self._execution(run_id, attempt)
+        if execution is None:
+            return  # cancelled meanwhile: its record was already decided
+        del self._running[run_id]
+        record, spec = execution.record, execution.spec
+        if ok:
+            self.stats.runs_succeeded += 1
+            finished = record.evolve(state=RunState.SUCCEEDED, finished=wall_ms, result=result, error=None)
+            self._write(finished, spec)
+        elif attempt <= spec.retries and self.role is not Role.DRAINING:
+            self.stats.retries += 1
+            retry_at = wall_ms + round(spec.retry_delay(attempt + 1) * 1000)
+            self._write(
+                record.evolve(
+                    state=RunState.PENDING, attempt=attempt + 1, owner=None, not_before=retry_at,
+                    started=None, progress=None, result=result, error=_bounded(error),
+                ),
+                spec,
+            )
+        else:
+            self.stats.runs_failed += 1
+            failed = record.evolve(state=RunState.FAILED, finished=wall_ms, result=result, error=_bounded(error))
+            self._write(failed, spec)
+
+    # -- the application's interface ---------------------------------------------------
+
+    def add_job(self, wall_ms: int, spec: JobSpec) -> bool:
+        """Define or redefine a job; False if it was already defined so."""
+        wire = spec.to_wire()
+        current = self._jobs.get(spec.id)
+        if current is not None and current.spec.to_wire() == wire:
+            return False
+        since = wall_ms
+        if current is not None and _same_timing(current.spec, spec):
+            since = current.since  # an unrelated change does not restart its schedule
+        self._store.put(JOBS, spec.id, {"spec": wire, "since": since})
+        self._load_job(spec.id)
+        return True
+
+    def define_when_ready(self, specs: Sequence[JobSpec]) -> None:
+        """Define these jobs once settled (a jobs file read at start): by
+        then we hold the cluster's definitions, so a restart re-defining
+        the same jobs changes nothing, and their schedules do not restart."""
+        if self.role is Role.STARTING:
+            self._defined_when_ready.extend(specs)
+        else:
+            raise RuntimeError("define_when_ready() is for a starting node; use add_job()")
+
+    def remove_job(self, job_id: str) -> bool:
+        removed = self._store.remove(JOBS, job_id)
+        self._load_job(job_id)
+        return removed
+
+    def set_paused(self, wall_ms: int, job_id: str, paused: bool) -> JobSpec:
+        entry = self._jobs.get(job_id)
+        if entry is None:
+            raise KeyError(job_id)
+        if entry.spec.paused != paused:
+            spec = attrs.evolve(entry.spec, paused=paused)
+            # Resuming starts the schedule afresh: ticks due while paused are not owed.
+            self._store.put(JOBS, job_id, {"spec": spec.to_wire(), "since": wall_ms})
+            self._load_job(job_id)
+        return self._jobs[job_id].spec
+
+    def submit(self, wall_ms: int, spec: JobSpec, *, run_at: int | None = None) -> str:
+        """Queue one run of ``spec`` now (or at ``run_at``); its run id."""
+        run_id = submitted_run_id(spec.id, wall_ms, self._rng)
+        record = RunRecord(
+            id=run_id, job=spec.id, state=RunState.PENDING, created=wall_ms,
+            not_before=run_at if run_at is not None else wall_ms, spec=spec.to_wire(),
+        )
+        self._write(record, spec)
+        self._next_scan = 0  # ours to run, perhaps: look now
+        return run_id
+
+    def send(self, run_id: str, data: Any) -> str:
+        """Deliver ``data`` to a run, whichever node runs it (or will)."""
+        record = self.record(run_id)
+        if record is None:
+            raise KeyError(run_id)
+        if record.state.finished:
+            raise ValueError(f"run {run_id} has finished ({record.state.value})")
+        key = update_key(run_id, self._rng)
+        self._store.put(UPDATES, key, {"data": data}, ttl=self.config.update_ttl)
+        self._load_update(key)
+        return key
+
+    def drain(self, wall_ms: int) -> None:
+        """Start leaving: see the handoff paragraph at the top."""
+        if self.role is Role.DRAINING:
+            return
+        self.role = Role.DRAINING
+        self._drain_deadline = wall_ms + round(self.config.drain_timeout * 1000)
+        self._placement_stale = True
+
+    @property
+    def drained(self) -> bool:
+        return self.role is Role.DRAINING and not self._running
+
+    # -- reading, for the API -------------------------------------------------------
+
+    def jobs(self) -> dict[str, JobEntry]:
+        return dict(self._jobs)
+
+    def job_owner(self, job_id: str) -> str | None:
+        """Who runs the job's ticks (mode one), by this node's view."""
+        return self._owners.get(job_id)
+
+    def record(self, run_id: str) -> RunRecord | None:
+        register = self._store.get(RUNS, run_id)
+        return None if register is None else self._parse_run(register.value)
+
+    def records(self) -> Iterator[RunRecord]:
+        for _, register in self._store.items(RUNS):
+            record = self._parse_run(register.value)
+            if record is not None:
+                yield record
+
+    def running(self) -> dict[str, RunRecord]:
+        return {run_id: execution.record for run_id, execution in self._running.items()}
+
+    def eligible(self) -> tuple[str, ...]:
+        return self._ring.members
+
+    def late_jobs(self) -> dict[str, int]:
+        """Jobs whose latest tick due by more than its grace has no record
+        (job -> that tick): found by the last scan."""
+        return dict(self._late)
+
+    # -- placement -------------------------------------------------------------------------
+
+    def _eligible(self) -> list[str]:
+        names = [
+            member.name
+            for member in self._members.values()
+            if member.name != self.name and member.status.is_live and member.meta == Role.READY.meta
+        ]
+        if self.role is Role.READY:
+            names.append(self.name)
+        return names
+
+    def _place(self, wall_ms: int) -> None:
+        """Recompute who owns what, and start or stop walking schedules."""
+        self._placement_stale = False
+        eligible = tuple(sorted(self._eligible()))
+        if eligible == self._ring.members and not self._jobs_changed and self.role is self._placed_as:
+            return  # a view change that moves no work (a suspicion, a refutation)
+        if eligible != self._ring.members and wall_ms < self._ring_changed_at + RING_REBUILD_MS:
+            # Views change in bursts (a cluster starting, a split healing):
+            # one ring per burst, not one per member.
+            self._placement_stale = True
+            return
+        self._jobs_changed, self._placed_as = False, self.role
+        if eligible != self._ring.members:
+            self._previous_ring, self._ring_changed_at = self._ring, wall_ms
+            self._ring = Ring(eligible, load_factor=self.config.load_factor)
+        placed = sorted(
+            job_id
+            for job_id, entry in self._jobs.items()
+            if entry.spec.schedule is not None and entry.spec.mode == "one" and not entry.spec.paused
+        )
+        previous_owners, self._owners = self._owners, self._ring.assign(placed)
+        mine: dict[str, int] = {}
+        if self.role is Role.READY:
+            for job_id, entry in self._jobs.items():
+                spec = entry.spec
+                if spec.schedule is None or spec.paused:
+                    continue
+                if spec.mode == "one" and self._owners.get(job_id) == self.name:
+                    # Look back as far as records can still be seen, and we
+                    # can vouch we hold them: a node just started may not
+                    # have caught up the older ones yet.
+                    start = max(entry.since, wall_ms - round(spec.result_ttl * 1000))
+                    if wall_ms < self._started_at + round(self.config.catch_up_window * 1000):
+                        start = max(start, self._started_at)
+                    mine[job_id] = start
+                elif spec.mode == "all":
+                    # A node owes the ticks due while it is a member, no earlier.
+                    mine[job_id] = max(entry.since, self._ready_at)
+        for job_id in list(self._cursors):
+            if job_id not in mine:
+                del self._cursors[job_id]
+        handover = round(self.config.handover * 1000)
+        for job_id, start in mine.items():
+            if job_id not in self._cursors:
+                previous = previous_owners.get(job_id)
+                if previous is None or (previous != self.name and not self._failed(wall_ms, previous)):
+                    # Its live old owner may have claimed the last ticks, or
+                    # claim the next, its view lagging ours; a job new to us
+                    # may be another node's by a view holding other jobs.
+                    # Give their claims time to reach us before we look.
+                    self._handover_until[job_id] = wall_ms + handover
+                else:
+                    self._handover_until.pop(job_id, None)
+                self._cursors[job_id] = start
+                self._schedule_next(job_id)
+
+    def _schedule_next(self, job_id: str) -> None:
+        schedule = self._jobs[job_id].spec.schedule
+        assert schedule is not None
+        tick = schedule.next_after(self._cursors[job_id])
+        due = tick
+        handover_until = self._handover_until.get(job_id, 0)
+        if tick < handover_until:
+            # A claim made at the tick, or when the job reached its old
+            # owner (no sooner than it reached us), has had the handover
+            # time to arrive.
+            handover = round(self.config.handover * 1000)
+            due = max(tick + handover, handover_until)
+        heapq.heappush(self._due, (due, tick, job_id))
+
+    def _run_owner(self, record: RunRecord) -> str | None:
+        if record.node is not None:
+            return record.node
+        if record.tick is not None and record.job in self._owners:
+            return self._owners[record.job]
+        return self._ring.owner(record.id)
+
+    def _failed(self, wall_ms: int, name: str) -> bool:
+        """Has this node gone, as far as the view says? Unknown counts as
+        gone: we have been in the cluster long enough to know everyone. A
+        node that left gracefully finished or handed back its runs first;
+        its last records may still be on their way, so it counts as gone
+        only ``left_grace`` after we saw it leave."""
+        if name == self.name:
+            return False
+        member = self._members.get(name)
+        if member is None or member.status is Status.DEAD:
+            return True
+        left = self._left_seen.get(name)
+        return left is not None and wall_ms >= left + round(self.config.left_grace * 1000)
+
+    # -- ticks --------------------------------------------------------------------------------
+
+    def _fire_due_ticks(self, wall_ms: int) -> None:
+        budget = self.config.catch_up_limit
+        while self._due and self._due[0][0] <= wall_ms and budget > 0:
+            _, tick, job_id = heapq.heappop(self._due)
+            cursor = self._cursors.get(job_id)
+            entry = self._jobs.get(job_id)
+            if cursor is None or entry is None or entry.spec.schedule is None or tick != entry.spec.schedule.next_after(cursor):
+                continue  # stale: the job moved, changed, or this tick was handled
+            budget -= 1
+            self._cursors[job_id] = tick
+            self._schedule_next(job_id)
+            self._on_tick(wall_ms, entry.spec, tick)
+
+    def _on_tick(self, wall_ms: int, spec: JobSpec, tick: int) -> None:
+        node = self.name if spec.mode == "all" else None
+        run_id = tick_run_id(spec.id, tick, node)
+        if self.record(run_id) is not None:
+            return  # handled already, by us or the job's previous owner
+        record = RunRecord(id=run_id, job=spec.id, state=RunState.PENDING, tick=tick, node=node, created=wall_ms)
+        late = wall_ms - tick > round(spec.grace * 1000)
+        if late:
+            assert spec.schedule is not None
+            backlog = spec.schedule.next_after(tick) <= wall_ms
+            if spec.misfire == "skip" or (spec.misfire == "once" and backlog):
+                self.stats.ticks_missed += 1
+                reason = f"late by {(wall_ms - tick) / 1000:.1f} s, over the grace of {spec.grace:g} s"
+                if spec.misfire == "once":
+                    reason += "; a later tick runs instead"
+                self._write(record.evolve(state=RunState.MISSED, finished=wall_ms, error=reason), spec)
+                return
+        previous = [r for r in self._unfinished.values() if r.job == spec.id and r.node == node and r.id != run_id]
+        if previous and spec.overlap == "forbid":
+            self.stats.ticks_skipped += 1
+            reason = f"{previous[0].id} was still {previous[0].state.value}"
+            self._write(record.evolve(state=RunState.SKIPPED, finished=wall_ms, error=reason), spec)
+            return
+        if spec.overlap == "replace":
+            for old in previous:
+                self._cancel(wall_ms, old, spec, f"replaced by {run_id}")
+        self.stats.ticks_run += 1
+        self.stats.ticks_late += late
+        self._start(wall_ms, record, spec, attempt=1)
+
+    # -- claims, failover, pending runs ----------------------------------------------------
+
+    def _scan(self, wall_ms: int) -> None:
+        if self.role is not Role.READY:
+            return
+        for record in list(self._unfinished.values()):
+            if record.id in self._running:
+                continue
+            owner = self._run_owner(record)
+            if record.state is RunState.RUNNING:
+                if record.owner == self.name or (record.owner is not None and self._failed(wall_ms, record.owner)):
+                    self._take_over(wall_ms, record, owner)
+            elif owner == self.name and (record.not_before or 0) <= wall_ms:
+                if self._old_owner_may_claim(wall_ms, record):
+                    continue
+                spec = self._spec_of(record)
+                if spec is None:
+                    self._write(record.evolve(state=RunState.LOST, finished=wall_ms, error="its job was removed"), None)
+                else:
+                    self._start(wall_ms, record, spec, attempt=record.attempt)
+
+    def _old_owner_may_claim(self, wall_ms: int, record: RunRecord) -> bool:
+        """Did this pending run just become ours from a live node, which may
+        have claimed it by its older view? Then wait out the handover (the
+        pending-run twin of a cron job's handover)."""
+        until = self._ring_changed_at + round(self.config.handover * 1000)
+        if wall_ms >= until or record.node is not None or record.tick is not None:
+            return False
+        previous = self._previous_ring.owner(record.id)
+        if previous is None or previous == self.name or self._failed(wall_ms, previous):
+            return False
+        heapq.heappush(self._pending_due, (until, record.id))
+        return True
+
+    def _take_over(self, wall_ms: int, record: RunRecord, owner: str | None) -> None:
+        """A running record whose owner failed (or is a previous life of
+        ours): re-run it if it is ours now."""
+        if record.node is not None and record.node != self.name:
+            # A node's own run of a job in mode all: nobody else can run it.
+            if owner is None or self._ring.owner(record.id) != self.name:
+                return
+            self.stats.lost += 1
+            error = f"its node {record.node} failed"
+            self._write(record.evolve(state=RunState.LOST, finished=wall_ms, error=error), self._spec_of(record))
+            return
+        if owner != self.name:
+            if record.owner == self.name:
+                # Claimed by a previous life of ours, and someone else's now.
+                error = f"handed back by {self.name}, which restarted while running it"
+                self._write(record.evolve(state=RunState.PENDING, attempt=record.attempt + 1, owner=None, started=None, error=error), self._spec_of(record))
+            return
+        spec = self._spec_of(record)
+        if spec is None or record.attempt > spec.retries + self.config.max_failovers:
+            self.stats.lost += 1
+            error = "its job was removed" if spec is None else f"its owner {record.owner} failed on attempt {record.attempt}"
+            self._write(record.evolve(state=RunState.LOST, finished=wall_ms, error=error), spec)
+            return
+        self.stats.failovers += 1
+        log.info("re-running %s (attempt %d): its owner %s failed", record.id, record.attempt + 1, record.owner)
+        self._start(wall_ms, record, spec, attempt=record.attempt + 1)
+
+    def _start(self, wall_ms: int, record: RunRecord, spec: JobSpec, *, attempt: int) -> None:
+        claim = record.evolve(
+            state=RunState.RUNNING, attempt=attempt, owner=self.name, started=wall_ms,
+            finished=None, progress=None, not_before=None,
+        )
+        self.stats.runs_started += 1
+        self._running[record.id] = Execution(claim, spec, progress_written=wall_ms)
+        self._write(claim, spec)
+        self._effects.append(StartRun(record.id, attempt, spec, record.tick))
+        self._deliver_updates(record.id)
+
+    def _cancel(self, wall_ms: int, record: RunRecord, spec: JobSpec | None, reason: str) -> None:
+        execution = self._running.pop(record.id, None)
+        if execution is not None:
+            self._effects.append(CancelRun(record.id, execution.record.attempt, reason))
+        self._write(record.evolve(state=RunState.CANCELLED, finished=wall_ms, error=reason), spec)
+
+    def _hand_back(self, wall_ms: int) -> None:
+        """The drain deadline passed: give the runs still going to their
+        next owners, to re-run."""
+        self._drain_deadline = None
+        for run_id, execution in list(self._running.items()):
+            del self._running[run_id]
+            record, spec = execution.record, execution.spec
+            self._effects.append(CancelRun(run_id, record.attempt, "the node is leaving"))
+            self.stats.handed_back += 1
+            if record.node is not None:
+                self._write(record.evolve(state=RunState.LOST, finished=wall_ms, error="its node left"), spec)
+            else:
+                error = f"handed back by {self.name}, leaving"
+                self._write(record.evolve(state=RunState.PENDING, attempt=record.attempt + 1, owner=None, started=None, error=error), spec)
+
+    def _find_late(self, wall_ms: int) -> None:
+        """Jobs whose last tick due beyond its grace has no record: no
+        owner ran it (none eligible, or something is wrong)."""
+        self._late.clear()
+        for job_id, entry in self._jobs.items():
+            spec = entry.spec
+            if spec.schedule is None or spec.paused:
+                continue
+            tick = spec.schedule.previous_at_or_before(wall_ms - round(spec.grace * 1000))
+            if tick is None or tick <= entry.since or wall_ms - tick > spec.result_ttl * 1000:
+                continue
+            node = self.name if spec.mode == "all" else None
+            if self.record(tick_run_id(job_id, tick, node)) is None:
+                self._late[job_id] = tick
+
+    # -- records ---------------------------------------------------------------------------
+
+    def _execution(self, run_id: str, attempt: int) -> Execution | None:
+        execution = self._running.get(run_id)
+        if execution is None or execution.record.attempt != attempt:
+            return None
+        return execution
+
+    def _write(self, record: RunRecord, spec: JobSpec | None) -> None:
+        """Write a record: unfinished ones live until well past their
+        timeout; a finished run's updates go (a retry gets them all again)."""
+        if record.state.finished:
+            self._forget_updates(record.id)
+            ttl = spec.result_ttl if spec is not None else DEFAULT_RESULT_TTL
+        else:
+            ttl = (spec.timeout if spec and spec.timeout else 0) + self.config.unfinished_ttl
+        try:
+            self._store.put(RUNS, record.id, record.to_wire(), ttl=ttl)
+        except ValueError as error:
+            # Too big to replicate: keep the record, say why, drop the bulk.
+            bounded = record.evolve(result=None, progress=None, error=_bounded(f"{error}; {record.error or ''}"))
+            self._store.put(RUNS, record.id, bounded.to_wire(), ttl=ttl)
+        self._load_run(record.id)
+
+    def _write_progress(self, wall_ms: int) -> None:
+        for execution in self._running.values():
+            if execution.progress_due is not None and execution.progress_due <= wall_ms:
+                execution.progress_due = None
+                execution.progress_written = wall_ms
+                self._write(execution.record, execution.spec)
+
+    def _load_job(self, job_id: str) -> None:
+        register = self._store.get(JOBS, job_id)
+        entry = None
+        if register is not None:
+            try:
+                value = register.value
+                entry = JobEntry(JobSpec.from_wire(value["spec"]), int(value["since"]))
+            except (JobError, KeyError, TypeError, ValueError):
+                self.stats.bad_records += 1
+                log.warning("job %r: unreadable definition from a peer; ignored", job_id)
+        if entry is None:
+            self._jobs.pop(job_id, None)
+        else:
+            old = self._jobs.get(job_id)
+            self._jobs[job_id] = entry
+            if old is not None and (not _same_timing(old.spec, entry.spec) or old.since != entry.since):
+                self._cursors.pop(job_id, None)  # walk the new schedule from its start
+        self._placement_stale = self._jobs_changed = True
+
+    def _load_run(self, run_id: str) -> None:
+        record = self.record(run_id)
+        if record is None or record.state.finished:
+            self._unfinished.pop(run_id, None)
+        else:
+            self._unfinished[run_id] = record
+            if record.state is RunState.PENDING:
+                heapq.heappush(self._pending_due, (record.not_before or 0, run_id))
+        execution = self._running.get(run_id)
+        if execution is None:
+            return
+        mine = execution.record
+        if record is not None and record.state is RunState.RUNNING and (record.owner, record.attempt) == (self.name, mine.attempt):
+            return
+        # Another record won over our claim: theirs, a newer attempt, or a
+        # cancellation. Stop ours; the winner's record stands.
+        del self._running[run_id]
+        self.stats.claims_lost += 1
+        reason = "its record was removed" if record is None else f"superseded by {record.state.value} (attempt {record.attempt}, {record.owner})"
+        self._effects.append(CancelRun(run_id, mine.attempt, reason))
+
+    def _parse_run(self, value: Any) -> RunRecord | None:
+        try:
+            return RunRecord.from_wire(value)
+        except ValueError:
+            self.stats.bad_records += 1
+            return None
+
+    def _spec_of(self, record: RunRecord) -> JobSpec | None:
+        if record.spec is not None:
+            try:
+                return JobSpec.from_wire(record.spec)
+            except JobError:
+                self.stats.bad_records += 1
+                return None
+        entry = self._jobs.get(record.job)
+        return None if entry is None else entry.spec
+
+    # -- updates ---------------------------------------------------------------------------
+
+    def _load_update(self, key: str, *, deliver: bool = True) -> str:
+        """Index an update by its run (and deliver it if the run is ours);
+        the run's id."""
+        run_id = run_of_update(key)
+        if self._store.get(UPDATES, key) is None:
+            keys = self._updates.get(run_id)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._updates[run_id]
+            return run_id
+        self._updates.setdefault(run_id, set()).add(key)
+        if deliver and run_id in self._running:
+            self._deliver_updates(run_id)
+        return run_id
+
+    def _deliver_updates(self, run_id: str) -> None:
+        """Give a running run every update it has not had, oldest first."""
+        execution = self._running[run_id]
+        fresh = []
+        for key in self._updates.get(run_id, ()):
+            if key in execution.delivered:
+                continue
+            register = self._store.get(UPDATES, key)
+            if register is not None and isinstance(register.value, Mapping) and "data" in register.value:
+                fresh.append((register.ts, key, register.value["data"]))
+        for _, key, data in sorted(fresh):
+            execution.delivered.add(key)
+            self._effects.append(DeliverUpdate(run_id, execution.record.attempt, data))
+
+    def _forget_updates(self, run_id: str) -> None:
+        for key in self._updates.pop(run_id, ()):
+            self._store.remove(UPDATES, key)
+
+
+def _same_timing(a: JobSpec, b: JobSpec) -> bool:
+    return (a.schedule, a.mode, a.paused) == (b.schedule, b.mode, b.paused)
+
+
+def _bounded(error: str | None) -> str | None:
+    if error is None or len(error) <= MAX_ERROR_CHARS:
+        return error
+    return error[: MAX_ERROR_CHARS - 20] + " ... (truncated)"

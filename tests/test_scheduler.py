@@ -1,0 +1,428 @@
+"""The scheduler core on its own: one node, its maps in memory, time by hand.
+
+Several nodes (claims from different views, failover, handoff across the
+cluster) are the simulator's business: tests/test_sim_jobs.py.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crdt.hlc import HLC, Timestamp
+from crdt.ormap import ORMap, Register
+from membership.state import Member, Status
+from peer.jobdef import JobSpec
+from peer.ring import rank
+from peer.runs import RunRecord, RunState, precedence, tick_run_id
+from peer.schedule import parse_schedule
+from peer.scheduler import (
+    JOBS,
+    RUNS,
+    UPDATES,
+    CancelRun,
+    DeliverUpdate,
+    Role,
+    Scheduler,
+    SchedulerConfig,
+    StartRun,
+)
+from peer.targets import CallTarget
+
+T0 = 1_800_000_000_000  # a round epoch ms: ticks of @every 2s fall on even seconds
+
+
+class Maps:
+    """The node's replicated maps, without the replication."""
+
+    def __init__(self, replica: str = "me#1") -> None:
+        self.maps = {JOBS: ORMap(replica), RUNS: ORMap(replica, precedence), UPDATES: ORMap(replica)}
+        self.hlc = HLC(replica)
+        self.wall_ms = T0
+        self.changes: dict[str, set[str]] = defaultdict(set)
+
+    def put(self, map_name: str, key: str, value: Any, *, ttl: float | None = None) -> Timestamp:
+        stamp = self.hlc.now(self.wall_ms)
+        expires = None if ttl is None else stamp.wall + round(ttl * 1000)
+        self.maps[map_name].put(key, value, stamp, expires=expires)
+        self.changes[map_name].add(key)
+        return stamp
+
+    def remove(self, map_name: str, key: str) -> bool:
+        self.changes[map_name].add(key)
+        return self.maps[map_name].remove(key) is not None
+
+    def get(self, map_name: str, key: str) -> Register | None:
+        return self.maps[map_name].get(key, self.wall_ms)
+
+    def items(self, map_name: str) -> Iterator[tuple[str, Register]]:
+        return self.maps[map_name].items(self.wall_ms)
+
+    def merge_from(self, other: Maps, map_name: str, key: str) -> None:
+        """What replication does when another node's write arrives."""
+        self.maps[map_name].merge(other.maps[map_name].state(), self.wall_ms)
+        self.changes[map_name].add(key)
+
+    def take_changes(self) -> dict[str, set[str]]:
+        changes, self.changes = dict(self.changes), defaultdict(set)
+        return changes
+
+
+@attrs.define
+class Node:
+    scheduler: Scheduler
+    maps: Maps
+    effects: list[Any] = attrs.Factory(list)
+
+    def advance(self, to_ms: int) -> None:
+        """Run the scheduler's timers up to ``to_ms``, as a driver would."""
+        while True:
+            self._drive()
+            deadline = self.scheduler.next_deadline()
+            if deadline > to_ms:
+                break
+            self.maps.wall_ms = max(self.maps.wall_ms, deadline)
+        self.maps.wall_ms = to_ms
+        self._drive()
+
+    def _drive(self) -> None:
+        changes = self.maps.take_changes()
+        if changes:
+            self.scheduler.on_changes(self.maps.wall_ms, changes)
+        self.scheduler.tick(self.maps.wall_ms)
+        self.effects.extend(self.scheduler.take_effects())
+
+    def take(self, kind: type) -> list[Any]:
+        taken = [e for e in self.effects if isinstance(e, kind)]
+        self.effects = [e for e in self.effects if not isinstance(e, kind)]
+        return taken
+
+    def finish(self, start: StartRun, ok: bool = True, result: Any = "done", error: str | None = None) -> None:
+        self.scheduler.run_finished(self.maps.wall_ms, start.run_id, start.attempt, ok, result, error)
+        self._drive()
+
+
+def member(name: str, status: Status = Status.ALIVE, meta: bytes = Role.READY.meta) -> Member:
+    return Member(name, ("127.0.0.1", 1), 1, status, meta)
+
+
+def make_node(config: SchedulerConfig | None = None, *, others: tuple[Member, ...] = ()) -> Node:
+    maps = Maps()
+    scheduler = Scheduler("me", config or SchedulerConfig(settle=1.0), maps, rng=random.Random(7), wall_ms=T0)
+    scheduler.set_view(T0, [member("me", meta=Role.STARTING.meta), *others])
+    return Node(scheduler, maps)
+
+
+def cron(job_id: str = "job", every: str = "2s", **fields: Any) -> JobSpec:
+    return JobSpec(id=job_id, target=CallTarget("peer.samples:echo"), schedule=parse_schedule(f"@every {every}"), **fields)
+
+
+def one_off(job_id: str = "once", **fields: Any) -> JobSpec:
+    return JobSpec(id=job_id, target=CallTarget("peer.samples:echo"), schedule=None, **fields)
+
+
+def record(node: Node, run_id: str) -> RunRecord:
+    found = node.scheduler.record(run_id)
+    assert found is not None, run_id
+    return found
+
+
+# -- ticks -----------------------------------------------------------------------------
+
+
+def test_a_lone_node_settles_then_runs_each_tick_once_and_keeps_the_result() -> None:
+    node = make_node()
+    node.scheduler.define_when_ready([cron(overlap="allow")])
+    node.advance(T0 + 900)
+    assert node.scheduler.role is Role.STARTING and not node.effects
+    node.advance(T0 + 6_500)
+    assert node.scheduler.role is Role.READY
+    starts = node.take(StartRun)
+    # Ticks after the job took effect (at settle, T0+1000): T0+2000, +4000, +6000.
+    assert [s.run_id for s in starts] == [tick_run_id("job", T0 + ms) for ms in (2_000, 4_000, 6_000)]
+    assert {s.attempt for s in starts} == {1}
+    node.finish(starts[0], result={"answer": 42})
+    done = record(node, starts[0].run_id)
+    assert (done.state, done.result, done.owner, done.tick) == (RunState.SUCCEEDED, {"answer": 42}, "me", T0 + 2_000)
+    assert record(node, starts[1].run_id).state is RunState.RUNNING
+    # The result expires with the job's result TTL, here the default 10 minutes.
+    node.advance(done.finished + 599_000)  # type: ignore[operator]
+    assert node.scheduler.record(starts[0].run_id) is not None
+    node.maps.wall_ms = done.finished + 600_001  # type: ignore[operator]
+    assert node.scheduler.record(starts[0].run_id) is None
+
+
+def test_a_tick_that_already_has_a_record_is_not_run_again() -> None:
+    node = make_node()
+    node.advance(T0 + 1_000)
+    other = Maps("other#1")
+    other.put(RUNS, tick_run_id("job", T0 + 4_000), RunRecord(id=tick_run_id("job", T0 + 4_000), job="job", state=RunState.SUCCEEDED, owner="other", tick=T0 + 4_000).to_wire())
+    node.maps.merge_from(other, RUNS, tick_run_id("job", T0 + 4_000))
+    node.scheduler.add_job(node.maps.wall_ms, cron(overlap="allow"))
+    node.advance(T0 + 6_000)
+    assert [s.tick for s in node.take(StartRun)] == [T0 + 2_000, T0 + 6_000]
+
+
+@pytest.mark.parametrize(
+    ("misfire", "runs", "missed"),
+    [("skip", [], 6), ("once", [T0 + 12_000], 5), ("all", [T0 + ms for ms in range(2_000, 13_000, 2_000)], 0)],
+)
+def test_misfire_policies_for_ticks_found_late(misfire: str, runs: list[int], missed: int) -> None:
+    # The job took effect at T0; the node only gets to it 11 s later (its
+    # owner was gone, say), with a grace of 0.5 s.
+    node = make_node(SchedulerConfig(settle=0.0))
+    node.maps.put(JOBS, "job", {"spec": cron(misfire=misfire, grace=0.5, overlap="allow").to_wire(), "since": T0})
+    node.maps.wall_ms = T0 + 11_000
+    # Ticks found at start wait out the handover (1.5 s): until T0 + 12.5 s,
+    # and the one at T0 + 12 s until T0 + 13.5 s; all of them late.
+    node.advance(T0 + 13_600)
+    started = [s.tick for s in node.take(StartRun)]
+    assert started == runs
+    states = [r.state for r in node.scheduler.records()]
+    assert states.count(RunState.MISSED) == missed
+    assert node.scheduler.stats.ticks_missed == missed
+    for r in node.scheduler.records():
+        if r.state is RunState.MISSED:
+            assert "over the grace of 0.5 s" in (r.error or "")
+
+
+def test_overlap_forbid_records_a_skipped_tick() -> None:
+    node = make_node(SchedulerConfig(settle=0.0))
+    node.scheduler.add_job(T0, cron(overlap="forbid"))
+    node.advance(T0 + 4_000)
+    starts = node.take(StartRun)
+    assert [s.tick for s in starts] == [T0 + 2_000]
+    skipped = record(node, tick_run_id("job", T0 + 4_000))
+    assert skipped.state is RunState.SKIPPED and starts[0].run_id in (skipped.error or "")
+    node.finish(starts[0])
+    node.advance(T0 + 6_000)
+    assert [s.tick for s in node.take(StartRun)] == [T0 + 6_000]
+
+
+def test_overlap_replace_cancels_the_running_one() -> None:
+    node = make_node(SchedulerConfig(settle=0.0))
+    node.scheduler.add_job(T0, cron(overlap="replace"))
+    node.advance(T0 + 4_000)
+    first, second = node.take(StartRun)
+    (cancel,) = node.take(CancelRun)
+    assert cancel.run_id == first.run_id and "replaced" in cancel.reason
+    assert record(node, first.run_id).state is RunState.CANCELLED
+    assert record(node, second.run_id).state is RunState.RUNNING
+    node.finish(first)  # it stopped anyway: the report of a cancelled run changes nothing
+    assert record(node, first.run_id).state is RunState.CANCELLED
+
+
+def test_overlap_allow_runs_both() -> None:
+    node = make_node(SchedulerConfig(settle=0.0))
+    node.scheduler.add_job(T0, cron(overlap="allow"))
+    node.advance(T0 + 4_000)
+    assert len(node.take(StartRun)) == 2
+
+
+def test_a_paused_job_does_not_run_and_resuming_owes_nothing_from_the_pause() -> None:
+    node = make_node(SchedulerConfig(settle=0.0))
+    node.scheduler.add_job(T0, cron(overlap="allow"))
+    node.scheduler.set_paused(T0, "job", True)
+    node.advance(T0 + 10_000)
+    assert not node.take(StartRun)
+    node.scheduler.set_paused(node.maps.wall_ms, "job", False)
+    node.advance(T0 + 14_000)
+    assert [s.tick for s in node.take(StartRun)] == [T0 + 12_000, T0 + 14_000]
+
+
+# -- one-off runs, retries, updates ----------------------------------------------------
+
+
+def test_a_failed_run_is_retried_after_its_backoff_then_fails_for_good() -> None:
+    node = make_node(SchedulerConfig(settle=0.0))
+    node.advance(T0)
+    run_id = node.scheduler.submit(T0, one_off(retries=1, backoff=2.0))
+    node.advance(T0 + 10)
+    (first,) = node.take(StartRun)
+    assert (first.run_id, first.attempt) == (run_id, 1)
+    node.finish(first, ok=False, result=None, error="ValueError: nope")
+    pending = record(node, run_id)
+    assert (pending.state, pending.attempt, pending.not_before) == (RunState.PENDING, 2, T0 + 10 + 2_000)
+    node.advance(T0 + 1_900)
+    assert not node.take(StartRun)
+    node.advance(T0 + 2_100)
+    (second,) = node.take(StartRun)
+    assert second.attempt == 2
+    node.finish(second, ok=False, result=None, error="ValueError: still no")
+    failed = record(node, run_id)
+    assert (failed.state, failed.attempt, failed.error) == (RunState.FAILED, 2, "ValueError: still no")
+    assert node.scheduler.stats.retries == 1 and node.scheduler.stats.runs_failed == 1
+
+
+def test_updates_reach_the_running_run_in_order_and_are_dropped_after() -> None:
+    node = make_node(SchedulerConfig(settle=0.0))
+    node.advance(T0)
+    run_id = node.scheduler.submit(T0, one_off())
+    node.scheduler.send(run_id, "early")  # sent before it starts: delivered at start
+    node.advance(T0 + 10)
+    (start,) = node.take(StartRun)
+    node.scheduler.send(run_id, {"n": 1})
+    node.scheduler.send(run_id, {"n": 2})
+    node.advance(T0 + 20)
+    assert [u.data for u in node.take(DeliverUpdate)] == ["early", {"n": 1}, {"n": 2}]
+    node.finish(start)
+    assert not list(node.maps.items(UPDATES))
+    with pytest.raises(ValueError, match="has finished"):
+        node.scheduler.send(run_id, "late")
+    with pytest.raises(KeyError):
+        node.scheduler.send("nope@x", 1)
+
+
+def test_progress_is_written_at_most_once_per_interval() -> None:
+    node = make_node(SchedulerConfig(settle=0.0, progress_interval=0.5))
+    node.advance(T0)
+    run_id = node.scheduler.submit(T0, one_off())
+    node.advance(T0 + 10)
+    (start,) = node.take(StartRun)
+    stamps = set()
+    for step in range(10):  # a report every 100 ms for 900 ms
+        node.maps.wall_ms = T0 + 600 + step * 100
+        node.scheduler.run_progress(node.maps.wall_ms, run_id, 1, {"step": step})
+        node.advance(node.maps.wall_ms)
+        register = node.maps.get(RUNS, run_id)
+        assert register is not None
+        stamps.add(register.ts)
+    assert len(stamps) == 2
+    node.advance(T0 + 3_000)
+    assert record(node, run_id).progress == {"step": 9}  # the last report is written too
+
+
+# -- conflicts, failover, handoff ----------------------------------------------------------
+
+
+def _competing_claim(node: Node, run_id: str, owner: str, attempt: int = 1) -> None:
+    other = Maps(f"{owner}#1")
+    other.hlc.observe(node.maps.hlc.now(node.maps.wall_ms), node.maps.wall_ms)
+    other.wall_ms = node.maps.wall_ms
+    current = node.scheduler.record(run_id)
+    spec = current.spec if current is not None else None
+    claim = RunRecord(id=run_id, job=run_id.split("@")[0], state=RunState.RUNNING, attempt=attempt, owner=owner, spec=spec)
+    other.put(RUNS, run_id, claim.to_wire())
+    node.maps.merge_from(other, RUNS, run_id)
+
+
+def test_the_claimant_ranking_lower_cancels_and_the_winner_stands() -> None:
+    node = make_node(SchedulerConfig(settle=0.0))
+    node.advance(T0)
+    run_id = node.scheduler.submit(T0, one_off())
+    node.advance(T0 + 10)
+    (start,) = node.take(StartRun)
+    rival = next(name for name in (f"n{i}" for i in range(100)) if rank(run_id, name) > rank(run_id, "me"))
+    _competing_claim(node, run_id, rival)
+    node.advance(T0 + 20)
+    (cancel,) = node.take(CancelRun)
+    assert cancel.run_id == run_id and rival in cancel.reason
+    assert record(node, run_id).owner == rival
+    assert node.scheduler.stats.claims_lost == 1
+    node.finish(start)  # too late: its claim lost
+    assert record(node, run_id).state is RunState.RUNNING and record(node, run_id).owner == rival
+
+
+def test_the_claimant_ranking_higher_keeps_running() -> None:
+    node = make_node(SchedulerConfig(settle=0.0))
+    node.advance(T0)
+    run_id = node.scheduler.submit(T0, one_off())
+    node.advance(T0 + 10)
+    (start,) = node.take(StartRun)
+    rival = next(name for name in (f"n{i}" for i in range(100)) if rank(run_id, name) < rank(run_id, "me"))
+    _competing_claim(node, run_id, rival)
+    node.advance(T0 + 20)
+    assert not node.take(CancelRun)
+    node.finish(start)
+    assert record(node, run_id).state is RunState.SUCCEEDED
+
+
+def test_a_run_whose_owner_failed_is_rerun_by_the_new_owner() -> None:
+    node = make_node(SchedulerConfig(settle=0.0))
+    node.advance(T0)
+    run_id = node.scheduler.submit(T0, one_off())
+    # Someone else claimed it first (say when the view held only them).
+    node.effects.clear()
+    _competing_claim(node, run_id, "gone", attempt=1)
+    node.scheduler.set_view(T0, [member("me"), member("gone", Status.DEAD)])
+    node.advance(T0 + 2_000)
+    starts = node.take(StartRun)
+    assert starts and starts[-1].attempt == 2
+    assert record(node, run_id).owner == "me" and node.scheduler.stats.failovers >= 1
+
+
+def test_a_run_of_a_previous_life_is_rerun_after_a_restart() -> None:
+    node = make_node(SchedulerConfig(settle=0.0))
+    claim = RunRecord(id="once@x", job="once", state=RunState.RUNNING, owner="me", spec=one_off().to_wire())
+    node.maps.put(RUNS, "once@x", claim.to_wire())
+    node.advance(T0 + 2_000)
+    (start,) = node.take(StartRun)
+    assert (start.run_id, start.attempt) == ("once@x", 2)
+
+
+def test_a_draining_node_lets_runs_finish_then_hands_back_the_rest() -> None:
+    node = make_node(SchedulerConfig(settle=0.0, drain_timeout=5.0))
+    node.advance(T0)
+    quick = node.scheduler.submit(T0, one_off("quick"))
+    slow = node.scheduler.submit(T0, one_off("slow"))
+    node.advance(T0 + 10)
+    starts = {s.run_id: s for s in node.take(StartRun)}
+    node.scheduler.drain(node.maps.wall_ms)
+    assert node.scheduler.role is Role.DRAINING and not node.scheduler.drained
+    node.scheduler.submit(node.maps.wall_ms, one_off("new"))
+    node.advance(T0 + 1_000)
+    assert not node.take(StartRun)  # a draining node claims nothing new
+    node.finish(starts[quick])
+    assert record(node, quick).state is RunState.SUCCEEDED
+    node.advance(T0 + 5_100)
+    (cancel,) = node.take(CancelRun)
+    assert cancel.run_id == slow
+    handed = record(node, slow)
+    assert (handed.state, handed.attempt, handed.owner) == (RunState.PENDING, 2, None)
+    assert node.scheduler.drained
+
+
+# -- records from elsewhere ----------------------------------------------------------------------
+
+
+def test_garbage_in_the_maps_is_counted_and_ignored() -> None:
+    node = make_node(SchedulerConfig(settle=0.0))
+    node.maps.put(RUNS, "bad@1", {"state": "exploded"})
+    node.maps.put(RUNS, "bad@2", [1, 2, 3])
+    node.maps.put(JOBS, "bad", {"spec": {"id": 5}, "since": "yesterday"})
+    node.maps.put(UPDATES, "nobody/1", "x")
+    node.advance(T0 + 5_000)
+    assert node.scheduler.stats.bad_records >= 3
+    assert "bad" not in node.scheduler.jobs()
+
+
+_states = st.sampled_from(list(RunState))
+
+
+@given(_states, _states, st.integers(1, 3), st.integers(1, 3), st.integers(0, 10), st.integers(0, 10))
+def test_precedence_puts_attempt_then_phase_above_timestamps(
+    a_state: RunState, b_state: RunState, a_attempt: int, b_attempt: int, a_wall: int, b_wall: int
+) -> None:
+    def register(state: RunState, attempt: int, wall: int, owner: str) -> Register:
+        value = RunRecord(id="r@1", job="r", state=state, attempt=attempt, owner=owner).to_wire()
+        return Register(Timestamp(wall, 0, owner), value, None)
+
+    a, b = register(a_state, a_attempt, a_wall, "a"), register(b_state, b_attempt, b_wall, "b")
+    winner = max((a, b), key=precedence)
+    if a_attempt != b_attempt:
+        assert winner is (a if a_attempt > b_attempt else b)
+    elif a_state.phase != b_state.phase:
+        assert winner is (a if a_state.phase > b_state.phase else b)
+    elif a_state is RunState.RUNNING and b_state is RunState.RUNNING:
+        assert winner is (a if rank("r@1", "a") > rank("r@1", "b") else b)
+    else:
+        assert winner is max((a, b), key=lambda r: r.ts)
+    garbage = Register(Timestamp(99, 0, "z"), {"state": "??"}, None)
+    assert max((a, garbage), key=precedence) is a
