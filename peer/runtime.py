@@ -2,12 +2,15 @@
 
 ``Agent`` is a thin driver, the counterpart of the simulator's ``SimNode``:
 it decodes frames with ``peer.wire.Codec`` and hands the messages to the
-node's core (``peer.core.NodeCore``: membership, and replication of the maps
-the agent declares) with trio's clock as ``now``; it wakes the core at
-``next_deadline()``; after every call into the core it carries out the
-effects (``Send`` as a datagram, or as a stream frame when reliable or too
-big for a datagram; ``Event`` to the log and the counters). No protocol
-decision is made here.
+node's core (``peer.core.NodeCore``: membership, replication of the
+scheduler's maps and any the agent declares, and the scheduler) with trio's
+clock as ``now``; it wakes the core at ``next_deadline()``; after every call
+into the core it carries out the effects (``Send`` as a datagram, or as a
+stream frame when reliable or too big for a datagram; ``Event`` to the log
+and the counters; ``StartRun`` as a task running the job's target with
+``peer.executor``, which it reports back when done; ``CancelRun`` and
+``DeliverUpdate`` to that task). No protocol or scheduling decision is made
+here.
 
 Around the core, the agent does what a process must: resolve seeds (again
 every ``dns_interval`` while any is a name, and join whatever new addresses
@@ -37,6 +40,10 @@ from peer.core import NodeCore
 from peer.replication import ReplicationConfig
 from membership.effects import Event, Send
 from membership.state import Address, EventKind, Status
+from peer.executor import Executor, Outcome
+from peer.jobdef import JobSpec
+from peer.runs import RunRecord
+from peer.scheduler import CancelRun, DeliverUpdate, Scheduler, SchedulerConfig, StartRun
 from peer.addresses import format_address, is_ip, is_ipv6, is_wildcard
 from peer.api import bind_api_socket, serve_api
 from peer.seeds import Lookup, SeedResolver, parse_seed, system_lookup
@@ -54,6 +61,20 @@ API_DRAIN_SECONDS = 2.0
 KEY_WARNING_INTERVAL = 60.0
 
 _EVENT_LEVEL = {EventKind.FAILED: logging.WARNING}
+
+
+# How often a caller waiting for a result looks at the runs map.
+RESULT_POLL_SECONDS = 0.05
+
+
+@attrs.define
+class _RunTask:
+    """A run this agent is running: its attempt, how to stop it, where its
+    updates go."""
+
+    attempt: int
+    scope: trio.CancelScope
+    updates: trio.MemorySendChannel[Any]
 
 
 class AgentError(Exception):
@@ -74,8 +95,13 @@ class Agent:
         rng: random.Random | None = None,
         maps: Sequence[str] = (),
         replication: ReplicationConfig | None = None,
+        scheduler: SchedulerConfig | None = None,
+        executor: Executor | None = None,
+        jobs: Sequence[JobSpec] = (),
+        control_api: bool = True,
     ) -> None:
         self.settings = settings
+        self.control_api = control_api  # False: no control API is served (an embedded node)
         self.name = settings.name
         self.config = settings.membership_config()
         self.codec = Codec(keyring)
@@ -91,6 +117,10 @@ class Agent:
         self.events: Counter[str] = Counter()
         self.maps = tuple(maps)
         self.replication_config = replication or ReplicationConfig()
+        self.scheduler_config = scheduler or settings.scheduler_config()
+        self.executor = executor or Executor()
+        self.initial_jobs = tuple(jobs)
+        self._runs: dict[str, _RunTask] = {}
         self._core: NodeCore | None = None
         self._api_socket: socket.socket | None = None  # handed to the API server by run()
         self.api_address: Address = settings.api
@@ -112,6 +142,12 @@ class Agent:
         return self.core.membership
 
     @property
+    def scheduler(self) -> Scheduler:
+        scheduler = self.core.scheduler
+        assert scheduler is not None
+        return scheduler
+
+    @property
     def keyed(self) -> bool:
         return self.codec.keyring is not None
 
@@ -130,13 +166,14 @@ class Agent:
     async def bind(self) -> None:
         """Bind the node's sockets and the API's; raises ``BindError``."""
         await self.transport.bind()
-        try:
-            self._api_socket = bind_api_socket(self.settings.api)
-        except BindError:
-            self.transport.close()
-            raise
-        host, port = self._api_socket.getsockname()[:2]
-        self.api_address = (str(host), int(port))  # the bound port, if 0 was asked
+        if self.control_api:
+            try:
+                self._api_socket = bind_api_socket(self.settings.api)
+            except BindError:
+                self.transport.close()
+                raise
+            host, port = self._api_socket.getsockname()[:2]
+            self.api_address = (str(host), int(port))  # the bound port, if 0 was asked
         self.advertise = self._advertised_address()
         self._core = NodeCore(
             self.name,
@@ -148,11 +185,13 @@ class Agent:
             now=trio.current_time(),
             wall_clock=time.time,
             incarnation=int(time.time() * 1000),
+            scheduler=self.scheduler_config,
         )
+        self.scheduler.define_when_ready(self.initial_jobs)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until the node has left (``leave()``); ``bind()`` first."""
-        assert self._api_socket is not None, "bind() first"
+        assert self._core is not None, "bind() first"
         if not self.keyed:
             log.warning(
                 "no cluster key: this cluster is OPEN, anyone who can reach %s can join it and "
@@ -161,11 +200,11 @@ class Agent:
                 extra={"node": self.name},
             )
         log.info(
-            "node %s up at %s (bind %s, api http://%s, profile %s, incarnation %d)",
+            "node %s up at %s (bind %s, api %s, profile %s, incarnation %d)",
             self.name,
             format_address(self.advertise),
             format_address(self.settings.bind),
-            format_address(self.settings.api),
+            f"http://{format_address(self.api_address)}" if self._api_socket is not None else "none",
             self.settings.profile,
             self.core.incarnation,
             extra={"node": self.name},
@@ -175,7 +214,9 @@ class Agent:
                 self._nursery = nursery
                 nursery.start_soon(self.transport.serve, self._on_frame)
                 nursery.start_soon(self._timer_loop)
-                await nursery.start(serve_api, self, self._api_socket)
+                serving = self._api_socket is not None
+                if serving:
+                    await nursery.start(serve_api, self, self._api_socket)
                 await self._resolve_and_join()
                 nursery.start_soon(self._seed_loop)
                 if self.settings.join_timeout > 0:
@@ -184,8 +225,9 @@ class Agent:
                 await self._left.wait()
                 log.info("left the cluster", extra={"node": self.name})
                 self.stopping.set()
-                with trio.move_on_after(API_DRAIN_SECONDS):
-                    await trio.sleep_forever()  # serve_api returns once drained; then cancel
+                if serving:
+                    with trio.move_on_after(API_DRAIN_SECONDS):
+                        await trio.sleep_forever()  # serve_api returns once drained; then cancel
                 nursery.cancel_scope.cancel()
         finally:
             self.close()
@@ -219,6 +261,47 @@ class Agent:
         """The value in a replicated map, or None."""
         register = self.core.get(map_name, key)
         return None if register is None else register.value
+
+    # -- jobs: what the control API and the embedding API call ------------------------
+
+    async def define_job(self, spec: JobSpec) -> bool:
+        """Define or redefine a job; False if it was defined so already."""
+        changed = self.scheduler.add_job(self.core.wall_ms(), spec)
+        await self._flush()
+        return changed
+
+    async def remove_job(self, job_id: str) -> bool:
+        removed = self.scheduler.remove_job(job_id)
+        await self._flush()
+        return removed
+
+    async def pause_job(self, job_id: str, paused: bool) -> JobSpec:
+        """``KeyError`` for an unknown job."""
+        spec = self.scheduler.set_paused(self.core.wall_ms(), job_id, paused)
+        await self._flush()
+        return spec
+
+    async def submit(self, spec: JobSpec) -> str:
+        """Run ``spec`` once, somewhere in the cluster; the run id."""
+        run_id = self.scheduler.submit(self.core.wall_ms(), spec)
+        await self._flush()
+        return run_id
+
+    async def send(self, run_id: str, data: Any) -> None:
+        """``KeyError`` for an unknown run, ``ValueError`` for a finished one."""
+        self.scheduler.send(run_id, data)
+        await self._flush()
+
+    async def wait_for_run(self, run_id: str, timeout: float) -> RunRecord | None:
+        """The run's record once finished, or as it is when ``timeout`` passes
+        (None if the run is unknown by then)."""
+        with trio.move_on_after(timeout):
+            while True:
+                record = self.scheduler.record(run_id)
+                if record is not None and record.state.finished:
+                    return record
+                await trio.sleep(RESULT_POLL_SECONDS)
+        return self.scheduler.record(run_id)
 
     def api_drained(self) -> None:
         """Called by the API server once it stopped: nothing is left to wait for."""
@@ -272,8 +355,14 @@ class Agent:
         for effect in core.take_effects():
             if isinstance(effect, Send):
                 await self._send(effect)
-            else:
+            elif isinstance(effect, Event):
                 self._on_event(effect)
+            elif isinstance(effect, StartRun):
+                self._start_run(effect)
+            elif isinstance(effect, CancelRun):
+                self._cancel_run(effect)
+            else:
+                self._deliver_update(effect)
         if core.membership.live_count > 1 and not self._joined.is_set():
             self._joined.set()
         if core.leaving and core.leave_complete:
@@ -316,6 +405,66 @@ class Agent:
             because,
             extra={"node": self.name, "event": kind, "member": member.name},
         )
+
+    # -- runs -------------------------------------------------------------------
+
+    def _start_run(self, start: StartRun) -> None:
+        send_updates, updates = trio.open_memory_channel[Any](math.inf)
+        task = _RunTask(start.attempt, trio.CancelScope(), send_updates)
+        previous = self._runs.get(start.run_id)
+        if previous is not None:
+            previous.scope.cancel()
+        self._runs[start.run_id] = task
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_job, start, task, updates)
+
+    async def _run_job(self, start: StartRun, task: _RunTask, updates: trio.MemoryReceiveChannel[Any]) -> None:
+        extra = {"node": self.name, "event": "run", "run": start.run_id}
+        log.info("run %s started (attempt %d)", start.run_id, start.attempt, extra=extra)
+        outcome: Outcome | None = None
+        with task.scope:
+            try:
+                outcome = await self.executor.run(
+                    start.spec.target,
+                    run_id=start.run_id,
+                    attempt=start.attempt,
+                    timeout=start.spec.timeout,
+                    updates=updates,
+                    progress=lambda value: self._on_progress(start.run_id, start.attempt, value),
+                )
+            except Exception as error:  # an executor bug must not take the node down
+                log.exception("run %s: the executor failed", start.run_id, extra=extra)
+                outcome = Outcome(ok=False, error=f"internal error running the job: {error!r}")
+        if self._runs.get(start.run_id) is task:
+            del self._runs[start.run_id]
+        if outcome is None:
+            log.info("run %s cancelled", start.run_id, extra=extra)
+            return
+        log.log(
+            logging.INFO if outcome.ok else logging.WARNING,
+            "run %s %s%s",
+            start.run_id,
+            "succeeded" if outcome.ok else "failed",
+            "" if outcome.ok else f": {(outcome.error or '').splitlines()[0] if outcome.error else ''}",
+            extra=extra,
+        )
+        self.scheduler.run_finished(self.core.wall_ms(), start.run_id, start.attempt, outcome.ok, outcome.result, outcome.error)
+        await self._flush()
+
+    def _on_progress(self, run_id: str, attempt: int, value: Any) -> None:
+        self.scheduler.run_progress(self.core.wall_ms(), run_id, attempt, value)
+        self._rearm.set()  # the timer loop writes it out
+
+    def _cancel_run(self, cancel: CancelRun) -> None:
+        task = self._runs.get(cancel.run_id)
+        if task is not None and task.attempt == cancel.attempt:
+            log.info("cancelling run %s: %s", cancel.run_id, cancel.reason, extra={"node": self.name, "run": cancel.run_id})
+            task.scope.cancel()
+
+    def _deliver_update(self, update: DeliverUpdate) -> None:
+        task = self._runs.get(update.run_id)
+        if task is not None and task.attempt == update.attempt:
+            task.updates.send_nowait(update.data)
 
     # -- seeds ------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ import attrs
 from membership.config import PROFILES, MembershipConfig, profile
 from membership.state import Address
 from peer.addresses import AddressError, parse_ip_address
+from peer.scheduler import SchedulerConfig
 from peer.seeds import parse_seed
 
 DEFAULT_PORT = 7946
@@ -90,6 +91,18 @@ def _seconds(value: Any) -> float:
     return seconds
 
 
+def _load_factor(value: Any) -> float | None:
+    if value in (None, "", "none"):
+        return None
+    try:
+        factor = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number >= 1 (or none), got {value!r}") from None
+    if not 1.0 <= factor < float("inf"):
+        raise ValueError(f"expected a number >= 1 (or none), got {value!r}")
+    return factor
+
+
 def _optional_path(value: Any) -> str | None:
     if value in (None, ""):
         return None
@@ -122,6 +135,9 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "hosts_file": _optional_path,
     "log_format": _choice("text", "json"),
     "log_level": _choice("debug", "info", "warning", "error"),
+    "jobs": _optional_path,
+    "drain_timeout": _seconds,
+    "load_factor": _load_factor,
     "membership": _membership_table,
 }
 
@@ -140,7 +156,13 @@ class Settings:
     hosts_file: str | None = None
     log_format: str = "text"
     log_level: str = "info"
+    jobs: str | None = None  # a TOML jobs file (peer.jobdef) defined at start
+    drain_timeout: float = 30.0
+    load_factor: float | None = None  # bounded loads for job placement (peer.ring)
     membership: dict[str, Any] = attrs.field(factory=dict)
+
+    def scheduler_config(self) -> SchedulerConfig:
+        return SchedulerConfig(drain_timeout=self.drain_timeout, load_factor=self.load_factor)
 
     def membership_config(self) -> MembershipConfig:
         try:

@@ -128,8 +128,9 @@ def test_cli_json_documents_and_leave(cluster: LocalCluster) -> None:
             "addr": agent.addr,
             "status": "alive",
             "incarnation": member["incarnation"],
-            "meta": "",
+            "meta": member["meta"],
         }
+        assert member["meta"] in ("starting", "ready")  # the scheduler's role
         assert isinstance(member["incarnation"], int) and member["incarnation"] > 0
 
     status = json.loads(peer_cli("status", "--json", "--api", api).stdout)
