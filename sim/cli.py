@@ -12,6 +12,7 @@ from typing import Any
 from membership.config import PROFILES
 from sim.faults import Fault, parse_partition
 from sim.crdt_scenario import CrdtScenario, run_crdt
+from sim.jobs_scenario import JobsScenario, run_jobs
 from sim.membership_scenario import MembershipScenario, crash_scenario_faults, run_membership
 
 
@@ -65,6 +66,19 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--ttl", type=float, default=None, metavar="S", help="time to live of expiring writes")
     c.add_argument("--ttl-share", type=_probability, default=0.0, help="the share of writes that expire (with --ttl)")
     c.add_argument("--sync-interval", type=float, default=None, help="seconds between digest syncs (default 10)")
+
+    j = commands.add_parser("jobs", help="the scheduler: cron and one-off jobs under churn and loss")
+    for action in m._actions:
+        if action.dest not in ("help",):
+            j._add_action(action)
+    j.add_argument("--cron-jobs", type=int, default=10, help="cron jobs in mode one (default 10)")
+    j.add_argument("--all-jobs", type=int, default=1, help="cron jobs in mode all (default 1)")
+    j.add_argument("--every", type=float, default=2.0, help="their schedule: every this many seconds (default 2)")
+    j.add_argument("--oneoffs", type=int, default=50, help="one-off runs submitted through random nodes (default 50)")
+    j.add_argument("--fail-share", type=_probability, default=0.1, help="the share of one-offs whose first attempt fails")
+    j.add_argument("--churn", type=int, default=0, help="random non-seed nodes that crash or leave, and come back")
+    j.add_argument("--heal", type=float, default=20.0, help="fault-free seconds at the end (default 20)")
+    j.add_argument("--load-factor", type=float, default=None, help="bounded loads for the job ring (default: none)")
     return parser
 
 
@@ -114,6 +128,26 @@ def _crdt(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str
     return report
 
 
+def _jobs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    fields = _scenario_fields(args, parser)
+    if args.crash:
+        parser.error("jobs: use --churn for crashes (nodes come back), not --crash")
+    scenario = JobsScenario(
+        **fields,
+        cron_jobs=args.cron_jobs,
+        all_jobs=args.all_jobs,
+        every=args.every,
+        oneoffs=args.oneoffs,
+        fail_share=args.fail_share,
+        churn=args.churn,
+        heal=args.heal,
+        scheduler={"load_factor": args.load_factor},
+    )
+    report = run_jobs(scenario)
+    report["replay"] = _replay_line(args)
+    return report
+
+
 def _replay_line(args: argparse.Namespace) -> str:
     words = ["python", "-m", "sim", args.command, "--nodes", str(args.nodes), "--seed", str(args.seed)]
     words += ["--duration", repr(args.duration), "--profile", args.profile, "--seeds", str(args.seeds)]
@@ -138,6 +172,12 @@ def _replay_line(args: argparse.Namespace) -> str:
             words += ["--ttl", repr(args.ttl), "--ttl-share", repr(args.ttl_share)]
         if args.sync_interval is not None:
             words += ["--sync-interval", repr(args.sync_interval)]
+    if args.command == "jobs":
+        words += ["--cron-jobs", str(args.cron_jobs), "--all-jobs", str(args.all_jobs), "--every", repr(args.every)]
+        words += ["--oneoffs", str(args.oneoffs), "--fail-share", repr(args.fail_share), "--churn", str(args.churn)]
+        words += ["--heal", repr(args.heal)]
+        if args.load_factor is not None:
+            words += ["--load-factor", repr(args.load_factor)]
     return shlex.join(words + ["--json"])
 
 
@@ -174,13 +214,36 @@ def _s(value: float | None) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    report = (_crdt if args.command == "crdt" else _membership)(args, parser)
+    run, human = {"membership": (_membership, _human), "crdt": (_crdt, _human_crdt), "jobs": (_jobs, _human_jobs)}[
+        args.command
+    ]
+    report = run(args, parser)
     if args.json:
         json.dump(report, sys.stdout)
         sys.stdout.write("\n")
     else:
-        print(_human_crdt(report) if args.command == "crdt" else _human(report))
+        print(human(report))
     return 0
+
+
+def _human_jobs(report: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"jobs: {report['nodes']} nodes, seed {report['seed']}, {report['cron_jobs']} + {report['all_jobs']} cron jobs "
+            f"every {report['every']:g} s, {report['oneoffs_submitted']} one-offs, churn {report['churn']}; "
+            f"{report['sim_seconds']:g} simulated seconds in {report['wall_seconds']:.2f} s "
+            f"({report['sim_seconds_per_wall_second']}x real time)",
+            f"  ticks:            {report['ticks_run']} of {report['ticks_expected']} ran; missed {report['missed']}",
+            f"  duplicates:       {report['duplicates']} (of {report['executions']} executions)",
+            f"  one-offs:         {report['oneoffs_done']} of {report['oneoffs_submitted']} done"
+            f" ({report['oneoffs_lost_with_submitter']} lost with the node they were submitted to, before leaving it)",
+            f"  lost results:     {report['lost_results']} (not yet everywhere: {report['results_not_everywhere']})",
+            f"  membership:       {'converged' if report['converged'] else 'NOT converged'}, "
+            f"{report['false_positives']} false positives",
+            f"  trace hash:       {report['trace_hash']}",
+            f"  replay:           {report['replay']}",
+        ]
+    )
 
 
 def _human_crdt(report: dict[str, Any]) -> str:

@@ -1,0 +1,381 @@
+"""Job scenarios: the scheduler on N simulated nodes, under churn and loss.
+
+A run is a membership scenario (same network, clocks and faults) whose nodes
+run ``peer.core.NodeCore`` with the scheduler. At ``jobs_start`` one node
+defines ``cron_jobs`` jobs in mode ``one`` and ``all_jobs`` in mode ``all``,
+all ``@every <every>s``; during the run, ``oneoffs`` one-off runs are
+submitted through random nodes, ``fail_share`` of them failing their first
+attempt (they have retries). ``churn`` random nodes (never the seeds) crash
+or leave gracefully during the faulty phase and come back a few seconds
+later; the last ``heal`` seconds are fault-free.
+
+The simulated executor plays the jobs: a started run takes a random time
+from ``work_seconds``, then its node reports the outcome, unless the node
+crashed or the scheduler cancelled the run meanwhile. Against the ground
+truth the run measures:
+
+- ``ticks_expected``: ticks of the mode-one jobs between their definition
+  (plus ``settle``) and ``heal`` seconds before the end, plus, for mode
+  ``all``, each tick once per node that was up from well before it to
+  well after it;
+- ``ticks_run``: those with a successful execution; ``missed`` the rest;
+- ``duplicates``: executions that started while another execution of the
+  same run was going on, or after one had succeeded (a re-run after its
+  first execution's node crashed, or after a failed attempt, is not one);
+- ``lost_results``: runs that succeeded (more than ``RESULT_SETTLE``
+  seconds before the end), and one-offs submitted before the heal phase,
+  whose ``succeeded`` record is on no running node at the end, except a
+  one-off whose submitting node crashed within ``RESULT_SETTLE`` of the
+  submit, before anyone ran it (``oneoffs_lost_with_submitter``: a write
+  that never left its node);
+  ``results_not_everywhere``: those on some running nodes but not all yet
+  (a lost delta waits for the next digest sync);
+- ``oneoffs_done``, and the scheduler's counters summed over the nodes.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Any
+
+import attrs
+
+from membership.effects import Event
+from peer.core import NodeCore
+from peer.jobdef import JobSpec
+from peer.replication import ReplicationConfig
+from peer.runs import RunState, tick_run_id
+from peer.schedule import parse_schedule
+from peer.scheduler import CancelRun, Scheduler, SchedulerConfig, StartRun
+from peer.targets import CallTarget
+from sim.clock import WALL_EPOCH
+from sim.faults import Crash, Fault, Leave
+from sim.membership_scenario import MembershipRun, MembershipScenario
+from sim.node import DrivenCore, Life, SimNode
+
+# A run of a mode-all job is owed by a node up from this long before its
+# tick (after its settle) to this long after.
+ALL_MODE_MARGIN_BEFORE = 2.0
+ALL_MODE_MARGIN_AFTER = 5.0
+# A result must be on every running node this long after its run finished.
+RESULT_SETTLE = 5.0
+
+
+@attrs.frozen
+class JobsScenario(MembershipScenario):
+    cron_jobs: int = 10
+    all_jobs: int = 1
+    every: float = 2.0
+    oneoffs: int = 50
+    fail_share: float = 0.1
+    work_seconds: tuple[float, float] = (0.05, 0.5)
+    jobs_start: float = 5.0
+    churn: int = 0  # nodes that crash or leave (and come back) during the faulty phase
+    heal: float = 20.0  # fault-free seconds at the end
+    scheduler: dict[str, Any] = attrs.field(factory=dict)  # SchedulerConfig overrides
+    replication: dict[str, Any] = attrs.field(factory=dict)
+
+
+def churn_faults(scenario: JobsScenario) -> list[Fault]:
+    """``churn`` crash-or-leave events on random non-seed nodes, each node
+    back 2-10 s later, all within the faulty phase."""
+    rng = random.Random(f"churn/{scenario.seed}")
+    start = scenario.jobs_start + 5.0
+    end = scenario.duration - scenario.heal - 10.0
+    candidates = list(range(scenario.seeds, scenario.nodes))
+    faults: list[Fault] = []
+    if end <= start or not candidates:
+        return faults
+    busy_until: dict[int, float] = {}
+    for _ in range(scenario.churn):
+        at = rng.uniform(start, end)
+        free = [i for i in candidates if busy_until.get(i, -1.0) < at]
+        if not free:
+            continue
+        index = rng.choice(free)
+        back_after = rng.uniform(2.0, 10.0)
+        busy_until[index] = at + back_after + 5.0
+        if rng.random() < 0.5:
+            faults.append(Crash(frozenset({index}), at, restart_after=back_after))
+        else:
+            faults.append(Leave(frozenset({index}), at, rejoin_after=back_after))
+    return faults
+
+
+@attrs.define
+class _Execution:
+    run_id: str
+    attempt: int
+    node: int
+    boots: int
+    start: float
+    end: float | None = None
+    ok: bool = False
+
+
+class JobsRun(MembershipRun):
+    scenario: JobsScenario
+
+    def __init__(self, scenario: JobsScenario) -> None:
+        self.scheduler_config = SchedulerConfig(**scenario.scheduler)
+        self.replication_config = ReplicationConfig(**scenario.replication)
+        super().__init__(scenario, make_core=self._make_core)
+        self._work = self.sim.streams.get("work")
+        self._executions: dict[str, list[_Execution]] = defaultdict(list)
+        self._open: dict[tuple[int, str, int], _Execution] = {}  # (node, run, attempt)
+        self._oneoffs: dict[str, float] = {}  # run id -> submit time
+        self._submitted_by: dict[str, tuple[int, int]] = {}  # run id -> (node, boots) it was submitted through
+        self._crashed_lives: list[tuple[int, int, float]] = []  # (node, boots, when)
+        self._failing: set[str] = set()  # one-off ids whose first attempt fails
+        self._lives: dict[int, list[list[float]]] = defaultdict(list)  # node -> [start, end] of each life
+        self._defined_at: float | None = None
+
+    def _make_core(self, node: SimNode, rng: random.Random, now: float, incarnation: int) -> DrivenCore:
+        return NodeCore(
+            node.name,
+            node.addr,
+            node.config,
+            self.replication_config,
+            rng=rng,
+            now=now,
+            wall_clock=lambda: node.clock.wall(node.sim.now),
+            incarnation=incarnation,
+            scheduler=self.scheduler_config,
+        )
+
+    # -- the workload -------------------------------------------------------------
+
+    def _start(self) -> None:
+        super()._start()
+        scenario = self.scenario
+        self.sim.at(scenario.jobs_start, self._define_jobs)
+        stream = self.sim.streams.get("oneoffs")
+        window_end = scenario.duration - scenario.heal
+        for number in range(scenario.oneoffs):
+            when = stream.uniform(scenario.jobs_start + 1.0, max(scenario.jobs_start + 1.0, window_end))
+            failing = stream.random() < scenario.fail_share
+            self.sim.at(when, self._submit, stream.randrange(scenario.nodes), number, failing)
+
+    def _define_jobs(self) -> None:
+        node = self._up_node(0)
+        if node is None:
+            return
+        self._defined_at = self.sim.now
+        specs = [self._cron_spec(f"cron-{i:03d}", "one") for i in range(self.scenario.cron_jobs)]
+        specs += [self._cron_spec(f"all-{i:03d}", "all") for i in range(self.scenario.all_jobs)]
+
+        def define(core: DrivenCore, now: float) -> None:
+            scheduler = _scheduler(core)
+            for spec in specs:
+                scheduler.add_job(_node_core(core).wall_ms(), spec)
+
+        node.apply(define)
+
+    def _cron_spec(self, job_id: str, mode: str) -> JobSpec:
+        return JobSpec(
+            id=job_id,
+            target=CallTarget("sim:work"),
+            schedule=parse_schedule(f"@every {self.scenario.every:g}s"),
+            mode=mode,
+            misfire="all",  # a tick found late still runs: missed ticks are failures here
+            grace=60.0,
+            overlap="allow",
+        )
+
+    def _submit(self, index: int, number: int, failing: bool) -> None:
+        node = self._up_node(index)
+        if node is None:
+            return
+        spec = JobSpec(id=f"oneoff-{number:04d}", target=CallTarget("sim:work"), schedule=None, retries=2, backoff=0.5)
+        run_id = node.apply(lambda core, now: _scheduler(core).submit(_node_core(core).wall_ms(), spec))
+        self._oneoffs[run_id] = self.sim.now
+        self._submitted_by[run_id] = (node.index, node.boots)
+        if failing:
+            self._failing.add(run_id)
+
+    def _up_node(self, index: int) -> SimNode | None:
+        """The node, or the next one that is up."""
+        count = len(self.nodes)
+        for step in range(count):
+            node = self.nodes[(index + step) % count]
+            if node.life is Life.UP and node.core is not None:
+                return node
+        return None
+
+    # -- the simulated executor ---------------------------------------------------------
+
+    def on_event(self, node: SimNode, event: Any) -> None:
+        if isinstance(event, StartRun):
+            execution = _Execution(event.run_id, event.attempt, node.index, node.boots, self.sim.now)
+            self._executions[event.run_id].append(execution)
+            self._open[(node.index, event.run_id, event.attempt)] = execution
+            low, high = self.scenario.work_seconds
+            self.sim.at(self.sim.now + self._work.uniform(low, high), self._finish, execution)
+        elif isinstance(event, CancelRun):
+            key = (node.index, event.run_id, event.attempt)
+            if key in self._open:
+                self._open.pop(key).end = self.sim.now
+        elif isinstance(event, Event):
+            super().on_event(node, event)
+
+    def _finish(self, execution: _Execution) -> None:
+        node = self.nodes[execution.node]
+        key = (execution.node, execution.run_id, execution.attempt)
+        if self._open.get(key) is not execution:
+            return  # cancelled, or its node crashed
+        del self._open[key]
+        assert node.running and node.boots == execution.boots
+        ok = not (execution.run_id in self._failing and execution.attempt == 1)
+        execution.end, execution.ok = self.sim.now, ok
+        error = None if ok else "RuntimeError: simulated failure"
+
+        def report(core: DrivenCore, now: float) -> None:
+            _scheduler(core).run_finished(
+                _node_core(core).wall_ms(), execution.run_id, execution.attempt, ok, {"run": execution.run_id}, error
+            )
+
+        node.apply(report)
+
+    def crash(self, index: int) -> None:
+        node = self.nodes[index]
+        self._crashed_lives.append((index, node.boots, self.sim.now))
+        super().crash(index)
+        for key in [key for key in self._open if key[0] == index]:
+            self._open.pop(key).end = self.sim.now
+
+    def on_life(self, node: SimNode) -> None:
+        super().on_life(node)
+        lives = self._lives[node.index]
+        if node.life is Life.UP and (not lives or lives[-1][1] < float("inf")):
+            lives.append([self.sim.now, float("inf")])
+        elif node.life in (Life.CRASHED, Life.LEAVING, Life.PAUSED) and lives and lives[-1][1] == float("inf"):
+            lives[-1][1] = self.sim.now
+
+    # -- measuring ------------------------------------------------------------------------
+
+    def measure_jobs(self) -> dict[str, Any]:
+        base = self.measure().to_json()
+        scenario = self.scenario
+        expected = self._expected_runs()
+        ran = {run_id for run_id in expected if any(e.ok for e in self._executions.get(run_id, ()))}
+        duplicates = sum(self._duplicates(executions) for executions in self._executions.values())
+        succeeded = {run_id for run_id, executions in self._executions.items() if any(e.ok for e in executions)}
+        settled = {
+            run_id
+            for run_id, executions in self._executions.items()
+            if any(e.ok and e.end is not None and e.end <= self.sim.now - RESULT_SETTLE for e in executions)
+        }
+        owed_oneoffs = {run_id for run_id, when in self._oneoffs.items() if when <= scenario.duration - scenario.heal}
+        cores = [(node, _node_core(node.core)) for node in self.nodes if node.life is Life.UP and node.core is not None]
+        lost, partial, with_submitter = set(), set(), set()
+        for run_id in sorted(settled | owed_oneoffs):
+            holders = 0
+            for _, core in cores:
+                record = _scheduler(core).record(run_id)
+                holders += record is not None and record.state is RunState.SUCCEEDED
+            if holders == 0 and self._died_with_submitter(run_id):
+                with_submitter.add(run_id)
+            elif holders == 0:
+                lost.add(run_id)
+            elif holders < len(cores):
+                partial.add(run_id)
+        totals: dict[str, int] = defaultdict(int)
+        for _, core in cores:
+            for field, value in attrs.asdict(_scheduler(core).stats).items():
+                totals[field] += value
+        base.update(
+            {
+                "scenario": "jobs",
+                "cron_jobs": scenario.cron_jobs,
+                "all_jobs": scenario.all_jobs,
+                "every": scenario.every,
+                "churn": scenario.churn,
+                "ticks_expected": len(expected),
+                "ticks_run": len(ran),
+                "missed": len(expected) - len(ran),
+                "missed_runs": sorted(set(expected) - ran)[:20],
+                "duplicates": duplicates,
+                "executions": sum(len(e) for e in self._executions.values()),
+                "oneoffs_submitted": len(self._oneoffs),
+                "oneoffs_done": len(owed_oneoffs & succeeded),
+                "lost_results": len(lost),
+                "lost_runs": sorted(lost)[:20],
+                "results_not_everywhere": len(partial),
+                "oneoffs_lost_with_submitter": len(with_submitter),
+                "scheduler": dict(totals),
+            }
+        )
+        return base
+
+    def _died_with_submitter(self, run_id: str) -> bool:
+        """Did the node a one-off was submitted through crash before anyone
+        ran it, so soon that it may not have passed the submission on?"""
+        if run_id not in self._submitted_by or self._executions.get(run_id):
+            return False
+        index, boots = self._submitted_by[run_id]
+        submitted = self._oneoffs[run_id]
+        return any(i == index and b == boots and submitted <= when <= submitted + RESULT_SETTLE for i, b, when in self._crashed_lives)
+
+    def _expected_runs(self) -> set[str]:
+        scenario = self.scenario
+        if self._defined_at is None:
+            return set()
+        settle = self.scheduler_config.settle
+        first = self._defined_at + 1.0
+        last = scenario.duration - scenario.heal
+        expected: set[str] = set()
+        for i in range(scenario.cron_jobs):
+            for tick in self._ticks(first, last):
+                expected.add(tick_run_id(f"cron-{i:03d}", tick))
+        for node in self.nodes:
+            for start, end in self._lives.get(node.index, ()):
+                ready = start + settle + ALL_MODE_MARGIN_BEFORE
+                until = min(end - ALL_MODE_MARGIN_AFTER, last)
+                for i in range(scenario.all_jobs):
+                    for tick in self._ticks(max(first, ready), until):
+                        expected.add(tick_run_id(f"all-{i:03d}", tick, node.name))
+        return expected
+
+    def _ticks(self, start: float, end: float) -> list[int]:
+        """Ticks of the jobs' schedule between two simulated times."""
+        if end <= start:
+            return []
+        schedule = parse_schedule(f"@every {self.scenario.every:g}s")
+        return schedule.ticks_between(_wall_ms(start), _wall_ms(end), limit=1_000_000)
+
+    @staticmethod
+    def _duplicates(executions: list[_Execution]) -> int:
+        count = 0
+        ordered = sorted(executions, key=lambda e: e.start)
+        for i, execution in enumerate(ordered):
+            for earlier in ordered[:i]:
+                overlapping = earlier.end is None or earlier.end > execution.start
+                if overlapping or earlier.ok:
+                    count += 1
+                    break
+        return count
+
+
+def _wall_ms(sim_time: float) -> int:
+    """A simulated time on the reference wall clock (no skew, no drift)."""
+    return round((WALL_EPOCH + sim_time) * 1000)
+
+
+def _node_core(core: DrivenCore | None) -> NodeCore:
+    assert isinstance(core, NodeCore)
+    return core
+
+
+def _scheduler(core: DrivenCore | None) -> Scheduler:
+    scheduler = _node_core(core).scheduler
+    assert scheduler is not None
+    return scheduler
+
+
+def run_jobs(scenario: JobsScenario) -> dict[str, Any]:
+    if scenario.churn:
+        scenario = attrs.evolve(scenario, faults=(*scenario.faults, *churn_faults(scenario)))
+    run = JobsRun(scenario)
+    run.run_until(scenario.duration)
+    return run.measure_jobs()
