@@ -1,26 +1,44 @@
 """The control API: local HTTP/JSON, served by hypercorn's trio worker.
 
-Routes (JSON unless said otherwise; documented in README.md):
+Routes (JSON in and out unless said otherwise; documented in README.md):
 
-    GET  /health         200 {"status": "ok", "ready": bool}: the process serves (liveness)
-    GET  /health/ready   200 when part of a cluster and not leaving, else 503 (readiness)
-    GET  /metrics        Prometheus text format
-    GET  /members        this node's view: every member with address, status, incarnation
-    GET  /status         the node itself, member counts, counters
-    POST /leave          leave gracefully; answers once the leave has been gossiped
+    GET    /health               200 {"status": "ok", "ready": bool}: the process serves (liveness)
+    GET    /health/ready         200 when part of a cluster and not leaving, else 503 (readiness)
+    GET    /metrics              Prometheus text format
+    GET    /members              this node's view: every member with address, status, incarnation
+    GET    /status               the node itself, member counts, counters, the scheduler's state
+    POST   /leave                leave gracefully; answers once the leave has been gossiped
 
-The API binds 127.0.0.1 by default: it can make the node leave, so expose it
-only where that is wanted. The socket is bound before the node starts
-(``bind_api_socket``), so a port in use is a clear error at start, not a log
-line later.
+    GET    /jobs                 every job defined, with its owner and next tick
+    POST   /jobs                 define or redefine a job (body: one definition, or {"jobs": [...]})
+    GET    /jobs/{id}            one job: its definition, owner, next tick and latest runs
+    DELETE /jobs/{id}            remove a job (its runs' records stay until they expire)
+    POST   /jobs/{id}/pause      stop a job's ticks; POST /jobs/{id}/resume starts them again
+    POST   /submit               run once: {"job": ID, "kwargs": {...}} or a one-off definition
+    GET    /runs                 run records, newest first; ?job=ID&state=S[,S...]&limit=N
+    GET    /runs/{run}           one run's record; ?wait=SECONDS waits until it has finished
+    POST   /runs/{run}/send      send {"data": ...} to a running (or pending) run
+
+Errors are {"error": "..."}: 400 for a bad request (a bad job definition
+says which job and field), 404 for an unknown job or run, 405 for the wrong
+method, 409 for sending to a finished run. Path parameters are single
+percent-encoded segments: run ids hold ``@`` and ``:``, which clients
+should quote (``peer.client.quote``).
+
+The API binds 127.0.0.1 by default: it can make the node leave and run
+code, so expose it only where that is wanted. The socket is bound before the
+node starts (``bind_api_socket``), so a port in use is a clear error at
+start, not a log line later.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shlex
 import socket
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
@@ -34,9 +52,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from membership.core import MembershipStats
-from peer.replication import ReplicationStats
 from membership.state import Address
 from peer.addresses import format_address, is_ipv6
+from peer.jobdef import JobError, JobSpec, parse_job
+from peer.replication import ReplicationStats
+from peer.runs import RunRecord, RunState, format_time
+from peer.scheduler import JobEntry, Role
+from peer.targets import CallTarget, CommandTarget, HttpTarget
 from peer.transport import BindError, TransportStats, bind_error_message
 
 if TYPE_CHECKING:
@@ -84,6 +106,78 @@ async def serve_api(agent: Agent, sock: socket.socket, *, task_status: trio.Task
         agent.api_drained()
 
 
+class HttpError(Exception):
+    """An answer other than 200, raised by a handler: ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# The most a request body may hold: job definitions and updates are small.
+MAX_BODY_BYTES = 1 << 20
+# The longest ``GET /runs/{run}?wait=`` a request may ask for.
+MAX_WAIT_SECONDS = 300.0
+# ``GET /runs`` answers at most this many records unless ``limit`` says otherwise.
+DEFAULT_RUNS_LIMIT = 100
+# ``GET /jobs/{id}`` lists the job's latest runs, at most this many.
+JOB_RUNS = 20
+
+
+@attrs.frozen
+class Request:
+    method: str
+    path: str
+    params: dict[str, str]  # the pattern's ``{name}`` segments, percent-decoded
+    query: dict[str, str]  # the last value of each query parameter
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON; ``HttpError(400)`` unless it is."""
+        if not self.body.strip():
+            raise HttpError(400, "the request needs a JSON body")
+        try:
+            return json.loads(self.body)
+        except ValueError as error:
+            raise HttpError(400, f"the body is not JSON: {error}") from None
+
+    def json_object(self) -> dict[str, Any]:
+        document = self.json()
+        if not isinstance(document, dict):
+            raise HttpError(400, f"the body must be a JSON object, not {type(document).__name__}")
+        return document
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _segments(raw_path: bytes) -> list[str] | None:
+    """A path's segments, each percent-decoded on its own (so an encoded
+    ``/`` stays inside its segment); None if one is not UTF-8."""
+    path = raw_path.split(b"?", 1)[0]
+    if path.endswith(b"/"):
+        path = path[:-1]
+    try:
+        return [urllib.parse.unquote_to_bytes(part).decode("utf-8") for part in path.split(b"/")[1:]]
+    except UnicodeDecodeError:
+        return None
+
+
+def _match(pattern: tuple[str, ...], segments: list[str]) -> dict[str, str] | None:
+    if len(pattern) != len(segments):
+        return None
+    params: dict[str, str] = {}
+    for part, segment in zip(pattern, segments):
+        if part.startswith("{") and part.endswith("}"):
+            if not segment:
+                return None
+            params[part[1:-1]] = segment
+        elif part != segment:
+            return None
+    return params
+
+
 class ControlApi:
     """A minimal ASGI application: a table of routes, JSON answers."""
 
@@ -92,14 +186,39 @@ class ControlApi:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(AgentCollector(agent))
         self.registry.register(ProcessCollector(registry=None))
-        self.routes: dict[str, tuple[str, Callable[[], Awaitable[Response]]]] = {
-            "/health": ("GET", self.health),
-            "/health/ready": ("GET", self.ready),
-            "/metrics": ("GET", self.metrics),
-            "/members": ("GET", self.members),
-            "/status": ("GET", self.status),
-            "/leave": ("POST", self.leave),
-        }
+        # (method, path pattern, handler); a ``{name}`` segment matches any one segment.
+        table: list[tuple[str, str, Handler]] = [
+            ("GET", "/health", self.health),
+            ("GET", "/health/ready", self.ready),
+            ("GET", "/metrics", self.metrics),
+            ("GET", "/members", self.members),
+            ("GET", "/status", self.status),
+            ("POST", "/leave", self.leave),
+            ("GET", "/jobs", self.list_jobs),
+            ("POST", "/jobs", self.define_jobs),
+            ("GET", "/jobs/{id}", self.show_job),
+            ("DELETE", "/jobs/{id}", self.remove_job),
+            ("POST", "/jobs/{id}/pause", self.pause_job),
+            ("POST", "/jobs/{id}/resume", self.resume_job),
+            ("POST", "/submit", self.submit),
+            ("GET", "/runs", self.list_runs),
+            ("GET", "/runs/{run}", self.show_run),
+            ("POST", "/runs/{run}/send", self.send),
+        ]
+        self.routes = [(method, tuple(pattern.split("/")[1:]), handler) for method, pattern, handler in table]
+
+    def route(self, method: str, segments: list[str]) -> tuple[Handler | None, dict[str, str], list[str]]:
+        """The handler for a request and its parameters, or (None, {}, the
+        methods the path allows: empty for an unknown path)."""
+        allowed: list[str] = []
+        for route_method, pattern, handler in self.routes:
+            params = _match(pattern, segments)
+            if params is None:
+                continue
+            if route_method == method or (method == "HEAD" and route_method == "GET"):
+                return handler, params, []
+            allowed.append(route_method)
+        return None, {}, allowed
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] == "lifespan":
@@ -112,46 +231,387 @@ class ControlApi:
                     return
         if scope["type"] != "http":
             return
-        route = self.routes.get(scope["path"].rstrip("/") or "/")
         headers: list[tuple[bytes, bytes]] = []
-        if route is None:
-            status, content_type, body = _json(404, {"error": f"no such resource: {scope['path']}"})
-        elif scope["method"] != route[0] and not (scope["method"] == "HEAD" and route[0] == "GET"):
-            status, content_type, body = _json(405, {"error": f"use {route[0]} for {scope['path']}"})
-            headers.append((b"allow", route[0].encode()))
-        else:
-            try:
-                status, content_type, body = await route[1]()
-            except Exception:  # a bug in a handler must not take the node down
-                log.exception("control API handler failed for %s", scope["path"])
-                status, content_type, body = _json(500, {"error": "internal error; see the agent's log"})
+        status, content_type, body = await self._answer(scope, receive, headers)
         headers += [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
-    async def health(self) -> Response:
+    async def _answer(self, scope: dict[str, Any], receive: Callable[..., Any], headers: list[tuple[bytes, bytes]]) -> Response:
+        path: str = scope["path"]
+        raw_path = scope.get("raw_path") or urllib.parse.quote(path).encode()
+        segments = _segments(raw_path)
+        if segments is None:
+            return _json(400, {"error": f"the path is not UTF-8 once decoded: {path}"})
+        handler, params, allowed = self.route(scope["method"], segments)
+        if handler is None:
+            if not allowed:
+                return _json(404, {"error": f"no such resource: {path}"})
+            headers.append((b"allow", ", ".join(allowed).encode()))
+            return _json(405, {"error": f"use {' or '.join(allowed)} for {path}"})
+        body = await _read_body(receive)
+        if body is None:
+            return _json(413, {"error": f"the body is over {MAX_BODY_BYTES} bytes"})
+        query = {
+            name: values[-1]
+            for name, values in urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True).items()
+        }
+        request = Request(scope["method"], path, params, query, body)
+        try:
+            return await handler(request)
+        except HttpError as error:
+            return _json(error.status, {"error": error.message})
+        except JobError as error:
+            return _json(400, {"error": str(error)})
+        except Exception:  # a bug in a handler must not take the node down
+            log.exception("control API handler failed for %s %s", scope["method"], path)
+            return _json(500, {"error": "internal error; see the agent's log"})
+
+    # -- the node ---------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
         return _json(200, {"status": "ok", "ready": self.agent.ready})
 
-    async def ready(self) -> Response:
+    async def ready(self, request: Request) -> Response:
         ready = self.agent.ready
         return _json(200 if ready else 503, {"ready": ready, "leaving": self.agent.leaving})
 
-    async def metrics(self) -> Response:
+    async def metrics(self, request: Request) -> Response:
         return 200, PROMETHEUS, generate_latest(self.registry)
 
-    async def members(self) -> Response:
+    async def members(self, request: Request) -> Response:
         return _json(200, members_document(self.agent))
 
-    async def status(self) -> Response:
+    async def status(self, request: Request) -> Response:
         return _json(200, status_document(self.agent))
 
-    async def leave(self) -> Response:
+    async def leave(self, request: Request) -> Response:
         await self.agent.leave()
         return _json(200, {"left": True, "name": self.agent.name})
 
+    # -- jobs -------------------------------------------------------------------------
+
+    def _entry(self, job_id: str) -> JobEntry:
+        entry = self.agent.scheduler.jobs().get(job_id)
+        if entry is None:
+            raise HttpError(404, f"no such job: {job_id}")
+        return entry
+
+    async def list_jobs(self, request: Request) -> Response:
+        now = self.agent.core.wall_ms()
+        jobs = sorted(self.agent.scheduler.jobs().values(), key=lambda entry: entry.spec.id)
+        return _json(200, {"jobs": [job_document(self.agent, entry, now) for entry in jobs]})
+
+    async def define_jobs(self, request: Request) -> Response:
+        document = request.json_object()
+        if "jobs" not in document:
+            spec = parse_job(document, where="request")
+            return _json(200, {"id": spec.id, "changed": await self.agent.define_job(spec)})
+        items = document["jobs"]
+        if set(document) != {"jobs"}:
+            extra = ", ".join(sorted(set(document) - {"jobs"}))
+            raise HttpError(400, f'request: a body with "jobs" holds nothing else (found {extra})')
+        if not isinstance(items, list) or not items:
+            raise HttpError(400, 'request: "jobs" must be a non-empty list of job definitions')
+        specs: list[JobSpec] = []
+        for number, item in enumerate(items, start=1):
+            spec = parse_job(item, where="request", index=number)
+            if any(other.id == spec.id for other in specs):
+                raise HttpError(400, f"request: job {spec.id!r}: id: defined twice in this request")
+            specs.append(spec)
+        # Every definition is valid: define them all.
+        answers = [{"id": spec.id, "changed": await self.agent.define_job(spec)} for spec in specs]
+        return _json(200, {"jobs": answers})
+
+    async def show_job(self, request: Request) -> Response:
+        job_id = request.params["id"]
+        entry = self._entry(job_id)
+        now = self.agent.core.wall_ms()
+        runs = sorted((r for r in self.agent.scheduler.records() if r.job == job_id), key=_newest_first)
+        summary = job_document(self.agent, entry, now)
+        document = {
+            "id": job_id,
+            "definition": entry.spec.to_wire(),
+            "target": summary["target"],
+            "owner": summary["owner"],
+            "paused": entry.spec.paused,
+            "since": summary["since"],
+            "next_tick": summary["next_tick"],
+            "runs": [run_document(record) for record in runs[:JOB_RUNS]],
+        }
+        return _json(200, document)
+
+    async def remove_job(self, request: Request) -> Response:
+        job_id = request.params["id"]
+        self._entry(job_id)
+        removed = await self.agent.remove_job(job_id)
+        return _json(200, {"id": job_id, "removed": removed})
+
+    async def pause_job(self, request: Request) -> Response:
+        return await self._pause(request.params["id"], True)
+
+    async def resume_job(self, request: Request) -> Response:
+        return await self._pause(request.params["id"], False)
+
+    async def _pause(self, job_id: str, paused: bool) -> Response:
+        try:
+            spec = await self.agent.pause_job(job_id, paused)
+        except KeyError:
+            raise HttpError(404, f"no such job: {job_id}") from None
+        return _json(200, {"id": job_id, "paused": spec.paused})
+
+    # -- runs -------------------------------------------------------------------------
+
+    async def submit(self, request: Request) -> Response:
+        document = request.json_object()
+        if "job" in document:
+            spec = self._existing_job_spec(document)
+        else:
+            if document.get("id") is None:
+                raise HttpError(
+                    400, 'request: id: missing (a one-off job needs an id, which names its run; or give {"job": ID} to run a defined job)'
+                )
+            spec = parse_job(document, where="request")
+            if spec.schedule is not None:
+                raise HttpError(
+                    400, f"request: job {spec.id!r}: schedule: a submitted job runs once; define scheduled jobs with POST /jobs"
+                )
+        run_id = await self.agent.submit(spec)
+        return _json(200, {"run": run_id, "job": spec.id})
+
+    def _existing_job_spec(self, document: dict[str, Any]) -> JobSpec:
+        extra = set(document) - {"job", "kwargs"}
+        if extra:
+            raise HttpError(400, f'request: with "job" a submit takes only "kwargs" (found {", ".join(sorted(extra))})')
+        job_id = document["job"]
+        if not isinstance(job_id, str):
+            raise HttpError(400, 'request: "job" must be a job id (a string)')
+        spec = self._entry(job_id).spec
+        kwargs = document.get("kwargs")
+        if kwargs is None:
+            return spec
+        if not isinstance(kwargs, dict):
+            raise HttpError(400, 'request: "kwargs" must be an object')
+        if not isinstance(spec.target, CallTarget):
+            raise HttpError(400, f"request: job {job_id!r}: kwargs: only a call target takes kwargs")
+        target = attrs.evolve(spec.target, kwargs={**spec.target.kwargs, **kwargs})
+        return attrs.evolve(spec, target=target)
+
+    async def list_runs(self, request: Request) -> Response:
+        job = request.query.get("job") or None
+        states = _states(request.query.get("state", ""))
+        limit = _bounded_int(request.query.get("limit"), "limit", default=DEFAULT_RUNS_LIMIT)
+        records = [
+            record
+            for record in self.agent.scheduler.records()
+            if (job is None or record.job == job) and (states is None or record.state in states)
+        ]
+        records.sort(key=_newest_first)
+        return _json(200, {"runs": [run_document(record) for record in records[:limit]], "total": len(records)})
+
+    async def show_run(self, request: Request) -> Response:
+        run_id = request.params["run"]
+        wait = request.query.get("wait")
+        if wait is None:
+            record = self.agent.scheduler.record(run_id)
+        else:
+            seconds = _seconds(wait, "wait", MAX_WAIT_SECONDS)
+            record = await self.agent.wait_for_run(run_id, seconds)
+        if record is None:
+            raise HttpError(404, f"no such run: {run_id}")
+        return _json(200, run_document(record))
+
+    async def send(self, request: Request) -> Response:
+        run_id = request.params["run"]
+        document = request.json_object()
+        if "data" not in document:
+            raise HttpError(400, 'request: the body is {"data": ...}, the update to send')
+        self._unfinished_run(run_id)
+        try:
+            await self.agent.send(run_id, document["data"])
+        except KeyError:
+            raise HttpError(404, f"no such run: {run_id}") from None
+        except ValueError as error:
+            self._unfinished_run(run_id)  # it finished meanwhile: 409; else the data was refused
+            raise HttpError(400, f"cannot send to {run_id}: {error}") from None
+        return _json(200, {"sent": True, "run": run_id})
+
+    def _unfinished_run(self, run_id: str) -> None:
+        record = self.agent.scheduler.record(run_id)
+        if record is None:
+            raise HttpError(404, f"no such run: {run_id}")
+        if record.state.finished:
+            raise HttpError(409, f"run {run_id} has finished ({record.state.value}): nothing reads updates any more")
+
+
+async def _read_body(receive: Callable[..., Any]) -> bytes | None:
+    """The request's body; None once it is over ``MAX_BODY_BYTES``."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)  # the client went away
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _states(text: str) -> frozenset[RunState] | None:
+    if not text:
+        return None
+    states = set()
+    for name in text.split(","):
+        try:
+            states.add(RunState(name.strip()))
+        except ValueError:
+            known = ", ".join(state.value for state in RunState)
+            raise HttpError(400, f"state: unknown run state {name!r} (known: {known})") from None
+    return frozenset(states)
+
+
+def _bounded_int(text: str | None, name: str, *, default: int) -> int:
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise HttpError(400, f"{name}: expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise HttpError(400, f"{name}: must be at least 1, got {value}")
+    return value
+
+
+def _seconds(text: str, name: str, maximum: float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise HttpError(400, f"{name}: expected seconds, got {text!r}") from None
+    if not 0 <= value <= maximum:  # also refuses nan
+        raise HttpError(400, f"{name}: must be between 0 and {maximum:g} seconds, got {text}")
+    return value
+
+
+def _newest_first(record: RunRecord) -> tuple[int, str]:
+    # A key for sorted(): the newest (by creation, else tick) first.
+    return (-(record.created or record.tick or 0), record.id)
+
+
+def _plain(value: Any) -> Any:
+    """Data from the maps as JSON can take it (msgpack allows bytes)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {str(_plain(key)): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
 
 def _json(status: int, document: dict[str, Any]) -> Response:
-    return status, JSON, json.dumps(document, indent=1).encode() + b"\n"
+    try:
+        text = json.dumps(document, indent=1)
+    except (TypeError, ValueError):
+        text = json.dumps(_plain(document), indent=1, default=repr)
+    return status, JSON, text.encode() + b"\n"
+
+
+# -- documents ----------------------------------------------------------------------------
+
+RUN_TIMES = ("tick", "created", "not_before", "started", "finished")
+
+
+def run_document(record: RunRecord) -> dict[str, Any]:
+    """A run record as the API shows it: its fields (times in epoch ms), and
+    the same times in ISO 8601 under ``iso``."""
+    document = record.to_wire()
+    document["iso"] = {name: format_time(document[name]) for name in RUN_TIMES if document.get(name) is not None}
+    return document
+
+
+def target_document(target: Any) -> dict[str, str]:
+    """What a job runs: its kind (``call``, ``command`` or ``http``) and a
+    one-line summary."""
+    if isinstance(target, CallTarget):
+        arguments = ", ".join(f"{name}={value!r}" for name, value in target.kwargs.items())
+        return {"kind": "call", "summary": _short(f"{target.function}({arguments})")}
+    if isinstance(target, CommandTarget):
+        command = target.argv[0] if target.shell and target.argv else shlex.join(target.argv)
+        return {"kind": "command", "summary": _short(command)}
+    if isinstance(target, HttpTarget):
+        return {"kind": "http", "summary": _short(f"{target.method} {target.url}")}
+    return {"kind": type(target).__name__.lower(), "summary": _short(repr(target))}
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def job_owner(agent: Agent, spec: JobSpec) -> str | None:
+    """Who runs the job's ticks by this node's view: a node, ``all`` (mode
+    all), or None (no schedule, paused, or no eligible node)."""
+    if spec.schedule is None or spec.paused:
+        return None
+    if spec.mode == "all":
+        return "all"
+    return agent.scheduler.job_owner(spec.id)
+
+
+def next_tick(entry: JobEntry, now_ms: int) -> str | None:
+    schedule = entry.spec.schedule
+    if schedule is None or entry.spec.paused:
+        return None
+    try:
+        return format_time(schedule.next_after(max(now_ms, entry.since)))
+    except ValueError:  # past the last year a cron schedule is computed for
+        return None
+
+
+def job_document(agent: Agent, entry: JobEntry, now_ms: int) -> dict[str, Any]:
+    spec = entry.spec
+    schedule = spec.schedule
+    return {
+        "id": spec.id,
+        "schedule": None if schedule is None else schedule.text,
+        "timezone": None if schedule is None else schedule.timezone,
+        "mode": spec.mode,
+        "target": target_document(spec.target),
+        "paused": spec.paused,
+        "tags": list(spec.tags),
+        "owner": job_owner(agent, spec),
+        "next_tick": next_tick(entry, now_ms),
+        "since": format_time(entry.since),
+    }
+
+
+def unowned_jobs(agent: Agent) -> int:
+    """Cron jobs in mode one, not paused, that no node owns by this view."""
+    scheduler = agent.scheduler
+    return sum(
+        1
+        for job_id, entry in scheduler.jobs().items()
+        if entry.spec.schedule is not None
+        and entry.spec.mode == "one"
+        and not entry.spec.paused
+        and scheduler.job_owner(job_id) is None
+    )
+
+
+def scheduler_document(agent: Agent) -> dict[str, Any]:
+    scheduler = agent.scheduler
+    return {
+        "role": scheduler.role.value,
+        "eligible": len(scheduler.eligible()),
+        "jobs": len(scheduler.jobs()),
+        "running": sorted(scheduler.running()),
+        "late": {job: format_time(tick) for job, tick in sorted(scheduler.late_jobs().items())},
+        "unowned": unowned_jobs(agent),
+        "stats": attrs.asdict(scheduler.stats),
+    }
 
 
 def members_document(agent: Agent) -> dict[str, Any]:
@@ -189,6 +649,7 @@ def status_document(agent: Agent) -> dict[str, Any]:
         "checksum": core.checksum,
         "health_score": agent.membership.awareness,
         **agent.stats(),
+        "scheduler": scheduler_document(agent),
     }
 
 
@@ -236,6 +697,21 @@ _REPLICATION_HELP = {
     "malformed": "Replication messages that made no sense here",
     "expired": "Entries dropped by expiry",
 }
+_SCHEDULER_HELP = {
+    "ticks_run": "Cron ticks this node started",
+    "ticks_late": "Cron ticks started later than their grace",
+    "ticks_missed": "Cron ticks recorded missed (misfire policy)",
+    "ticks_skipped": "Cron ticks recorded skipped (overlap policy)",
+    "runs_started": "Runs (attempts) this node started",
+    "runs_succeeded": "Runs this node finished successfully",
+    "runs_failed": "Runs this node finished failed, after their last attempt",
+    "retries": "Failed attempts queued again for a retry",
+    "failovers": "Runs re-run after their owner failed",
+    "claims_lost": "Runs cancelled here because another claim won",
+    "handed_back": "Runs handed back to their next owner when leaving",
+    "lost": "Runs recorded lost",
+    "bad_records": "Job definitions or run records from peers that did not parse",
+}
 assert set(_MEMBERSHIP_HELP) == {field.name for field in attrs.fields(MembershipStats)}
 assert set(_REPLICATION_HELP) == {field.name for field in attrs.fields(ReplicationStats)}
 assert set(_TRANSPORT_HELP) == {field.name for field in attrs.fields(TransportStats)}
@@ -276,3 +752,25 @@ class AgentCollector(Collector):
         for kind, count in stats["events"].items():
             events.add_metric([kind], count)
         yield events
+        yield from scheduler_metrics(agent)
+
+
+def scheduler_metrics(agent: Agent) -> Iterator[Metric]:
+    scheduler = agent.scheduler
+    for name, value in attrs.asdict(scheduler.stats).items():
+        # A counter added to the scheduler shows up before it has its help line.
+        text = _SCHEDULER_HELP.get(name, name.replace("_", " ").capitalize())
+        yield CounterMetricFamily(f"peer_scheduler_{name}", text, value=value)
+    yield GaugeMetricFamily("peer_scheduler_jobs", "Jobs defined", value=len(scheduler.jobs()))
+    yield GaugeMetricFamily("peer_scheduler_running_runs", "Runs this node is running", value=len(scheduler.running()))
+    yield GaugeMetricFamily(
+        "peer_scheduler_late_jobs", "Jobs whose latest tick is overdue beyond its grace with no record", value=len(scheduler.late_jobs())
+    )
+    yield GaugeMetricFamily(
+        "peer_scheduler_unowned_jobs", "Cron jobs in mode one, not paused, that no node owns", value=unowned_jobs(agent)
+    )
+    yield GaugeMetricFamily("peer_scheduler_eligible_nodes", "Nodes that may own work, by this view", value=len(scheduler.eligible()))
+    role = GaugeMetricFamily("peer_scheduler_role", "1 for this node's scheduler role: starting, ready or draining", labels=["role"])
+    for each in Role:
+        role.add_metric([each.value], int(scheduler.role is each))
+    yield role

@@ -1,33 +1,51 @@
-"""The ``peer`` command: run an agent, ask one about its cluster, make keys.
+"""The ``peer`` command: run an agent, ask one about its cluster and its jobs, make keys.
 
     peer agent   [--name NAME] [--bind HOST:PORT] [--advertise HOST:PORT] [--seeds LIST]
                  [--api HOST:PORT] [--key-file F] [--profile lan|wan|local] [--config peer.toml] ...
     peer members [--json]      peer status [--json]      peer leave      peer keygen
+    peer jobs    [list | add FILE|- | show ID | pause ID | resume ID | rm ID] [--json]
+    peer submit  JOB [--kwargs JSON] | --call MOD:FN [--kwargs JSON] | --command CMD
+                 [--id NAME] [--timeout S] [--retries N]           (prints the run id)
+    peer runs    [JOB] [--state S] [--limit N] [--json]
+    peer result  RUN [--wait [SECONDS]] [--json]   (exit 0 succeeded, 1 failed, 2 not finished)
+    peer send    RUN DATA [--json]
     peer demo    [--nodes N]
 
 Every agent option is also read from the TOML config and from ``PEER_*``
-variables (``peer.settings``); flags win. Errors a person can act on are one
-line on stderr, ``peer: error: ...``, and a non-zero exit.
+variables (``peer.settings``); flags win. The client commands take ``--api``
+and ``--config`` (or ``PEER_API``, ``PEER_CONFIG``) to find the agent, and
+``--json`` to print the API's document instead of a table. Errors a person
+can act on are one line on stderr, ``peer: error: ...``, and a non-zero exit.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import signal
 import sys
+import tomllib
 from collections.abc import Sequence
 from typing import Any
 
 import trio
 
-from peer.client import ClientError, call
+from peer.client import ClientError, api_path, call
+from peer.jobdef import JobError, load_jobs_file, parse_job
 from peer.keys import KeyringError, generate_key, load_keyring
 from peer.settings import ConfigError, Settings, load
 from peer.transport import BindError
 
 EXIT_ERROR = 1
+EXIT_NOT_FINISHED = 2  # `peer result`: the run has not finished (yet)
+
+# Runs in these states are over; anything else may still change.
+FINISHED_STATES = frozenset({"succeeded", "failed", "cancelled", "lost", "missed", "skipped"})
+# `peer result --wait` asks the agent to wait at most this long per request.
+WAIT_CHUNK_SECONDS = 60.0
 
 # (flag, settings key, help) for the agent's options.
 AGENT_OPTIONS: list[tuple[str, str, str]] = [
@@ -43,6 +61,9 @@ AGENT_OPTIONS: list[tuple[str, str, str]] = [
     ("--hosts-file", "hosts_file", "an /etc/hosts-style file that answers for seed names before DNS"),
     ("--log-format", "log_format", "text (default) or json, one object per line"),
     ("--log-level", "log_level", "debug, info (default), warning or error"),
+    ("--jobs", "jobs", "a TOML file of jobs ([[job]] tables) to define when the node is up"),
+    ("--drain-timeout", "drain_timeout", "seconds a leaving node lets its running jobs finish (default 30)"),
+    ("--load-factor", "load_factor", "bounded loads: no node owns more than this x the mean of the cron jobs (default: none)"),
 ]
 
 
@@ -52,10 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.command(args)
         return result
-    except (ConfigError, KeyringError, BindError, ClientError) as error:
+    except (ConfigError, KeyringError, BindError, ClientError, JobError, UsageError) as error:
         return _fail(str(error))
     except KeyboardInterrupt:
         return 130
+
+
+class UsageError(Exception):
+    """A combination of arguments that makes no sense; the message says why."""
 
 
 def _fail(message: str) -> int:
@@ -79,11 +104,51 @@ def _parser() -> argparse.ArgumentParser:
         ("leave", leave, "make this agent leave the cluster gracefully and exit"),
     ]:
         sub = commands.add_parser(name, help=text)
-        sub.add_argument("--api", default=None, help="the agent's API HOST:PORT (default 127.0.0.1:7947, or PEER_API)")
-        sub.add_argument("--config", help="TOML settings file to read api from (or PEER_CONFIG)")
-        if name != "leave":
-            sub.add_argument("--json", action="store_true", help="print one JSON document")
+        _client_options(sub, json_flag=name != "leave")
         sub.set_defaults(command=function)
+
+    _jobs_parser(commands)
+
+    submit_parser = commands.add_parser(
+        "submit", help="run a job once, somewhere in the cluster; prints the run id",
+        description="Run a defined job once (JOB), or a one-off --call or --command. Prints the run id only.",
+    )
+    submit_parser.add_argument("job", nargs="?", metavar="JOB", help="the id of a defined job to run now")
+    target = submit_parser.add_mutually_exclusive_group()
+    target.add_argument("--call", metavar="MOD:FN", help="run this Python function (package.module:function)")
+    target.add_argument("--command", dest="command_line", metavar="CMD", help="run this command line (split like a shell would)")
+    submit_parser.add_argument("--kwargs", metavar="JSON", help="keyword arguments for the function, a JSON object")
+    submit_parser.add_argument("--id", metavar="NAME", help="the one-off job's id, which names its run (default: the function or program name)")
+    submit_parser.add_argument("--timeout", metavar="S", help="seconds (or 30s, 5m...) before the run is stopped")
+    submit_parser.add_argument("--retries", metavar="N", type=int, help="extra attempts after a failure")
+    _client_options(submit_parser, json_flag=True)
+    submit_parser.set_defaults(command=submit)
+
+    runs_parser = commands.add_parser("runs", help="list runs, newest first")
+    runs_parser.add_argument("job", nargs="?", metavar="JOB", help="only this job's runs")
+    runs_parser.add_argument("--state", help="only runs in this state (pending, running, succeeded, failed, ...; comma-separated)")
+    runs_parser.add_argument("--limit", type=int, default=None, help="at most this many (default 100)")
+    _client_options(runs_parser, json_flag=True)
+    runs_parser.set_defaults(command=runs)
+
+    result_parser = commands.add_parser(
+        "result", help="print a run's result",
+        description="Print a run's result as JSON. Exit status: 0 succeeded; 1 failed (or cancelled, lost, "
+        "missed, skipped: the error goes to stderr) or an error; 2 not finished (its state goes to stderr).",
+    )
+    result_parser.add_argument("run", metavar="RUN_ID")
+    result_parser.add_argument(
+        "--wait", nargs="?", type=float, const=math.inf, default=None, metavar="SECONDS",
+        help="wait until the run has finished (at most SECONDS, if given)",
+    )
+    _client_options(result_parser, json_flag=True)
+    result_parser.set_defaults(command=result)
+
+    send_parser = commands.add_parser("send", help="send an update to a running run")
+    send_parser.add_argument("run", metavar="RUN_ID")
+    send_parser.add_argument("data", metavar="DATA", help="JSON if it parses as JSON, else sent as a string")
+    _client_options(send_parser, json_flag=True)
+    send_parser.set_defaults(command=send)
 
     keygen = commands.add_parser("keygen", help="print a new random cluster key")
     keygen.set_defaults(command=lambda args: print(generate_key()) or 0)
@@ -106,7 +171,8 @@ def run_agent(args: argparse.Namespace) -> int:
     settings = load(flags, config_path=args.config)
     configure(settings.log_format, settings.log_level)
     keyring = load_keyring(settings.key_file, os.environ)
-    agent = Agent(settings, keyring)
+    jobs = load_jobs_file(settings.jobs) if settings.jobs else []
+    agent = Agent(settings, keyring, jobs=jobs)
     try:
         trio.run(_agent_main, agent)
     except BaseExceptionGroup as group:
@@ -151,6 +217,19 @@ def _find(group: BaseExceptionGroup, types: tuple[type[BaseException], ...]) -> 
 # -- client commands ---------------------------------------------------------------
 
 
+def _client_options(parser: argparse.ArgumentParser, *, json_flag: bool, inherited: bool = False) -> None:
+    """``--api``, ``--config`` and ``--json``. A subcommand of a command that
+    has them too (``peer jobs list``) takes them as well, without resetting
+    what was given before it (``peer jobs --api X list``)."""
+    default: Any = argparse.SUPPRESS if inherited else None
+    parser.add_argument("--api", default=default, help="the agent's API HOST:PORT (default 127.0.0.1:7947, or PEER_API)")
+    parser.add_argument("--config", default=default, help="TOML settings file to read api from (or PEER_CONFIG)")
+    if json_flag:
+        parser.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS if inherited else False, help="print the API's JSON document"
+        )
+
+
 def _client_settings(args: argparse.Namespace) -> Settings:
     return load({"api": args.api}, config_path=args.config)
 
@@ -180,6 +259,16 @@ def status(args: argparse.Namespace) -> int:
         ("health score", str(document["health_score"])),
         ("uptime", f"{document['uptime_seconds']:.0f}s"),
         ("dropped frames", ", ".join(f"{n} {reason}" for reason, n in document["drops"].items() if n) or "none"),
+    ]
+    scheduler = document.get("scheduler")
+    if scheduler is not None:
+        lines += [
+            ("scheduler", f"{scheduler['role']}, {scheduler['eligible']} eligible node(s)"),
+            ("jobs", f"{scheduler['jobs']} defined, {scheduler['unowned']} without an owner"),
+            ("running", ", ".join(scheduler["running"]) or "none"),
+            ("late jobs", ", ".join(f"{job} (tick {tick})" for job, tick in scheduler["late"].items()) or "none"),
+        ]
+    lines += [
         ("version", document["version"]),
     ]
     print(format_table(lines))
@@ -189,6 +278,274 @@ def status(args: argparse.Namespace) -> int:
 def leave(args: argparse.Namespace) -> int:
     document = call(_client_settings(args).api, "/leave", method="POST", timeout=60.0)
     print(f"{document['name']} left the cluster")
+    return 0
+
+
+# -- jobs and runs ------------------------------------------------------------------
+
+
+def _jobs_parser(commands: Any) -> None:
+    jobs_parser = commands.add_parser("jobs", help="list, add, show, pause, resume and remove jobs")
+    _client_options(jobs_parser, json_flag=True)
+    jobs_parser.set_defaults(command=jobs_list)
+    actions = jobs_parser.add_subparsers(metavar="ACTION")
+    listing = actions.add_parser("list", help="every job, with its owner and next tick (the default)")
+    listing.set_defaults(command=jobs_list)
+    add = actions.add_parser(
+        "add", help="define or redefine jobs",
+        description="Define or redefine jobs from a TOML file of [[job]] tables, or from JSON on stdin "
+        "with '-' (one job object, a list of them, or {\"jobs\": [...]}). Every job is checked here first; "
+        "none is defined unless all are valid.",
+    )
+    add.add_argument("file", metavar="FILE|-")
+    add.set_defaults(command=jobs_add)
+    for name, function, text in [
+        ("show", jobs_show, "a job's definition, owner, next tick and latest runs"),
+        ("pause", jobs_pause, "stop a job's ticks (a running run carries on)"),
+        ("resume", jobs_resume, "start a paused job's ticks again, from now"),
+        ("rm", jobs_rm, "remove a job (its runs' records stay until they expire)"),
+    ]:
+        action = actions.add_parser(name, help=text)
+        action.add_argument("id", metavar="ID")
+        action.set_defaults(command=function)
+    for action in (listing, add, *(actions.choices[name] for name in ("show", "pause", "resume", "rm"))):
+        _client_options(action, json_flag=True, inherited=True)
+
+
+def _print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2))
+
+
+def _dash(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def jobs_list(args: argparse.Namespace) -> int:
+    document = call(_client_settings(args).api, "/jobs")
+    if args.json:
+        _print_json(document)
+        return 0
+    rows = [("ID", "SCHEDULE", "MODE", "OWNER", "NEXT", "PAUSED")]
+    for job in document["jobs"]:
+        rows.append(
+            (job["id"], _schedule_text(job), job["mode"], _dash(job["owner"]), _dash(job["next_tick"]), "yes" if job["paused"] else "no")
+        )
+    print(format_table(rows))
+    return 0
+
+
+def _schedule_text(job: dict[str, Any]) -> str:
+    if job["schedule"] is None:
+        return "- (on submit)"
+    zone = job.get("timezone")
+    return job["schedule"] if zone in (None, "UTC") else f"{job['schedule']} ({zone})"
+
+
+def _read_job_tables(source: str) -> list[Any]:
+    """The job definitions of a TOML file or of JSON on stdin (``-``), each
+    checked here first (``JobError`` naming the file, the job and the field)."""
+    if source == "-":
+        text = sys.stdin.read()
+        try:
+            document = json.loads(text)
+        except ValueError as error:
+            raise JobError("-", f"not valid JSON: {error}") from None
+        if isinstance(document, dict) and "jobs" in document:
+            document = document["jobs"]
+        tables = document if isinstance(document, list) else [document]
+        seen: set[str] = set()
+        for number, table in enumerate(tables, start=1):
+            spec = parse_job(table, where="-", index=number)
+            if spec.id in seen:
+                raise JobError("-", "duplicate id", job=spec.id, field="id")
+            seen.add(spec.id)
+    else:
+        load_jobs_file(source)  # every check, with the file's name in the message
+        with open(source, "rb") as file:
+            tables = tomllib.load(file).get("job", [])
+    if not tables:
+        raise JobError(source, "no jobs in it ([[job]] tables)")
+    return list(tables)
+
+
+def jobs_add(args: argparse.Namespace) -> int:
+    tables = _read_job_tables(args.file)
+    api = _client_settings(args).api
+    document = call(api, "/jobs", method="POST", body={"jobs": tables}, timeout=10.0)
+    if args.json:
+        _print_json(document)
+        return 0
+    for job in document["jobs"]:
+        print(f"{'defined' if job['changed'] else 'unchanged'} {job['id']}")
+    return 0
+
+
+def jobs_show(args: argparse.Namespace) -> int:
+    document = call(_client_settings(args).api, api_path("jobs", args.id))
+    if args.json:
+        _print_json(document)
+        return 0
+    spec = document["definition"]
+    timeout = "none" if spec["timeout"] is None else f"{spec['timeout']:g}s"
+    retries = f"{spec['retries']}"
+    if spec["retries"]:
+        retries += f" (backoff {spec['backoff']:g}s, doubling up to {spec['backoff_max']:g}s)"
+    lines = [
+        ("id", document["id"]),
+        ("schedule", _schedule_text(spec)),
+        ("mode", spec["mode"]),
+        ("target", f"{document['target']['kind']} {document['target']['summary']}"),
+        ("owner", _dash(document["owner"])),
+        ("next tick", _dash(document["next_tick"])),
+        ("paused", "yes" if document["paused"] else "no"),
+        ("timeout", timeout),
+        ("retries", retries),
+        ("overlap", spec["overlap"]),
+        ("misfire", f"{spec['misfire']} (grace {spec['grace']:g}s)"),
+        ("result ttl", f"{spec['result_ttl']:g}s"),
+        ("tags", ", ".join(spec["tags"]) or "-"),
+        ("since", document["since"]),
+    ]
+    print(format_table(lines))
+    print()
+    print(_runs_table(document["runs"]) if document["runs"] else "no runs")
+    return 0
+
+
+def _job_action(args: argparse.Namespace, action: str, method: str, done: str) -> int:
+    segments = ("jobs", args.id, action) if action else ("jobs", args.id)
+    document = call(_client_settings(args).api, api_path(*segments), method=method)
+    if args.json:
+        _print_json(document)
+    else:
+        print(f"{done} {args.id}")
+    return 0
+
+
+def jobs_pause(args: argparse.Namespace) -> int:
+    return _job_action(args, "pause", "POST", "paused")
+
+
+def jobs_resume(args: argparse.Namespace) -> int:
+    return _job_action(args, "resume", "POST", "resumed")
+
+
+def jobs_rm(args: argparse.Namespace) -> int:
+    return _job_action(args, "", "DELETE", "removed")
+
+
+def _default_id(name: str) -> str:
+    """A job id from a function or program name: ``pkg.mod:fn`` -> ``fn``."""
+    base = re.split(r"[:./\\]", name.strip())[-1]
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", base).lstrip("_.-")[:128] or "adhoc"
+
+
+def _json_object(text: str, flag: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise UsageError(f"{flag}: not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{flag}: expected a JSON object, like '{{\"n\": 3}}'")
+    return value
+
+
+def submit(args: argparse.Namespace) -> int:
+    given = [what for what, value in (("JOB", args.job), ("--call", args.call), ("--command", args.command_line)) if value]
+    if len(given) != 1:
+        raise UsageError("give one of JOB (a defined job), --call MOD:FN or --command CMD" + (f"; got {' and '.join(given)}" if given else ""))
+    kwargs = None if args.kwargs is None else _json_object(args.kwargs, "--kwargs")
+    if args.job:
+        extra = [flag for flag, value in (("--id", args.id), ("--timeout", args.timeout), ("--retries", args.retries)) if value is not None]
+        if extra:
+            raise UsageError(f"{', '.join(extra)}: only for a one-off --call or --command; JOB runs as defined")
+        body: dict[str, Any] = {"job": args.job}
+        if kwargs is not None:
+            body["kwargs"] = kwargs
+    else:
+        if args.command_line and kwargs is not None:
+            raise UsageError("--kwargs: only for --call")
+        name = args.call or (args.command_line.split() or ["adhoc"])[0]
+        body = {"id": args.id or _default_id(name)}
+        if args.call:
+            body["call"] = args.call
+            if kwargs is not None:
+                body["kwargs"] = kwargs
+        else:
+            body["command"] = args.command_line
+        if args.timeout is not None:
+            body["timeout"] = args.timeout
+        if args.retries is not None:
+            body["retries"] = args.retries
+        parse_job(body, where="submit")  # refuse it here, naming the flag's field
+    document = call(_client_settings(args).api, "/submit", method="POST", body=body)
+    if args.json:
+        _print_json(document)
+    else:
+        print(document["run"])
+    return 0
+
+
+def _runs_table(records: Sequence[dict[str, Any]]) -> str:
+    rows = [("RUN", "STATE", "ATTEMPT", "OWNER", "STARTED", "FINISHED")]
+    for record in records:
+        times = record.get("iso", {})
+        rows.append(
+            (
+                record["id"], record["state"], str(record.get("attempt", 1)), _dash(record.get("owner")),
+                _dash(times.get("started")), _dash(times.get("finished")),
+            )
+        )
+    return format_table(rows)
+
+
+def runs(args: argparse.Namespace) -> int:
+    query = {"job": args.job, "state": args.state, "limit": args.limit}
+    document = call(_client_settings(args).api, api_path("runs", query=query))
+    if args.json:
+        _print_json(document)
+        return 0
+    print(_runs_table(document["runs"]))
+    return 0
+
+
+def result(args: argparse.Namespace) -> int:
+    api = _client_settings(args).api
+    if args.wait is not None and not args.wait >= 0:
+        raise UsageError(f"--wait: expected seconds >= 0, got {args.wait:g}")
+    remaining = args.wait
+    while True:
+        wait = None if remaining is None else min(remaining, WAIT_CHUNK_SECONDS)
+        path = api_path("runs", args.run, query={"wait": None if wait is None else f"{wait:g}"})
+        record = call(api, path, timeout=10.0 + (wait or 0.0))
+        if record["state"] in FINISHED_STATES or wait is None or remaining <= wait:
+            break
+        remaining -= wait
+    if args.json:
+        _print_json(record)
+    state = record["state"]
+    if state == "succeeded":
+        if not args.json:
+            print(json.dumps(record.get("result")))
+        return 0
+    if state in FINISHED_STATES:
+        print(f"peer: run {record['id']} {state}: {record.get('error') or 'no error given'}", file=sys.stderr)
+        return EXIT_ERROR
+    where = f" on {record['owner']}" if record.get("owner") else ""
+    print(f"peer: run {record['id']} has not finished: {state} (attempt {record.get('attempt', 1)}{where})", file=sys.stderr)
+    return EXIT_NOT_FINISHED
+
+
+def send(args: argparse.Namespace) -> int:
+    try:
+        data = json.loads(args.data)
+    except ValueError:
+        data = args.data
+    document = call(_client_settings(args).api, api_path("runs", args.run, "send"), method="POST", body={"data": data})
+    if args.json:
+        _print_json(document)
+    else:
+        print(f"sent to {args.run}")
     return 0
 
 

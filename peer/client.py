@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from typing import Any
 
 from membership.state import Address
@@ -14,33 +16,59 @@ from peer.addresses import format_address
 
 
 class ClientError(Exception):
-    pass
+    """The request failed; ``status`` is the HTTP status when the agent
+    answered with an error (404 for an unknown job or run...), else None."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
-def call(api: Address, path: str, *, method: str = "GET", timeout: float = 5.0) -> dict[str, Any]:
-    """The JSON document at ``path``."""
-    body = fetch(api, path, method=method, timeout=timeout)
+def quote(segment: str) -> str:
+    """One path segment, percent-encoded: run ids hold ``@`` and ``:``."""
+    return urllib.parse.quote(segment, safe="")
+
+
+def api_path(*segments: str, query: Mapping[str, Any] | None = None) -> str:
+    """``/a/b?k=v`` from its segments (each quoted) and query (None values left out)."""
+    text = "/" + "/".join(quote(segment) for segment in segments)
+    given = {key: value for key, value in (query or {}).items() if value is not None}
+    return f"{text}?{urllib.parse.urlencode(given)}" if given else text
+
+
+def call(
+    api: Address, path: str, *, method: str = "GET", body: Any = None, timeout: float = 5.0
+) -> dict[str, Any]:
+    """The JSON document at ``path``; ``body``, when not None, is sent as JSON."""
+    answer = fetch(api, path, method=method, body=body, timeout=timeout)
     try:
-        document: dict[str, Any] = json.loads(body)
+        document: dict[str, Any] = json.loads(answer)
     except ValueError as error:
         raise ClientError(f"{path}: the answer is not JSON: {error}") from None
     return document
 
 
-def fetch(api: Address, path: str, *, method: str = "GET", timeout: float = 5.0) -> bytes:
-    """The body at ``path``."""
+def fetch(api: Address, path: str, *, method: str = "GET", body: Any = None, timeout: float = 5.0) -> bytes:
+    """The body at ``path``; ``body``, when not None, is sent as JSON."""
     url = f"http://{format_address(api)}{path}"
-    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    headers = {}
+    data: bytes | None = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    elif method in ("POST", "PUT", "PATCH"):
+        data = b""
+    request = urllib.request.Request(url, method=method, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            body: bytes = response.read()
-            return body
+            answer: bytes = response.read()
+            return answer
     except urllib.error.HTTPError as error:
         try:
             detail = json.load(error).get("error", error.reason)
-        except ValueError:
+        except (ValueError, AttributeError):
             detail = error.reason
-        raise ClientError(f"{url}: HTTP {error.code}: {detail}") from None
+        raise ClientError(f"{url}: HTTP {error.code}: {detail}", status=error.code) from None
     except urllib.error.URLError as error:
         reason = error.reason
         if isinstance(reason, ConnectionRefusedError):
@@ -48,6 +76,8 @@ def fetch(api: Address, path: str, *, method: str = "GET", timeout: float = 5.0)
                 f"no agent answers at {format_address(api)} (connection refused): is `peer agent` running, "
                 "and is --api (or PEER_API) its API address?"
             ) from None
+        if isinstance(reason, TimeoutError):
+            raise ClientError(f"the agent at {format_address(api)} did not answer within {timeout:g}s") from None
         raise ClientError(f"cannot reach the agent at {format_address(api)}: {reason}") from None
     except TimeoutError:
         raise ClientError(f"the agent at {format_address(api)} did not answer within {timeout:g}s") from None
