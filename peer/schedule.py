@@ -42,12 +42,20 @@ a schedule is either *periodic* -- its hour field covers all 24 hours
   rhythm in real time); a time-of-day schedule fires only at the first one --
   so a daily job runs once.
 
-This is the rule of Vixie cron, applied by the hour field, and agrees with
-croniter on every case but one: croniter fires a time-of-day job twice on the
-fall-back day. Ticks are strictly increasing and never repeated. Offsets come
-from the zone's tz database (the ``tzdata`` package where the system has none);
-nodes with different tz database versions could disagree on future rule
-changes. Cron ticks are computed for the years 10 to 9989.
+This is Vixie cron's approach, except that Vixie calls a job periodic when
+its minute *or* hour field starts with ``*``; here only the hours count, so
+``*/15 2 * * *`` is time-of-day. croniter's own handling
+of aware datetimes agrees except that it fires a time-of-day job twice on the
+fall-back day (and, in zones such as Australia/Lord_Howe or Pacific/Chatham,
+gives answers that depend on the start time), so croniter is only asked about
+naive wall-clock times here, and the zone's offsets are applied by this module.
+The set of ticks does not depend on where a lookup starts; ticks are strictly
+increasing and never repeated. Offsets come from the tz database (the
+``tzdata`` package where the system has none): nodes with different versions
+could disagree about a zone whose rules changed. A zone's transitions are
+found by sampling its offset every 6 hours and bisecting (no two transitions
+in the database since 1900 are closer than that), cached per zone and year.
+Cron ticks are computed for the years 10 to 9989.
 """
 
 from __future__ import annotations
