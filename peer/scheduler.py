@@ -309,10 +309,11 @@ class Scheduler:
         execution = self._execution(run_id, attempt)
         if execution is None:
             return
-        if len(msgpack.packb(value, default=repr)) > MAX_PROGRESS_BYTES:
+        try:
+            packed = msgpack.packb(value)
+            value = msgpack.unpackb(packed) if len(packed) <= MAX_PROGRESS_BYTES else repr(value)[:200]
+        except (TypeError, ValueError, OverflowError):  # not plain data: show what it was
             value = repr(value)[:200]
-        else:
-            value = msgpack.unpackb(msgpack.packb(value, default=repr))
         execution.record = execution.record.evolve(progress=value)
         if execution.progress_due is None:
             # Progress is a rate-limited view: one write per interval at most.
@@ -749,6 +750,8 @@ class Scheduler:
                 log.warning("job %r: unreadable definition from a peer; ignored", job_id)
         if entry is None:
             self._jobs.pop(job_id, None)
+            self._handover_until.pop(job_id, None)
+            self._late.pop(job_id, None)
         else:
             old = self._jobs.get(job_id)
             self._jobs[job_id] = entry
