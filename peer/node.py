@@ -1,0 +1,899 @@
+"""Embedding peer in a trio program: ``async with peer.Node(...) as node``.
+
+Theory of operation
+-------------------
+A ``Node`` is a thin layer over ``peer.runtime.Agent``, the same driver the
+``peer agent`` command runs: membership, the replicated maps and the
+scheduler are the agent's, and no scheduling decision is made here. What the
+layer adds is what a program needs to hold a node in its own process:
+
+- Settings as keyword arguments. Each goes through the converter
+  ``peer.settings`` uses for the TOML file, the environment and the flags,
+  so a bad value is the same one-line message, here a ``ConfigError`` naming
+  the keyword (``bind: ...``). Nothing is read from the environment: the
+  program decides. The control API is off unless ``api=`` is given.
+- A function registry. ``@node.function`` registers a callable with the
+  node's executor under a name (the function's own by default). A run names
+  its function, not the object, and runs on whichever node owns it, so every
+  node that may run it must register it under the same name: the normal case
+  when every instance of a service runs a node from the same code.
+- A lifetime. Entering binds the sockets (``BindError`` at once for a port
+  in use) and starts the agent in a task of a nursery opened there; the
+  agent runs in a shielded cancel scope, so that however the ``async with``
+  body ends -- normally, with an exception, or cancelled -- exiting first
+  leaves gracefully: the scheduler drains (running runs get up to
+  ``drain_timeout`` to finish, then are handed back), the node pushes its
+  state to a few members, and the others see it ``left``, never ``failed``.
+  That leave is bounded (drain, leave gossip and a margin); past the bound,
+  or on a second interrupt, the agent is stopped where it is. An exception
+  in the agent's own tasks (a seed that never answers: ``JoinFailed``)
+  cancels the body and comes out of the ``async with`` as itself, not
+  wrapped in an exception group (a group only when there are several).
+- Awaitable reads over the replicated runs map: ``result`` and ``watch``
+  poll this node's copy (which every node holds), so a run submitted on one
+  node can be awaited on any other.
+
+A node is used from the trio thread it runs in. It never prints; it logs
+through ``logging`` (``peer.node``, ``peer.agent``, ``peer.scheduler``...),
+and leaves configuring handlers to the program.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Self, TypeVar, overload
+
+import attrs
+import trio
+
+from membership.state import Status
+from peer.addresses import format_address
+from peer.executor import Executor
+from peer.jobdef import JobError, JobSpec, parse_job
+from peer.keys import KeyringError, load_keyring, parse_keys
+from peer.replication import ReplicationConfig
+from peer.runs import RunRecord, RunState
+from peer.runtime import API_DRAIN_SECONDS, Agent
+from peer.scheduler import Role, Scheduler, SchedulerConfig
+from peer.settings import CONVERTERS, ConfigError, Settings
+from peer.targets import CallTarget, CommandTarget, HttpTarget, Target
+from peer.wire import Keyring
+
+__all__ = [
+    "JobInfo",
+    "MemberInfo",
+    "Node",
+    "RunFailed",
+    "RunFinishedError",
+    "UnknownJob",
+    "UnknownRun",
+]
+
+log = logging.getLogger("peer.node")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# How often awaiting a result, a run or readiness looks again at the node's state.
+POLL_SECONDS = 0.02
+# Beyond the drain and the leave gossip, how long a graceful exit may take.
+LEAVE_MARGIN_SECONDS = 5.0
+
+# The settings a Node takes as keywords (Settings fields; logging and the
+# jobs file are the program's business).
+_SETTING_KEYS = (
+    "name", "bind", "advertise", "seeds", "key_file", "profile", "join_timeout",
+    "dns_interval", "hosts_file", "drain_timeout", "load_factor", "membership",
+)  # fmt: skip
+# Keys of a job definition a caller gives as arguments, not as **fields.
+_TARGET_FIELDS = frozenset({"id", "schedule", "call", "kwargs", "command", "shell", "env", "cwd", "http"})
+_ONE_OFF_ONLY = ("schedule", "timezone", "mode", "overlap", "misfire", "grace", "paused")
+
+
+# -- errors -----------------------------------------------------------------------------
+
+
+class RunFailed(Exception):
+    """A run finished without succeeding: ``failed`` (after its last
+    attempt), ``cancelled``, ``lost``, ``missed`` or ``skipped``. ``record``
+    is its run record, ``error`` the error it ended with, ``state`` how."""
+
+    def __init__(self, record: RunRecord) -> None:
+        self.record = record
+        self.run_id = record.id
+        self.state = record.state
+        self.error = record.error
+        headline = (record.error or "").strip().splitlines()
+        super().__init__(f"run {record.id} {record.state.value}" + (f": {headline[0]}" if headline else ""))
+
+
+class UnknownRun(LookupError):
+    """No run by that id is known to this node (never was, not yet, or its
+    record has expired)."""
+
+    def __init__(self, run_id: str, detail: str = "") -> None:
+        self.run_id = run_id
+        super().__init__(f"no such run: {run_id}{detail}")
+
+
+class UnknownJob(LookupError):
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no such job: {job_id}")
+
+
+class RunFinishedError(ValueError):
+    """An update sent to a run that has finished: nothing reads it any more."""
+
+    def __init__(self, record: RunRecord) -> None:
+        self.record = record
+        super().__init__(f"run {record.id} has finished ({record.state.value}): nothing reads updates any more")
+
+
+# -- values -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class MemberInfo:
+    """A member as this node sees it. ``role`` is its scheduler's
+    (``starting``, ``ready``, ``draining``), None if it has not said."""
+
+    name: str
+    address: str  # HOST:PORT
+    status: str  # alive, suspect, dead, left
+    incarnation: int
+    role: str | None
+
+
+@attrs.frozen
+class JobInfo:
+    """A defined job: its definition, who runs its ticks by this node's view
+    (a node's name; ``"all"`` for mode all; None with no schedule, paused,
+    or no eligible node), when it next ticks, and since when its schedule
+    counts (times in UTC)."""
+
+    spec: JobSpec
+    owner: str | None
+    next_tick: datetime | None
+    since: datetime
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def paused(self) -> bool:
+        return self.spec.paused
+
+
+# -- the node ---------------------------------------------------------------------------
+
+
+class Node:
+    """One peer node inside a trio program::
+
+        async with peer.Node(name="web-1", bind="0.0.0.0:7946", seeds=["10.0.0.2:7946"], key=KEY) as node:
+            @node.function
+            async def resize(run: peer.RunContext, image: str, width: int) -> dict: ...
+
+            run_id = await node.submit(resize, image="a.png", width=100)
+            print(await node.result(run_id, timeout=30))
+
+    Keywords (all optional; ``peer agent`` documents each): ``name`` (default
+    the host name), ``bind`` and ``advertise`` (``HOST:PORT``; port 0 picks a
+    free one), ``seeds`` (a list, or a comma-separated string, of
+    ``HOST:PORT`` and ``dns:NAME[:PORT]``), ``api`` (``HOST:PORT`` to serve
+    the control API, so the ``peer`` CLI can talk to this node; default
+    None: none), ``key`` (the cluster key(s): base64 text as ``peer keygen``
+    prints, comma-separated for several, raw bytes, a list of either, or a
+    ``peer.wire.Keyring``) or ``key_file``, ``profile``, ``join_timeout``,
+    ``dns_interval``, ``hosts_file``, ``drain_timeout``, ``load_factor``,
+    ``membership`` (a mapping of membership timings). ``scheduler``, ``replication`` and
+    ``executor`` take the configuration objects themselves (a
+    ``SchedulerConfig`` with a short ``settle`` makes tests fast).
+
+    A bad value raises ``ConfigError`` (a ``ValueError``) here, before any
+    socket is opened. A node may be entered again after it has exited: it
+    rejoins as itself, a new life.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        bind: str | None = None,
+        advertise: str | None = None,
+        seeds: Sequence[str] | str | None = None,
+        api: str | None = None,
+        key: str | bytes | Sequence[str | bytes] | Keyring | None = None,
+        key_file: str | None = None,
+        profile: str | None = None,
+        join_timeout: float | None = None,
+        dns_interval: float | None = None,
+        hosts_file: str | None = None,
+        drain_timeout: float | None = None,
+        load_factor: float | None = None,
+        membership: Mapping[str, Any] | None = None,
+        scheduler: SchedulerConfig | None = None,
+        replication: ReplicationConfig | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        given: dict[str, Any] = {
+            "name": name, "bind": bind, "advertise": advertise, "seeds": seeds, "key_file": key_file,
+            "profile": profile, "join_timeout": join_timeout, "dns_interval": dns_interval,
+            "hosts_file": hosts_file, "drain_timeout": drain_timeout, "load_factor": load_factor,
+            "membership": membership,
+        }  # fmt: skip
+        values: dict[str, Any] = {}
+        for setting in _SETTING_KEYS:
+            value = given[setting]
+            if value is None:
+                continue
+            if setting == "seeds" and not isinstance(value, str) and isinstance(value, Iterable):
+                value = list(value)
+            elif setting == "membership" and isinstance(value, Mapping):
+                value = dict(value)
+            values[setting] = _convert(setting, value)
+        if api is not None:
+            values["api"] = _convert("api", api)
+        self.settings = Settings(**values)
+        self.settings.membership_config()  # a bad timing fails now (ConfigError "membership: ...")
+        self._serve_api = api is not None
+        self.keyring = _keyring(key, self.settings.key_file)
+        if scheduler is not None:
+            # Keywords given win over the same fields of a SchedulerConfig.
+            if drain_timeout is not None:
+                scheduler = attrs.evolve(scheduler, drain_timeout=self.settings.drain_timeout)
+            if load_factor is not None:
+                scheduler = attrs.evolve(scheduler, load_factor=self.settings.load_factor)
+        self.scheduler_config = scheduler or self.settings.scheduler_config()
+        self.replication_config = replication
+        self.executor = executor or Executor()
+        self._functions: dict[str, Callable[..., Any]] = {}
+        self._agent: Agent | None = None
+        self._stopped = trio.Event()
+        self._agent_scope: trio.CancelScope | None = None
+        self._lifetime: contextlib.AbstractAsyncContextManager[None] | None = None
+
+    def __repr__(self) -> str:
+        state = "running" if self._agent is not None else "stopped"
+        return f"<peer.Node {self.name!r} {state}>"
+
+    # -- functions ------------------------------------------------------------------------
+
+    @overload
+    def function(self, function: F, /) -> F: ...
+
+    @overload
+    def function(self, name: str | None = None, /) -> Callable[[F], F]: ...
+
+    def function(self, function: F | str | None = None, /) -> F | Callable[[F], F]:
+        """Register a function that runs may call, by name: ``@node.function``
+        (its ``__name__``) or ``@node.function("name")``. Sync functions run
+        in a worker thread, async ones on trio; one with a parameter named
+        ``run`` is given the run's ``peer.RunContext`` (progress, updates).
+        The function is returned unchanged. Register the same functions under
+        the same names on every node: a run executes on whichever node owns
+        it, which finds the function by its name there."""
+        if callable(function):
+            self.register(function)
+            return function
+        if function is not None and not isinstance(function, str):
+            raise TypeError(f"@node.function takes a function or a name, got {type(function).__name__}")
+        name = function
+
+        def decorate(fn: F) -> F:
+            self.register(fn, name)
+            return fn
+
+        return decorate
+
+    def register(self, function: Callable[..., Any], name: str | None = None) -> str:
+        """``@node.function`` without the decorator; the registered name.
+        ``ValueError`` if another function has that name already."""
+        if not callable(function):
+            raise TypeError(f"{function!r} is not callable")
+        if name is None:
+            name = getattr(function, "__name__", None)
+            if not isinstance(name, str) or not _valid_function_name(name):
+                raise ValueError(f"{function!r} has no usable name: register it with @node.function('a_name')")
+        if not _valid_function_name(name):
+            raise ValueError(
+                f"{name!r} is not a valid function name (letters, digits, '_' and '.', not starting with a digit)"
+            )
+        current = self._functions.get(name)
+        if current is not None and current is not function and current != function:
+            raise ValueError(
+                f"another function is registered as {name!r} ({_describe(current)}); "
+                f"register {_describe(function)} under another name: @node.function('other_name')"
+            )
+        self.executor.register(name, function)
+        self._functions[name] = function
+        return name
+
+    @property
+    def functions(self) -> dict[str, Callable[..., Any]]:
+        """The registered functions, by name."""
+        return dict(self._functions)
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._lifetime is not None:
+            raise RuntimeError(f"node {self.name!r} is already running")
+        lifetime = self._life()
+        self._lifetime = lifetime
+        try:
+            await lifetime.__aenter__()
+            return self
+        except BaseException:
+            self._lifetime = None
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> bool | None:
+        lifetime = self._lifetime
+        assert lifetime is not None
+        try:
+            return await lifetime.__aexit__(*exc_info)  # type: ignore[arg-type]
+        finally:
+            self._lifetime = None
+
+    @contextlib.asynccontextmanager
+    async def _life(self) -> AsyncIterator[None]:
+        agent = Agent(
+            self.settings,
+            self.keyring,
+            replication=self.replication_config,
+            scheduler=self.scheduler_config,
+            executor=self.executor,
+            control_api=self._serve_api,
+        )
+        await agent.bind()  # BindError, before anything runs
+        self._stopped = trio.Event()
+        failure: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                self._agent = agent
+                await nursery.start(self._drive, agent)
+                try:
+                    yield
+                finally:
+                    await self._exit(agent)
+        except BaseExceptionGroup as group:
+            failure = _sole(group)
+            if failure is None:
+                raise
+        finally:
+            self._agent = None
+            self._agent_scope = None
+            agent.close()
+        if failure is not None:
+            # Raised outside the handler, so it keeps its own context.
+            raise failure
+
+    async def _drive(self, agent: Agent, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # Shielded: a cancelled body must not stop the node before it has
+        # left; _exit stops it, gracefully or not.
+        with trio.CancelScope(shield=True) as scope:
+            self._agent_scope = scope
+            try:
+                await agent.run(task_status=task_status)
+            finally:
+                self._stopped.set()
+
+    async def _exit(self, agent: Agent) -> None:
+        """Leave gracefully, within a bound, even when cancelled; stop the
+        agent where it is if that fails or takes too long."""
+        if self._stopped.is_set():
+            return  # it left already (leave()), or failed
+        bound = (
+            self.scheduler_config.drain_timeout
+            + agent.config.leave_timeout
+            + (API_DRAIN_SECONDS if self._serve_api else 0.0)
+            + LEAVE_MARGIN_SECONDS
+        )
+        try:
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(bound) as leaving:
+                    async with trio.open_nursery() as race:
+                        race.start_soon(agent.leave)
+                        await self._stopped.wait()  # left, or the agent failed meanwhile
+                        race.cancel_scope.cancel()
+                if leaving.cancelled_caught:
+                    log.warning(
+                        "node %s did not finish leaving within %g s; stopping it anyway",
+                        self.name,
+                        bound,
+                        extra={"node": self.name},
+                    )
+        finally:
+            if self._agent_scope is not None:
+                self._agent_scope.cancel()
+
+    async def leave(self) -> None:
+        """Leave the cluster gracefully now (what exiting the ``async with``
+        does); the node is stopped once it returns."""
+        agent = self._require()
+        await agent.leave()
+        await self._stopped.wait()
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def running(self) -> bool:
+        """Entered and not stopped (it may be leaving)."""
+        return self._agent is not None and not self._stopped.is_set()
+
+    @property
+    def agent(self) -> Agent:
+        """The underlying ``peer.runtime.Agent`` (for what this layer does not offer)."""
+        return self._require()
+
+    @property
+    def address(self) -> str:
+        """``HOST:PORT`` others reach this node at (the bound port if 0 was asked)."""
+        return format_address(self._require().advertise)
+
+    @property
+    def api_address(self) -> str | None:
+        """``HOST:PORT`` of the control API, None when not served."""
+        agent = self._require()
+        return format_address(agent.api_address) if self._serve_api else None
+
+    @property
+    def ready(self) -> bool:
+        """Part of the cluster (or meant to be alone) and settled: this node
+        holds the cluster's jobs and may own work."""
+        agent = self._require()
+        return agent.ready and agent.scheduler.role is Role.READY
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until ``ready``; ``TimeoutError`` after ``timeout`` seconds."""
+        await self._poll(lambda: self.ready, timeout, lambda: TimeoutError(f"node {self.name} not ready within {timeout:g} s"))
+
+    def members(self) -> list[MemberInfo]:
+        """Every member this node knows, itself included, sorted by name."""
+        agent = self._require()
+        return [
+            MemberInfo(
+                name=member.name,
+                address=format_address(member.addr),
+                status=member.status.name.lower(),
+                incarnation=member.incarnation,
+                role=_role(member.meta),
+            )
+            for member in sorted(agent.membership.members(), key=lambda m: m.name)
+        ]
+
+    def member(self, name: str) -> MemberInfo | None:
+        return next((member for member in self.members() if member.name == name), None)
+
+    def live_members(self) -> list[MemberInfo]:
+        """The members that are alive or suspect."""
+        return [m for m in self.members() if Status[m.status.upper()].is_live]
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    async def schedule(
+        self,
+        job_id: str,
+        schedule: str | None,
+        target: Callable[..., Any] | str | Target,
+        /,
+        *,
+        kwargs: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Define (or redefine) a job, cluster-wide; False if it was defined
+        so already. ``schedule`` is cron text (``"0 3 * * *"``, six fields
+        with seconds first, ``@daily``, ``@every 30s``), or None for a job that
+        runs only when triggered. ``target`` is a registered function (or
+        its name), ``"package.module:function"``, or a ``CommandTarget`` /
+        ``HttpTarget``; ``kwargs`` are the call's arguments (plain data).
+        ``fields`` are the other keys of a job definition (``timezone``,
+        ``mode``, ``timeout``, ``retries``, ``backoff``, ``backoff_max``,
+        ``overlap``, ``misfire``, ``grace``, ``result_ttl``, ``tags``,
+        ``paused``; durations as seconds or ``"30s"``), checked as a jobs
+        file's are: ``JobError`` names the job, the key and why.
+
+        A node that has just started first waits until it has settled (holds
+        the cluster's job definitions, at most a few seconds), so a restart
+        re-defining the same job changes nothing and its schedule carries on.
+        """
+        data = {**fields, **self._target_keys(target, kwargs, "schedule", fields), "id": job_id}
+        if schedule is not None:
+            data["schedule"] = schedule
+        spec = parse_job(_listed(data), where="schedule()")
+        agent = self._require()
+        await self._settled()
+        return await agent.define_job(spec)
+
+    async def remove_job(self, job_id: str) -> bool:
+        """Remove a job, cluster-wide; False if there was none. Its runs'
+        records stay readable until they expire."""
+        agent = self._require()
+        await self._settled()
+        return await agent.remove_job(job_id)
+
+    async def pause_job(self, job_id: str) -> JobSpec:
+        """Stop a job's ticks (a running run carries on); ``UnknownJob``."""
+        return await self._pause(job_id, True)
+
+    async def resume_job(self, job_id: str) -> JobSpec:
+        """Start a paused job's ticks again, from now (ticks due while it was
+        paused are not owed); ``UnknownJob``."""
+        return await self._pause(job_id, False)
+
+    async def _pause(self, job_id: str, paused: bool) -> JobSpec:
+        agent = self._require()
+        await self._settled()
+        try:
+            return await agent.pause_job(job_id, paused)
+        except KeyError:
+            raise UnknownJob(job_id) from None
+
+    def jobs(self) -> dict[str, JobInfo]:
+        """Every job defined in the cluster, by id (sorted), as this node sees it."""
+        scheduler = self._require().scheduler
+        now_ms = self._require().core.wall_ms()
+        return {job_id: _job_info(scheduler, entry.spec, entry.since, now_ms) for job_id, entry in sorted(scheduler.jobs().items())}
+
+    def job(self, job_id: str) -> JobInfo | None:
+        return self.jobs().get(job_id)
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    async def submit(self, target: Callable[..., Any] | str | Target, /, **kwargs: Any) -> str:
+        """Run ``target`` once, now, somewhere in the cluster; the run id.
+        ``kwargs`` are the function's arguments (plain data: str, int,
+        float, bool, None, lists, dicts with str keys). The run's job id is
+        the function's name. For a timeout, retries or an id of your own,
+        use ``submit_with``."""
+        return await self._submit(target, kwargs, {}, "submit()")
+
+    async def submit_with(
+        self,
+        target: Callable[..., Any] | str | Target,
+        /,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        id: str | None = None,
+        **fields: Any,
+    ) -> str:
+        """``submit`` with the options of a one-off job: ``id`` (names the
+        run; default the function's name), ``timeout``, ``retries``,
+        ``backoff``, ``backoff_max``, ``result_ttl``, ``tags``."""
+        for key in _ONE_OFF_ONLY:
+            if key in fields:
+                raise JobError(
+                    "submit_with()", "a submitted run runs once, now; define jobs with schedule()", job=id, field=key
+                )
+        return await self._submit(target, kwargs or {}, {**fields, "id": id}, "submit_with()")
+
+    async def _submit(
+        self, target: Callable[..., Any] | str | Target, kwargs: Mapping[str, Any], fields: dict[str, Any], where: str
+    ) -> str:
+        job_id = fields.pop("id", None)
+        keys = self._target_keys(target, kwargs, where, fields)
+        job_id = job_id or _default_id(keys.get("call") or _program(keys))
+        spec = parse_job(_listed({**fields, **keys, "id": job_id}), where=where)
+        return await self._require().submit(spec)
+
+    async def trigger(self, job_id: str, /, **kwargs: Any) -> str:
+        """Run a defined job once, now, as defined (``kwargs``, for a call
+        target, merged over its own); the run id. ``UnknownJob``."""
+        agent = self._require()
+        await self._settled()
+        entry = agent.scheduler.jobs().get(job_id)
+        if entry is None:
+            raise UnknownJob(job_id)
+        spec = entry.spec
+        if kwargs:
+            if not isinstance(spec.target, CallTarget):
+                raise JobError("trigger()", "only a call target takes kwargs", job=job_id, field="kwargs")
+            target = attrs.evolve(spec.target, kwargs={**spec.target.kwargs, **kwargs})
+            try:
+                spec = attrs.evolve(spec, target=target)  # checked again, kwargs included
+            except JobError as error:
+                raise JobError("trigger()", error.reason, job=job_id, field=error.field) from None
+        return await agent.submit(spec)
+
+    def run(self, run_id: str) -> RunRecord | None:
+        """A run's record as this node holds it now, or None."""
+        return self._require().scheduler.record(run_id)
+
+    def runs(
+        self,
+        job: str | None = None,
+        *,
+        state: RunState | str | Iterable[RunState | str] | None = None,
+        limit: int | None = None,
+    ) -> list[RunRecord]:
+        """Runs this node holds (every node holds them all), newest first (by
+        creation, else tick); only ``job``'s, only in ``state``(s)."""
+        states = None if state is None else _states(state)
+        records = [
+            record
+            for record in self._require().scheduler.records()
+            if (job is None or record.job == job) and (states is None or record.state in states)
+        ]
+        records.sort(key=lambda record: (-(record.created or record.tick or 0), record.id))
+        return records if limit is None else records[:limit]
+
+    async def result(self, run_id: str, *, timeout: float | None = None) -> Any:
+        """Wait until the run has finished and give its result (what the
+        function returned, as plain data: tuples come back as lists).
+        ``RunFailed`` if it finished otherwise; ``TimeoutError`` if it has
+        not finished within ``timeout`` seconds (None: as long as it takes).
+        A run id this node has not heard of yet is waited for too (a run
+        submitted on another node takes a moment to arrive); after
+        ``timeout``, that is ``UnknownRun``."""
+        record = await self.wait(run_id, timeout=timeout)
+        if record.state is RunState.SUCCEEDED:
+            return record.result
+        raise RunFailed(record)
+
+    async def wait(self, run_id: str, *, timeout: float | None = None) -> RunRecord:
+        """Wait until the run has finished, however it went; its record.
+        ``TimeoutError``, ``UnknownRun`` as ``result``."""
+        agent = self._require()
+        seen: list[RunRecord | None] = [None]
+
+        def finished() -> bool:
+            seen[0] = agent.scheduler.record(run_id)
+            return seen[0] is not None and seen[0].state.finished
+
+        def too_slow() -> BaseException:
+            record = seen[0]
+            if record is None:
+                return UnknownRun(run_id, f" (nothing heard of it within {timeout:g} s)")
+            return TimeoutError(f"run {run_id} has not finished within {timeout:g} s (it is {record.state.value})")
+
+        await self._poll(finished, timeout, too_slow)
+        assert seen[0] is not None
+        return seen[0]
+
+    def watch(self, run_id: str, *, interval: float = 0.1) -> AsyncIterator[RunRecord]:
+        """``async for record in node.watch(run_id)``: the run's record when
+        first known and each time it changes (state, attempt, progress...),
+        looked at every ``interval`` seconds; ends after the finished one."""
+        return _Watch(self, run_id, interval)
+
+    async def send(self, run_id: str, data: Any) -> None:
+        """Send ``data`` (plain data) to a run, on whichever node runs it or
+        will: a function reads it with ``await run.next_update()`` (async)
+        or ``run.get_update()`` (sync). ``UnknownRun`` if this node has not
+        heard of the run; ``RunFinishedError`` if it has finished."""
+        agent = self._require()
+        record = agent.scheduler.record(run_id)
+        if record is None:
+            raise UnknownRun(run_id)
+        if record.state.finished:
+            raise RunFinishedError(record)
+        await agent.send(run_id, data)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _require(self) -> Agent:
+        agent = self._agent
+        if agent is None:
+            raise RuntimeError(f"node {self.name!r} is not running: use `async with node:`")
+        if self._stopped.is_set():
+            raise RuntimeError(f"node {self.name!r} has stopped")
+        return agent
+
+    async def _settled(self) -> None:
+        """Wait until the scheduler has caught up (no longer ``starting``)."""
+        agent = self._require()
+        if agent.scheduler.role is Role.STARTING:
+            log.debug("waiting to settle before changing jobs", extra={"node": self.name})
+            await self._poll(lambda: agent.scheduler.role is not Role.STARTING)
+
+    async def _poll(
+        self,
+        condition: Callable[[], bool],
+        timeout: float | None = None,
+        error: Callable[[], BaseException] = lambda: TimeoutError(),
+    ) -> None:
+        """Wait until ``condition()``; ``error()`` is raised past ``timeout``."""
+        deadline = trio.current_time() + (math.inf if timeout is None else timeout)
+        while not condition():
+            if self._stopped.is_set():
+                raise RuntimeError(f"node {self.name!r} stopped while waiting")
+            if trio.current_time() >= deadline:
+                raise error()
+            await trio.sleep(min(POLL_SECONDS, max(0.0, deadline - trio.current_time())))
+
+    def _target_keys(
+        self, target: Callable[..., Any] | str | Target, kwargs: Mapping[str, Any] | None, where: str, fields: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The keys of a job definition naming ``target``."""
+        clash = sorted(_TARGET_FIELDS & fields.keys())
+        if clash:
+            raise TypeError(f"{where} got an unexpected keyword argument {clash[0]!r} (the target is an argument of its own)")
+        if isinstance(target, CallTarget):
+            return {"call": target.function, "kwargs": {**target.kwargs, **(kwargs or {})}}
+        if isinstance(target, (CommandTarget, HttpTarget)):
+            if kwargs:
+                raise JobError(where, "only a call target takes kwargs", field="kwargs")
+            if isinstance(target, CommandTarget):
+                command: str | list[str] = target.argv[0] if target.shell and len(target.argv) == 1 else list(target.argv)
+                return {"command": command, "shell": target.shell, "env": dict(target.env), "cwd": target.cwd}
+            return {
+                "http": {"url": target.url, "method": target.method, "headers": dict(target.headers), "body": target.body}
+            }
+        if isinstance(target, str):
+            name = target
+        elif callable(target):
+            found = self._name_of(target)
+            if found is None:
+                raise ValueError(
+                    f"{_describe(target)} is not registered with this node: decorate it with @node.function "
+                    "(on every node), or pass its name or 'package.module:function'"
+                )
+            name = found
+        else:
+            raise TypeError(f"a target is a registered function, its name, 'package.module:function' or a Target, got {type(target).__name__}")
+        return {"call": name, "kwargs": dict(kwargs or {})}
+
+    def _name_of(self, function: Callable[..., Any]) -> str | None:
+        for name, registered in self._functions.items():
+            if registered is function:
+                return name
+        # Bound methods are a new object at every access, equal to the last.
+        return next((name for name, registered in self._functions.items() if _equal(registered, function)), None)
+
+
+class _Watch:
+    """The async iterator of ``Node.watch``: polling, with nothing to clean up."""
+
+    def __init__(self, node: Node, run_id: str, interval: float) -> None:
+        self._node = node
+        self._run_id = run_id
+        self._interval = interval
+        self._last: RunRecord | None = None
+        self._done = False
+
+    def __aiter__(self) -> _Watch:
+        return self
+
+    async def __anext__(self) -> RunRecord:
+        if self._done:
+            raise StopAsyncIteration
+        while True:
+            record = self._node.run(self._run_id)
+            if record is not None and record != self._last:
+                self._last = record
+                self._done = record.state.finished
+                return record
+            await trio.sleep(self._interval)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _convert(key: str, value: Any) -> Any:
+    try:
+        return CONVERTERS[key](value)
+    except ValueError as error:
+        raise ConfigError(f"{key}: {error}") from None
+
+
+def _keyring(key: str | bytes | Sequence[str | bytes] | Keyring | None, key_file: str | None) -> Keyring | None:
+    if key is not None and key_file is not None:
+        raise ConfigError("key: give key or key_file, not both")
+    try:
+        if key is None:
+            return load_keyring(key_file, {})
+        if isinstance(key, Keyring):
+            return key
+        items: list[str | bytes] = [key] if isinstance(key, (str, bytes)) else list(key)
+        keys: list[bytes] = []
+        for item in items:
+            if isinstance(item, bytes):
+                keys.append(item)
+            elif isinstance(item, str):
+                keys.extend(parse_keys(item.replace(",", "\n").splitlines(), "key").keys)
+            else:
+                raise ConfigError(f"key: expected base64 text or bytes, got {type(item).__name__}")
+        return Keyring(keys)
+    except KeyringError as error:
+        raise ConfigError(str(error)) from None
+    except ValueError as error:  # Keyring's own checks: sizes, duplicates
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"key: {error}") from None
+
+
+def _sole(group: BaseExceptionGroup[Any]) -> BaseException | None:
+    """The one exception in a (nested) group, or None if there are several."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        if len(error.exceptions) != 1:
+            return None
+        error = error.exceptions[0]
+    return error
+
+
+def _valid_function_name(name: str) -> bool:
+    try:
+        JobSpec(id="x", target=CallTarget(name), schedule=None)
+    except JobError:
+        return False
+    return ":" not in name
+
+
+def _equal(a: object, b: object) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - an odd __eq__ is no match
+        return False
+
+
+def _describe(function: Any) -> str:
+    module = getattr(function, "__module__", None)
+    qualname = getattr(function, "__qualname__", None)
+    return f"{module}.{qualname}" if module and qualname else repr(function)
+
+
+def _default_id(name: str) -> str:
+    """A job id from a function or program name: ``pkg.mod:fn`` -> ``fn``
+    (as ``peer submit`` makes it)."""
+    base = re.split(r"[:./\\]", name.strip())[-1]
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", base).lstrip("_.-")[:128] or "adhoc"
+
+
+def _program(keys: Mapping[str, Any]) -> str:
+    command = keys.get("command")
+    if isinstance(command, list) and command:
+        return str(command[0])
+    if isinstance(command, str):
+        return (command.split() or ["adhoc"])[0]
+    return "http"
+
+
+def _listed(data: dict[str, Any]) -> dict[str, Any]:
+    """Tuples of tags as the list a job definition takes."""
+    if isinstance(data.get("tags"), tuple):
+        data["tags"] = list(data["tags"])
+    return data
+
+
+def _states(state: RunState | str | Iterable[RunState | str]) -> frozenset[RunState]:
+    items = [state] if isinstance(state, (RunState, str)) else list(state)
+    try:
+        return frozenset(RunState(item) for item in items)
+    except ValueError:
+        known = ", ".join(s.value for s in RunState)
+        raise ValueError(f"state: expected some of {known}, got {state!r}") from None
+
+
+def _role(meta: bytes) -> str | None:
+    try:
+        return Role(meta.decode()).value
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def _utc(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def _job_info(scheduler: Scheduler, spec: JobSpec, since: int, now_ms: int) -> JobInfo:
+    owner: str | None = None
+    next_tick: datetime | None = None
+    if spec.schedule is not None and not spec.paused:
+        owner = "all" if spec.mode == "all" else scheduler.job_owner(spec.id)
+        try:
+            next_tick = _utc(spec.schedule.next_after(max(now_ms, since)))
+        except ValueError:  # past the last year a cron schedule is computed for
+            next_tick = None
+    return JobInfo(spec=spec, owner=owner, next_tick=next_tick, since=_utc(since))
