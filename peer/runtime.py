@@ -242,7 +242,17 @@ class Agent:
         """Leave gracefully (others see ``left``, never ``failed``) and wait
         until the leave has been gossiped; ``run()`` then returns."""
         if not self.core.leaving:
-            log.info("leaving the cluster", extra={"node": self.name})
+            running = len(self.scheduler.running())
+            if running:
+                log.info(
+                    "leaving the cluster: letting %d running job(s) finish for up to %g s, then handing them "
+                    "back (signal again to stop at once)",
+                    running,
+                    self.scheduler_config.drain_timeout,
+                    extra={"node": self.name},
+                )
+            else:
+                log.info("leaving the cluster", extra={"node": self.name})
             self.core.leave(trio.current_time())
             await self._flush()
         await self._left.wait()
