@@ -29,8 +29,9 @@ the same keys as a JSON object (where ``null`` means "not given")::
     retries = 2                     # extra attempts after a failure, 0..100
     backoff = "1s"                  # delay before the first retry, doubling...
     backoff_max = "5m"              # ...up to this (>= backoff)
-    overlap = "forbid"              # a tick while the last run still runs:
-                                    # allow | forbid (skip it) | replace (cancel the old)
+    overlap = "allow"               # a tick while the last run still runs:
+                                    # allow (run both) | forbid (skip the new one,
+                                    # recorded "skipped") | replace (cancel the old)
     misfire = "once"                # ticks missed while no one could run them:
                                     # skip | once (run the latest) | all (run each)
     grace = "60s"                   # how late a tick may start and still be on time
@@ -317,7 +318,7 @@ class JobSpec:
     retries: int = 0
     backoff: float = attrs.field(default=1.0, converter=_float)
     backoff_max: float = attrs.field(default=300.0, converter=_float)
-    overlap: str = "forbid"
+    overlap: str = "allow"
     misfire: str = "once"
     grace: float = attrs.field(default=60.0, converter=_float)
     result_ttl: float = attrs.field(default=600.0, converter=_float)

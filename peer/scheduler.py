@@ -508,7 +508,11 @@ class Scheduler:
         for job_id, start in mine.items():
             if job_id not in self._cursors:
                 previous = previous_owners.get(job_id)
-                if previous is None or (previous != self.name and not self._failed(wall_ms, previous)):
+                if previous is not None and previous != self.name and self._leaving(previous):
+                    # A leaving old owner claims nothing new: wait only for
+                    # what it may have claimed before it said so.
+                    self._handover_until[job_id] = wall_ms
+                elif previous is None or (previous != self.name and not self._failed(wall_ms, previous)):
                     # Its live old owner may have claimed the last ticks, or
                     # claim the next, its view lagging ours; a job new to us
                     # may be another node's by a view holding other jobs.
@@ -539,6 +543,11 @@ class Scheduler:
         if record.tick is not None and record.job in self._owners:
             return self._owners[record.job]
         return self._ring.owner(record.id)
+
+    def _leaving(self, name: str) -> bool:
+        """Is this node draining or gone gracefully (so it claims nothing new)?"""
+        member = self._members.get(name)
+        return member is not None and (member.status is Status.LEFT or member.meta == Role.DRAINING.meta)
 
     def _failed(self, wall_ms: int, name: str) -> bool:
         """Has this node gone, as far as the view says? Unknown counts as
@@ -586,10 +595,21 @@ class Scheduler:
                     reason += "; a later tick runs instead"
                 self._write(record.evolve(state=RunState.MISSED, finished=wall_ms, error=reason), spec)
                 return
-        previous = [r for r in self._unfinished.values() if r.job == spec.id and r.node == node and r.id != run_id]
+        # Runs still going: a dead owner's claim is not one (its run will be
+        # re-run), nor a pending retry or hand-back.
+        previous = [
+            r
+            for r in self._unfinished.values()
+            if r.job == spec.id
+            and r.node == node
+            and r.id != run_id
+            and r.state is RunState.RUNNING
+            and r.owner is not None
+            and not self._failed(wall_ms, r.owner)
+        ]
         if previous and spec.overlap == "forbid":
             self.stats.ticks_skipped += 1
-            reason = f"{previous[0].id} was still {previous[0].state.value}"
+            reason = f"{previous[0].id} was still running"
             self._write(record.evolve(state=RunState.SKIPPED, finished=wall_ms, error=reason), spec)
             return
         if spec.overlap == "replace":

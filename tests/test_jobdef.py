@@ -61,7 +61,7 @@ def test_minimal_definition_has_the_defaults() -> None:
     spec = parse_job({"id": "adhoc", "call": "cleanup"}, where="api")
     assert spec == JobSpec(id="adhoc", target=CallTarget("cleanup"), schedule=None)
     assert (spec.mode, spec.timeout, spec.retries, spec.backoff, spec.backoff_max) == ("one", None, 0, 1.0, 300.0)
-    assert (spec.overlap, spec.misfire, spec.grace, spec.result_ttl) == ("forbid", "once", 60.0, 600.0)
+    assert (spec.overlap, spec.misfire, spec.grace, spec.result_ttl) == ("allow", "once", 60.0, 600.0)
     assert (spec.tags, spec.paused) == ((), False)
     assert parse_job({"id": "t", "schedule": "@daily", "call": "x"}, where="api").schedule == parse_schedule("@daily")
 

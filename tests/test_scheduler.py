@@ -426,3 +426,25 @@ def test_precedence_puts_attempt_then_phase_above_timestamps(
         assert winner is max((a, b), key=lambda r: r.ts)
     garbage = Register(Timestamp(99, 0, "z"), {"state": "??"}, None)
     assert max((a, garbage), key=precedence) is a
+
+
+def test_a_dead_owners_claim_blocks_no_tick_and_is_rerun() -> None:
+    # overlap "forbid" skips a tick while the previous run still runs; a
+    # claim by a node that died is not a run going on.
+    node = make_node(SchedulerConfig(settle=0.0), others=(member("gone", Status.DEAD),))
+    node.scheduler.add_job(T0, cron(overlap="forbid"))
+    old = tick_run_id("job", T0 + 2_000)
+    other = Maps("gone#1")
+    other.wall_ms = T0 + 2_000
+    other.put(RUNS, old, RunRecord(id=old, job="job", state=RunState.RUNNING, owner="gone", tick=T0 + 2_000).to_wire())
+    node.maps.wall_ms = T0 + 1_000
+    node.maps.merge_from(other, RUNS, old)
+    node.advance(T0 + 3_000)
+    (rerun,) = node.take(StartRun)
+    assert (rerun.tick, rerun.attempt) == (T0 + 2_000, 2)  # the dead owner's run, re-run
+    node.finish(rerun)
+    node.advance(T0 + 4_100)
+    (next_tick,) = node.take(StartRun)
+    assert (next_tick.tick, next_tick.attempt) == (T0 + 4_000, 1)  # and the next tick, not skipped
+    assert node.scheduler.stats.ticks_skipped == 0
+
