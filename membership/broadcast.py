@@ -54,6 +54,10 @@ class BroadcastQueue(Generic[T]):
         if old is not None:
             del self._levels[old.transmits][key]
 
+    def fresh(self) -> int:
+        """How many messages have not been sent yet."""
+        return len(self._levels[0])
+
     def pending(self, key: str) -> bool:
         return key in self._by_key
 

@@ -53,6 +53,16 @@ from membership.state import Address
 from membership.timers import Timers
 
 
+# More unsent deltas than this is a backlog piggybacking will not clear
+# soon: push them in a batch.
+PUSH_BACKLOG = 16
+# How many members a backlog batch goes to, and how soon after it builds up.
+PUSH_FANOUT = 3
+PUSH_DELAY = 0.02
+# A push counts one transmission but never retires a delta: retiring is the
+# membership layer's call, by its cluster-size-dependent limit.
+PUSH_NEVER_RETIRES = 1 << 30
+
 # A digest sync that changes at most this many keys passes them on as gossip.
 RELAY_MAX_KEYS = 64
 
@@ -80,6 +90,7 @@ class ReplicationStats:
     deltas_gossiped: int = 0  # local deltas queued for gossip
     deltas_too_big: int = 0  # local deltas left to sync
     deltas_relayed: int = 0  # received deltas passed on
+    backlog_pushes: int = 0  # batches of unsent deltas pushed over the reliable channel
     deltas_received: int = 0
     keys_changed: int = 0  # keys changed by merging anything received
     syncs_started: int = 0
@@ -126,6 +137,8 @@ class Replicator:
         self._syncs_received = 0  # sync messages received, to tell whether a peer synced with us
         self._catch_up_mark = 0
         self._catch_up_left = 0
+        self._now = now
+        self._push_scheduled = False
         # Maps whose digest root has matched a peer's at least once: caught up.
         self.in_sync: set[str] = set()
         self._timers.schedule("sync", now + rng.uniform(0.5, 1.0) * config.sync_interval)
@@ -134,6 +147,7 @@ class Replicator:
     # -- the driver's interface ---------------------------------------------------
 
     def receive(self, now: float, wall_ms: int, message: ReplicationMessage) -> None:
+        self._now = now
         if message.map not in self.maps:
             self.stats.malformed += 1
             return
@@ -147,8 +161,11 @@ class Replicator:
             self._on_entries(wall_ms, message)
 
     def tick(self, now: float, wall_ms: int) -> None:
+        self._now = now
         for key in self._timers.due(now):
-            if key == "sync":
+            if key == "push":
+                self._push_backlog()
+            elif key == "sync":
                 self._timers.schedule("sync", now + self._rng.uniform(0.75, 1.25) * self.config.sync_interval)
                 if self._peers:
                     self._start_sync(self._rng.choice(self._peers))
@@ -260,6 +277,24 @@ class Replicator:
         else:
             self.stats.deltas_gossiped += 1
         self._gossip.enqueue(queue_key, message, size)
+        if self._gossip.fresh() > PUSH_BACKLOG and not self._push_scheduled and self._peers:
+            self._push_scheduled = True
+            self._timers.schedule("push", self._now + PUSH_DELAY)
+
+    def _push_backlog(self) -> None:
+        """Send the unsent deltas, a chunk's worth, to a few members over
+        the reliable channel; they count as sent once (the rest of their
+        transmissions still ride on packets), and the receivers relay what
+        is news to them."""
+        self._push_scheduled = False
+        if not self._peers:
+            return
+        batch = self._gossip.take(self.config.chunk_bytes, PUSH_NEVER_RETIRES)
+        if not batch:
+            return
+        self.stats.backlog_pushes += 1
+        for peer in self._rng.sample(self._peers, min(PUSH_FANOUT, len(self._peers))):
+            self._send(peer, list(batch), reliable=True)
 
     def _on_delta(self, wall_ms: int, map_name: str, delta: Delta) -> None:
         self.stats.deltas_received += 1
