@@ -57,7 +57,7 @@ from membership.timers import Timers
 # soon: push them in a batch.
 PUSH_BACKLOG = 16
 # How many members a backlog batch goes to, and how soon after it builds up.
-PUSH_FANOUT = 3
+PUSH_FANOUT = 4
 PUSH_DELAY = 0.02
 # A push counts one transmission but never retires a delta: retiring is the
 # membership layer's call, by its cluster-size-dependent limit.

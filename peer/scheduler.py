@@ -583,7 +583,8 @@ class Scheduler:
         run_id = tick_run_id(spec.id, tick, node)
         if self.record(run_id) is not None:
             return  # handled already, by us or the job's previous owner
-        record = RunRecord(id=run_id, job=spec.id, state=RunState.PENDING, tick=tick, node=node, created=wall_ms)
+        # owner: who decided, should the tick be recorded missed or skipped.
+        record = RunRecord(id=run_id, job=spec.id, state=RunState.PENDING, owner=self.name, tick=tick, node=node, created=wall_ms)
         late = wall_ms - tick > round(spec.grace * 1000)
         if late:
             assert spec.schedule is not None
@@ -629,7 +630,14 @@ class Scheduler:
                 continue
             owner = self._run_owner(record)
             if record.state is RunState.RUNNING:
-                if record.owner == self.name or (record.owner is not None and self._failed(wall_ms, record.owner)):
+                if record.owner == self.name:
+                    # Claimed by a previous life of ours. It may have
+                    # finished the run, and its last record not reached the
+                    # member we caught up from: give the digest syncs the
+                    # catch-up window to bring it before re-running.
+                    if wall_ms >= self._started_at + round(self.config.catch_up_window * 1000):
+                        self._take_over(wall_ms, record, owner)
+                elif record.owner is not None and self._failed(wall_ms, record.owner):
                     self._take_over(wall_ms, record, owner)
             elif owner == self.name and (record.not_before or 0) <= wall_ms:
                 if self._old_owner_may_claim(wall_ms, record):
