@@ -101,8 +101,28 @@ class AgentProcess:
         if self.process is not None:
             self.process.wait()
 
-    def call(self, path: str, *, method: str = "GET", timeout: float = 5.0) -> dict[str, Any]:
-        return call(self.api, path, method=method, timeout=timeout)
+    @property
+    def api_addr(self) -> str:
+        return format_address(self.api)
+
+    def stop(self, timeout: float) -> int | None:
+        """SIGTERM (a graceful leave: drain, hand back, leave) and wait for
+        the exit; its code, or None if still running after ``timeout``."""
+        self.signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def call(self, path: str, *, method: str = "GET", body: Any = None, timeout: float = 5.0) -> dict[str, Any]:
+        """The JSON document at ``path``; ``body``, when not None, is sent as JSON."""
+        return call(self.api, path, method=method, body=body, timeout=timeout)
+
+    def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """``peer ARGS`` (a client command) against this agent's API."""
+        env = dict(self.env, PEER_API=self.api_addr)
+        env.pop("PEER_CONFIG", None)
+        return subprocess.run(
+            [sys.executable, "-m", "peer", *args],
+            check=False, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=env,
+        )
 
     def call_text(self, path: str, *, timeout: float = 5.0) -> str:
         return fetch(self.api, path, timeout=timeout).decode()
@@ -169,7 +189,8 @@ class LocalCluster:
         seeds = list(seeds)
         if seeds:
             args += ["--seeds", ",".join(seeds)]
-        env = dict(self.env)
+        # The name the agent is given, also for the jobs it runs (peer.samples.journal).
+        env = dict(self.env, PEER_NAME=name)
         key = key if key is not None else self.key
         if key:
             env["PEER_KEY"] = key
@@ -221,7 +242,7 @@ def _answers(agent: AgentProcess) -> bool:
     return True
 
 
-def wait_for(condition: Callable[[], T], timeout: float, what: str, *, interval: float = 0.05) -> T:
+def wait_for(condition: Callable[[], T | None], timeout: float, what: str, *, interval: float = 0.05) -> T:
     """Poll ``condition`` until it returns something true; ``TimeoutError``
     naming ``what`` if it never does within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
