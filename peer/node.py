@@ -58,7 +58,7 @@ from peer.jobdef import JobError, JobSpec, parse_job
 from peer.keys import KeyringError, load_keyring, parse_keys
 from peer.replication import ReplicationConfig
 from peer.runs import RunRecord, RunState
-from peer.runtime import API_DRAIN_SECONDS, Agent
+from peer.runtime import API_DRAIN_SECONDS, MAX_RESULT_BYTES, Agent
 from peer.scheduler import Role, Scheduler, SchedulerConfig
 from peer.settings import CONVERTERS, ConfigError, Settings
 from peer.targets import CallTarget, CommandTarget, HttpTarget, Target
@@ -252,7 +252,7 @@ class Node:
                 scheduler = attrs.evolve(scheduler, load_factor=self.settings.load_factor)
         self.scheduler_config = scheduler or self.settings.scheduler_config()
         self.replication_config = replication
-        self.executor = executor or Executor()
+        self.executor = executor or Executor(max_result_bytes=MAX_RESULT_BYTES)
         self._functions: dict[str, Callable[..., Any]] = {}
         self._agent: Agent | None = None
         self._stopped = trio.Event()

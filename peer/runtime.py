@@ -63,6 +63,10 @@ KEY_WARNING_INTERVAL = 60.0
 _EVENT_LEVEL = {EventKind.FAILED: logging.WARNING}
 
 
+# The largest result a run may return (packed): its record, with the run's
+# other fields, must stay under the replicated maps' 64 KiB per value.
+MAX_RESULT_BYTES = 60 * 1024
+
 # How often a caller waiting for a result looks at the runs map.
 RESULT_POLL_SECONDS = 0.05
 
@@ -118,7 +122,8 @@ class Agent:
         self.maps = tuple(maps)
         self.replication_config = replication or ReplicationConfig()
         self.scheduler_config = scheduler or settings.scheduler_config()
-        self.executor = executor or Executor()
+        # A result must fit in its run record, itself a replicated value of at most 64 KiB.
+        self.executor = executor or Executor(max_result_bytes=MAX_RESULT_BYTES)
         self.initial_jobs = tuple(jobs)
         self._runs: dict[str, _RunTask] = {}
         self._core: NodeCore | None = None
