@@ -499,14 +499,7 @@ def _from_wire(data: Any) -> JobSpec:
     else:
         if not isinstance(text, str) or len(text) > 1024:
             raise _Bad("schedule", "expected a string")
-        try:
-            check_timezone(zone)
-        except ValueError as error:
-            raise _Bad("timezone", str(error)) from None
-        try:
-            schedule = parse_schedule(text, zone)
-        except ValueError as error:
-            raise _Bad("schedule", str(error)) from None
+        schedule = _schedule(text, zone)
         if schedule.text != text:
             raise _Bad("schedule", f"{text!r} is not in normal form")
     return JobSpec(
@@ -628,6 +621,18 @@ def _user_target(data: Mapping[str, Any]) -> Target:
     )
 
 
+def _schedule(text: str, zone: Any) -> Schedule:
+    """A schedule in its timezone; ``_Bad`` naming whichever is wrong."""
+    try:
+        check_timezone(zone)
+    except ValueError as error:
+        raise _Bad("timezone", str(error)) from None
+    try:
+        return parse_schedule(text, zone)
+    except ValueError as error:
+        raise _Bad("schedule", str(error)) from None
+
+
 def _user_job(data: Mapping[str, Any]) -> JobSpec:
     for key in data:
         if key not in _USER_KEYS:
@@ -636,15 +641,7 @@ def _user_job(data: Mapping[str, Any]) -> JobSpec:
     schedule: Schedule | None = None
     if "schedule" in data:
         text = _user_string(data["schedule"], "schedule")
-        zone = data.get("timezone", "UTC")
-        try:
-            check_timezone(zone)
-        except ValueError as error:
-            raise _Bad("timezone", str(error)) from None
-        try:
-            schedule = parse_schedule(text, zone)
-        except ValueError as error:
-            raise _Bad("schedule", str(error)) from None
+        schedule = _schedule(text, data.get("timezone", "UTC"))
     elif "timezone" in data:
         raise _Bad("timezone", "only used with a schedule (this job has none)")
     values: dict[str, Any] = {}

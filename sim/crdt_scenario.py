@@ -30,7 +30,7 @@ from crdt.hlc import Timestamp
 from peer.core import NodeCore
 from peer.replication import ReplicationConfig
 from sim.membership_scenario import MembershipRun, MembershipScenario
-from sim.node import DrivenCore, Life, SimNode
+from sim.node import DrivenCore, Life, SimNode, node_core
 
 MAP = "data"
 POLL_INTERVAL = 0.25
@@ -71,17 +71,7 @@ class CrdtRun(MembershipRun):
         self._expiry_violations = 0
 
     def _make_core(self, node: SimNode, rng: random.Random, now: float, incarnation: int) -> DrivenCore:
-        return NodeCore(
-            node.name,
-            node.addr,
-            node.config,
-            self.replication_config,
-            maps=[MAP],
-            rng=rng,
-            now=now,
-            wall_clock=lambda: node.clock.wall(node.sim.now),
-            incarnation=incarnation,
-        )
+        return node_core(node, rng, now, incarnation, self.replication_config, maps=[MAP])
 
     def crash(self, index: int) -> None:
         node = self.nodes[index]

@@ -52,7 +52,7 @@ from peer.targets import CallTarget
 from sim.clock import WALL_EPOCH
 from sim.faults import Crash, Fault, Leave
 from sim.membership_scenario import MembershipRun, MembershipScenario
-from sim.node import DrivenCore, Life, SimNode
+from sim.node import DrivenCore, Life, SimNode, node_core
 
 # A run of a mode-all job is owed by a node up from this long before its
 # tick (after its settle) to this long after.
@@ -132,17 +132,7 @@ class JobsRun(MembershipRun):
         self._defined_at: float | None = None
 
     def _make_core(self, node: SimNode, rng: random.Random, now: float, incarnation: int) -> DrivenCore:
-        return NodeCore(
-            node.name,
-            node.addr,
-            node.config,
-            self.replication_config,
-            rng=rng,
-            now=now,
-            wall_clock=lambda: node.clock.wall(node.sim.now),
-            incarnation=incarnation,
-            scheduler=self.scheduler_config,
-        )
+        return node_core(node, rng, now, incarnation, self.replication_config, scheduler=self.scheduler_config)
 
     # -- the workload -------------------------------------------------------------
 

@@ -19,8 +19,11 @@ from typing import Any, Protocol, TypeVar
 
 from membership.config import MembershipConfig
 from membership.core import Membership
-from membership.effects import Effect, Event, Send
+from membership.effects import Event, Send
 from membership.state import Address, Member
+from peer.core import NodeCore
+from peer.replication import ReplicationConfig
+from peer.scheduler import SchedulerConfig
 from peer.wire import Codec, Dropped
 from sim.clock import NodeClock
 from sim.engine import Simulator
@@ -83,6 +86,31 @@ CoreFactory = Callable[["SimNode", random.Random, float, int], DrivenCore]
 
 def membership_core(node: SimNode, rng: random.Random, now: float, incarnation: int) -> DrivenCore:
     return Membership(node.name, node.addr, node.config, rng=rng, now=now, incarnation=incarnation)
+
+
+def node_core(
+    node: SimNode,
+    rng: random.Random,
+    now: float,
+    incarnation: int,
+    replication: ReplicationConfig,
+    *,
+    maps: Sequence[str] = (),
+    scheduler: SchedulerConfig | None = None,
+) -> NodeCore:
+    """The whole node's core (``peer.core.NodeCore``) on the node's clocks."""
+    return NodeCore(
+        node.name,
+        node.addr,
+        node.config,
+        replication,
+        maps=maps,
+        rng=rng,
+        now=now,
+        wall_clock=lambda: node.clock.wall(node.sim.now),
+        incarnation=incarnation,
+        scheduler=scheduler,
+    )
 
 
 class Observer(Protocol):
