@@ -9,7 +9,7 @@
     peer runs    [JOB] [--state S] [--limit N] [--json]
     peer result  RUN [--wait [SECONDS]] [--json]   (exit 0 succeeded, 1 failed, 2 not finished)
     peer send    RUN DATA [--json]
-    peer demo    [--nodes N]
+    peer demo    [--nodes N] [--keep]
 
 Every agent option is also read from the TOML config and from ``PEER_*``
 variables (``peer.settings``); flags win. The client commands take ``--api``

@@ -432,11 +432,11 @@ class Scheduler:
 
     def record(self, run_id: str) -> RunRecord | None:
         register = self._store.get(RUNS, run_id)
-        return None if register is None else self._parse_run(register.value)
+        return None if register is None else _parse_run(register.value)
 
     def records(self) -> Iterator[RunRecord]:
         for _, register in self._store.items(RUNS):
-            record = self._parse_run(register.value)
+            record = _parse_run(register.value)
             if record is not None:
                 yield record
 
@@ -788,7 +788,10 @@ class Scheduler:
         self._placement_stale = self._jobs_changed = True
 
     def _load_run(self, run_id: str) -> None:
-        record = self.record(run_id)
+        register = self._store.get(RUNS, run_id)
+        record = None if register is None else _parse_run(register.value)
+        if register is not None and record is None:
+            self.stats.bad_records += 1  # counted once per change, not per read
         if record is None or record.state.finished:
             self._unfinished.pop(run_id, None)
         else:
@@ -807,13 +810,6 @@ class Scheduler:
         self.stats.claims_lost += 1
         reason = "its record was removed" if record is None else f"superseded by {record.state.value} (attempt {record.attempt}, {record.owner})"
         self._effects.append(CancelRun(run_id, mine.attempt, reason))
-
-    def _parse_run(self, value: Any) -> RunRecord | None:
-        try:
-            return RunRecord.from_wire(value)
-        except ValueError:
-            self.stats.bad_records += 1
-            return None
 
     def _spec_of(self, record: RunRecord) -> JobSpec | None:
         if record.spec is not None:
@@ -860,6 +856,14 @@ class Scheduler:
     def _forget_updates(self, run_id: str) -> None:
         for key in self._updates.pop(run_id, ()):
             self._store.remove(UPDATES, key)
+
+
+def _parse_run(value: Any) -> RunRecord | None:
+    """A record from the map; None for one a broken or newer peer wrote."""
+    try:
+        return RunRecord.from_wire(value)
+    except ValueError:
+        return None
 
 
 def _same_timing(a: JobSpec, b: JobSpec) -> bool:
