@@ -282,6 +282,14 @@ class Demo:
 
     # -- checks --------------------------------------------------------------------------
 
+    def note_moves(self, jobs: Sequence[str], moved: dict[str, dict[str, Any]], away_from: str, since_ms: int) -> None:
+        """Record, for each job not seen moved yet, its first run elsewhere."""
+        for job in jobs:
+            if job not in moved:
+                record = self.first_run_elsewhere(job, away_from, since_ms)
+                if record is not None:
+                    moved[job] = record
+
     def first_run_elsewhere(self, job: str, not_on: str, since_ms: int) -> dict[str, Any] | None:
         """The earliest run of ``job`` started at or after ``since_ms`` by
         another node than ``not_on``."""
@@ -520,11 +528,7 @@ class Demo:
             for name, view in self.cluster.views(others).items():
                 if view.get(victim.name) == "dead":
                     dead_seen.setdefault(name, time.time())
-            for job in jobs:
-                if job not in moved:
-                    record = self.first_run_elsewhere(job, victim.name, killed_ms)
-                    if record is not None:
-                        moved[job] = record
+            self.note_moves(jobs, moved, victim.name, killed_ms)
             return len(dead_seen) == len(others) and len(moved) == len(jobs)
 
         self.say("  the others probe it, suspect it, declare it dead; then its jobs move (live table):")
@@ -581,11 +585,7 @@ class Demo:
             for name, view in self.cluster.views(others).items():
                 if view.get(leaver.name) == "left":
                     left_seen.setdefault(name, time.time())
-            for job in jobs:
-                if job not in moved:
-                    record = self.first_run_elsewhere(job, leaver.name, stopped_ms)
-                    if record is not None:
-                        moved[job] = record
+            self.note_moves(jobs, moved, leaver.name, stopped_ms)
             return len(moved) == len(jobs) and bool(exited) and len(left_seen) == len(others)
 
         self.watch(least=0.0, most=TAKEOVER_TIMEOUT, until=gone, then=3.0)
