@@ -331,7 +331,7 @@ class Scheduler:
             self.stats.runs_succeeded += 1
             finished = record.evolve(state=RunState.SUCCEEDED, finished=wall_ms, result=result, error=None)
             self._write(finished, spec)
-        elif attempt <= spec.retries and self.role is not Role.DRAINING:
+        elif attempt <= spec.retries:  # a draining node too: the retry goes to the next owner
             self.stats.retries += 1
             retry_at = wall_ms + round(spec.retry_delay(attempt + 1) * 1000)
             self._write(
