@@ -28,8 +28,8 @@ from membership.effects import Effect, Event
 from membership.state import Address, EventKind, Member
 from peer.replication import ReplicationConfig, Replicator
 from peer.runs import precedence
-from peer.scheduler import MAPS as SCHEDULER_MAPS
 from peer.scheduler import JOBS, RUNS, Scheduler, SchedulerConfig, SchedulerEffect
+from peer.scheduler import MAPS as SCHEDULER_MAPS
 
 # Members a leaving node pushes its state to.
 LEAVE_PUSH_PEERS = 2
@@ -170,7 +170,8 @@ class NodeCore:
             changes = self.replicator.take_changes()
             if changes:
                 scheduler.on_changes(wall_ms, changes)
-            scheduler.tick(wall_ms, caught_up=self._alone or JOBS in self.replicator.in_sync)
+            in_sync = self.replicator.in_sync
+            scheduler.tick(wall_ms, caught_up=self._alone or JOBS in in_sync, history_caught_up=self._alone or RUNS in in_sync)
             me = self.membership.member(self.name)
             if me is not None and not self.membership.leaving and me.meta != scheduler.role.meta:
                 self.membership.set_meta(self._now, scheduler.role.meta)

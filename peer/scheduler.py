@@ -114,7 +114,7 @@ class SchedulerConfig:
     load_factor: float | None = None  # bounded loads (e.g. 1.1): no node above this x the mean
     handover: float = 1.5  # seconds a job's new owner waits for its old owner's last claims
     late_check_interval: float = 5.0  # seconds between looks for late jobs
-    catch_up_window: float = 30.0  # seconds a new node owes no tick from before it started
+    catch_up_window: float = 30.0  # at most this long a new node waits to hold older records before judging older ticks
     left_grace: float = 5.0  # seconds a left owner's last records get to arrive before its runs are re-run
 
 
@@ -203,6 +203,11 @@ class Scheduler:
         self._started_at = wall_ms
         self._last_tick = wall_ms
         self._ready_at = wall_ms + round(config.settle * 1000)
+        # Until we can vouch we hold the run records made before we started
+        # (our runs map matched a member's, or the catch-up window passed),
+        # ticks from before our start wait: one without a record may have run.
+        self._history_held = False
+        self._lookback: dict[str, int] = {}  # job -> ticks after this and up to our start wait for that
         self._left_seen: dict[str, int] = {}  # member -> when we saw it had left
         self._drain_deadline: int | None = None
         self._members: dict[str, Member] = {}
@@ -251,10 +256,15 @@ class Scheduler:
             # Once all of a batch is in: updates that came in one packet go in order.
             self._deliver_updates(run_id)
 
-    def tick(self, wall_ms: int, caught_up: bool = True) -> None:
+    def tick(self, wall_ms: int, caught_up: bool = True, history_caught_up: bool = True) -> None:
         """``caught_up``: the node holds the cluster's job definitions (its
-        jobs map matched a member's), or it is alone."""
+        jobs map matched a member's), or it is alone; ``history_caught_up``:
+        the same of its runs map."""
         self._last_tick = wall_ms
+        if not self._history_held and (
+            history_caught_up or wall_ms >= self._started_at + round(self.config.catch_up_window * 1000)
+        ):
+            self._history_held = True
         if self.role is Role.STARTING and wall_ms >= self._ready_at and (
             caught_up or wall_ms >= self._started_at + round(self.config.settle_max * 1000)
         ):
@@ -270,6 +280,8 @@ class Scheduler:
             self._next_late_check = wall_ms + round(self.config.late_check_interval * 1000)
             self._find_late(wall_ms)
         self._fire_due_ticks(wall_ms)
+        if self._history_held and self._lookback:
+            self._judge_lookback(wall_ms)
         while self._pending_due and self._pending_due[0][0] <= wall_ms:
             heapq.heappop(self._pending_due)
             self._next_scan = wall_ms  # a retry or a delayed submit is due: look now
@@ -491,19 +503,17 @@ class Scheduler:
                 if spec.schedule is None or spec.paused:
                     continue
                 if spec.mode == "one" and self._owners.get(job_id) == self.name:
-                    # Look back as far as records can still be seen, and we
-                    # can vouch we hold them: a node just started may not
-                    # have caught up the older ones yet.
-                    start = max(entry.since, wall_ms - round(spec.result_ttl * 1000))
-                    if wall_ms < self._started_at + round(self.config.catch_up_window * 1000):
-                        start = max(start, self._started_at)
-                    mine[job_id] = start
+                    # Look back as far as records can still be seen (ticks
+                    # from before our start wait until we hold their records:
+                    # _schedule_next).
+                    mine[job_id] = max(entry.since, wall_ms - round(spec.result_ttl * 1000))
                 elif spec.mode == "all":
                     # A node owes the ticks due while it is a member, no earlier.
                     mine[job_id] = max(entry.since, self._ready_at)
         for job_id in list(self._cursors):
             if job_id not in mine:
                 del self._cursors[job_id]
+                self._lookback.pop(job_id, None)
         handover = round(self.config.handover * 1000)
         for job_id, start in mine.items():
             if job_id not in self._cursors:
@@ -520,6 +530,9 @@ class Scheduler:
                     self._handover_until[job_id] = wall_ms + handover
                 else:
                     self._handover_until.pop(job_id, None)
+                if start < self._started_at and not self._history_held:
+                    self._lookback[job_id] = start
+                    start = self._started_at
                 self._cursors[job_id] = start
                 self._schedule_next(job_id)
 
@@ -577,6 +590,20 @@ class Scheduler:
             self._cursors[job_id] = tick
             self._schedule_next(job_id)
             self._on_tick(wall_ms, entry.spec, tick)
+
+    def _judge_lookback(self, wall_ms: int) -> None:
+        """We hold the records made before we started: handle the ticks
+        from then that nobody recorded, once their old owner's claims have
+        had their handover time too."""
+        for job_id, start in list(self._lookback.items()):
+            if self._handover_until.get(job_id, 0) > wall_ms:
+                continue
+            del self._lookback[job_id]
+            entry = self._jobs.get(job_id)
+            if entry is None or entry.spec.schedule is None or job_id not in self._cursors:
+                continue
+            for tick in entry.spec.schedule.ticks_between(start, self._started_at, self.config.catch_up_limit):
+                self._on_tick(wall_ms, entry.spec, tick)
 
     def _on_tick(self, wall_ms: int, spec: JobSpec, tick: int) -> None:
         node = self.name if spec.mode == "all" else None

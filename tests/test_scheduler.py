@@ -80,6 +80,7 @@ class Node:
     scheduler: Scheduler
     maps: Maps
     effects: list[Any] = attrs.Factory(list)
+    history_caught_up: bool = True  # its runs map matched a member's
 
     def advance(self, to_ms: int) -> None:
         """Run the scheduler's timers up to ``to_ms``, as a driver would."""
@@ -96,7 +97,7 @@ class Node:
         changes = self.maps.take_changes()
         if changes:
             self.scheduler.on_changes(self.maps.wall_ms, changes)
-        self.scheduler.tick(self.maps.wall_ms)
+        self.scheduler.tick(self.maps.wall_ms, history_caught_up=self.history_caught_up)
         self.effects.extend(self.scheduler.take_effects())
 
     def take(self, kind: type) -> list[Any]:
@@ -168,6 +169,40 @@ def test_a_tick_that_already_has_a_record_is_not_run_again() -> None:
     node.scheduler.add_job(node.maps.wall_ms, cron(overlap="allow"))
     node.advance(T0 + 6_000)
     assert [s.tick for s in node.take(StartRun)] == [T0 + 2_000, T0 + 6_000]
+
+
+def test_ticks_from_before_a_new_nodes_start_wait_until_it_holds_their_records() -> None:
+    """A cluster forming: the job was defined before we started, and its
+    owner then lost it to us before running its last tick. We run that tick
+    once our runs map has caught up, and not a tick whose record that
+    brought; never before (the record may be on its way)."""
+    node = make_node(SchedulerConfig(settle=1.0))
+    node.history_caught_up = False
+    other = Maps("other#1")
+    other.wall_ms = T0 - 5_000
+    other.put(JOBS, "job", {"spec": cron(overlap="allow").to_wire(), "since": T0 - 5_000})
+    node.maps.merge_from(other, JOBS, "job")
+    node.advance(T0 + 3_600)  # ready at +1 s; a job new to us waits a handover (1.5 s)
+    assert [s.tick for s in node.take(StartRun)] == [T0 + 2_000]
+    ran = tick_run_id("job", T0 - 2_000)
+    other.put(RUNS, ran, RunRecord(id=ran, job="job", state=RunState.SUCCEEDED, owner="other", tick=T0 - 2_000).to_wire())
+    node.maps.merge_from(other, RUNS, ran)
+    node.history_caught_up = True
+    node.advance(T0 + 3_700)
+    assert [s.tick for s in node.take(StartRun)] == [T0 - 4_000, T0]
+
+
+def test_without_catching_up_older_ticks_are_judged_after_the_catch_up_window() -> None:
+    node = make_node(SchedulerConfig(settle=1.0, catch_up_window=10.0))
+    node.history_caught_up = False
+    other = Maps("other#1")
+    other.wall_ms = T0 - 3_000
+    other.put(JOBS, "job", {"spec": cron(overlap="allow").to_wire(), "since": T0 - 3_000})
+    node.maps.merge_from(other, JOBS, "job")
+    node.advance(T0 + 9_900)
+    assert [s.tick for s in node.take(StartRun)] == [T0 + ms for ms in (2_000, 4_000, 6_000, 8_000)]
+    node.advance(T0 + 10_000)
+    assert sorted(s.tick for s in node.take(StartRun)) == [T0 - 2_000, T0, T0 + 10_000]
 
 
 @pytest.mark.parametrize(
