@@ -170,6 +170,7 @@ class SchedulerStats:
     retries: int = 0
     failovers: int = 0  # runs re-run after their owner failed
     claims_lost: int = 0  # runs cancelled because another claim won
+    lost_refuted: int = 0  # our runs others recorded lost, taking us for failed: we ran on
     handed_back: int = 0
     lost: int = 0
     bad_records: int = 0  # records or definitions from peers that did not parse
@@ -457,6 +458,20 @@ class Scheduler:
 
     def eligible(self) -> tuple[str, ...]:
         return self._ring.members
+
+    def footprint(self) -> dict[str, int]:
+        """How many entries each of this node's own tables holds: none may
+        grow without bound (checked by the chaos campaigns)."""
+        return {
+            "jobs": len(self._jobs),
+            "unfinished": len(self._unfinished),
+            "running": len(self._running),
+            "updates": sum(len(keys) for keys in self._updates.values()),
+            "due": len(self._due),
+            "pending_due": len(self._pending_due),
+            "members_left": len(self._left_seen),
+            "handovers": len(self._handover_until),
+        }
 
     def late_jobs(self) -> dict[str, int]:
         """Jobs whose latest tick due by more than its grace has no record
@@ -830,6 +845,12 @@ class Scheduler:
             return
         mine = execution.record
         if record is not None and record.state is RunState.RUNNING and (record.owner, record.attempt) == (self.name, mine.attempt):
+            return
+        if record is not None and record.state is RunState.LOST and (record.owner, record.attempt) == (self.name, mine.attempt):
+            # A node that took us for failed (a partition, a pause) gave up
+            # on our run. We are not failed: our outcome, stamped later,
+            # supersedes theirs (same attempt, both finished: the later wins).
+            self.stats.lost_refuted += 1
             return
         # Another record won over our claim: theirs, a newer attempt, or a
         # cancellation. Stop ours; the winner's record stands.

@@ -10,10 +10,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from membership.config import PROFILES
-from sim.faults import Fault, parse_partition
+from sim.chaos import FAULTS_START, Campaign, SeedResult, parse_seeds, run_campaign
 from sim.crdt_scenario import CrdtScenario, run_crdt
+from sim.faults import Fault, parse_partition
 from sim.jobs_scenario import JobsScenario, run_jobs
-from sim.membership_scenario import MembershipScenario, crash_scenario_faults, run_membership
+from sim.membership_scenario import (
+    MembershipScenario,
+    crash_scenario_faults,
+    run_membership,
+)
 
 
 def _probability(text: str) -> float:
@@ -79,6 +84,16 @@ def _parser() -> argparse.ArgumentParser:
     j.add_argument("--churn", type=int, default=0, help="random non-seed nodes that crash or leave, and come back")
     j.add_argument("--heal", type=float, default=20.0, help="fault-free seconds at the end (default 20)")
     j.add_argument("--load-factor", type=float, default=None, help="bounded loads for the job ring (default: none)")
+    ch = commands.add_parser("chaos", help="many seeds, each a random fault mix, held to the invariants")
+    ch.add_argument("--seeds", default="1..20", help="seeds to run: A..B (both included) or one number (default 1..20)")
+    ch.add_argument("--nodes", type=_positive_int, default=7, help="cluster size (default 7)")
+    ch.add_argument("--duration", type=float, default=150.0, help="simulated seconds per seed (default 150)")
+    ch.add_argument("--heal", type=float, default=80.0, help="the last seconds, with no fault (default 80)")
+    ch.add_argument(
+        "--verify-share", type=_probability, default=0.1, help="share of seeds run twice to check the trace repeats (default 0.1)"
+    )
+    ch.add_argument("--workers", type=_positive_int, default=1, help="processes running seeds side by side (default 1)")
+    ch.add_argument("--json", action="store_true", help="print one JSON object (the summary)")
     return parser
 
 
@@ -211,9 +226,58 @@ def _s(value: float | None) -> str:
     return "never" if value is None else f"{value:.2f} s"
 
 
+def _chaos(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as error:
+        parser.error(str(error))
+    if not 0 < args.heal < args.duration - FAULTS_START:
+        parser.error(f"--heal must be positive and leave a faulty phase after {FAULTS_START:g} s")
+    campaign = Campaign(nodes=args.nodes, duration=args.duration, heal=args.heal)
+
+    def progress(result: SeedResult) -> None:
+        if result.violations:
+            lines = [f"seed {result.seed}: VIOLATED " + ", ".join(sorted({v.invariant for v in result.violations}))]
+            lines += [f"    {v.invariant}: {v.detail}" for v in result.violations]
+            lines += ["  fault mix:"] + [f"    {line}" for line in result.mix.describe()]
+            lines += [f"  trace hash: {result.trace_hash}", f"  replay: {campaign.replay(result.seed)}"]
+            print("\n".join(lines), file=sys.stderr if args.json else sys.stdout, flush=True)
+        elif not args.json:
+            print(f"seed {result.seed}: ok ({result.wall_seconds:.1f} s, trace {result.trace_hash})", flush=True)
+
+    summary = run_campaign(seeds, campaign, verify_share=args.verify_share, workers=args.workers, on_result=progress)
+    if args.json:
+        json.dump(summary, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print(_human_chaos(summary))
+    return 1 if summary["violations"] else 0
+
+
+def _human_chaos(summary: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"chaos: seeds {summary['first_seed']}..{summary['last_seed']} ({summary['seeds']}, {summary['replayed']} run twice), "
+            f"{summary['nodes']} nodes, {summary['duration']:g} s each of which {summary['heal']:g} s healed; "
+            f"{summary['sim_seconds_per_wall_second']}x real time",
+            f"  violations:       {len(summary['violations'])} in {len(summary['failing'])} seeds",
+            f"  ticks:            {summary['ticks_expected']} expected, {summary['missed']} missed, "
+            f"{summary['late_ticks']} late ({summary['late_in_stable']} in stable stretches)",
+            f"  duplicates:       {summary['duplicates']} ({summary['duplicates_per_10k_ticks']} per 10k ticks; "
+            f"{summary['duplicates_in_stable']} in stable stretches)",
+            f"  results:          {summary['lost_results']} lost ({summary['lost_with_their_node']} never left their node)",
+            f"  false failures:   {summary['false_failures']} (and {summary['false_failures_under_loss']} under loss)",
+            f"  detection:        every crash declared by all within {_s(summary['detection_max_seconds'])}",
+            f"  convergence:      views right within {_s(summary['convergence_after_heal_max_seconds'])} of the heal",
+        ]
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "chaos":
+        return _chaos(args, parser)
     run, human = {"membership": (_membership, _human), "crdt": (_crdt, _human_crdt), "jobs": (_jobs, _human_jobs)}[
         args.command
     ]

@@ -39,7 +39,9 @@ class World(Protocol):
 
     def clog(self, index: int, until: float) -> None: ...
 
-    def degrade(self, loss: float | None, duplicate: float | None) -> None: ...
+    def degrade(
+        self, loss: float | None, duplicate: float | None, latency: float | None, jitter: float | None
+    ) -> None: ...
 
     def step_clock(self, index: int, seconds: float) -> None: ...
 
@@ -207,21 +209,25 @@ class ClockStep(_NodesAt):
 
 @attrs.frozen
 class Degrade:
-    """The network loses and duplicates datagrams at these rates for a while,
-    then returns to the scenario's base rates."""
+    """The network loses and duplicates datagrams at these rates for a while
+    (and, when given, delays them by ``latency`` plus an exponential
+    ``jitter``, which reorders them), then returns to the scenario's base
+    conditions."""
 
     loss: float
     duplicate: float
     start: float
     duration: float
+    latency: float | None = None
+    jitter: float | None = None
 
     @property
     def end(self) -> float:
         return self.start + self.duration
 
     def schedule(self, world: World) -> None:
-        world.at(self.start, world.degrade, self.loss, self.duplicate)
-        world.at(self.end, world.degrade, None, None)
+        world.at(self.start, world.degrade, self.loss, self.duplicate, self.latency, self.jitter)
+        world.at(self.end, world.degrade, None, None, None, None)
 
     def disturbs(self, x: int, y: int) -> bool:
         return False  # loss must not cause false failures: that is what is tested

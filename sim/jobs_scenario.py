@@ -23,11 +23,13 @@ truth the run measures:
   same run was going on, or after one had succeeded (a re-run after its
   first execution's node crashed, or after a failed attempt, is not one);
 - ``lost_results``: runs that succeeded (more than ``RESULT_SETTLE``
-  seconds before the end), and one-offs submitted before the heal phase,
+  seconds before the end, and not so long ago that the result expired),
+  and one-offs submitted before the heal phase (unless their result expired),
   whose ``succeeded`` record is on no running node at the end, except a
-  one-off whose submitting node crashed within ``RESULT_SETTLE`` of the
-  submit, before anyone ran it (``oneoffs_lost_with_submitter``: a write
-  that never left its node);
+  write that never left its node: one held by no other node a second after
+  the life of the node holding it ended (a crash, or a graceful leave cut
+  off by a partition): ``oneoffs_lost_with_submitter`` and
+  ``results_lost_with_their_node``;
   ``results_not_everywhere``: those on some running nodes but not all yet
   (a lost delta waits for the next digest sync);
 - ``oneoffs_done``, and the scheduler's counters summed over the nodes.
@@ -50,7 +52,7 @@ from peer.schedule import parse_schedule
 from peer.scheduler import CancelRun, Scheduler, SchedulerConfig, StartRun
 from peer.targets import CallTarget
 from sim.clock import WALL_EPOCH
-from sim.faults import Crash, Fault, Leave
+from sim.faults import ClockStep, Crash, Fault, Leave
 from sim.membership_scenario import MembershipRun, MembershipScenario
 from sim.node import DrivenCore, Life, SimNode, node_core
 
@@ -73,6 +75,7 @@ class JobsScenario(MembershipScenario):
     jobs_start: float = 5.0
     churn: int = 0  # nodes that crash or leave (and come back) during the faulty phase
     heal: float = 20.0  # fault-free seconds at the end
+    result_ttl: float = 600.0  # seconds results (and every record) of the jobs are kept
     scheduler: dict[str, Any] = attrs.field(factory=dict)  # SchedulerConfig overrides
     replication: dict[str, Any] = attrs.field(factory=dict)
 
@@ -110,6 +113,7 @@ class _Execution:
     node: int
     boots: int
     start: float
+    wall_start: float  # on its node's wall clock
     end: float | None = None
     ok: bool = False
 
@@ -125,11 +129,13 @@ class JobsRun(MembershipRun):
         self._executions: dict[str, list[_Execution]] = defaultdict(list)
         self._open: dict[tuple[int, str, int], _Execution] = {}  # (node, run, attempt)
         self._oneoffs: dict[str, float] = {}  # run id -> submit time
-        self._submitted_by: dict[str, tuple[int, int]] = {}  # run id -> (node, boots) it was submitted through
-        self._crashed_lives: list[tuple[int, int, float]] = []  # (node, boots, when)
+        # Records no other node held a second after the life of the only
+        # node holding them ended: a write that never left its node.
+        self._stranded: set[str] = set()
         self._failing: set[str] = set()  # one-off ids whose first attempt fails
-        self._lives: dict[int, list[list[float]]] = defaultdict(list)  # node -> [start, end] of each life
+        self._lives: dict[int, list[list[float]]] = defaultdict(list)  # node -> [start, end] of each life, on its clock
         self._defined_at: float | None = None
+        self._finish_on_resume: list[_Execution] = []  # finished while their node was paused
 
     def _make_core(self, node: SimNode, rng: random.Random, now: float, incarnation: int) -> DrivenCore:
         return node_core(node, rng, now, incarnation, self.replication_config, scheduler=self.scheduler_config)
@@ -171,16 +177,19 @@ class JobsRun(MembershipRun):
             misfire="all",  # a tick found late still runs: missed ticks are failures here
             grace=60.0,
             overlap="allow",
+            result_ttl=self.scenario.result_ttl,
         )
 
     def _submit(self, index: int, number: int, failing: bool) -> None:
         node = self._up_node(index)
         if node is None:
             return
-        spec = JobSpec(id=f"oneoff-{number:04d}", target=CallTarget("sim:work"), schedule=None, retries=2, backoff=0.5)
+        spec = JobSpec(
+            id=f"oneoff-{number:04d}", target=CallTarget("sim:work"), schedule=None, retries=2, backoff=0.5,
+            result_ttl=self.scenario.result_ttl,
+        )
         run_id = node.apply(lambda core, now: _scheduler(core).submit(_node_core(core).wall_ms(), spec))
         self._oneoffs[run_id] = self.sim.now
-        self._submitted_by[run_id] = (node.index, node.boots)
         if failing:
             self._failing.add(run_id)
 
@@ -197,7 +206,8 @@ class JobsRun(MembershipRun):
 
     def on_event(self, node: SimNode, event: Any) -> None:
         if isinstance(event, StartRun):
-            execution = _Execution(event.run_id, event.attempt, node.index, node.boots, self.sim.now)
+            wall = node.clock.wall(self.sim.now)
+            execution = _Execution(event.run_id, event.attempt, node.index, node.boots, self.sim.now, wall)
             self._executions[event.run_id].append(execution)
             self._open[(node.index, event.run_id, event.attempt)] = execution
             low, high = self.scenario.work_seconds
@@ -214,6 +224,9 @@ class JobsRun(MembershipRun):
         key = (execution.node, execution.run_id, execution.attempt)
         if self._open.get(key) is not execution:
             return  # cancelled, or its node crashed
+        if node.life is Life.PAUSED:
+            self._finish_on_resume.append(execution)  # the work is done; telling waits for the process
+            return
         del self._open[key]
         assert node.running and node.boots == execution.boots
         ok = not (execution.run_id in self._failing and execution.attempt == 1)
@@ -229,18 +242,41 @@ class JobsRun(MembershipRun):
 
     def crash(self, index: int) -> None:
         node = self.nodes[index]
-        self._crashed_lives.append((index, node.boots, self.sim.now))
+        self._check_stranded(node)
         super().crash(index)
         for key in [key for key in self._open if key[0] == index]:
             self._open.pop(key).end = self.sim.now
 
     def on_life(self, node: SimNode) -> None:
         super().on_life(node)
-        lives = self._lives[node.index]
+        if node.life is Life.LEFT:
+            self._check_stranded(node)
+        if node.life is Life.UP and self._finish_on_resume:
+            waiting, self._finish_on_resume = self._finish_on_resume, []
+            for execution in waiting:
+                self._finish(execution)
+        # A node owes the ticks of a job in mode all by its own clock, which
+        # may be off: its lives are kept in that clock's time.
+        lives, local = self._lives[node.index], node.clock.wall(self.sim.now) - WALL_EPOCH
         if node.life is Life.UP and (not lives or lives[-1][1] < float("inf")):
-            lives.append([self.sim.now, float("inf")])
+            lives.append([local, float("inf")])
         elif node.life in (Life.CRASHED, Life.LEAVING, Life.PAUSED) and lives and lives[-1][1] == float("inf"):
-            lives[-1][1] = self.sim.now
+            lives[-1][1] = local
+
+    def _check_stranded(self, node: SimNode) -> None:
+        """A node's life ends: note the one-offs and results only it held
+        (a second later, when what it sent last has landed)."""
+        if node.core is None:
+            return
+        scheduler = _scheduler(node.core)
+        succeeded = {run_id for run_id, executions in self._executions.items() if any(e.ok for e in executions)}
+        held = {run_id for run_id in self._oneoffs.keys() | succeeded if scheduler.record(run_id) is not None}
+
+        def check() -> None:
+            others = [_scheduler(n.core) for n in self.nodes if n is not node and n.running and n.core is not None]
+            self._stranded |= {run_id for run_id in held if all(s.record(run_id) is None for s in others)}
+
+        self.sim.at(self.sim.now + 1.0, check)
 
     # -- measuring ------------------------------------------------------------------------
 
@@ -249,23 +285,32 @@ class JobsRun(MembershipRun):
         scenario = self.scenario
         expected = self._expected_runs()
         ran = {run_id for run_id in expected if any(e.ok for e in self._executions.get(run_id, ()))}
-        duplicates = sum(self._duplicates(executions) for executions in self._executions.values())
+        duplicates = len(self.duplicate_executions())
         succeeded = {run_id for run_id, executions in self._executions.items() if any(e.ok for e in executions)}
+        # A result is owed from RESULT_SETTLE after its run finished until it
+        # expires (by the clocks of the nodes, which may be off).
+        kept_since = self.sim.now - scenario.result_ttl + self._clock_margin()
         settled = {
             run_id
             for run_id, executions in self._executions.items()
-            if any(e.ok and e.end is not None and e.end <= self.sim.now - RESULT_SETTLE for e in executions)
+            if any(e.ok and e.end is not None and kept_since < e.end <= self.sim.now - RESULT_SETTLE for e in executions)
         }
-        owed_oneoffs = {run_id for run_id, when in self._oneoffs.items() if when <= scenario.duration - scenario.heal}
+        expired = {
+            run_id
+            for run_id, executions in self._executions.items()
+            if any(e.ok and e.end is not None and e.end <= kept_since for e in executions)
+        }
+        submitted = {run_id for run_id, when in self._oneoffs.items() if when <= scenario.duration - scenario.heal}
+        owed_oneoffs = submitted - expired
         cores = [(node, _node_core(node.core)) for node in self.nodes if node.life is Life.UP and node.core is not None]
-        lost, partial, with_submitter = set(), set(), set()
+        lost, partial, with_node = set(), set(), set()
         for run_id in sorted(settled | owed_oneoffs):
             holders = 0
             for _, core in cores:
                 record = _scheduler(core).record(run_id)
                 holders += record is not None and record.state is RunState.SUCCEEDED
-            if holders == 0 and self._died_with_submitter(run_id):
-                with_submitter.add(run_id)
+            if holders == 0 and run_id in self._stranded:
+                with_node.add(run_id)
             elif holders == 0:
                 lost.add(run_id)
             elif holders < len(cores):
@@ -288,24 +333,21 @@ class JobsRun(MembershipRun):
                 "duplicates": duplicates,
                 "executions": sum(len(e) for e in self._executions.values()),
                 "oneoffs_submitted": len(self._oneoffs),
-                "oneoffs_done": len(owed_oneoffs & succeeded),
+                "oneoffs_done": len(submitted & succeeded),
                 "lost_results": len(lost),
                 "lost_runs": sorted(lost)[:20],
                 "results_not_everywhere": len(partial),
-                "oneoffs_lost_with_submitter": len(with_submitter),
+                "oneoffs_lost_with_submitter": len(with_node & self._oneoffs.keys()),
+                "results_lost_with_their_node": len(with_node - self._oneoffs.keys()),
                 "scheduler": dict(totals),
             }
         )
         return base
 
-    def _died_with_submitter(self, run_id: str) -> bool:
-        """Did the node a one-off was submitted through crash before anyone
-        ran it, so soon that it may not have passed the submission on?"""
-        if run_id not in self._submitted_by or self._executions.get(run_id):
-            return False
-        index, boots = self._submitted_by[run_id]
-        submitted = self._oneoffs[run_id]
-        return any(i == index and b == boots and submitted <= when <= submitted + RESULT_SETTLE for i, b, when in self._crashed_lives)
+    def _clock_margin(self) -> float:
+        """How far apart two nodes' wall clocks may be, and a second more."""
+        steps = sum(abs(f.seconds) for f in self.scenario.faults if isinstance(f, ClockStep))
+        return 2 * self.scenario.wall_skew + steps + 1.0
 
     def _expected_runs(self) -> set[str]:
         scenario = self.scenario
@@ -327,6 +369,20 @@ class JobsRun(MembershipRun):
                         expected.add(tick_run_id(f"all-{i:03d}", tick, node.name))
         return expected
 
+    def tick_times(self) -> dict[str, int]:
+        """Run id -> tick (epoch ms) of every tick of the cron jobs due so
+        far, on every node for those in mode all."""
+        if self._defined_at is None:
+            return {}
+        ticks = self._ticks(self._defined_at, self.sim.now)
+        times: dict[str, int] = {}
+        for i in range(self.scenario.cron_jobs):
+            times.update((tick_run_id(f"cron-{i:03d}", tick), tick) for tick in ticks)
+        for i in range(self.scenario.all_jobs):
+            for node in self.nodes:
+                times.update((tick_run_id(f"all-{i:03d}", tick, node.name), tick) for tick in ticks)
+        return times
+
     def _ticks(self, start: float, end: float) -> list[int]:
         """Ticks of the jobs' schedule between two simulated times."""
         if end <= start:
@@ -334,17 +390,24 @@ class JobsRun(MembershipRun):
         schedule = parse_schedule(f"@every {self.scenario.every:g}s")
         return schedule.ticks_between(_wall_ms(start), _wall_ms(end), limit=1_000_000)
 
-    @staticmethod
-    def _duplicates(executions: list[_Execution]) -> int:
-        count = 0
-        ordered = sorted(executions, key=lambda e: e.start)
-        for i, execution in enumerate(ordered):
-            for earlier in ordered[:i]:
-                overlapping = earlier.end is None or earlier.end > execution.start
-                if overlapping or earlier.ok:
-                    count += 1
-                    break
-        return count
+    def duplicate_executions(self) -> list[_Execution]:
+        """Executions that started while another execution of the same run
+        was going on, or after one had succeeded."""
+        duplicates = []
+        for executions in self._executions.values():
+            ordered = sorted(executions, key=lambda e: e.start)
+            for i, execution in enumerate(ordered):
+                if any(earlier.end is None or earlier.end > execution.start or earlier.ok for earlier in ordered[:i]):
+                    duplicates.append(execution)
+        return duplicates
+
+    def first_executions(self) -> dict[str, _Execution]:
+        """Run id -> its first execution."""
+        return {run_id: min(executions, key=lambda e: e.start) for run_id, executions in self._executions.items() if executions}
+
+    def open_executions(self) -> set[str]:
+        """Runs being executed right now, somewhere."""
+        return {run_id for _, run_id, _ in self._open}
 
 
 def _wall_ms(sim_time: float) -> int:

@@ -18,6 +18,7 @@ view. It measures, against the ground truth the simulator knows:
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -167,6 +168,7 @@ class MembershipRun:
         self._observer_checksum: dict[int, int] = {}  # nodes whose views are checked
         self._checksum_counts: Counter[int] = Counter()
         self._converged_since: float | None = None
+        self._converged_spans: list[tuple[float, float]] = []  # (from, until) all views equalled the truth
         self._last_disturbance = 0.0
         # What happened, for the metrics.
         self._failed: list[_Declaration] = []
@@ -216,10 +218,14 @@ class MembershipRun:
     def step_clock(self, index: int, seconds: float) -> None:
         self.nodes[index].clock.wall_step += seconds
 
-    def degrade(self, loss: float | None, duplicate: float | None) -> None:
-        conditions = self.network.conditions
-        conditions.loss = self.scenario.loss if loss is None else loss
-        conditions.duplicate = self.scenario.duplicate if duplicate is None else duplicate
+    def degrade(
+        self, loss: float | None, duplicate: float | None, latency: float | None, jitter: float | None
+    ) -> None:
+        conditions, base = self.network.conditions, self.scenario
+        conditions.loss = base.loss if loss is None else loss
+        conditions.duplicate = base.duplicate if duplicate is None else duplicate
+        conditions.latency = base.latency if latency is None else latency
+        conditions.jitter = base.jitter if jitter is None else jitter
 
     def clog(self, index: int, until: float) -> None:
         self.network.clog(index, until)
@@ -293,9 +299,12 @@ class MembershipRun:
         observers = len(self._observer_checksum)
         converged = observers > 0 and self._checksum_counts[self._expected] == observers
         if not converged:
+            if self._converged_since is not None:
+                self._converged_spans[-1] = (self._converged_since, self.sim.now)
             self._converged_since = None
         elif self._converged_since is None:
             self._converged_since = self.sim.now
+            self._converged_spans.append((self.sim.now, math.inf))
 
     # -- running -----------------------------------------------------------
 
@@ -303,6 +312,12 @@ class MembershipRun:
         """Run to the end of the scenario and measure."""
         self.run_until(self.scenario.duration)
         return self.measure()
+
+    @property
+    def converged_spans(self) -> list[tuple[float, float]]:
+        """The stretches of time during which every running view equalled
+        the truth (the last one may still be open: until infinity)."""
+        return list(self._converged_spans)
 
     @property
     def converged_since(self) -> float | None:
@@ -332,22 +347,11 @@ class MembershipRun:
 
     def measure(self) -> MembershipResult:
         """The figures, as of the current simulated time."""
-        scenario, config = self.scenario, self.config
+        scenario = self.scenario
         wall = self._wall
         n = scenario.nodes
-        window = (
-            config.suspicion_max_timeout_mult * config.suspicion_min_timeout(n)
-            + 5 * config.probe_interval
-            + config.reconnect_interval
-        )
-        false_positive_subjects = set()
-        leaves_failed = 0
-        for declaration in self._failed:
-            subject = declaration.subject
-            if (subject, declaration.incarnation) in self._left_lives:
-                leaves_failed += 1
-            elif self._was_running(subject, declaration) and not self._explained(declaration, window):
-                false_positive_subjects.add(subject)
+        false_positive_subjects = {subject for _, subject in self.unexplained_failures()}
+        leaves_failed = sum((d.subject, d.incarnation) in self._left_lives for d in self._failed)
         crashed, first, last, suspected = [], [], [], []
         for index, when, incarnation in self._crashes:
             crashed.append(self.nodes[index].name)
@@ -384,6 +388,35 @@ class MembershipRun:
             last_event_seconds=self._last_event,
             trace_hash=self.sim.trace_hash,
         )
+
+    @property
+    def disturbance_window(self) -> float:
+        """How long after a fault ends it may still explain a failure
+        declaration: the longest suspicion, a few probe rounds, a reconnect."""
+        config = self.config
+        return (
+            config.suspicion_max_timeout_mult * config.suspicion_min_timeout(self.scenario.nodes)
+            + 5 * config.probe_interval
+            + config.reconnect_interval
+        )
+
+    def unexplained_failures(self) -> list[tuple[float, int]]:
+        """(time, subject) of every failure declared of a node that was
+        running, had not left, and that no fault between it and the
+        observer (or the accuser the observer believed) explains."""
+        window = self.disturbance_window
+        return [
+            (d.time, d.subject)
+            for d in self._failed
+            if (d.subject, d.incarnation) not in self._left_lives
+            and self._was_running(d.subject, d)
+            and not self._explained(d, window)
+        ]
+
+    @property
+    def crashes(self) -> list[tuple[int, float]]:
+        """(node, time) of every crash, in the order ``measure`` reports them."""
+        return [(index, when) for index, when, _ in self._crashes]
 
     def _was_running(self, subject: int, declaration: _Declaration) -> bool:
         """Did ``subject`` run, in the life the declaration is about, at the

@@ -486,3 +486,29 @@ def test_a_dead_owners_claim_blocks_no_tick_and_is_rerun() -> None:
     assert (next_tick.tick, next_tick.attempt) == (T0 + 4_000, 1)  # and the next tick, not skipped
     assert node.scheduler.stats.ticks_skipped == 0
 
+
+
+def test_a_run_recorded_lost_by_a_node_that_took_us_for_failed_runs_on_and_its_result_stands() -> None:
+    """Chaos seed 8: across a partition, a node that had declared us dead
+    recorded our run of a mode-all tick lost. We are alive: the run goes on,
+    and its result supersedes the lost record everywhere."""
+    node = make_node(SchedulerConfig(settle=0.0))
+    node.scheduler.add_job(T0, cron(mode="all"))
+    node.advance(T0 + 2_000)
+    (start,) = node.take(StartRun)
+    running = record(node, start.run_id)
+    other = Maps("other#1")
+    other.hlc.observe(node.maps.hlc.now(node.maps.wall_ms), node.maps.wall_ms)
+    other.wall_ms = node.maps.wall_ms
+    lost = running.evolve(state=RunState.LOST, finished=other.wall_ms, error="its node me failed")
+    other.put(RUNS, start.run_id, lost.to_wire())
+    node.maps.merge_from(other, RUNS, start.run_id)
+    node.advance(T0 + 2_100)
+    assert not node.take(CancelRun)
+    assert node.scheduler.stats.lost_refuted == 1
+    node.finish(start, result="ran")
+    done = record(node, start.run_id)
+    assert (done.state, done.result) == (RunState.SUCCEEDED, "ran")
+    # And the other node, merging ours, reads the same.
+    other.merge_from(node.maps, RUNS, start.run_id)
+    assert RunRecord.from_wire(other.get(RUNS, start.run_id).value).state is RunState.SUCCEEDED  # type: ignore[union-attr]

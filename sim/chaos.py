@@ -1,0 +1,596 @@
+"""Chaos campaigns: many seeds, each its own random mix of faults, and the
+invariants every run must keep.
+
+Theory of operation
+-------------------
+A seed draws a fault mix (``draw_mix``): how far the nodes' clocks are off
+and drift, then, within the *faulty phase*, a random set of degraded-network
+windows (loss up to 30 %, duplication, latency with jitter that reorders),
+one- and two-way partitions, clogged links, crashes (some restarted quickly,
+some late, some never), pauses, wall-clock steps, late joins and a rolling
+restart by graceful leaves. A *healed phase* with no fault at all follows.
+The mix becomes a jobs scenario (``sim.jobs_scenario``): the nodes run the
+scheduler with cron jobs in both modes and one-off runs, and the simulated
+executor records what really ran. The same seed always draws the same mix
+and yields the same trace, byte for byte.
+
+After the run, ``check`` holds it to the invariants, each named:
+
+- ``membership_converged``: every running node's view equals the truth
+  within ``disturbance_window`` of the heal (the longest suspicion plus a
+  reconnect: after a partition, the two sides may have declared each other
+  dead and meet again only by reconnecting);
+- ``false_failure``: no running node declared failed at a time no fault
+  explains (a partition, pause or clog between the two, or a degraded
+  network: loss may cause a false suspicion, but nothing else may);
+- ``crash_detected``: every node that crashed and stayed down for
+  ``detection_bound`` was declared failed by every running node within it;
+- ``maps_converged``: every running node holds the same winner for every key
+  of every replicated map written ``MAPS_SETTLE`` seconds before the end (keys
+  at their expiry's edge excepted);
+- ``tick_missed``: every cron tick ran at least once (mode one: every tick;
+  mode all: every tick on each node up around it);
+- ``result_lost``: every result, and every one-off submitted, is still held
+  by some running node (unless it died with the node it was written on,
+  before that node could pass it on);
+- ``duplicate_in_stable`` / ``late_in_stable``: no run executed twice, and
+  no tick started more than ``LATE_BOUND`` late on its node's own clock, in a
+  *stable stretch*: no fault active, and all views right for ``STABLE_MARGIN``
+  seconds (duplicates and late ticks elsewhere are counted, not failed);
+- ``stuck_run``: no run recorded running (or pending, past its due time) for
+  longer than ``STUCK_AFTER`` that no node is executing;
+- ``memory``: once the records' TTL has passed, no node holds a record past
+  its expiry, more members than nodes, or more of its own bookkeeping than
+  the work in flight needs.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import attrs
+
+from peer.replication import ReplicationConfig
+from peer.runs import RunState
+from peer.scheduler import MAPS, Scheduler
+from sim.faults import (
+    ClockStep,
+    Clog,
+    Crash,
+    Degrade,
+    Fault,
+    Join,
+    Leave,
+    Partition,
+    Pause,
+)
+from sim.jobs_scenario import JobsRun, JobsScenario, _node_core
+from sim.node import Life
+
+# Seconds all views must have been right (and no fault active) before a
+# stretch counts as stable: a restarted node settles (2 s), says it is
+# ready, and its jobs wait a handover (1.5 s) — with room for the gossip.
+STABLE_MARGIN = 10.0
+# A tick in a stable stretch starts within this of its time, on its node's clock.
+LATE_BOUND = 1.0
+# A record written this long before the end must be on every running node:
+# gossip may miss a node, and the digest syncs (every 10 s, with one random
+# member) repair that within two rounds or so.
+MAPS_SETTLE = 2 * ReplicationConfig().sync_interval + 5.0
+# Jobs keep their records this long, so that the run outlives them.
+RESULT_TTL = 40.0
+# The faults start when the jobs have been defined and the cluster has settled.
+FAULTS_START = 10.0
+
+
+@attrs.frozen
+class Campaign:
+    """What every seed of a campaign shares."""
+
+    nodes: int = 7
+    duration: float = 150.0
+    heal: float = 80.0  # the last seconds: no fault at all
+
+    @property
+    def faulty_end(self) -> float:
+        return self.duration - self.heal
+
+    def replay(self, seed: int) -> str:
+        return f"python -m sim chaos --seeds {seed} --nodes {self.nodes} --duration {self.duration:g} --heal {self.heal:g} --json"
+
+
+@attrs.frozen
+class FaultMix:
+    """What one seed drew."""
+
+    seed: int
+    drift: float
+    wall_skew: float
+    faults: tuple[Fault, ...]
+
+    def describe(self) -> list[str]:
+        lines = [f"clocks: drift up to {self.drift * 1e6:.0f} ppm, wall clocks off by up to {self.wall_skew:.2f} s"]
+        for fault in sorted(self.faults, key=lambda f: (f.start, type(f).__name__)):
+            lines.append(_describe(fault))
+        return lines
+
+
+def _describe(fault: Fault) -> str:
+    name = type(fault).__name__.lower()
+    fields = {k: v for k, v in attrs.asdict(fault, recurse=False).items() if v is not None}
+    parts = []
+    for key, value in fields.items():
+        if isinstance(value, frozenset):
+            value = ",".join(str(i) for i in sorted(value))
+        elif isinstance(value, float):
+            value = f"{value:.3g}"
+        parts.append(f"{key}={value}")
+    return f"{name}: " + " ".join(parts)
+
+
+class _Busy:
+    """When each node is already crashed, leaving, joining or paused: one
+    life-changing fault per node at a time."""
+
+    def __init__(self) -> None:
+        self._spans: dict[int, list[tuple[float, float]]] = {}
+
+    def free(self, index: int, start: float, end: float) -> bool:
+        return all(end + 2.0 < a or start > b + 2.0 for a, b in self._spans.get(index, ()))
+
+    def take(self, index: int, start: float, end: float) -> None:
+        self._spans.setdefault(index, []).append((start, end))
+
+
+def draw_mix(seed: int, campaign: Campaign) -> FaultMix:
+    """The seed's fault mix. Node 0 (a seed node) is never crashed, paused or
+    stopped, so a restarted node always has someone to join through."""
+    rng = random.Random(f"chaos/{seed}")
+    n, start, end = campaign.nodes, FAULTS_START, campaign.faulty_end
+    others = list(range(1, n))
+    busy = _Busy()
+    faults: list[Fault] = []
+
+    def window(shortest: float, longest: float) -> tuple[float, float]:
+        length = rng.uniform(shortest, min(longest, end - start))
+        at = rng.uniform(start, end - length)
+        return at, length
+
+    def some(low: int, high: int) -> frozenset[int]:
+        return frozenset(rng.sample(range(n), rng.randint(low, max(low, high))))
+
+    for _ in range(rng.randint(0, 3)):
+        at, length = window(3.0, 25.0)
+        latency = rng.choice([None, rng.uniform(0.002, 0.1)])
+        jitter = None if latency is None else latency * rng.uniform(0.2, 1.0)
+        faults.append(Degrade(rng.uniform(0.0, 0.3), rng.uniform(0.0, 0.05), at, length, latency, jitter))
+    for _ in range(rng.randint(0, 2)):
+        at, length = window(2.0, 15.0)
+        a = some(1, n // 2)
+        faults.append(Partition(a, frozenset(range(n)) - a, at, length, one_way=rng.random() < 0.4))
+    for _ in range(rng.randint(0, 2)):
+        at, length = window(0.5, 5.0)
+        faults.append(Clog(some(1, max(1, n // 3)), at, length))
+    for _ in range(rng.randint(0, 2)):
+        index = rng.choice(others)
+        kind = rng.random()
+        at = rng.uniform(start, end - 12.0)
+        room = end - at  # back before the heal
+        if kind < 0.4:
+            restart: float | None = rng.uniform(1.0, min(10.0, room))
+        elif kind < 0.7:
+            restart = rng.uniform(min(25.0, room), room)  # long enough to be declared failed
+        else:
+            restart = None  # gone for good
+        until = at + restart if restart is not None else campaign.duration
+        if busy.free(index, at, until):
+            busy.take(index, at, until)
+            faults.append(Crash(frozenset({index}), at, restart))
+    for _ in range(rng.randint(0, 2)):
+        index = rng.choice(others)
+        at, length = window(1.0, 8.0)
+        if busy.free(index, at, at + length):
+            busy.take(index, at, at + length)
+            faults.append(Pause(frozenset({index}), at, length))
+    for _ in range(rng.randint(0, 2)):
+        faults.append(ClockStep(frozenset({rng.randrange(n)}), rng.uniform(start, end), rng.uniform(-10.0, 10.0)))
+    if rng.random() < 0.3 and n > 3:
+        index = rng.choice(others)
+        at = rng.uniform(start, end - 5.0)
+        if busy.free(index, 0.0, at):
+            busy.take(index, 0.0, at)
+            faults.append(Join(frozenset({index}), at))
+    if rng.random() < 0.3:
+        # A rolling restart: one node after the other leaves gracefully and
+        # comes back a few seconds later.
+        at = rng.uniform(start, end - 20.0)
+        for index in rng.sample(others, rng.randint(2, len(others))):
+            back = rng.uniform(2.0, 5.0)
+            if at + back > end:
+                break
+            if busy.free(index, at, at + back):
+                busy.take(index, at, at + back)
+                faults.append(Leave(frozenset({index}), at, rejoin_after=back))
+            at += back + rng.uniform(3.0, 8.0)
+    drift = rng.choice([0.0, 1e-5, 1e-4])
+    wall_skew = rng.choice([0.0, 0.05, 0.5, 2.0])
+    return FaultMix(seed, drift, wall_skew, tuple(faults))
+
+
+def scenario_of(mix: FaultMix, campaign: Campaign) -> JobsScenario:
+    return JobsScenario(
+        nodes=campaign.nodes,
+        seed=mix.seed,
+        duration=campaign.duration,
+        seeds=min(3, campaign.nodes),
+        drift=mix.drift,
+        wall_skew=mix.wall_skew,
+        faults=mix.faults,
+        cron_jobs=6,
+        all_jobs=1,
+        oneoffs=30,
+        heal=campaign.heal,
+        result_ttl=RESULT_TTL,
+    )
+
+
+@attrs.frozen
+class Violation:
+    invariant: str
+    detail: str
+
+
+@attrs.define
+class SeedResult:
+    seed: int
+    mix: FaultMix
+    figures: dict[str, Any]
+    violations: list[Violation]
+    trace_hash: str
+    sim_seconds: float
+    wall_seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "mix": self.mix.describe(),
+            **self.figures,
+            "violations": [attrs.asdict(v) for v in self.violations],
+            "trace_hash": self.trace_hash,
+        }
+
+
+def run_seed(seed: int, campaign: Campaign) -> SeedResult:
+    mix = draw_mix(seed, campaign)
+    run = JobsRun(scenario_of(mix, campaign))
+    started = time.perf_counter()
+    run.run_until(campaign.duration)
+    report = run.measure_jobs()
+    wall = time.perf_counter() - started
+    figures, violations = check(run, report, campaign)
+    return SeedResult(seed, mix, figures, violations, report["trace_hash"], run.sim.now, wall)
+
+
+def parse_seeds(text: str) -> range:
+    """``A..B`` (both included) or a single seed."""
+    first, dots, last = text.partition("..")
+    try:
+        seeds = range(int(first), int(last if dots else first) + 1)
+    except ValueError:
+        raise ValueError(f"bad seeds {text!r}: expected A..B or a number") from None
+    if not seeds:
+        raise ValueError(f"bad seeds {text!r}: the range is empty")
+    return seeds
+
+
+def _verified(seed: int, share: float) -> bool:
+    """Is this seed one of the share re-run to prove the trace repeats?"""
+    return share > 0 and random.Random(f"verify/{seed}").random() < share
+
+
+def _run_and_verify(job: tuple[int, Campaign, float]) -> SeedResult:
+    seed, campaign, share = job
+    result = run_seed(seed, campaign)
+    if _verified(seed, share):
+        again = run_seed(seed, campaign)
+        result.figures["replayed"] = True
+        if again.trace_hash != result.trace_hash:
+            result.violations.append(
+                Violation("determinism", f"trace {result.trace_hash} then {again.trace_hash} from the same seed")
+            )
+    return result
+
+
+def run_campaign(
+    seeds: Sequence[int],
+    campaign: Campaign,
+    *,
+    verify_share: float = 0.1,
+    workers: int = 1,
+    on_result: Callable[[SeedResult], None] | None = None,
+) -> dict[str, Any]:
+    """Run every seed (on ``workers`` processes), re-running a share of them
+    to check they repeat their trace; the summary."""
+    jobs = [(seed, campaign, verify_share) for seed in seeds]
+    results: list[SeedResult] = []
+
+    def collect(found: Iterator[SeedResult]) -> None:
+        for result in found:
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+
+    if workers > 1:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            collect(pool.imap(_run_and_verify, jobs))
+    else:
+        collect(map(_run_and_verify, jobs))
+    return summarize(results, campaign)
+
+
+def summarize(results: Sequence[SeedResult], campaign: Campaign) -> dict[str, Any]:
+    def total(name: str) -> int:
+        return sum(r.figures.get(name) or 0 for r in results)
+
+    def worst(name: str) -> float | None:
+        values = [r.figures[name] for r in results if r.figures.get(name) is not None]
+        return max(values, default=None)
+
+    ticks = total("ticks_expected")
+    sim_seconds = sum(r.sim_seconds for r in results)
+    wall_seconds = sum(r.wall_seconds for r in results)
+    one = {"trace_hash": results[0].trace_hash, "mix": results[0].mix.describe()} if len(results) == 1 else {}
+    return {
+        **one,
+        "seeds": len(results),
+        "first_seed": min((r.seed for r in results), default=None),
+        "last_seed": max((r.seed for r in results), default=None),
+        "nodes": campaign.nodes,
+        "duration": campaign.duration,
+        "heal": campaign.heal,
+        "violations": [{"seed": r.seed, "invariant": v.invariant, "detail": v.detail} for r in results for v in r.violations],
+        "failing": [
+            {"seed": r.seed, "mix": r.mix.describe(), "replay": campaign.replay(r.seed), "trace_hash": r.trace_hash}
+            for r in results
+            if r.violations
+        ],
+        "replayed": sum(bool(r.figures.get("replayed")) for r in results),
+        "ticks_expected": ticks,
+        "missed": total("missed"),
+        "duplicates": total("duplicates"),
+        "duplicates_per_10k_ticks": round(10_000 * total("duplicates") / ticks, 1) if ticks else None,
+        "duplicates_in_stable": total("duplicates_in_stable"),
+        "late_ticks": total("late_ticks"),
+        "late_in_stable": total("late_in_stable"),
+        "lost_results": total("lost_results"),
+        "lost_with_their_node": total("oneoffs_lost_with_submitter") + total("results_lost_with_their_node"),
+        "false_failures": total("false_failures"),
+        "false_failures_under_loss": total("false_failures_under_loss"),
+        "stuck_runs": total("stuck_runs"),
+        "detection_max_seconds": worst("detection_max_seconds"),
+        "convergence_after_heal_max_seconds": worst("convergence_after_heal_seconds"),
+        "sim_seconds_per_wall_second": round(sim_seconds / wall_seconds, 1) if wall_seconds else None,
+    }
+
+
+# -- the invariants ------------------------------------------------------------------------
+
+
+def check(run: JobsRun, report: dict[str, Any], campaign: Campaign) -> tuple[dict[str, Any], list[Violation]]:
+    """The figures of one run, and the invariants it broke."""
+    checker = _Checker(run, report, campaign)
+    checker.membership()
+    checker.jobs()
+    checker.maps()
+    checker.memory()
+    return checker.figures, checker.violations
+
+
+class _Checker:
+    def __init__(self, run: JobsRun, report: dict[str, Any], campaign: Campaign) -> None:
+        self.run, self.report, self.campaign = run, report, campaign
+        self.faults = run.scenario.faults
+        self.window = run.disturbance_window
+        self.violations: list[Violation] = []
+        self.figures: dict[str, Any] = {}
+        self.up = [node for node in run.nodes if node.life is Life.UP and node.core is not None]
+
+    def fail(self, invariant: str, detail: str) -> None:
+        self.violations.append(Violation(invariant, detail))
+
+    # -- stretches of time ------------------------------------------------------------
+
+    def fault_active(self, t: float, after: float = 0.0) -> bool:
+        return any(f.start <= t <= f.end + after for f in self.faults)
+
+    def stable(self, t: float) -> bool:
+        """No fault active, and all views right, since STABLE_MARGIN ago."""
+        if self.fault_active(t, after=STABLE_MARGIN):
+            return False
+        return any(a + STABLE_MARGIN <= t <= b for a, b in self.run.converged_spans)
+
+    def degraded(self, t: float) -> bool:
+        return any(isinstance(f, Degrade) and f.start <= t <= f.end + self.window for f in self.faults)
+
+    # -- membership --------------------------------------------------------------------
+
+    def membership(self) -> None:
+        run, report, heal_start = self.run, self.report, self.campaign.faulty_end
+        since = run.converged_since
+        settled = None if since is None else max(0.0, since - heal_start)
+        self.figures["convergence_after_heal_seconds"] = None if settled is None else round(settled, 3)
+        if since is None:
+            self.fail("membership_converged", "the views differ from the truth at the end")
+        elif since > heal_start + self.window:
+            self.fail("membership_converged", f"views right only {settled:.1f} s after the heal (bound {self.window:.0f} s)")
+        false = [(t, s) for t, s in run.unexplained_failures() if not self.degraded(t)]
+        self.figures["false_failures"] = len(false)
+        self.figures["false_failures_under_loss"] = len(run.unexplained_failures()) - len(false)
+        for t, subject in false[:5]:
+            self.fail("false_failure", f"{run.nodes[subject].name} declared failed at {t:.2f} s while running")
+        bound = self.detection_bound
+        worst = 0.0
+        for (index, when), detected in zip(run.crashes, report["detection_all_seconds"]):
+            down_until = self._down_until(index, when)
+            if down_until - when < bound:
+                continue  # back before it had to be detected: its new life supersedes the old
+            if detected is None or detected > bound:
+                took = "never" if detected is None else f"after {detected:.1f} s"
+                self.fail("crash_detected", f"{run.nodes[index].name} crashed at {when:.2f} s, declared failed by all {took} (bound {bound:.0f} s)")
+            else:
+                worst = max(worst, detected)
+        self.figures["detection_max_seconds"] = round(worst, 3) if worst else None
+
+    @property
+    def detection_bound(self) -> float:
+        """The longest suspicion, and time for a few probe rounds (slowed by
+        Lifeguard's local health when the network is bad) to start it."""
+        config, n = self.run.config, self.campaign.nodes
+        return config.suspicion_max_timeout_mult * config.suspicion_min_timeout(n) + 2 * n * config.probe_interval
+
+    def _down_until(self, index: int, when: float) -> float:
+        boots = [f.end for f in self.faults if isinstance(f, Crash) and index in f.nodes and f.at == when and f.restart_after is not None]
+        return min(boots, default=self.campaign.duration)
+
+    # -- jobs --------------------------------------------------------------------------
+
+    def jobs(self) -> None:
+        run, report = self.run, self.report
+        self.figures.update(
+            {
+                "ticks_expected": report["ticks_expected"],
+                "missed": report["missed"],
+                "duplicates": report["duplicates"],
+                "lost_results": report["lost_results"],
+                "oneoffs_lost_with_submitter": report["oneoffs_lost_with_submitter"],
+                "results_lost_with_their_node": report["results_lost_with_their_node"],
+            }
+        )
+        if report["missed"]:
+            self.fail("tick_missed", f"{report['missed']} ticks never ran, e.g. {report['missed_runs'][:5]}")
+        if report["lost_results"]:
+            self.fail("result_lost", f"{report['lost_results']} results on no running node, e.g. {report['lost_runs'][:5]}")
+        stable_duplicates = [e for e in run.duplicate_executions() if self.stable(e.start)]
+        self.figures["duplicates_in_stable"] = len(stable_duplicates)
+        for e in stable_duplicates[:5]:
+            self.fail("duplicate_in_stable", f"{e.run_id} attempt {e.attempt} ran again on {run.nodes[e.node].name} at {e.start:.2f} s")
+        late, late_in_stable = 0, []
+        ticks = run.tick_times()
+        for run_id, execution in run.first_executions().items():
+            tick_ms = ticks.get(run_id)
+            if tick_ms is None:
+                continue  # a one-off
+            delay = execution.wall_start - tick_ms / 1000
+            if delay > LATE_BOUND:
+                late += 1
+                if self.stable(execution.start):
+                    late_in_stable.append((run_id, delay))
+        self.figures["late_ticks"] = late
+        self.figures["late_in_stable"] = len(late_in_stable)
+        for run_id, delay in late_in_stable[:5]:
+            self.fail("late_in_stable", f"{run_id} started {delay:.2f} s late")
+        self._stuck_runs()
+
+    def _stuck_runs(self) -> None:
+        """Unfinished records nobody works on, long after they should have
+        been taken over (failure detection, the left grace, a scan)."""
+        run = self.run
+        stuck_after = self.detection_bound + 15.0
+        going = run.open_executions()
+        stuck: dict[str, str] = {}
+        for node in self.up:
+            scheduler = _scheduler_of(node)
+            now_ms = int(node.clock.wall(run.sim.now) * 1000)
+            for record in scheduler.records():
+                if record.state is RunState.RUNNING and record.id not in going:
+                    since = record.started or record.created or now_ms
+                elif record.state is RunState.PENDING:
+                    since = max(record.not_before or 0, record.created or 0)
+                else:
+                    continue
+                if now_ms - since > stuck_after * 1000:
+                    stuck[record.id] = f"{record.state.value} on {node.name}'s view since {(now_ms - since) / 1000:.0f} s"
+        self.figures["stuck_runs"] = len(stuck)
+        for run_id, detail in sorted(stuck.items())[:5]:
+            self.fail("stuck_run", f"{run_id}: {detail}")
+
+    # -- replicated maps ---------------------------------------------------------------
+
+    def maps(self) -> None:
+        run = self.run
+        if len(self.up) < 2:
+            return
+        walls = [int(node.clock.wall(run.sim.now) * 1000) for node in self.up]
+        cutoff = min(int(node.clock.wall(run.sim.now - MAPS_SETTLE) * 1000) for node in self.up)
+        edge = (min(walls) - 3_000, max(walls) + 3_000)
+        differing: list[str] = []
+        for map_name in MAPS:
+            replicas = [_node_core(node.core).replicator.map(map_name) for node in self.up]
+            keys = set().union(*({k for k, _ in r.items(0)} for r in replicas))
+            for key in sorted(keys):
+                winners = [r.get(key, wall) for r, wall in zip(replicas, walls)]
+                present = [w for w in winners if w is not None]
+                if not present:
+                    continue  # expired everywhere
+                if any(w.ts.wall >= cutoff for w in present):
+                    continue  # written lately: may still be on its way
+                if any(w.expires is not None and edge[0] <= w.expires <= edge[1] for w in present):
+                    continue  # at its expiry's edge: the nodes' clocks differ
+                if len(present) != len(winners) or len({w.ts for w in present}) > 1:
+                    holders = [node.name for node, w in zip(self.up, winners) if w is not None]
+                    differing.append(f"{map_name}/{key} held by {len(holders)} of {len(winners)}")
+        self.figures["map_keys_differing"] = len(differing)
+        for detail in differing[:5]:
+            self.fail("maps_converged", detail)
+
+    # -- memory ------------------------------------------------------------------------
+
+    def memory(self) -> None:
+        run, campaign = self.run, self.campaign
+        expire_slack_ms = 5_000
+        worst: dict[str, int] = {}
+        for node in self.up:
+            core = _node_core(node.core)
+            now_ms = int(node.clock.wall(run.sim.now) * 1000)
+            for map_name in MAPS:
+                replica = core.replicator.map(map_name)
+                held = len(replica)
+                live = sum(1 for _ in replica.items(now_ms - expire_slack_ms))
+                if held > live:
+                    self.fail("memory", f"{node.name} holds {held - live} {map_name} records past their expiry")
+                worst[f"{map_name}_keys"] = max(worst.get(f"{map_name}_keys", 0), held)
+                worst[f"{map_name}_context_dots"] = max(worst.get(f"{map_name}_context_dots", 0), replica.context.dots())
+            members = len(core.membership.members())
+            worst["members"] = max(worst.get("members", 0), members)
+            if members > campaign.nodes:
+                self.fail("memory", f"{node.name} keeps {members} members for {campaign.nodes} nodes")
+            footprint = _scheduler_of(node).footprint()
+            for name, size in footprint.items():
+                worst[f"scheduler_{name}"] = max(worst.get(f"scheduler_{name}", 0), size)
+            jobs = footprint["jobs"]
+            # Each job's cursor, plus stale heap entries for a few placements.
+            if footprint["due"] > 4 * jobs + 16:
+                self.fail("memory", f"{node.name}'s tick heap holds {footprint['due']} entries for {jobs} jobs")
+            # Runs a node may hold unfinished: the ones in flight (at most
+            # one tick per job per period of work) and the pending one-offs.
+            if footprint["unfinished"] > 4 * jobs + run.scenario.oneoffs:
+                self.fail("memory", f"{node.name} tracks {footprint['unfinished']} unfinished runs")
+        # The runs map holds about a TTL's worth of records: that many ticks
+        # per job (and per node for mode all), plus the one-offs.
+        scenario = run.scenario
+        per_ttl = (RESULT_TTL + expire_slack_ms / 1000 + MAPS_SETTLE) / scenario.every
+        runs_bound = math.ceil(per_ttl * (scenario.cron_jobs + scenario.all_jobs * campaign.nodes)) + scenario.oneoffs
+        if worst.get("runs_keys", 0) > runs_bound:
+            self.fail("memory", f"a node holds {worst['runs_keys']} run records, over the TTL's worth ({runs_bound})")
+        self.figures["memory"] = worst
+
+
+def _scheduler_of(node: Any) -> Scheduler:
+    scheduler = _node_core(node.core).scheduler
+    assert scheduler is not None
+    return scheduler
