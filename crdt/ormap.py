@@ -111,6 +111,11 @@ def join_registers(mine: Registers, my_context: CausalContext, theirs: Registers
 Precedence = Callable[[Register], Any]
 
 
+def delta_of(entries: dict[str, Registers]) -> Delta:
+    """A delta of these entries, standing for exactly their dots."""
+    return Delta(entries, CausalContext(cloud=[dot for registers in entries.values() for dot in registers]))
+
+
 def by_timestamp(register: Register) -> Timestamp:
     return register.ts
 
@@ -205,6 +210,11 @@ class ORMap:
         """The entries under the given digest nodes."""
         store = self._store
         return {key: store[key] for node in nodes for key in self.tree.keys_under(node)}
+
+    def written_by(self, replica: str) -> dict[str, Registers]:
+        """The entries holding a register this replica wrote: on a node about
+        to leave, what may be nowhere else yet."""
+        return {key: registers for key, registers in self._store.items() if any(dot[0] == replica for dot in registers)}
 
     def wire_size_of(self, key: str) -> int:
         return self._sizes.get(key, 0)

@@ -176,7 +176,7 @@ class NodeCore:
             if me is not None and not self.membership.leaving and me.meta != scheduler.role.meta:
                 self.membership.set_meta(self._now, scheduler.role.meta)
         if self._leave_requested and not self.membership.leaving and (scheduler is None or scheduler.drained):
-            self.replicator.sync_with_some(LEAVE_PUSH_PEERS)
+            self.replicator.hand_off(LEAVE_PUSH_PEERS)
             self.membership.leave(self._now)
 
     def set_meta(self, now: float, meta: bytes) -> None:

@@ -45,13 +45,26 @@ import attrs
 from crdt.context import CausalContext
 from crdt.digest import DEPTH, ROOT, Node, children
 from crdt.hlc import HLC, ClockDrift, Timestamp
-from crdt.messages import DeltaGossip, ReplicationMessage, SyncEntries, SyncProbe, wire_size
-from crdt.ormap import Delta, ORMap, Precedence, Register, Registers, by_timestamp
+from crdt.messages import (
+    DeltaGossip,
+    ReplicationMessage,
+    SyncEntries,
+    SyncProbe,
+    wire_size,
+)
+from crdt.ormap import (
+    Delta,
+    ORMap,
+    Precedence,
+    Register,
+    Registers,
+    by_timestamp,
+    delta_of,
+)
 from membership.broadcast import BroadcastQueue
 from membership.effects import Send
 from membership.state import Address
 from membership.timers import Timers
-
 
 # More unsent deltas than this is a backlog piggybacking will not clear
 # soon: push them in a batch.
@@ -209,11 +222,32 @@ class Replicator:
         self._catch_up_mark = self._syncs_received
         self._timers.schedule("catch_up", now + self._rng.uniform(0, self.config.catch_up_jitter))
 
-    def sync_with_some(self, count: int) -> None:
-        """Compare digests with up to ``count`` random peers now (pushing our
-        state before we leave)."""
-        for peer in self._rng.sample(self._peers, min(count, len(self._peers))):
+    def hand_off(self, count: int) -> None:
+        """We are leaving: send what we wrote ourselves (it may be nowhere
+        else yet: its gossip lost, or not sent) to up to ``count`` random
+        peers over the reliable channel, in chunks, and compare digests
+        with them for the rest, while we still can."""
+        peers = self._rng.sample(self._peers, min(count, len(self._peers)))
+        for name, replica_map in sorted(self.maps.items()):
+            for chunk in self._chunks(replica_map, replica_map.written_by(replica_map.replica)):
+                for peer in peers:
+                    self._send(peer, [DeltaGossip(name, chunk)], reliable=True)
+        for peer in peers:
             self._start_sync(peer)
+
+    def _chunks(self, replica_map: ORMap, entries: dict[str, Registers]) -> Iterable[Delta]:
+        """``entries`` as deltas of about ``chunk_bytes`` each."""
+        part: dict[str, Registers] = {}
+        size = 0
+        for key, registers in entries.items():
+            entry_size = replica_map.wire_size_of(key)
+            if part and size + entry_size > self.config.chunk_bytes:
+                yield delta_of(part)
+                part, size = {}, 0
+            part[key] = registers
+            size += entry_size
+        if part:
+            yield delta_of(part)
 
     # Piggybacking: the membership core tops its packets up from here.
 

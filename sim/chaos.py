@@ -434,7 +434,7 @@ class _Checker:
         for t, subject in false[:5]:
             self.fail("false_failure", f"{run.nodes[subject].name} declared failed at {t:.2f} s while running")
         bound = self.detection_bound
-        worst = 0.0
+        worst: float | None = None
         for (index, when), detected in zip(run.crashes, report["detection_all_seconds"]):
             down_until = self._down_until(index, when)
             if down_until - when < bound:
@@ -443,8 +443,8 @@ class _Checker:
                 took = "never" if detected is None else f"after {detected:.1f} s"
                 self.fail("crash_detected", f"{run.nodes[index].name} crashed at {when:.2f} s, declared failed by all {took} (bound {bound:.0f} s)")
             else:
-                worst = max(worst, detected)
-        self.figures["detection_max_seconds"] = round(worst, 3) if worst else None
+                worst = max(worst or 0.0, detected)
+        self.figures["detection_max_seconds"] = None if worst is None else round(worst, 3)
 
     @property
     def detection_bound(self) -> float:

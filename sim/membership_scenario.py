@@ -173,6 +173,7 @@ class MembershipRun:
         # What happened, for the metrics.
         self._failed: list[_Declaration] = []
         self._suspected: list[_Declaration] = []
+        self._joined: list[_Declaration] = []  # a member (back) in an observer's live view
         self._crashes: list[tuple[int, float, int]] = []  # node, time, incarnation of the life that ended
         self._left_lives: set[tuple[int, int]] = set()  # (node, incarnation) of every graceful leave
         self._life_started: dict[int, float] = {}
@@ -236,10 +237,10 @@ class MembershipRun:
     def on_event(self, node: SimNode, event: Event) -> None:
         self._events += 1
         self._last_event = self.sim.now
-        if event.kind is EventKind.FAILED or event.kind is EventKind.SUSPECT:
+        if event.kind in (EventKind.FAILED, EventKind.SUSPECT, EventKind.JOINED):
             subject = self._index.get(event.member.name)
             if subject is not None:
-                log = self._failed if event.kind is EventKind.FAILED else self._suspected
+                log = {EventKind.FAILED: self._failed, EventKind.SUSPECT: self._suspected}.get(event.kind, self._joined)
                 accuser = self._index.get(event.source) if event.source is not None else None
                 log.append(_Declaration(self.sim.now, node.index, subject, event.member.incarnation, accuser))
 
@@ -455,6 +456,8 @@ class MembershipRun:
         }
         latest = 0.0
         for observer in sorted(witnesses):
+            if self._failed_already(observer, subject, when, incarnation):
+                continue  # declared failed before it crashed (say, while cut off), and not seen since
             seen = [
                 d.time
                 for d in self._failed
@@ -464,6 +467,19 @@ class MembershipRun:
                 return None
             latest = max(latest, min(seen) - when)
         return latest if witnesses else None
+
+    def _failed_already(self, observer: int, subject: int, when: float, incarnation: int) -> bool:
+        """Did ``observer`` hold ``subject`` failed at ``when``: its last word
+        on it before then was a failure of this life or an earlier one?"""
+        before = [
+            d
+            for d in self._failed + self._joined
+            if d.observer == observer and d.subject == subject and d.time < when
+        ]
+        if not before:
+            return False
+        last = max(before, key=lambda d: d.time)
+        return last in self._failed and last.incarnation <= incarnation
 
 
 def run_membership(scenario: MembershipScenario) -> MembershipResult:

@@ -8,6 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crdt.messages import DeltaGossip, SyncProbe
 from crdt.ormap import ORMap
 from peer.replication import ReplicationConfig, Replicator
 from peer.wire import Codec
@@ -119,3 +120,31 @@ def test_registers_from_too_far_ahead_are_refused() -> None:
     assert a.get(WALL + 3_600_000, "m", "now") is not None  # b's writes reach a
     assert b.get(WALL, "m", "future") is None and b.get(WALL, "m", "now") is not None
     assert b.stats.registers_refused == 1 and b.hlc.rejected["future"] >= 1
+
+
+def test_a_leaving_node_hands_off_what_it_wrote_in_reliable_chunks() -> None:
+    """Its own writes may be nowhere else (gossip lost or not sent yet): they
+    go in full, over the reliable channel, before the node leaves; what it
+    only received is left to the digest sync that follows."""
+    nodes = pair(ReplicationConfig(chunk_bytes=20_000))
+    a, b = nodes[A], nodes[B]
+    fill(b, ["theirs"], 1)
+    run_exchange(nodes, a, B)
+    fill(a, [f"mine-{i}" for i in range(2_000)], "x" * 20)
+    a.set_peers([B])
+    a.take_effects()
+    a.hand_off(2)
+    sends = a.take_effects()
+    deltas = [s for s in sends if isinstance(s.messages[0], DeltaGossip)]
+    assert deltas and all(s.reliable and s.dst == B for s in deltas)
+    assert any(isinstance(s.messages[0], SyncProbe) for s in sends)
+    codec = Codec()
+    handed = set()
+    for send in deltas:
+        frame = codec.encode(send.messages, stream=True)
+        assert len(frame) < 20_000 + 2_000
+        for message in codec.decode(frame, stream=True):  # type: ignore[union-attr]
+            handed |= set(message.delta.entries)
+            b.receive(0.0, WALL, message)
+    assert handed == {f"mine-{i}" for i in range(2_000)}
+    assert all(b.get(WALL, "m", f"mine-{i}") is not None for i in range(2_000))
