@@ -26,13 +26,20 @@ import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 
+from peer.chaos import (
+    JournalLine,
+    iso_ms,
+    journal_job,
+    read_journal,
+    ticks_between,
+    toml_jobs,
+)
 from peer.client import ClientError, api_path
 from peer.keys import generate_key
 from peer.localcluster import AgentProcess, LocalCluster, wait_for
@@ -40,82 +47,16 @@ from peer.localcluster import AgentProcess, LocalCluster, wait_for
 TIMEOUT = 30.0  # generous: the machines running CI are shared and slow
 # The membership timings (see the module's docstring).
 PROFILE = os.environ.get("PEER_TEST_PROFILE", "lan")
-EVERY_MS = 2000  # the cron jobs' interval: "@every 2s"
 # How long after its tick a run is surely in the journal: a new owner waits
 # the handover (1.5 s) before it looks, and the machine may be slow.
 SLACK_MS = 5000
 
 
-# -- the journal: what really ran ------------------------------------------------------
-
-
-@attrs.frozen
-class Line:
-    run: str
-    attempt: int
-    node: str
-    start_ms: int
-
-    @property
-    def job(self) -> str:
-        return self.run.split("@")[0]
-
-    @property
-    def tick(self) -> int:
-        """The tick of a cron job's run (``job@ISO[@node]``), epoch ms."""
-        return iso_ms(self.run.split("@")[1])
-
-    @property
-    def run_node(self) -> str | None:
-        """The node named in the run id (a run of a job in mode ``all``)."""
-        parts = self.run.split("@")
-        return parts[2] if len(parts) > 2 else None
-
-
-def iso_ms(text: str) -> int:
-    return round(datetime.fromisoformat(text).timestamp() * 1000)
-
-
-def read_journal(path: Path) -> list[Line]:
-    if not path.exists():
-        return []
-    lines = []
-    for text in path.read_text().splitlines():
-        run, attempt, node, start = text.split(" ")
-        lines.append(Line(run, int(attempt), node, int(start)))
-    return lines
-
-
-def ticks_between(after_ms: int, until_ms: int) -> list[int]:
-    """The ticks of ``@every 2s`` in (after_ms, until_ms]."""
-    first = (after_ms // EVERY_MS + 1) * EVERY_MS
-    return list(range(first, until_ms + 1, EVERY_MS))
+# What ran is read with peer.chaos's journal helpers (the chaos driver shares them).
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def journal_job(job_id: str, path: Path, *, mode: str = "one", sleep: float = 0.0) -> dict[str, Any]:
-    """A cron job, every 2 s, that journals each execution."""
-    return {
-        "id": job_id,
-        "schedule": "@every 2s",
-        "mode": mode,
-        "call": "peer.samples:journal",
-        "kwargs": {"path": str(path), "sleep": sleep},
-    }
-
-
-def toml_jobs(jobs: Iterable[dict[str, Any]]) -> str:
-    tables = []
-    for job in jobs:
-        kwargs = ", ".join(f"{key} = {json.dumps(value)}" for key, value in job["kwargs"].items())
-        tables.append(
-            f'[[job]]\nid = "{job["id"]}"\nschedule = "{job["schedule"]}"\nmode = "{job["mode"]}"\n'
-            f'call = "{job["call"]}"\nkwargs = {{ {kwargs} }}\n'
-        )
-    return "\n".join(tables)
 
 
 # -- asking the agents ------------------------------------------------------------------
@@ -419,7 +360,7 @@ class Scaling:
     """What happened while the cluster was scaled: the journal, the jobs'
     definition times, the runs' records at the end, the membership changes."""
 
-    lines: list[Line]
+    lines: list[JournalLine]
     since: dict[str, int]
     end_ms: int
     records: dict[str, list[dict[str, Any]]]  # job -> its runs, as a survivor has them
