@@ -25,14 +25,15 @@ from crdt.ormap import Register
 from membership.config import MembershipConfig
 from membership.core import Membership
 from membership.effects import Effect, Event
-from membership.state import Address, EventKind, Member
+from membership.state import Address, EventKind, Member, Status
 from peer.replication import ReplicationConfig, Replicator
 from peer.runs import precedence
 from peer.scheduler import JOBS, RUNS, Scheduler, SchedulerConfig, SchedulerEffect
 from peer.scheduler import MAPS as SCHEDULER_MAPS
 
-# Members a leaving node pushes its state to.
-LEAVE_PUSH_PEERS = 2
+# Members a leaving node hands its writes to: enough that some are on its
+# side of a partition it may not know of yet (chaos seed 90).
+LEAVE_PUSH_PEERS = 4
 # An incarnation this far above the last one seen is a new life (a restart:
 # incarnations are boot times in ms), not refutations (which add one each).
 NEW_LIFE_INCARNATION_GAP = 1_000
@@ -176,8 +177,16 @@ class NodeCore:
             if me is not None and not self.membership.leaving and me.meta != scheduler.role.meta:
                 self.membership.set_meta(self._now, scheduler.role.meta)
         if self._leave_requested and not self.membership.leaving and (scheduler is None or scheduler.drained):
-            self.replicator.hand_off(LEAVE_PUSH_PEERS)
+            self.replicator.hand_off(self._hand_off_peers())
             self.membership.leave(self._now)
+
+    def _hand_off_peers(self) -> list[Address]:
+        """Whom a leaving node gives its writes to: members it holds alive
+        before suspects (which may be cut off from us), at random."""
+        others = [m for m in self.membership.live_members() if m.name != self.name]
+        self._rng.shuffle(others)
+        others.sort(key=lambda m: m.status is not Status.ALIVE)
+        return [m.addr for m in others[:LEAVE_PUSH_PEERS]]
 
     def set_meta(self, now: float, meta: bytes) -> None:
         self.membership.set_meta(now, meta)

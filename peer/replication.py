@@ -222,12 +222,11 @@ class Replicator:
         self._catch_up_mark = self._syncs_received
         self._timers.schedule("catch_up", now + self._rng.uniform(0, self.config.catch_up_jitter))
 
-    def hand_off(self, count: int) -> None:
+    def hand_off(self, peers: Sequence[Address]) -> None:
         """We are leaving: send what we wrote ourselves (it may be nowhere
-        else yet: its gossip lost, or not sent) to up to ``count`` random
-        peers over the reliable channel, in chunks, and compare digests
-        with them for the rest, while we still can."""
-        peers = self._rng.sample(self._peers, min(count, len(self._peers)))
+        else yet: its gossip lost, or not sent) to these peers over the
+        reliable channel, in chunks, and compare digests with them for the
+        rest, while we still can."""
         for name, replica_map in sorted(self.maps.items()):
             for chunk in self._chunks(replica_map, replica_map.written_by(replica_map.replica)):
                 for peer in peers:

@@ -84,6 +84,9 @@ log = logging.getLogger(__name__)
 JOBS, RUNS, UPDATES = "jobs", "runs", "updates"
 # At most one new ring per this many milliseconds.
 RING_REBUILD_MS = 100
+# Called this much later than the scan interval allows, the node was frozen
+# (SIGSTOP, a paused VM) or its clock jumped.
+FROZEN_GAP_MS = 1_000
 # How long a finished run of a job no longer defined stays readable.
 DEFAULT_RESULT_TTL = 600.0
 MAPS = (JOBS, RUNS, UPDATES)
@@ -171,6 +174,7 @@ class SchedulerStats:
     failovers: int = 0  # runs re-run after their owner failed
     claims_lost: int = 0  # runs cancelled because another claim won
     lost_refuted: int = 0  # our runs others recorded lost, taking us for failed: we ran on
+    thaws: int = 0  # times we found we had been frozen (or our clock jumped), and read before claiming
     handed_back: int = 0
     lost: int = 0
     bad_records: int = 0  # records or definitions from peers that did not parse
@@ -208,6 +212,7 @@ class Scheduler:
         # (our runs map matched a member's, or the catch-up window passed),
         # ticks from before our start wait: one without a record may have run.
         self._history_held = False
+        self._thawing_until = 0  # after a freeze, claim nothing before this
         self._lookback: dict[str, int] = {}  # job -> ticks after this and up to our start wait for that
         self._left_seen: dict[str, int] = {}  # member -> when we saw it had left
         self._drain_deadline: int | None = None
@@ -261,6 +266,12 @@ class Scheduler:
         """``caught_up``: the node holds the cluster's job definitions (its
         jobs map matched a member's), or it is alone; ``history_caught_up``:
         the same of its runs map."""
+        if wall_ms - self._last_tick > round(self.config.scan_interval * 1000) + FROZEN_GAP_MS:
+            # What others wrote while we were frozen (claims, results) is in
+            # our inbox still: read it before claiming anything, as a new
+            # owner waits for an old owner's claims.
+            self._thawing_until = wall_ms + round(self.config.handover * 1000)
+            self.stats.thaws += 1
         self._last_tick = wall_ms
         if not self._history_held and (
             history_caught_up or wall_ms >= self._started_at + round(self.config.catch_up_window * 1000)
@@ -280,6 +291,15 @@ class Scheduler:
         if wall_ms >= self._next_late_check:
             self._next_late_check = wall_ms + round(self.config.late_check_interval * 1000)
             self._find_late(wall_ms)
+        if wall_ms >= self._thawing_until:
+            self._claim(wall_ms)
+        self._write_progress(wall_ms)
+        if self._drain_deadline is not None and wall_ms >= self._drain_deadline:
+            self._hand_back(wall_ms)
+
+    def _claim(self, wall_ms: int) -> None:
+        """Run what is due: ticks, the ticks from before our start, pending
+        runs and failovers (by the scan)."""
         self._fire_due_ticks(wall_ms)
         if self._history_held and self._lookback:
             self._judge_lookback(wall_ms)
@@ -289,19 +309,19 @@ class Scheduler:
         if wall_ms >= self._next_scan:
             self._next_scan = wall_ms + round(self.config.scan_interval * 1000)
             self._scan(wall_ms)
-        self._write_progress(wall_ms)
-        if self._drain_deadline is not None and wall_ms >= self._drain_deadline:
-            self._hand_back(wall_ms)
 
     def next_deadline(self) -> int:
         """Epoch ms of the next thing to do."""
-        deadlines = [self._next_scan, self._next_late_check]
+        claims = [self._next_scan]
+        if self._due:
+            claims.append(self._due[0][0])
+        if self._pending_due:
+            claims.append(self._pending_due[0][0])
+        if self._thawing_until > self._last_tick:
+            claims = [self._thawing_until]  # thawing: no claim before
+        deadlines = [*claims, self._next_late_check]
         if self._placement_stale:
             deadlines.append(self._ring_changed_at + RING_REBUILD_MS)
-        if self._due:
-            deadlines.append(self._due[0][0])
-        if self._pending_due:
-            deadlines.append(self._pending_due[0][0])
         if self.role is Role.STARTING:
             # Past its settle time, a node waiting to catch up is woken by
             # the messages that bring it; at the latest, at settle_max.

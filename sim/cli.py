@@ -267,7 +267,12 @@ def _human_chaos(summary: dict[str, Any]) -> str:
             f"{summary['duplicates_in_stable']} in stable stretches)",
             f"  results:          {summary['lost_results']} lost ({summary['lost_with_their_node']} never left their node)",
             f"  false failures:   {summary['false_failures']} (and {summary['false_failures_under_loss']} under loss)",
-            f"  detection:        every crash declared by all within {_s(summary['detection_max_seconds'])}",
+            "  detection:        "
+            + (
+                "no crash stayed down long enough to check"
+                if summary["detection_max_seconds"] is None
+                else f"every crash declared by all within {summary['detection_max_seconds']:.2f} s"
+            ),
             f"  convergence:      views right within {_s(summary['convergence_after_heal_max_seconds'])} of the heal",
         ]
     )

@@ -131,9 +131,8 @@ def test_a_leaving_node_hands_off_what_it_wrote_in_reliable_chunks() -> None:
     fill(b, ["theirs"], 1)
     run_exchange(nodes, a, B)
     fill(a, [f"mine-{i}" for i in range(2_000)], "x" * 20)
-    a.set_peers([B])
     a.take_effects()
-    a.hand_off(2)
+    a.hand_off([B])
     sends = a.take_effects()
     deltas = [s for s in sends if isinstance(s.messages[0], DeltaGossip)]
     assert deltas and all(s.reliable and s.dst == B for s in deltas)

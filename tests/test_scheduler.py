@@ -512,3 +512,25 @@ def test_a_run_recorded_lost_by_a_node_that_took_us_for_failed_runs_on_and_its_r
     # And the other node, merging ours, reads the same.
     other.merge_from(node.maps, RUNS, start.run_id)
     assert RunRecord.from_wire(other.get(RUNS, start.run_id).value).state is RunState.SUCCEEDED  # type: ignore[union-attr]
+
+
+def test_a_node_frozen_past_its_ticks_reads_what_came_meanwhile_before_claiming() -> None:
+    """Real-process chaos (SIGSTOP): a node frozen past its ticks found them
+    overdue on waking and ran one another node had run meanwhile, before
+    reading the record waiting in its inbox. Waking, it now waits a handover."""
+    node = make_node(SchedulerConfig(settle=0.0))
+    node.scheduler.add_job(T0, cron(overlap="allow"))
+    node.advance(T0 + 3_600)
+    for start in node.take(StartRun):
+        node.finish(start)
+    node.maps.wall_ms = T0 + 9_000  # frozen from +3.6 s to +9 s
+    node.advance(T0 + 9_000)
+    assert not node.take(StartRun) and node.scheduler.stats.thaws == 1
+    ran = tick_run_id("job", T0 + 6_000)  # by another node, which took us for failed
+    other = Maps("other#1")
+    other.wall_ms = T0 + 6_000
+    other.put(RUNS, ran, RunRecord(id=ran, job="job", state=RunState.SUCCEEDED, owner="other", tick=T0 + 6_000).to_wire())
+    node.maps.wall_ms = T0 + 9_100
+    node.maps.merge_from(other, RUNS, ran)
+    node.advance(T0 + 10_600)
+    assert sorted(s.tick for s in node.take(StartRun)) == [T0 + 4_000, T0 + 8_000, T0 + 10_000]
