@@ -50,6 +50,7 @@ import math
 import multiprocessing
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -365,6 +366,10 @@ def summarize(results: Sequence[SeedResult], campaign: Campaign) -> dict[str, An
         "duplicates": total("duplicates"),
         "duplicates_per_10k_ticks": round(10_000 * total("duplicates") / ticks, 1) if ticks else None,
         "duplicates_in_stable": total("duplicates_in_stable"),
+        "reruns_after_lost_success": total("reruns_after_lost_success"),
+        "duplicates_by_fault": dict(
+            sum((Counter(r.figures.get("duplicates_by_fault", {})) for r in results), Counter()).most_common()
+        ),
         "late_ticks": total("late_ticks"),
         "late_in_stable": total("late_in_stable"),
         "lost_results": total("lost_results"),
@@ -413,6 +418,11 @@ class _Checker:
         if self.fault_active(t, after=STABLE_MARGIN):
             return False
         return any(a + STABLE_MARGIN <= t <= b for a, b in self.run.converged_spans)
+
+    def faults_around(self, t: float) -> list[str]:
+        """The kinds of fault active at ``t`` or lately (``STABLE_MARGIN``):
+        what a duplicate may be blamed on."""
+        return sorted({type(f).__name__.lower() for f in self.faults if f.start <= t <= f.end + STABLE_MARGIN}) or ["none"]
 
     def degraded(self, t: float) -> bool:
         return any(isinstance(f, Degrade) and f.start <= t <= f.end + self.window for f in self.faults)
@@ -466,6 +476,7 @@ class _Checker:
                 "ticks_expected": report["ticks_expected"],
                 "missed": report["missed"],
                 "duplicates": report["duplicates"],
+                "reruns_after_lost_success": report["reruns_after_lost_success"],
                 "lost_results": report["lost_results"],
                 "oneoffs_lost_with_submitter": report["oneoffs_lost_with_submitter"],
                 "results_lost_with_their_node": report["results_lost_with_their_node"],
@@ -475,8 +486,11 @@ class _Checker:
             self.fail("tick_missed", f"{report['missed']} ticks never ran, e.g. {report['missed_runs'][:5]}")
         if report["lost_results"]:
             self.fail("result_lost", f"{report['lost_results']} results on no running node, e.g. {report['lost_runs'][:5]}")
-        stable_duplicates = [e for e in run.duplicate_executions() if self.stable(e.start)]
+        duplicates = run.duplicate_executions()
+        stable_duplicates = [e for e in duplicates if self.stable(e.start)]
         self.figures["duplicates_in_stable"] = len(stable_duplicates)
+        # Per kind of fault around each duplicate (one may count under several).
+        self.figures["duplicates_by_fault"] = dict(Counter(kind for e in duplicates for kind in self.faults_around(e.start)))
         for e in stable_duplicates[:5]:
             self.fail("duplicate_in_stable", f"{e.run_id} attempt {e.attempt} ran again on {run.nodes[e.node].name} at {e.start:.2f} s")
         late, late_in_stable = 0, []

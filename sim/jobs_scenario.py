@@ -21,7 +21,9 @@ truth the run measures:
 - ``ticks_run``: those with a successful execution; ``missed`` the rest;
 - ``duplicates``: executions that started while another execution of the
   same run was going on, or after one had succeeded (a re-run after its
-  first execution's node crashed, or after a failed attempt, is not one);
+  first execution's node crashed, or after a failed attempt, is not one;
+  nor is one after a success that died with its node before any other
+  node knew of it: ``reruns_after_lost_success``);
 - ``lost_results``: runs that succeeded (more than ``RESULT_SETTLE``
   seconds before the end, and not so long ago that the result expired),
   and one-offs submitted before the heal phase (unless their result expired),
@@ -132,6 +134,9 @@ class JobsRun(MembershipRun):
         # Records no other node held a second after the life of the only
         # node holding them ended: a write that never left its node.
         self._stranded: set[str] = set()
+        # Successful executions whose success no other node knew when their
+        # node's life ended: re-running them is at-least-once, not a duplicate.
+        self._successes_lost: list[_Execution] = []
         self._failing: set[str] = set()  # one-off ids whose first attempt fails
         self._lives: dict[int, list[list[float]]] = defaultdict(list)  # node -> [start, end] of each life, on its clock
         self._defined_at: float | None = None
@@ -271,10 +276,19 @@ class JobsRun(MembershipRun):
         scheduler = _scheduler(node.core)
         succeeded = {run_id for run_id, executions in self._executions.items() if any(e.ok for e in executions)}
         held = {run_id for run_id in self._oneoffs.keys() | succeeded if scheduler.record(run_id) is not None}
+        # Its own successful executions: is the success known anywhere else?
+        ran_here = [
+            e for executions in self._executions.values() for e in executions
+            if e.ok and (e.node, e.boots) == (node.index, node.boots)
+        ]
 
         def check() -> None:
             others = [_scheduler(n.core) for n in self.nodes if n is not node and n.running and n.core is not None]
             self._stranded |= {run_id for run_id in held if all(s.record(run_id) is None for s in others)}
+            for execution in ran_here:
+                records = [s.record(execution.run_id) for s in others]
+                if not any(r is not None and r.state is RunState.SUCCEEDED for r in records):
+                    self._successes_lost.append(execution)
 
         self.sim.at(self.sim.now + 1.0, check)
 
@@ -331,6 +345,7 @@ class JobsRun(MembershipRun):
                 "missed": len(expected) - len(ran),
                 "missed_runs": sorted(set(expected) - ran)[:20],
                 "duplicates": duplicates,
+                "reruns_after_lost_success": self.reruns_after_lost_success(),
                 "executions": sum(len(e) for e in self._executions.values()),
                 "oneoffs_submitted": len(self._oneoffs),
                 "oneoffs_done": len(submitted & succeeded),
@@ -392,14 +407,31 @@ class JobsRun(MembershipRun):
 
     def duplicate_executions(self) -> list[_Execution]:
         """Executions that started while another execution of the same run
-        was going on, or after one had succeeded."""
+        was going on, or after one had succeeded (unless that success died
+        with its node before any other node knew of it)."""
         duplicates = []
         for executions in self._executions.values():
             ordered = sorted(executions, key=lambda e: e.start)
             for i, execution in enumerate(ordered):
-                if any(earlier.end is None or earlier.end > execution.start or earlier.ok for earlier in ordered[:i]):
+                if any(
+                    earlier.end is None or earlier.end > execution.start or (earlier.ok and not self._success_lost(earlier))
+                    for earlier in ordered[:i]
+                ):
                     duplicates.append(execution)
         return duplicates
+
+    def _success_lost(self, execution: _Execution) -> bool:
+        return any(lost is execution for lost in self._successes_lost)
+
+    def reruns_after_lost_success(self) -> int:
+        """Executions that re-ran a success nobody else had heard of when
+        its node died: at-least-once doing its job."""
+        lost = {id(e) for e in self._successes_lost}
+        return sum(
+            1
+            for executions in self._executions.values()
+            if any(id(e) in lost for e in executions) and len(executions) > 1
+        )
 
     def first_executions(self) -> dict[str, _Execution]:
         """Run id -> its first execution."""

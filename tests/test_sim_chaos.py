@@ -51,6 +51,10 @@ REGRESSIONS = {
     53: "checker: a write that never left its node",
     57: "checker: a write that never left its node",
     105: "checker: a crashed node already held failed",
+    # A node crashed 3 s after a run succeeded, its result still on it
+    # alone (19 % loss); its next life re-ran the claim. At-least-once: the
+    # success had died with the node; counted apart, not as a duplicate.
+    180: "checker: a re-run of a success that died with its node",
 }
 
 
