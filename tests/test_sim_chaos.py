@@ -124,6 +124,15 @@ def test_the_cli_prints_a_replay_line_that_repeats_the_trace() -> None:
     assert json.loads(again.stdout)["trace_hash"] == summary["trace_hash"]
 
 
+def test_seeds_run_side_by_side_on_worker_processes() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sim", "chaos", "--seeds", "1..2", "--workers", "2", "--verify-share", "0", "--json"],
+        check=True, capture_output=True, text=True, timeout=120,
+    )
+    summary = json.loads(result.stdout)
+    assert (summary["seeds"], summary["first_seed"], summary["last_seed"]) == (2, 1, 2)
+
+
 def test_bad_seed_ranges_are_refused() -> None:
     assert parse_seeds("3..5") == range(3, 6)
     assert parse_seeds("7") == range(7, 8)
