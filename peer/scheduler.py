@@ -300,6 +300,11 @@ class Scheduler:
     def _claim(self, wall_ms: int) -> None:
         """Run what is due: ticks, the ticks from before our start, pending
         runs and failovers (by the scan)."""
+        if self.role is not Role.READY:
+            # Draining claims nothing new, even before the debounced ring
+            # rebuild drops our cursors: a run started now could outlive
+            # the node, which may be leaving already (chaos seed 231).
+            return
         self._fire_due_ticks(wall_ms)
         if self._history_held and self._lookback:
             self._judge_lookback(wall_ms)
@@ -317,7 +322,9 @@ class Scheduler:
             claims.append(self._due[0][0])
         if self._pending_due:
             claims.append(self._pending_due[0][0])
-        if self._thawing_until > self._last_tick:
+        if self.role is not Role.READY:
+            claims = []  # nothing to claim (see _claim)
+        elif self._thawing_until > self._last_tick:
             claims = [self._thawing_until]  # thawing: no claim before
         deadlines = [*claims, self._next_late_check]
         if self._placement_stale:

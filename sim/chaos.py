@@ -50,6 +50,7 @@ import math
 import multiprocessing
 import random
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -296,7 +297,11 @@ def _verified(seed: int, share: float) -> bool:
 
 def _run_and_verify(job: tuple[int, Campaign, float]) -> SeedResult:
     seed, campaign, share = job
-    result = run_seed(seed, campaign)
+    try:
+        result = run_seed(seed, campaign)
+    except Exception:  # noqa: BLE001 - a crash of the simulation is a finding too: report it with its seed
+        crash = Violation("simulation_crashed", traceback.format_exc(limit=-4).strip())
+        return SeedResult(seed, draw_mix(seed, campaign), {}, [crash], "", 0.0, 0.0)
     if _verified(seed, share):
         again = run_seed(seed, campaign)
         result.figures["replayed"] = True

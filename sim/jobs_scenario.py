@@ -138,7 +138,7 @@ class JobsRun(MembershipRun):
         # node's life ended: re-running them is at-least-once, not a duplicate.
         self._successes_lost: list[_Execution] = []
         self._failing: set[str] = set()  # one-off ids whose first attempt fails
-        self._lives: dict[int, list[list[float]]] = defaultdict(list)  # node -> [start, end] of each life, on its clock
+        self._lives: dict[int, list[list[float]]] = defaultdict(list)  # node -> [start, end] of each life
         self._defined_at: float | None = None
         self._finish_on_resume: list[_Execution] = []  # finished while their node was paused
 
@@ -260,13 +260,11 @@ class JobsRun(MembershipRun):
             waiting, self._finish_on_resume = self._finish_on_resume, []
             for execution in waiting:
                 self._finish(execution)
-        # A node owes the ticks of a job in mode all by its own clock, which
-        # may be off: its lives are kept in that clock's time.
-        lives, local = self._lives[node.index], node.clock.wall(self.sim.now) - WALL_EPOCH
+        lives = self._lives[node.index]
         if node.life is Life.UP and (not lives or lives[-1][1] < float("inf")):
-            lives.append([local, float("inf")])
+            lives.append([self.sim.now, float("inf")])
         elif node.life in (Life.CRASHED, Life.LEAVING, Life.PAUSED) and lives and lives[-1][1] == float("inf"):
-            lives[-1][1] = local
+            lives[-1][1] = self.sim.now
 
     def _check_stranded(self, node: SimNode) -> None:
         """A node's life ends: note the one-offs and results only it held
@@ -376,13 +374,24 @@ class JobsRun(MembershipRun):
             for tick in self._ticks(first, last):
                 expected.add(tick_run_id(f"cron-{i:03d}", tick))
         for node in self.nodes:
+            # A node owes the ticks of a job in mode all by its own clock,
+            # which may be off, and may have been stepped.
             for start, end in self._lives.get(node.index, ()):
-                ready = start + settle + ALL_MODE_MARGIN_BEFORE
-                until = min(end - ALL_MODE_MARGIN_AFTER, last)
+                ready = self._local(node, start + settle + ALL_MODE_MARGIN_BEFORE)
+                until = self._local(node, min(end - ALL_MODE_MARGIN_AFTER, last))
                 for i in range(scenario.all_jobs):
                     for tick in self._ticks(max(first, ready), until):
                         expected.add(tick_run_id(f"all-{i:03d}", tick, node.name))
         return expected
+
+    def _local(self, node: SimNode, t: float) -> float:
+        """What the node's wall clock read at simulated time ``t``, as a
+        simulated time (the reference clock's reading, less its epoch)."""
+        later_steps = sum(
+            f.seconds for f in self.scenario.faults
+            if isinstance(f, ClockStep) and node.index in f.nodes and t < f.at <= self.sim.now
+        )
+        return node.clock.wall(t) - later_steps - WALL_EPOCH
 
     def tick_times(self) -> dict[str, int]:
         """Run id -> tick (epoch ms) of every tick of the cron jobs due so

@@ -20,6 +20,7 @@ from crdt.hlc import HLC, Timestamp
 from crdt.ormap import ORMap, Register
 from membership.state import Member, Status
 from peer.jobdef import JobSpec
+from peer.ring import Ring
 from peer.ring import rank
 from peer.runs import RunRecord, RunState, precedence, tick_run_id
 from peer.schedule import parse_schedule
@@ -534,3 +535,26 @@ def test_a_node_frozen_past_its_ticks_reads_what_came_meanwhile_before_claiming(
     node.maps.merge_from(other, RUNS, ran)
     node.advance(T0 + 10_600)
     assert sorted(s.tick for s in node.take(StartRun)) == [T0 + 4_000, T0 + 8_000, T0 + 10_000]
+
+
+def test_a_draining_node_claims_nothing_new_and_does_not_spin() -> None:
+    """Chaos seed 231: a node told to leave, with no run going, started a
+    tick due a moment later and left with the run still going: its cursors
+    outlived the drain, the ring's rebuild being held back (a burst of view
+    changes makes one ring)."""
+    node = make_node(SchedulerConfig(settle=0.0))
+    node.scheduler.add_job(T0, cron(overlap="allow"))
+    node.advance(T0 + 3_600)
+    for start in node.take(StartRun):
+        node.finish(start)
+    # A member joins (and takes none of our jobs); the ring changes at +3.95 s.
+    joiner = next(name for name in (f"n{i}" for i in range(50)) if Ring(("me", name)).owner("job") == "me")
+    node.advance(T0 + 3_950)
+    node.scheduler.set_view(T0 + 3_950, [member("me"), member(joiner)])
+    node.advance(T0 + 3_950)
+    node.scheduler.drain(T0 + 3_990)  # within the rebuild hold-back, 10 ms before a tick
+    assert node.scheduler.drained
+    node.advance(T0 + 4_000)  # woken at the tick (by a packet, say)
+    node.advance(T0 + 8_000)
+    assert not node.take(StartRun)
+    assert node.scheduler.next_deadline() > T0 + 8_000  # nothing overdue: no busy loop
