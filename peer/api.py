@@ -709,6 +709,8 @@ _SCHEDULER_HELP = {
     "retries": "Failed attempts queued again for a retry",
     "failovers": "Runs re-run after their owner failed",
     "claims_lost": "Runs cancelled here because another claim won",
+    "lost_refuted": "Runs of ours others recorded lost, taking us for failed, that ran on",
+    "thaws": "Times this node found it had been frozen (or its clock jumped) and read before claiming",
     "handed_back": "Runs handed back to their next owner when leaving",
     "lost": "Runs recorded lost",
     "bad_records": "Job definitions or run records from peers that did not parse",

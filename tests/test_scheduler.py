@@ -20,8 +20,7 @@ from crdt.hlc import HLC, Timestamp
 from crdt.ormap import ORMap, Register
 from membership.state import Member, Status
 from peer.jobdef import JobSpec
-from peer.ring import Ring
-from peer.ring import rank
+from peer.ring import Ring, rank
 from peer.runs import RunRecord, RunState, precedence, tick_run_id
 from peer.schedule import parse_schedule
 from peer.scheduler import (
