@@ -10,6 +10,7 @@ whatever still runs.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,19 +29,32 @@ from peer.client import ClientError, call, fetch
 T = TypeVar("T")
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out for outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on ``host`` right now."""
-    for _attempt in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise OSError(f"no port free for both UDP and TCP on {host}")
+    """A port free for both UDP and TCP on ``host`` right now, below the
+    ephemeral range: a port from that range may be taken, while its agent
+    is down, by another agent's outgoing connection, and the agent could
+    not restart on it (found by ``peer.chaos``)."""
+    low = max(1024, min(_ephemeral_low(), 65536) - 12_000)
+    high = max(low + 1, min(_ephemeral_low(), 65536) - 1)
+    rng = random.Random()
+    for _attempt in range(200):
+        port = rng.randrange(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            try:
+                udp.bind((host, port))
+                tcp.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no port free for both UDP and TCP on {host} in {low}-{high}")
 
 
 @attrs.define
