@@ -377,12 +377,19 @@ class JobsRun(MembershipRun):
             # A node owes the ticks of a job in mode all by its own clock,
             # which may be off, and may have been stepped.
             for start, end in self._lives.get(node.index, ()):
-                ready = self._local(node, start + settle + ALL_MODE_MARGIN_BEFORE)
+                ready = self._latest_reading(node, start, start + settle + ALL_MODE_MARGIN_BEFORE)
                 until = self._local(node, min(end - ALL_MODE_MARGIN_AFTER, last))
                 for i in range(scenario.all_jobs):
                     for tick in self._ticks(max(first, ready), until):
                         expected.add(tick_run_id(f"all-{i:03d}", tick, node.name))
         return expected
+
+    def _latest_reading(self, node: SimNode, start: float, end: float) -> float:
+        """The latest time the node's clock showed between two moments: a
+        node ready before its clock stepped back owes no tick it already
+        saw the time of."""
+        steps = [f.at for f in self.scenario.faults if isinstance(f, ClockStep) and node.index in f.nodes and start < f.at <= end]
+        return max([self._local(node, end)] + [self._local(node, at - 1e-6) for at in steps])
 
     def _local(self, node: SimNode, t: float) -> float:
         """What the node's wall clock read at simulated time ``t``, as a
