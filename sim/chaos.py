@@ -59,7 +59,7 @@ import attrs
 
 from peer.replication import ReplicationConfig
 from peer.runs import RunState
-from peer.scheduler import MAPS, Scheduler
+from peer.scheduler import MAPS
 from sim.faults import (
     ClockStep,
     Clog,
@@ -71,8 +71,8 @@ from sim.faults import (
     Partition,
     Pause,
 )
-from sim.jobs_scenario import JobsRun, JobsScenario, _node_core
-from sim.node import Life
+from sim.jobs_scenario import JobsRun, JobsScenario, scheduler_of
+from sim.node import Life, node_core_of
 
 # Seconds all views must have been right (and no fault active) before a
 # stretch counts as stable: a restarted node settles (2 s), says it is
@@ -523,7 +523,7 @@ class _Checker:
         going = run.open_executions()
         stuck: dict[str, str] = {}
         for node in self.up:
-            scheduler = _scheduler_of(node)
+            scheduler = scheduler_of(node.core)
             now_ms = int(node.clock.wall(run.sim.now) * 1000)
             for record in scheduler.records():
                 if record.state is RunState.RUNNING and record.id not in going:
@@ -549,7 +549,7 @@ class _Checker:
         edge = (min(walls) - 3_000, max(walls) + 3_000)
         differing: list[str] = []
         for map_name in MAPS:
-            replicas = [_node_core(node.core).replicator.map(map_name) for node in self.up]
+            replicas = [node_core_of(node.core).replicator.map(map_name) for node in self.up]
             keys = set().union(*({k for k, _ in r.items(0)} for r in replicas))
             for key in sorted(keys):
                 winners = [r.get(key, wall) for r, wall in zip(replicas, walls)]
@@ -574,7 +574,7 @@ class _Checker:
         expire_slack_ms = 5_000
         worst: dict[str, int] = {}
         for node in self.up:
-            core = _node_core(node.core)
+            core = node_core_of(node.core)
             now_ms = int(node.clock.wall(run.sim.now) * 1000)
             for map_name in MAPS:
                 replica = core.replicator.map(map_name)
@@ -588,7 +588,7 @@ class _Checker:
             worst["members"] = max(worst.get("members", 0), members)
             if members > campaign.nodes:
                 self.fail("memory", f"{node.name} keeps {members} members for {campaign.nodes} nodes")
-            footprint = _scheduler_of(node).footprint()
+            footprint = scheduler_of(node.core).footprint()
             for name, size in footprint.items():
                 worst[f"scheduler_{name}"] = max(worst.get(f"scheduler_{name}", 0), size)
             jobs = footprint["jobs"]
@@ -607,9 +607,3 @@ class _Checker:
         if worst.get("runs_keys", 0) > runs_bound:
             self.fail("memory", f"a node holds {worst['runs_keys']} run records, over the TTL's worth ({runs_bound})")
         self.figures["memory"] = worst
-
-
-def _scheduler_of(node: Any) -> Scheduler:
-    scheduler = _node_core(node.core).scheduler
-    assert scheduler is not None
-    return scheduler

@@ -30,7 +30,7 @@ from crdt.hlc import Timestamp
 from peer.core import NodeCore
 from peer.replication import ReplicationConfig
 from sim.membership_scenario import MembershipRun, MembershipScenario
-from sim.node import DrivenCore, Life, SimNode, node_core
+from sim.node import DrivenCore, Life, SimNode, node_core, node_core_of
 
 MAP = "data"
 POLL_INTERVAL = 0.25
@@ -96,7 +96,7 @@ class CrdtRun(MembershipRun):
             return
         node = min(running, key=lambda n: (n.index - index) % len(self.nodes))  # the chosen one, or the next up
         ttl = self.scenario.ttl if expiring else None
-        stamp = node.apply(lambda core, now: _node_core(core).put(now, MAP, key, value, ttl=ttl))
+        stamp = node.apply(lambda core, now: node_core_of(core).put(now, MAP, key, value, ttl=ttl))
         expires = None if ttl is None else stamp.wall + round(ttl * 1000)
         self._writes.append(_Write(self.sim.now, node.index, node.boots, key, stamp, expires))
         self._last_write = self.sim.now
@@ -116,7 +116,7 @@ class CrdtRun(MembershipRun):
             self._check_expiry()
 
     def _running_cores(self) -> list[NodeCore]:
-        return [_node_core(node.core) for node in self.nodes if node.life is Life.UP and node.core is not None]
+        return [node_core_of(node.core) for node in self.nodes if node.life is Life.UP and node.core is not None]
 
     def _wall_ms_now(self) -> int:
         return int(self.nodes[0].clock.wall(self.sim.now) * 1000)
@@ -128,7 +128,7 @@ class CrdtRun(MembershipRun):
             if node.life is not Life.UP or node.core is None:
                 continue
             now_ms = int(node.clock.wall(self.sim.now) * 1000)
-            for _, register in _node_core(node.core).replicator.map(MAP).items(now_ms - 1_000):
+            for _, register in node_core_of(node.core).replicator.map(MAP).items(now_ms - 1_000):
                 if register.expires is not None and register.expires < now_ms - 1_000:
                     self._expiry_violations += 1
 
@@ -183,11 +183,6 @@ class CrdtRun(MembershipRun):
             }
         )
         return report
-
-
-def _node_core(core: DrivenCore | None) -> NodeCore:
-    assert isinstance(core, NodeCore)
-    return core
 
 
 def _state_bytes(core: NodeCore) -> int:

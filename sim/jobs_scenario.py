@@ -46,7 +46,6 @@ from typing import Any
 import attrs
 
 from membership.effects import Event
-from peer.core import NodeCore
 from peer.jobdef import JobSpec
 from peer.replication import ReplicationConfig
 from peer.runs import RunState, tick_run_id
@@ -56,7 +55,7 @@ from peer.targets import CallTarget
 from sim.clock import WALL_EPOCH
 from sim.faults import ClockStep, Crash, Fault, Leave
 from sim.membership_scenario import MembershipRun, MembershipScenario
-from sim.node import DrivenCore, Life, SimNode, node_core
+from sim.node import DrivenCore, Life, SimNode, node_core, node_core_of
 
 # A run of a mode-all job is owed by a node up from this long before its
 # tick (after its settle) to this long after.
@@ -118,6 +117,7 @@ class _Execution:
     wall_start: float  # on its node's wall clock
     end: float | None = None
     ok: bool = False
+    success_lost: bool = False  # no other node knew of the success when its node's life ended
 
 
 class JobsRun(MembershipRun):
@@ -134,9 +134,6 @@ class JobsRun(MembershipRun):
         # Records no other node held a second after the life of the only
         # node holding them ended: a write that never left its node.
         self._stranded: set[str] = set()
-        # Successful executions whose success no other node knew when their
-        # node's life ended: re-running them is at-least-once, not a duplicate.
-        self._successes_lost: list[_Execution] = []
         self._failing: set[str] = set()  # one-off ids whose first attempt fails
         self._lives: dict[int, list[list[float]]] = defaultdict(list)  # node -> [start, end] of each life
         self._defined_at: float | None = None
@@ -167,9 +164,9 @@ class JobsRun(MembershipRun):
         specs += [self._cron_spec(f"all-{i:03d}", "all") for i in range(self.scenario.all_jobs)]
 
         def define(core: DrivenCore, now: float) -> None:
-            scheduler = _scheduler(core)
+            scheduler = scheduler_of(core)
             for spec in specs:
-                scheduler.add_job(_node_core(core).wall_ms(), spec)
+                scheduler.add_job(node_core_of(core).wall_ms(), spec)
 
         node.apply(define)
 
@@ -193,7 +190,7 @@ class JobsRun(MembershipRun):
             id=f"oneoff-{number:04d}", target=CallTarget("sim:work"), schedule=None, retries=2, backoff=0.5,
             result_ttl=self.scenario.result_ttl,
         )
-        run_id = node.apply(lambda core, now: _scheduler(core).submit(_node_core(core).wall_ms(), spec))
+        run_id = node.apply(lambda core, now: scheduler_of(core).submit(node_core_of(core).wall_ms(), spec))
         self._oneoffs[run_id] = self.sim.now
         if failing:
             self._failing.add(run_id)
@@ -239,8 +236,8 @@ class JobsRun(MembershipRun):
         error = None if ok else "RuntimeError: simulated failure"
 
         def report(core: DrivenCore, now: float) -> None:
-            _scheduler(core).run_finished(
-                _node_core(core).wall_ms(), execution.run_id, execution.attempt, ok, {"run": execution.run_id}, error
+            scheduler_of(core).run_finished(
+                node_core_of(core).wall_ms(), execution.run_id, execution.attempt, ok, {"run": execution.run_id}, error
             )
 
         node.apply(report)
@@ -271,7 +268,7 @@ class JobsRun(MembershipRun):
         (a second later, when what it sent last has landed)."""
         if node.core is None:
             return
-        scheduler = _scheduler(node.core)
+        scheduler = scheduler_of(node.core)
         succeeded = {run_id for run_id, executions in self._executions.items() if any(e.ok for e in executions)}
         held = {run_id for run_id in self._oneoffs.keys() | succeeded if scheduler.record(run_id) is not None}
         # Its own successful executions: is the success known anywhere else?
@@ -281,12 +278,12 @@ class JobsRun(MembershipRun):
         ]
 
         def check() -> None:
-            others = [_scheduler(n.core) for n in self.nodes if n is not node and n.running and n.core is not None]
+            others = [scheduler_of(n.core) for n in self.nodes if n is not node and n.running and n.core is not None]
             self._stranded |= {run_id for run_id in held if all(s.record(run_id) is None for s in others)}
             for execution in ran_here:
                 records = [s.record(execution.run_id) for s in others]
                 if not any(r is not None and r.state is RunState.SUCCEEDED for r in records):
-                    self._successes_lost.append(execution)
+                    execution.success_lost = True  # re-running it is at-least-once, not a duplicate
 
         self.sim.at(self.sim.now + 1.0, check)
 
@@ -314,12 +311,12 @@ class JobsRun(MembershipRun):
         }
         submitted = {run_id for run_id, when in self._oneoffs.items() if when <= scenario.duration - scenario.heal}
         owed_oneoffs = submitted - expired
-        cores = [(node, _node_core(node.core)) for node in self.nodes if node.life is Life.UP and node.core is not None]
+        cores = [(node, node_core_of(node.core)) for node in self.nodes if node.life is Life.UP and node.core is not None]
         lost, partial, with_node = set(), set(), set()
         for run_id in sorted(settled | owed_oneoffs):
             holders = 0
             for _, core in cores:
-                record = _scheduler(core).record(run_id)
+                record = scheduler_of(core).record(run_id)
                 holders += record is not None and record.state is RunState.SUCCEEDED
             if holders == 0 and run_id in self._stranded:
                 with_node.add(run_id)
@@ -329,7 +326,7 @@ class JobsRun(MembershipRun):
                 partial.add(run_id)
         totals: dict[str, int] = defaultdict(int)
         for _, core in cores:
-            for field, value in attrs.asdict(_scheduler(core).stats).items():
+            for field, value in attrs.asdict(scheduler_of(core).stats).items():
                 totals[field] += value
         base.update(
             {
@@ -430,23 +427,17 @@ class JobsRun(MembershipRun):
             ordered = sorted(executions, key=lambda e: e.start)
             for i, execution in enumerate(ordered):
                 if any(
-                    earlier.end is None or earlier.end > execution.start or (earlier.ok and not self._success_lost(earlier))
+                    earlier.end is None or earlier.end > execution.start or (earlier.ok and not earlier.success_lost)
                     for earlier in ordered[:i]
                 ):
                     duplicates.append(execution)
         return duplicates
 
-    def _success_lost(self, execution: _Execution) -> bool:
-        return any(lost is execution for lost in self._successes_lost)
-
     def reruns_after_lost_success(self) -> int:
-        """Executions that re-ran a success nobody else had heard of when
-        its node died: at-least-once doing its job."""
-        lost = {id(e) for e in self._successes_lost}
+        """Runs re-run after a success nobody else had heard of when its
+        node died: at-least-once doing its job."""
         return sum(
-            1
-            for executions in self._executions.values()
-            if any(id(e) in lost for e in executions) and len(executions) > 1
+            1 for executions in self._executions.values() if len(executions) > 1 and any(e.success_lost for e in executions)
         )
 
     def first_executions(self) -> dict[str, _Execution]:
@@ -463,13 +454,9 @@ def _wall_ms(sim_time: float) -> int:
     return round((WALL_EPOCH + sim_time) * 1000)
 
 
-def _node_core(core: DrivenCore | None) -> NodeCore:
-    assert isinstance(core, NodeCore)
-    return core
-
-
-def _scheduler(core: DrivenCore | None) -> Scheduler:
-    scheduler = _node_core(core).scheduler
+def scheduler_of(core: DrivenCore | None) -> Scheduler:
+    """The scheduler of a node of a jobs scenario."""
+    scheduler = node_core_of(core).scheduler
     assert scheduler is not None
     return scheduler
 

@@ -88,6 +88,12 @@ def membership_core(node: SimNode, rng: random.Random, now: float, incarnation: 
     return Membership(node.name, node.addr, node.config, rng=rng, now=now, incarnation=incarnation)
 
 
+def node_core_of(core: DrivenCore | None) -> NodeCore:
+    """The ``NodeCore`` a scenario built its nodes with (``node_core``)."""
+    assert isinstance(core, NodeCore)
+    return core
+
+
 def node_core(
     node: SimNode,
     rng: random.Random,
