@@ -169,15 +169,19 @@ class SyncProbe:
     children: tuple[tuple[int, int], ...]  # (hash, count) per child
     context: CausalContext | None = None
     echo: bool = False
+    full: bool = False  # a catch-up: answer with every entry, in chunks whose scopes cover the root
+    caught_up: bool = False  # the sender holds the cluster's state of this map (a match then catches us up)
 
     def to_wire(self) -> list[Any]:
         context = None if self.context is None else context_to_wire(self.context)
         children = [value for pair in self.children for value in pair]
-        return [self.TAG, self.map, list(self.reply_to), list(self.node), children, context, self.echo]
+        return [
+            self.TAG, self.map, list(self.reply_to), list(self.node), children, context, self.echo, self.full, self.caught_up,
+        ]
 
     @classmethod
     def from_wire(cls, f: list[Any]) -> SyncProbe:
-        _check(len(f) == 7, "probe: expected 7 fields")
+        _check(len(f) == 9, "probe: expected 9 fields")
         node = _node(f[3], "probe.node")
         _check(node[0] < DEPTH, "probe.node: a leaf has no children")
         flat = _list(f[4], "probe.children", 2 * FANOUT)
@@ -186,7 +190,9 @@ class SyncProbe:
         children = tuple((values[i], values[i + 1]) for i in range(0, len(values), 2))
         context = None if f[5] is None else context_from_wire(f[5])
         _check(type(f[6]) is bool, "probe.echo: expected a boolean")
-        return cls(_name(f[1], "probe.map"), _addr(f[2], "probe.reply_to"), node, children, context, f[6])
+        _check(type(f[7]) is bool, "probe.full: expected a boolean")
+        _check(type(f[8]) is bool, "probe.caught_up: expected a boolean")
+        return cls(_name(f[1], "probe.map"), _addr(f[2], "probe.reply_to"), node, children, context, f[6], f[7], f[8])
 
 
 def _hash(value: Any) -> int:

@@ -687,6 +687,7 @@ _REPLICATION_HELP = {
     "deltas_too_big": "Local deltas too big to gossip, left to digest sync",
     "deltas_relayed": "Received deltas passed on",
     "backlog_pushes": "Batches of unsent deltas pushed to a few members over the reliable channel",
+    "direct_pushes": "Entries handed to chosen members directly (a run to its assignee, a lease to its new holder)",
     "deltas_received": "Deltas received (gossip and sync answers)",
     "keys_changed": "Keys changed by merging what was received",
     "syncs_started": "Digest syncs started",

@@ -26,17 +26,19 @@ from membership.config import MembershipConfig
 from membership.core import Membership
 from membership.effects import Effect, Event
 from membership.state import Address, EventKind, Member, Status
+from peer.leases import NEW_LIFE_INCARNATION_GAP
 from peer.replication import ReplicationConfig, Replicator
 from peer.runs import precedence
-from peer.scheduler import JOBS, RUNS, Scheduler, SchedulerConfig, SchedulerEffect
+from peer.scheduler import JOBS, RUNS, Role, Scheduler, SchedulerConfig, SchedulerEffect
 from peer.scheduler import MAPS as SCHEDULER_MAPS
 
 # Members a leaving node hands its writes to: enough that some are on its
 # side of a partition it may not know of yet (chaos seed 90).
 LEAVE_PUSH_PEERS = 4
-# An incarnation this far above the last one seen is a new life (a restart:
-# incarnations are boot times in ms), not refutations (which add one each).
-NEW_LIFE_INCARNATION_GAP = 1_000
+
+
+# The roles of members that hold the cluster's state (a starting one may not yet).
+STATE_HOLDERS = (Role.READY.meta, Role.DRAINING.meta)
 
 
 class NodeCore:
@@ -74,7 +76,8 @@ class NodeCore:
         self.scheduler: Scheduler | None = None
         if scheduler is not None:
             self.scheduler = Scheduler(
-                name, scheduler, _Maps(self), rng=random.Random(rng.getrandbits(64)), wall_ms=self.wall_ms()
+                name, scheduler, _Maps(self), rng=random.Random(rng.getrandbits(64)), wall_ms=self.wall_ms(),
+                life=incarnation,
             )
             meta = self.scheduler.role.meta
         self.membership = Membership(
@@ -88,6 +91,7 @@ class NodeCore:
         self._alone = True
         self._leave_requested = False
         self._view_version = -1
+        self._first_as_of = (-1, True)  # (view version, _first() then)
         self._sync_peers()
 
     # -- the driver's interface ---------------------------------------------------
@@ -172,13 +176,28 @@ class NodeCore:
             if changes:
                 scheduler.on_changes(wall_ms, changes)
             in_sync = self.replicator.in_sync
-            scheduler.tick(wall_ms, caught_up=self._alone or JOBS in in_sync, history_caught_up=self._alone or RUNS in in_sync)
+            first = self._first()
+            scheduler.tick(wall_ms, caught_up=first or JOBS in in_sync, history_caught_up=first or RUNS in in_sync)
             me = self.membership.member(self.name)
             if me is not None and not self.membership.leaving and me.meta != scheduler.role.meta:
                 self.membership.set_meta(self._now, scheduler.role.meta)
+        if scheduler is None and self._alone or scheduler is not None and scheduler.role is Role.READY and self._first():
+            # We became ready as the first node (or, with no scheduler, are
+            # alone): what we hold is all there is, and we catch others up.
+            self.replicator.caught_up_alone()
         if self._leave_requested and not self.membership.leaving and (scheduler is None or scheduler.drained):
             self.replicator.hand_off(self._hand_off_peers())
             self.membership.leave(self._now)
+
+    def _first(self) -> bool:
+        """Are we among the first nodes of a cluster: alone, or seeing no
+        member that holds the cluster's state (every other one is starting,
+        as in a cluster started cold)? Then nobody can catch us up."""
+        version = self.membership.version
+        if self._first_as_of[0] != version:
+            first = not any(m.status.is_live and m.meta in STATE_HOLDERS for m in self.membership.members() if m.name != self.name)
+            self._first_as_of = (version, first)
+        return self._first_as_of[1]
 
     def _hand_off_peers(self) -> list[Address]:
         """Whom a leaving node gives its writes to: members it holds alive
@@ -205,6 +224,14 @@ class NodeCore:
 
     def get(self, map_name: str, key: str) -> Register | None:
         return self.replicator.get(self.wall_ms(), map_name, key)
+
+    def push(self, map_name: str, key: str, members: Sequence[str]) -> None:
+        """Hand a key's entry to these members directly (a run to the node
+        that is to claim it, a lease to its new holder), not waiting for
+        gossip to bring it; members this node does not know are skipped."""
+        addresses = [m.addr for m in (self.membership.member(name) for name in members) if m is not None and m.name != self.name]
+        if addresses:
+            self.replicator.push(addresses, map_name, [key])
 
     # -- the membership view, for drivers and observers ---------------------------------
 
@@ -246,8 +273,9 @@ class NodeCore:
         if self.membership.version == self._peers_version:
             return
         self._peers_version = self.membership.version
-        peers = [m.addr for m in self.membership.live_members() if m.name != self.name]
-        self.replicator.set_peers(peers)
+        others = [m for m in self.membership.live_members() if m.name != self.name]
+        peers = [m.addr for m in others]
+        self.replicator.set_peers(peers, sources=[m.addr for m in others if m.meta in STATE_HOLDERS])
         if self._alone and peers:
             # We just found the cluster (booted, restarted, or back from
             # isolation): catch up from one member now. Only nodes that were
@@ -272,6 +300,9 @@ class _Maps:
 
     def get(self, map_name: str, key: str) -> Register | None:
         return self._core.get(map_name, key)
+
+    def push(self, map_name: str, key: str, members: Sequence[str]) -> None:
+        self._core.push(map_name, key, members)
 
     def items(self, map_name: str) -> Iterator[tuple[str, Register]]:
         return self._core.replicator.map(map_name).items(self._core.replicator.hlc.peek(self._core.wall_ms()))

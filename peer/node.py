@@ -453,7 +453,7 @@ class Node:
         """Part of the cluster (or meant to be alone) and settled: this node
         holds the cluster's jobs and may own work."""
         agent = self._require()
-        return agent.ready and agent.scheduler.role is Role.READY
+        return agent.ready
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until ``ready``; ``TimeoutError`` after ``timeout`` seconds."""

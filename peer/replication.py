@@ -43,7 +43,7 @@ from typing import Any
 import attrs
 
 from crdt.context import CausalContext
-from crdt.digest import DEPTH, ROOT, Node, children
+from crdt.digest import DEPTH, FANOUT, ROOT, Node, children
 from crdt.hlc import HLC, ClockDrift, Timestamp
 from crdt.messages import (
     DeltaGossip,
@@ -83,13 +83,15 @@ RELAY_MAX_KEYS = 64
 # chunks can be cut between them.
 CHUNK_KEYS = 256
 
+# The root summary a catch-up probe carries: it asks for everything.
+EMPTY_SUMMARY = ((0, 0),) * FANOUT
+
 
 @attrs.frozen
 class ReplicationConfig:
     sync_interval: float = 10.0  # digest comparison with one random member
     catch_up_jitter: float = 0.1  # a node that finds the cluster syncs within this, unless synced with first
-    catch_up_retry: float = 2.0  # then again this much later while a map matches no one's...
-    catch_up_attempts: int = 3  # ...up to this many exchanges in all
+    catch_up_retry: float = 2.0  # then again this much later, until caught up
     settle_count: int = 16  # exchange entries once a differing node holds this few (both sides)
     chunk_bytes: int = 60_000  # bound on one SyncEntries or answer
     gossip_max_bytes: int = 1_000  # larger deltas wait for a sync
@@ -104,6 +106,7 @@ class ReplicationStats:
     deltas_too_big: int = 0  # local deltas left to sync
     deltas_relayed: int = 0  # received deltas passed on
     backlog_pushes: int = 0  # batches of unsent deltas pushed over the reliable channel
+    direct_pushes: int = 0  # entries handed to chosen members directly (a run to its assignee, a lease)
     deltas_received: int = 0
     keys_changed: int = 0  # keys changed by merging anything received
     syncs_started: int = 0
@@ -144,16 +147,20 @@ class Replicator:
         self._changes: dict[str, set[str]] = {name: set() for name in watch}
         self._rng = rng
         self._peers: list[Address] = []
+        self._sources: list[Address] = []
         self._gossip: BroadcastQueue[DeltaGossip] = BroadcastQueue()
         self._effects: list[Send] = []
         self._timers: Timers[str] = Timers()
-        self._syncs_received = 0  # sync messages received, to tell whether a peer synced with us
-        self._catch_up_mark = 0
-        self._catch_up_left = 0
         self._now = now
         self._push_scheduled = False
-        # Maps whose digest root has matched a peer's at least once: caught up.
+        # Maps caught up: a catch-up brought every entry of a peer that was
+        # caught up itself (the answer's scopes covered the whole tree: a map
+        # written to all the time may never match), or our digest root
+        # matched such a peer's; or we are the first node (caught_up_alone).
+        # Two new nodes matching each other's empty maps catch nobody up.
         self.in_sync: set[str] = set()
+        self._catch_up_peer: Address | None = None
+        self._covered: dict[str, set[Node]] = {}  # map -> digest nodes the catch-up peer sent
         self._timers.schedule("sync", now + rng.uniform(0.5, 1.0) * config.sync_interval)
         self._timers.schedule("expire", now + config.expire_interval)
 
@@ -164,8 +171,6 @@ class Replicator:
         if message.map not in self.maps:
             self.stats.malformed += 1
             return
-        if not isinstance(message, DeltaGossip):
-            self._syncs_received += 1
         if isinstance(message, DeltaGossip):
             self._on_delta(wall_ms, message.map, message.delta)
         elif isinstance(message, SyncProbe):
@@ -182,19 +187,12 @@ class Replicator:
                 self._timers.schedule("sync", now + self._rng.uniform(0.75, 1.25) * self.config.sync_interval)
                 if self._peers:
                     self._start_sync(self._rng.choice(self._peers))
-            elif key == "catch_up":
-                if self._syncs_received == self._catch_up_mark and self._peers:
-                    self._start_sync(self._rng.choice(self._peers), reliable=True)
-                self._catch_up_left = self.config.catch_up_attempts - 1
-                self._timers.schedule("catch_up_again", now + self.config.catch_up_retry)
-            elif key == "catch_up_again":
-                # One exchange may have been lost, or been with a member as
-                # new as we are: while a map has not matched anyone's, ask
-                # another member.
-                if self._catch_up_left > 0 and self._peers and set(self.maps) - self.in_sync:
-                    self._catch_up_left -= 1
-                    self._start_sync(self._rng.choice(self._peers), reliable=True)
-                    self._timers.schedule("catch_up_again", now + self.config.catch_up_retry)
+            elif key == "catch_up" and self._peers and set(self.maps) - self.in_sync:
+                # Until a member that holds the cluster's state answered
+                # whole (the first one asked may be as new as we are), ask
+                # another, preferring those that say they hold it.
+                self._start_catch_up(self._rng.choice(self._sources or self._peers))
+                self._timers.schedule("catch_up", now + self.config.catch_up_retry)
             elif key == "expire":
                 self._timers.schedule("expire", now + self.config.expire_interval)
                 self._expire(wall_ms)
@@ -206,21 +204,26 @@ class Replicator:
         effects, self._effects = self._effects, []
         return effects
 
-    def set_peers(self, peers: Sequence[Address]) -> None:
-        """The live members to replicate with (not ourselves)."""
+    def set_peers(self, peers: Sequence[Address], sources: Sequence[Address] = ()) -> None:
+        """The live members to replicate with (not ourselves), and those of
+        them that say they hold the cluster's state (to catch up from)."""
         self._peers = list(peers)
+        self._sources = [peer for peer in sources if peer in set(self._peers)]
 
     def sync_with(self, peer: Address) -> None:
         """Compare digests with ``peer`` now (a member that just joined)."""
         self._start_sync(peer)
 
     def catch_up(self, now: float) -> None:
-        """We just found the cluster: compare digests with one member soon,
-        unless a member starts a sync with us first. (Two nodes that find
-        each other both call this; one exchange serves both, and a full
-        state then crosses the network once, not twice.)"""
-        self._catch_up_mark = self._syncs_received
+        """We just found the cluster: ask one member for its every entry,
+        soon, and another a little later while that brought us nothing
+        whole (the member was new itself, or the answer was lost)."""
         self._timers.schedule("catch_up", now + self._rng.uniform(0, self.config.catch_up_jitter))
+
+    def caught_up_alone(self) -> None:
+        """We are the cluster's first node: what we hold is all there is,
+        and we may catch others up."""
+        self.in_sync.update(self.maps)
 
     def hand_off(self, peers: Sequence[Address]) -> None:
         """We are leaving: send what we wrote ourselves (it may be nowhere
@@ -233,6 +236,19 @@ class Replicator:
                     self._send(peer, [DeltaGossip(name, chunk)], reliable=True)
         for peer in peers:
             self._start_sync(peer)
+
+    def push(self, peers: Sequence[Address], map_name: str, keys: Iterable[str]) -> None:
+        """Send these keys' entries to these peers now, over the reliable
+        channel (they are gossiped as well)."""
+        replica_map = self.map(map_name)
+        entries = {key: registers for key in keys if (registers := replica_map.registers(key))}
+        if not entries:
+            return
+        cloud = [dot for registers in entries.values() for dot in registers]
+        message = DeltaGossip(map_name, Delta(entries, CausalContext(cloud=cloud)))
+        self.stats.direct_pushes += 1
+        for peer in peers:
+            self._send(peer, [message], reliable=True)
 
     def _chunks(self, replica_map: ORMap, entries: dict[str, Registers]) -> Iterable[Delta]:
         """``entries`` as deltas of about ``chunk_bytes`` each."""
@@ -385,21 +401,46 @@ class Replicator:
     def _start_sync(self, peer: Address, *, reliable: bool = False) -> None:
         self.stats.syncs_started += 1
         for name, replica_map in sorted(self.maps.items()):
-            probe = SyncProbe(
-                name, self.addr, ROOT, tuple(replica_map.tree.children_summary(ROOT)), replica_map.context.copy(), True
-            )
+            summary = tuple(replica_map.tree.children_summary(ROOT))
+            probe = SyncProbe(name, self.addr, ROOT, summary, replica_map.context.copy(), True, caught_up=name in self.in_sync)
             self._send(peer, [probe], reliable)
+
+    def _start_catch_up(self, peer: Address) -> None:
+        """Ask ``peer`` for every entry of each map not caught up yet."""
+        self.stats.syncs_started += 1
+        self._catch_up_peer, self._covered = peer, {}
+        for name in sorted(set(self.maps) - self.in_sync):
+            self._send(peer, [SyncProbe(name, self.addr, ROOT, EMPTY_SUMMARY, None, False, True)], reliable=True)
+
+    def _note_coverage(self, message: SyncEntries) -> None:
+        """A chunk of the catch-up peer's answer: once the chunks' scopes
+        cover the whole tree, we hold everything it held."""
+        if message.reply_to != self._catch_up_peer or message.map in self.in_sync:
+            return
+        covered = self._covered.setdefault(message.map, set())
+        covered.update(message.scope)
+        if _covers(covered, ROOT):
+            self.in_sync.add(message.map)
+            del self._covered[message.map]
 
     def _on_probe(self, wall_ms: int, probe: SyncProbe) -> None:
         replica_map = self.map(probe.map)
+        if probe.full:
+            # A catch-up: only a node that holds the cluster's state can give
+            # it (the asker tries another member otherwise).
+            if probe.map in self.in_sync:
+                self._send_entries(probe.reply_to, probe.map, replica_map, [ROOT])
+            return
         mine = replica_map.tree.children_summary(probe.node)
         if probe.node == ROOT and mine == list(probe.children):
             self.stats.syncs_in_sync += 1
-            self.in_sync.add(probe.map)
+            if probe.caught_up:
+                self.in_sync.add(probe.map)
             if probe.context is not None:
                 replica_map.merge_context(probe.context)
             if probe.echo:
-                answer = SyncProbe(probe.map, self.addr, ROOT, tuple(mine), replica_map.context.copy(), False)
+                caught_up = probe.map in self.in_sync
+                answer = SyncProbe(probe.map, self.addr, ROOT, tuple(mine), replica_map.context.copy(), False, caught_up=caught_up)
                 self._send(probe.reply_to, [answer])
             return
         settle: list[Node] = []
@@ -457,6 +498,7 @@ class Replicator:
         self.stats.keys_changed += len(changed)
         self._note_changes(message.map, changed)
         self._relay_changes(message.map, changed)
+        self._note_coverage(message)
         self._answer(message, replica_map)
 
     def _answer(self, message: SyncEntries, replica_map: ORMap) -> None:
@@ -504,3 +546,10 @@ class Replicator:
         if not reliable and sum(wire_size(m) for m in messages) > self.config.gossip_max_bytes:
             reliable = True
         self._effects.append(Send(dst, tuple(messages), reliable))
+
+
+def _covers(nodes: set[Node], node: Node) -> bool:
+    """Do ``nodes`` cover every leaf under ``node``?"""
+    if node in nodes:
+        return True
+    return node[0] < DEPTH and all(_covers(nodes, child) for child in children(node))

@@ -43,7 +43,7 @@ from membership.state import Address, EventKind, Status
 from peer.executor import Executor, Outcome
 from peer.jobdef import JobSpec
 from peer.runs import RunRecord
-from peer.scheduler import CancelRun, DeliverUpdate, Scheduler, SchedulerConfig, StartRun
+from peer.scheduler import CancelRun, DeliverUpdate, Role, Scheduler, SchedulerConfig, StartRun
 from peer.addresses import format_address, is_ip, is_ipv6, is_wildcard
 from peer.api import bind_api_socket, serve_api
 from peer.seeds import Lookup, SeedResolver, parse_seed, system_lookup
@@ -162,9 +162,12 @@ class Agent:
 
     @property
     def ready(self) -> bool:
-        """Serving and part of a cluster (or meant to be alone: no seed to
-        join); a readiness probe's answer."""
-        return not self.core.leaving and (self._joined.is_set() or not self.seed_addresses)
+        """Part of a cluster (or meant to be alone: no seed to join), not
+        leaving, and taking work: the scheduler has caught up and says
+        ``ready``, so the node will not run what another runs or has run.
+        A readiness probe's answer."""
+        joined = self._joined.is_set() or not self.seed_addresses
+        return joined and not self.core.leaving and self.scheduler.role is Role.READY
 
     # -- life -----------------------------------------------------------------
 

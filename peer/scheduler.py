@@ -2,50 +2,67 @@
 
 Theory of operation
 -------------------
-Three replicated maps hold everything (``peer.replication``): ``jobs`` (job
+Four replicated maps hold everything (``peer.replication``): ``jobs`` (job
 id -> definition and the time it took effect), ``runs`` (run id -> record,
-``peer.runs``) and ``updates`` (data sent to running runs). Every node
-holds all three, so every node can answer for every job and run, and a
+``peer.runs``), ``updates`` (data sent to running runs) and ``leases``
+(job -> who walks its schedule, ``peer.leases``). Every node holds them all, so every node can answer for every job and run, and a
 node's death loses nothing that reached one other node.
 
 Ownership. A node is *eligible* to own work when it is live and says it is
 ``ready`` in its membership metadata: a node first spends ``settle``
 seconds ``starting`` (catching up the maps, so it does not re-run what it has
 not heard of yet) and says ``draining`` when leaving. Cron jobs in mode
-``one`` are placed on the eligible nodes with bounded-load consistent
-hashing (``peer.ring``); a submitted run goes to its run id's owner on the
-ring; a run of a job in mode ``all`` belongs to its node. Every node
-computes the same owners from the same view, so no leader hands work out.
+``one`` are placed on the eligible nodes by consistent hashing
+(``peer.ring``); a submitted run goes to its run id's owner on the ring; a
+run of a job in mode ``all`` belongs to its node. Every node computes the
+same owners from the same view, so no leader hands work out.
 
-Ticks. An owner walks each owned job's schedule with a cursor. A tick that
-already has a record was handled (by us or a previous owner); otherwise the
-owner applies the job's policies: late by more than its grace, it is a
+Run once. Views differ for a moment at every membership change, and "run
+what your view makes yours" would then let two nodes run the same thing.
+So no node starts a run on its view alone; every start is backed by a
+token only one node holds, passed on explicitly:
+
+- A cron job in mode ``one`` is walked by the holder of its lease
+  (``peer.leases``): a live holder whose view moves the job elsewhere
+  transfers the lease, with the last tick it handled, to the new owner,
+  which goes on from there; only a gone holder's lease (failed, left, an
+  ended life) is acquired, by the owner by view, which waits a handover
+  time for a rival acquisition and then looks back over the ticks nobody
+  recorded after the latest one recorded.
+- A pending run (a submit, a retry, a hand-back) names its assignee, the
+  owner by its writer's view, and is sent to it directly; only the
+  assignee claims it. Only when the assignee is gone does the run's owner
+  by view take it over, as a re-run (attempt + 1: the assignee may have
+  started it unseen), after a handover time if the ring just changed.
+
+Ticks. The holder walks each job's schedule with a cursor. A tick that
+already has a record was handled (by us or a previous holder); otherwise
+the holder applies the job's policies: late by more than its grace, it is a
 misfire (``skip``: recorded ``missed``; ``once``: only the last of a
 backlog runs; ``all``: every one runs); with a previous run still going, the
 overlap policy (``allow`` runs both; ``forbid`` records ``skipped``;
-``replace`` cancels the old one). When a node gains a job its cursor starts
-back at ``max(the job's start, now - result TTL)``: ticks whose records
-could still be seen are checked, so a tick its previous owner never reached
-runs late rather than never.
+``replace`` cancels the old one).
 
-Claims and conflicts. To run a tick or a pending run the owner writes a
-``running`` record (the claim) and starts it. Two nodes with different
-views may both claim; the runs map's precedence picks the same winner on
-every node and the loser cancels (``peer.runs``). Duplicates are possible
-only across a membership change and are counted, never hidden.
+Claims and conflicts. To run a tick or a pending run the node writes a
+``running`` record (the claim) and starts it; the claim and the outcome are
+also sent directly to the node that would take the run over if we died
+(the next on the ring), since gossip may be slow. Should two claims meet
+anyway (a failover under disagreeing views, a partition), the runs map's
+precedence picks the same winner on every node and the loser cancels
+(``peer.runs``). Duplicates are counted, never hidden.
 
 Failover. Every ``scan_interval`` (and on each view change) a node looks
-at the unfinished runs: a ``running`` record whose owner has failed (dead,
-left, or unknown) is re-run by the run's current owner as attempt + 1,
-up to ``max_failovers`` times beyond the job's retries, then recorded
-``lost``; a due ``pending`` record (a submit, a retry after its backoff, a
-hand-back) is claimed by its owner.
+at the unfinished runs: a ``running`` record whose claimant is gone (dead,
+left, unknown, or a life that ended: its node restarted since) is re-run
+by the run's current owner as attempt + 1, up to ``max_failovers`` times
+beyond the job's retries, then recorded ``lost``.
 
-Handoff. ``drain`` makes the node ``draining``: it leaves the ring (others
-take its jobs at once), claims nothing new, lets its running runs finish
-for up to ``drain_timeout``, then cancels them and hands each back as a
-``pending`` record for its next owner. ``drained`` tells the node it may
-push its state and leave.
+Handoff. ``drain`` makes the node ``draining``: it leaves the ring (its
+leases go to their new owners at once, its pending runs to new assignees),
+claims nothing new, lets its running runs finish for up to
+``drain_timeout``, then cancels them and hands each back as a ``pending``
+record assigned to its next owner. ``drained`` tells the node it may push
+its state and leave.
 
 Time: ``wall_ms`` (epoch milliseconds) for everything the cluster shares
 (ticks, records); all of it is injected, as is randomness.
@@ -67,6 +84,7 @@ from crdt.hlc import Timestamp
 from crdt.ormap import Register
 from membership.state import Member, Status
 from peer.jobdef import JobError, JobSpec
+from peer.leases import ACQUIRE, TRANSFER, Lease, same_life
 from peer.ring import Ring
 from peer.runs import (
     MAX_ERROR_CHARS,
@@ -81,7 +99,7 @@ from peer.runs import (
 
 log = logging.getLogger(__name__)
 
-JOBS, RUNS, UPDATES = "jobs", "runs", "updates"
+JOBS, RUNS, UPDATES, LEASES = "jobs", "runs", "updates", "leases"
 # At most one new ring per this many milliseconds.
 RING_REBUILD_MS = 100
 # Called this much later than the scan interval allows, the node was frozen
@@ -89,7 +107,7 @@ RING_REBUILD_MS = 100
 FROZEN_GAP_MS = 1_000
 # How long a finished run of a job no longer defined stays readable.
 DEFAULT_RESULT_TTL = 600.0
-MAPS = (JOBS, RUNS, UPDATES)
+MAPS = (JOBS, RUNS, UPDATES, LEASES)
 
 
 class Role(enum.Enum):
@@ -119,6 +137,8 @@ class SchedulerConfig:
     late_check_interval: float = 5.0  # seconds between looks for late jobs
     catch_up_window: float = 30.0  # at most this long a new node waits to hold older records before judging older ticks
     left_grace: float = 5.0  # seconds a left owner's last records get to arrive before its runs are re-run
+    forward_delay: float = 0.25  # seconds a node holds a lease it was given but will not run before passing it on
+    lease_ttl: float = 86400.0  # seconds a lease lives unless renewed (it is, at every transfer and acquisition)
 
 
 # -- effects: what the driver must do ------------------------------------------------
@@ -155,6 +175,9 @@ class Store(Protocol):
     def put(self, map_name: str, key: str, value: Any, *, ttl: float | None = None) -> Timestamp: ...
 
     def remove(self, map_name: str, key: str) -> bool: ...
+
+    def push(self, map_name: str, key: str, members: Sequence[str]) -> None:
+        """Send the key's entry to these members directly, now (it is gossiped too)."""
 
     def get(self, map_name: str, key: str) -> Register | None: ...
 
@@ -198,8 +221,11 @@ class JobEntry:
 
 
 class Scheduler:
-    def __init__(self, name: str, config: SchedulerConfig, store: Store, *, rng: random.Random, wall_ms: int) -> None:
+    def __init__(
+        self, name: str, config: SchedulerConfig, store: Store, *, rng: random.Random, wall_ms: int, life: int = 1
+    ) -> None:
         self.name = name
+        self.life = life  # our incarnation at boot: names this life in the leases we hold
         self.config = config
         self.stats = SchedulerStats()
         self._store = store
@@ -225,7 +251,13 @@ class Scheduler:
         self._cursors: dict[str, int] = {}  # job I schedule -> last tick handled
         self._due: list[tuple[int, int, str]] = []  # heap of (due, tick, job); stale entries skipped
         self._pending_due: list[tuple[int, str]] = []  # heap of (not before, run) of pending runs
-        self._handover_until: dict[str, int] = {}  # job taken from a live owner -> until when to wait for its claims
+        self._handover_until: dict[str, int] = {}  # job whose lease we acquired -> until when to wait for a rival's
+        self._given_at: dict[str, int] = {}  # job whose lease was handed to us -> when it arrived
+        self._leases_changed = False
+        self._replace_at: int | None = None  # when to place again: a lease we may pass on
+        self._written_at: dict[str, int] = {}  # unfinished run -> wall ms of its record's stamp
+        self._latest_tick: dict[str, int] = {}  # job in mode one -> the latest tick of it recorded
+        self._lives: dict[str, tuple[int, int]] = {}  # member -> (incarnation its life began with, when we saw it)
         self._next_late_check = wall_ms
         self._unfinished: dict[str, RunRecord] = {}  # pending and running records
         self._updates: dict[str, set[str]] = {}  # run -> its update keys
@@ -244,10 +276,15 @@ class Scheduler:
         """The membership view changed."""
         self._members = {member.name: member for member in members}
         for member in members:
+            life = self._lives.get(member.name)
+            if life is None or not same_life(member.incarnation, life[0]):
+                self._lives[member.name] = (member.incarnation, wall_ms)
             if member.status is Status.LEFT:
                 self._left_seen.setdefault(member.name, wall_ms)
             else:
                 self._left_seen.pop(member.name, None)
+        for name in self._lives.keys() - self._members.keys():
+            del self._lives[name]
         self._placement_stale = True
         self._next_scan = 0
 
@@ -257,6 +294,8 @@ class Scheduler:
             self._load_job(job_id)
         for run_id in changes.get(RUNS, ()):
             self._load_run(run_id)
+        for job_id in changes.get(LEASES, ()):
+            self._load_lease(wall_ms, job_id)
         runs = {self._load_update(key, deliver=False) for key in changes.get(UPDATES, ())}
         for run_id in runs & self._running.keys():
             # Once all of a batch is in: updates that came in one packet go in order.
@@ -273,7 +312,9 @@ class Scheduler:
             self._thawing_until = wall_ms + round(self.config.handover * 1000)
             self.stats.thaws += 1
         self._last_tick = wall_ms
-        if not self._history_held and (
+        # Judged no sooner than our settle time: before a node has found the
+        # cluster it looks alone, and a lone node holds all there is.
+        if not self._history_held and wall_ms >= self._ready_at and (
             history_caught_up or wall_ms >= self._started_at + round(self.config.catch_up_window * 1000)
         ):
             self._history_held = True
@@ -286,7 +327,7 @@ class Scheduler:
             for spec in self._defined_when_ready:
                 self.add_job(wall_ms, spec)
             self._defined_when_ready.clear()
-        if self._placement_stale:
+        if self._placement_stale or (self._replace_at is not None and wall_ms >= self._replace_at):
             self._place(wall_ms)
         if wall_ms >= self._next_late_check:
             self._next_late_check = wall_ms + round(self.config.late_check_interval * 1000)
@@ -303,7 +344,11 @@ class Scheduler:
         if self.role is not Role.READY:
             # Draining claims nothing new, even before the debounced ring
             # rebuild drops our cursors: a run started now could outlive
-            # the node, which may be leaving already (chaos seed 231).
+            # the node, which may be leaving already (chaos seed 231). It
+            # only passes on what was assigned to it.
+            if self.role is Role.DRAINING and wall_ms >= self._next_scan:
+                self._next_scan = wall_ms + round(self.config.scan_interval * 1000)
+                self._scan(wall_ms)
             return
         self._fire_due_ticks(wall_ms)
         if self._history_held and self._lookback:
@@ -322,11 +367,15 @@ class Scheduler:
             claims.append(self._due[0][0])
         if self._pending_due:
             claims.append(self._pending_due[0][0])
-        if self.role is not Role.READY:
+        if self.role is Role.STARTING:
             claims = []  # nothing to claim (see _claim)
+        elif self.role is Role.DRAINING:
+            claims = [self._next_scan]  # only to pass on what was assigned to us
         elif self._thawing_until > self._last_tick:
             claims = [self._thawing_until]  # thawing: no claim before
         deadlines = [*claims, self._next_late_check]
+        if self._replace_at is not None:
+            deadlines.append(self._replace_at)
         if self._placement_stale:
             deadlines.append(self._ring_changed_at + RING_REBUILD_MS)
         if self.role is Role.STARTING:
@@ -371,12 +420,13 @@ class Scheduler:
             self.stats.runs_succeeded += 1
             finished = record.evolve(state=RunState.SUCCEEDED, finished=wall_ms, result=result, error=None)
             self._write(finished, spec)
+            self._back_up(finished)
         elif attempt <= spec.retries:  # a draining node too: the retry goes to the next owner
             self.stats.retries += 1
             retry_at = wall_ms + round(spec.retry_delay(attempt + 1) * 1000)
-            self._write(
+            self._assign(
                 record.evolve(
-                    state=RunState.PENDING, attempt=attempt + 1, owner=None, not_before=retry_at,
+                    state=RunState.PENDING, attempt=attempt + 1, not_before=retry_at,
                     started=None, progress=None, result=result, error=_bounded(error),
                 ),
                 spec,
@@ -385,6 +435,7 @@ class Scheduler:
             self.stats.runs_failed += 1
             failed = record.evolve(state=RunState.FAILED, finished=wall_ms, result=result, error=_bounded(error))
             self._write(failed, spec)
+            self._back_up(failed)
 
     # -- the application's interface ---------------------------------------------------
 
@@ -433,7 +484,7 @@ class Scheduler:
             id=run_id, job=spec.id, state=RunState.PENDING, created=wall_ms,
             not_before=run_at if run_at is not None else wall_ms, spec=spec.to_wire(),
         )
-        self._write(record, spec)
+        self._assign(record, spec)
         self._next_scan = 0  # ours to run, perhaps: look now
         return run_id
 
@@ -498,6 +549,10 @@ class Scheduler:
             "pending_due": len(self._pending_due),
             "members_left": len(self._left_seen),
             "handovers": len(self._handover_until),
+            "leases_given": len(self._given_at),
+            "latest_ticks": len(self._latest_tick),
+            "lives": len(self._lives),
+            "written_at": len(self._written_at),
         }
 
     def late_jobs(self) -> dict[str, int]:
@@ -518,17 +573,19 @@ class Scheduler:
         return names
 
     def _place(self, wall_ms: int) -> None:
-        """Recompute who owns what, and start or stop walking schedules."""
+        """Recompute who owns what, settle the leases of the jobs in mode
+        one (``peer.leases``), and start or stop walking schedules."""
         self._placement_stale = False
         eligible = tuple(sorted(self._eligible()))
-        if eligible == self._ring.members and not self._jobs_changed and self.role is self._placed_as:
+        unchanged = eligible == self._ring.members and not self._jobs_changed and self.role is self._placed_as
+        if unchanged and not self._leases_changed and (self._replace_at is None or wall_ms < self._replace_at):
             return  # a view change that moves no work (a suspicion, a refutation)
         if eligible != self._ring.members and wall_ms < self._ring_changed_at + RING_REBUILD_MS:
             # Views change in bursts (a cluster starting, a split healing):
             # one ring per burst, not one per member.
             self._placement_stale = True
             return
-        self._jobs_changed, self._placed_as = False, self.role
+        self._jobs_changed, self._leases_changed, self._placed_as, self._replace_at = False, False, self.role, None
         if eligible != self._ring.members:
             self._previous_ring, self._ring_changed_at = self._ring, wall_ms
             self._ring = Ring(eligible, load_factor=self.config.load_factor)
@@ -537,46 +594,123 @@ class Scheduler:
             for job_id, entry in self._jobs.items()
             if entry.spec.schedule is not None and entry.spec.mode == "one" and not entry.spec.paused
         )
-        previous_owners, self._owners = self._owners, self._ring.assign(placed)
-        mine: dict[str, int] = {}
+        self._owners = self._ring.assign(placed)
+        mine: dict[str, tuple[int, bool]] = {}  # job -> (cursor to start from, may look back before our start)
+        for job_id in placed:
+            walk = self._settle_lease(wall_ms, job_id)
+            if walk is not None:
+                mine[job_id] = walk
         if self.role is Role.READY:
             for job_id, entry in self._jobs.items():
-                spec = entry.spec
-                if spec.schedule is None or spec.paused:
-                    continue
-                if spec.mode == "one" and self._owners.get(job_id) == self.name:
-                    # Look back as far as records can still be seen (ticks
-                    # from before our start wait until we hold their records:
-                    # _schedule_next).
-                    mine[job_id] = max(entry.since, wall_ms - round(spec.result_ttl * 1000))
-                elif spec.mode == "all":
+                if entry.spec.mode == "all" and entry.spec.schedule is not None and not entry.spec.paused:
                     # A node owes the ticks due while it is a member, no earlier.
-                    mine[job_id] = max(entry.since, self._ready_at)
+                    mine[job_id] = (max(entry.since, self._ready_at), False)
         for job_id in list(self._cursors):
             if job_id not in mine:
                 del self._cursors[job_id]
                 self._lookback.pop(job_id, None)
-        handover = round(self.config.handover * 1000)
-        for job_id, start in mine.items():
+        for job_id, (start, look_back) in mine.items():
             if job_id not in self._cursors:
-                previous = previous_owners.get(job_id)
-                if previous is not None and previous != self.name and self._leaving(previous):
-                    # A leaving old owner claims nothing new: wait only for
-                    # what it may have claimed before it said so.
-                    self._handover_until[job_id] = wall_ms
-                elif previous is None or (previous != self.name and not self._failed(wall_ms, previous)):
-                    # Its live old owner may have claimed the last ticks, or
-                    # claim the next, its view lagging ours; a job new to us
-                    # may be another node's by a view holding other jobs.
-                    # Give their claims time to reach us before we look.
-                    self._handover_until[job_id] = wall_ms + handover
-                else:
-                    self._handover_until.pop(job_id, None)
-                if start < self._started_at and not self._history_held:
-                    self._lookback[job_id] = start
-                    start = self._started_at
                 self._cursors[job_id] = start
-                self._schedule_next(job_id)
+                if look_back and start < self._started_at and not self._history_held:
+                    # Ticks from before our start wait until we hold their
+                    # records, and the later ones behind them (_judge_lookback).
+                    self._lookback[job_id] = start
+                    self._cursors[job_id] = self._started_at
+                else:
+                    self._schedule_next(job_id)
+
+    def _settle_lease(self, wall_ms: int, job_id: str) -> tuple[int, bool] | None:
+        """Apply the lease rules (``peer.leases``) to a job in mode one:
+        transfer it, acquire it, or wait for it. Where to start walking its
+        schedule, if we walk it."""
+        entry = self._jobs[job_id]
+        owner = self._owners.get(job_id)
+        lease = self._lease(job_id)
+        if lease is not None and self._holds(lease):
+            if owner == self.name and self.role is Role.READY:
+                if lease.how == TRANSFER and lease.cursor is not None:
+                    return max(lease.cursor, entry.since), False
+                return self._look_back_from(wall_ms, entry, lease), True
+            if owner is None:
+                return None  # nobody to give it to: keep it, walk nothing
+            given_until = self._given_at.get(job_id, 0) + round(self.config.forward_delay * 1000)
+            if wall_ms < given_until:
+                # Handed to us by a node whose view differs from ours: give
+                # the views a moment to agree before we pass it on.
+                self._replace_at = given_until if self._replace_at is None else min(self._replace_at, given_until)
+                return None
+            self._transfer(wall_ms, job_id, lease, owner)
+            return None
+        if owner != self.name or self.role is not Role.READY:
+            return None
+        if lease is not None and not self._holder_gone(wall_ms, lease):
+            return None  # its live holder hands it to us when its view agrees
+        self._put_lease(wall_ms, job_id, Lease(self.name, self.life, None if lease is None else lease.cursor, ACQUIRE), [])
+        lease = self._lease(job_id)
+        assert lease is not None
+        # A node whose view also makes it the owner may be acquiring it too:
+        # the later write wins everywhere; wait to see which.
+        self._handover_until[job_id] = wall_ms + round(self.config.handover * 1000)
+        return self._look_back_from(wall_ms, entry, lease), True
+
+    def _look_back_from(self, wall_ms: int, entry: JobEntry, lease: Lease) -> int:
+        """Where an acquired lease's walk starts: as far back as records can
+        still be seen, but after the last tick handed over, and after the
+        latest tick of the job anyone recorded: holders walk the schedule in
+        order, so every tick before that one was handled, even if its record
+        has not reached us (gossip is not sure to bring everything soon)."""
+        start = max(entry.since, wall_ms - round(entry.spec.result_ttl * 1000), self._latest_tick.get(entry.spec.id, 0))
+        return start if lease.cursor is None else max(start, lease.cursor)
+
+    def _transfer(self, wall_ms: int, job_id: str, lease: Lease, owner: str) -> None:
+        member = self._members.get(owner)
+        life = member.incarnation if member is not None else 0
+        self._put_lease(wall_ms, job_id, Lease(owner, life, self._walked_to(job_id, lease), TRANSFER), [owner])
+        self._handover_until.pop(job_id, None)
+        log.debug("lease of %s handed to %s", job_id, owner)
+
+    def _walked_to(self, job_id: str, lease: Lease) -> int | None:
+        """The last tick of a job we handled: every one up to it has a record."""
+        if job_id in self._lookback:
+            return self._lookback[job_id]
+        return self._cursors.get(job_id, lease.cursor)
+
+    def _put_lease(self, wall_ms: int, job_id: str, lease: Lease, push_to: Sequence[str]) -> None:
+        self._store.put(LEASES, job_id, lease.to_wire(), ttl=self.config.lease_ttl)
+        if push_to:
+            self._store.push(LEASES, job_id, push_to)
+        self._load_lease(wall_ms, job_id)
+
+    def _lease(self, job_id: str) -> Lease | None:
+        register = self._store.get(LEASES, job_id)
+        if register is None:
+            return None
+        try:
+            return Lease.from_wire(register.value)
+        except ValueError:
+            return None  # garbage from a broken peer: the owner writes a good one over it
+
+    def _holds(self, lease: Lease) -> bool:
+        return lease.holder == self.name and same_life(lease.life, self.life)
+
+    def _holder_gone(self, wall_ms: int, lease: Lease) -> bool:
+        """Will the lease's holder never hand it over? Failed, gone, or a
+        life that has ended (the node restarted since)."""
+        if lease.holder == self.name:
+            return True  # an earlier life of ours: this one did not get it
+        if self._failed(wall_ms, lease.holder):
+            return True
+        member = self._members.get(lease.holder)
+        return member is not None and not same_life(member.incarnation, lease.life)
+
+    def _load_lease(self, wall_ms: int, job_id: str) -> None:
+        lease = self._lease(job_id)
+        if lease is not None and lease.how == TRANSFER and self._holds(lease):
+            self._given_at.setdefault(job_id, wall_ms)
+        else:
+            self._given_at.pop(job_id, None)
+        self._leases_changed = self._placement_stale = True
 
     def _schedule_next(self, job_id: str) -> None:
         schedule = self._jobs[job_id].spec.schedule
@@ -598,11 +732,6 @@ class Scheduler:
         if record.tick is not None and record.job in self._owners:
             return self._owners[record.job]
         return self._ring.owner(record.id)
-
-    def _leaving(self, name: str) -> bool:
-        """Is this node draining or gone gracefully (so it claims nothing new)?"""
-        member = self._members.get(name)
-        return member is not None and (member.status is Status.LEFT or member.meta == Role.DRAINING.meta)
 
     def _failed(self, wall_ms: int, name: str) -> bool:
         """Has this node gone, as far as the view says? Unknown counts as
@@ -646,6 +775,9 @@ class Scheduler:
                 continue
             for tick in entry.spec.schedule.ticks_between(start, self._started_at, self.config.catch_up_limit):
                 self._on_tick(wall_ms, entry.spec, tick)
+            # Only now the ticks since our start: a job's ticks are handled
+            # in order, so a recorded tick tells that all before it were.
+            self._schedule_next(job_id)
 
     def _on_tick(self, wall_ms: int, spec: JobSpec, tick: int) -> None:
         node = self.name if spec.mode == "all" else None
@@ -692,39 +824,96 @@ class Scheduler:
     # -- claims, failover, pending runs ----------------------------------------------------
 
     def _scan(self, wall_ms: int) -> None:
+        if self.role is Role.DRAINING:
+            self._reassign_pending(wall_ms)
+            return
         if self.role is not Role.READY:
             return
+        if any(self._owners.get(job_id) == self.name and job_id not in self._cursors for job_id in self._owners):
+            # A job ours by our view whose lease another holds: is that
+            # holder gone by now (a leave's grace passed)?
+            self._leases_changed = self._placement_stale = True
         for record in list(self._unfinished.values()):
             if record.id in self._running:
                 continue
             owner = self._run_owner(record)
             if record.state is RunState.RUNNING:
-                if record.owner == self.name:
-                    # Claimed by a previous life of ours. It may have
-                    # finished the run, and its last record not reached the
-                    # member we caught up from: give the digest syncs the
-                    # catch-up window to bring it before re-running.
-                    if wall_ms >= self._started_at + round(self.config.catch_up_window * 1000):
-                        self._take_over(wall_ms, record, owner)
-                elif record.owner is not None and self._failed(wall_ms, record.owner):
+                if record.owner is not None and self._claim_outlived(wall_ms, record):
                     self._take_over(wall_ms, record, owner)
-            elif owner == self.name and (record.not_before or 0) <= wall_ms:
-                if self._old_owner_may_claim(wall_ms, record):
-                    continue
-                spec = self._spec_of(record)
-                if spec is None:
-                    self._write(record.evolve(state=RunState.LOST, finished=wall_ms, error="its job was removed"), None)
-                else:
-                    self._start(wall_ms, record, spec, attempt=record.attempt)
+            elif (record.not_before or 0) <= wall_ms:
+                self._consider_pending(wall_ms, record, owner)
+
+    def _claim_outlived(self, wall_ms: int, record: RunRecord) -> bool:
+        """Is this running record's claimant gone: failed, or a life that
+        has ended (its node restarted since it claimed)? A restarted node
+        starts empty: the claim is not running anywhere. Its previous life
+        may have finished the run, though, its last record still on its
+        way: a claim of an ended life is re-run only once its record had
+        ``left_grace`` to arrive, and (ours) once we hold the cluster's runs."""
+        owner = record.owner
+        assert owner is not None
+        grace = round(self.config.left_grace * 1000)
+        if owner == self.name:
+            return self._history_held and wall_ms >= self._started_at + grace
+        if self._failed(wall_ms, owner):
+            return True
+        life = self._lives.get(owner)
+        written = self._written_at.get(record.id)
+        return life is not None and written is not None and written < life[0] and wall_ms >= life[1] + grace
+
+    def _consider_pending(self, wall_ms: int, record: RunRecord, owner: str | None) -> None:
+        """A due pending run goes to the node it names (its assignee); only
+        if that node is gone does the run's owner by our view take it, as a
+        re-run (attempt + 1: the assignee may have started it unseen)."""
+        assignee = record.owner
+        if assignee is None:
+            # Written when its writer saw no ready node: the owner by our
+            # view claims it, once an old owner's claims had time to arrive.
+            if owner == self.name and not self._old_owner_may_claim(wall_ms, record):
+                self._start_pending(wall_ms, record, record.attempt)
+        elif assignee == self.name:
+            if self._written_at.get(record.id, wall_ms) >= self._started_at:
+                self._start_pending(wall_ms, record, record.attempt)
+            elif self._history_held:
+                # Assigned to an earlier life of ours, which may have
+                # started it before it died.
+                self._take_over(wall_ms, record, self.name)
+        elif owner == self.name and self._failed(wall_ms, assignee):
+            self._take_over(wall_ms, record, owner)
+
+    def _start_pending(self, wall_ms: int, record: RunRecord, attempt: int) -> None:
+        spec = self._spec_of(record)
+        if spec is None:
+            self._write(record.evolve(state=RunState.LOST, finished=wall_ms, error="its job was removed"), None)
+        else:
+            self._start(wall_ms, record, spec, attempt=attempt)
+
+    def _reassign_pending(self, wall_ms: int) -> None:
+        """Draining: pending runs assigned to us go to their owners by our
+        view (which no longer holds us)."""
+        for record in list(self._unfinished.values()):
+            if record.state is RunState.PENDING and record.owner == self.name and self._run_owner(record) not in (None, self.name):
+                self._assign(record.evolve(error=record.error or f"handed on by {self.name}, leaving"), self._spec_of(record))
+
+    def _assign(self, record: RunRecord, spec: JobSpec | None) -> None:
+        """Write a pending record naming the node that is to claim it (the
+        run's owner by our view), and hand it directly to that node and to
+        the next on the ring for it, so it outlives us at once."""
+        assignee = self._run_owner(record)
+        record = record.evolve(owner=assignee)
+        self._write(record, spec)
+        self._back_up(record, also=assignee)
 
     def _old_owner_may_claim(self, wall_ms: int, record: RunRecord) -> bool:
-        """Did this pending run just become ours from a live node, which may
-        have claimed it by its older view? Then wait out the handover (the
-        pending-run twin of a cron job's handover)."""
+        """Did this run just become ours by a change of the ring (a node
+        became ready, we did), from a live node whose view may lag ours and
+        which may have claimed it meanwhile? Then wait out the handover, so
+        its claim reaches us first (a node just ready, say, that would re-run
+        a failed node's run another node already re-ran)."""
         until = self._ring_changed_at + round(self.config.handover * 1000)
-        if wall_ms >= until or record.node is not None or record.tick is not None:
+        if wall_ms >= until or record.node is not None:
             return False
-        previous = self._previous_ring.owner(record.id)
+        previous = self._previous_ring.owner(record.job if record.tick is not None else record.id)
         if previous is None or previous == self.name or self._failed(wall_ms, previous):
             return False
         heapq.heappush(self._pending_due, (until, record.id))
@@ -745,7 +934,9 @@ class Scheduler:
             if record.owner == self.name:
                 # Claimed by a previous life of ours, and someone else's now.
                 error = f"handed back by {self.name}, which restarted while running it"
-                self._write(record.evolve(state=RunState.PENDING, attempt=record.attempt + 1, owner=None, started=None, error=error), self._spec_of(record))
+                self._assign(record.evolve(state=RunState.PENDING, attempt=record.attempt + 1, started=None, error=error), self._spec_of(record))
+            return
+        if self._old_owner_may_claim(wall_ms, record):
             return
         spec = self._spec_of(record)
         if spec is None or record.attempt > spec.retries + self.config.max_failovers:
@@ -765,6 +956,7 @@ class Scheduler:
         self.stats.runs_started += 1
         self._running[record.id] = Execution(claim, spec, progress_written=wall_ms)
         self._write(claim, spec)
+        self._back_up(claim)
         self._effects.append(StartRun(record.id, attempt, spec, record.tick))
         self._deliver_updates(record.id)
 
@@ -787,7 +979,7 @@ class Scheduler:
                 self._write(record.evolve(state=RunState.LOST, finished=wall_ms, error="its node left"), spec)
             else:
                 error = f"handed back by {self.name}, leaving"
-                self._write(record.evolve(state=RunState.PENDING, attempt=record.attempt + 1, owner=None, started=None, error=error), spec)
+                self._assign(record.evolve(state=RunState.PENDING, attempt=record.attempt + 1, started=None, error=error), spec)
 
     def _find_late(self, wall_ms: int) -> None:
         """Jobs whose last tick due beyond its grace has no record: no
@@ -828,6 +1020,17 @@ class Scheduler:
             self._store.put(RUNS, record.id, bounded.to_wire(), ttl=ttl)
         self._load_run(record.id)
 
+    def _back_up(self, record: RunRecord, *, also: str | None = None) -> None:
+        """Hand a record we wrote (a claim, an outcome, an assignment)
+        directly to the node that would take the run over if we died (the
+        next on the ring for it; and to ``also``): gossip may be slow to
+        reach it, and it must neither re-run what we ran nor lose it."""
+        key = record.job if record.tick is not None and record.node is None else record.id
+        successor = next((name for name in self._ring.preference(key, 2) if name != self.name), None)
+        members = {name for name in (successor, also) if name is not None and name != self.name}
+        if members:
+            self._store.push(RUNS, record.id, sorted(members))
+
     def _write_progress(self, wall_ms: int) -> None:
         for execution in self._running.values():
             if execution.progress_due is not None and execution.progress_due <= wall_ms:
@@ -846,8 +1049,11 @@ class Scheduler:
                 self.stats.bad_records += 1
                 log.warning("job %r: unreadable definition from a peer; ignored", job_id)
         if entry is None:
-            self._jobs.pop(job_id, None)
+            if self._jobs.pop(job_id, None) is not None:
+                self._store.remove(LEASES, job_id)  # a lease lives as long as its job
             self._handover_until.pop(job_id, None)
+            self._given_at.pop(job_id, None)
+            self._latest_tick.pop(job_id, None)
             self._late.pop(job_id, None)
         else:
             old = self._jobs.get(job_id)
@@ -861,10 +1067,15 @@ class Scheduler:
         record = None if register is None else _parse_run(register.value)
         if register is not None and record is None:
             self.stats.bad_records += 1  # counted once per change, not per read
+        if record is not None and record.tick is not None and record.node is None and record.job in self._jobs:
+            self._latest_tick[record.job] = max(record.tick, self._latest_tick.get(record.job, 0))
         if record is None or record.state.finished:
             self._unfinished.pop(run_id, None)
+            self._written_at.pop(run_id, None)
         else:
+            assert register is not None
             self._unfinished[run_id] = record
+            self._written_at[run_id] = register.ts.wall
             if record.state is RunState.PENDING:
                 heapq.heappush(self._pending_due, (record.not_before or 0, run_id))
         execution = self._running.get(run_id)

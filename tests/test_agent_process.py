@@ -105,7 +105,9 @@ def test_dns_seeds_find_each_other_when_the_name_starts_to_resolve(tmp_path: Pat
         agents = [cluster.add(f"pod-{i}", host=ip, port=port, seeds=seeds, extra_args=extra) for i, ip in enumerate(ips)]
         cluster.wait_api(agents, TIMEOUT)
         for agent in agents:
-            assert agent.view() == {agent.name: "alive"} and agent.call("/health")["ready"]
+            # Alone, each is the first node: ready once settled (2 s).
+            wait_for(lambda agent=agent: agent.call("/health")["ready"], TIMEOUT, f"{agent.name} to be ready alone")
+            assert agent.view() == {agent.name: "alive"}
         hosts.write_text("".join(f"{ip} peers.test\n" for ip in ips))
         wait_for(lambda: cluster.converged({a.name: "alive" for a in agents}), TIMEOUT, "DNS seeds to join")
         assert agents[0].call("/status")["addr"] == f"127.0.0.2:{port}"
@@ -133,6 +135,7 @@ def test_cli_json_documents_and_leave(cluster: LocalCluster) -> None:
         assert member["meta"] in ("starting", "ready")  # the scheduler's role
         assert isinstance(member["incarnation"], int) and member["incarnation"] > 0
 
+    wait_for(lambda: agents[0].call("/health")["ready"], TIMEOUT, "node-0 to be ready")
     status = json.loads(peer_cli("status", "--json", "--api", api).stdout)
     assert status["name"] == "node-0" and status["addr"] == agents[0].addr and status["state"] == "alive"
     assert status["ready"] is True and status["cluster_key"] is True and status["profile"] == "local"

@@ -1,0 +1,133 @@
+"""Run once, on real ``peer agent`` processes, through ordinary operations.
+
+Two things users do every day, on four agents on 127.0.0.1 (the ``lan``
+profile, a cluster key): a rolling restart (each agent in turn gets SIGTERM,
+exits, starts again under the same name and port, and is waited for until
+``GET /health/ready`` answers 200), and one-offs submitted the moment every
+agent says it is ready. What ran is read from a journal the jobs write
+outside the agents (``peer.samples.journal``), never from the agents: every
+mode-``one`` tick due while the restarts went on ran exactly once, every
+node's mode-``all`` ticks ran at most once each, and every one-off started
+exactly once. No time limit is asserted; every process is stopped by PID
+when the test ends (``LocalCluster``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from peer.chaos import read_journal, ticks_between, toml_jobs
+from peer.client import ClientError, api_path
+from peer.localcluster import AgentProcess, LocalCluster, free_port, wait_for
+
+TIMEOUT = 60.0  # generous: the machines running CI are shared and slow
+EVERY_MS = 1000
+NODES = 4
+# Ticks this close to the start of the check or to its end are not owed yet
+# (the first owner may still wait its handover; the journal may lag).
+MARGIN_MS = 3000
+
+
+def ready(agent: AgentProcess) -> bool:
+    try:
+        agent.call("/health/ready", timeout=2.0)
+    except ClientError:
+        return False
+    return True
+
+
+def start_cluster(cluster: LocalCluster, journal: Path, workdir: Path) -> list[AgentProcess]:
+    """Four agents, each with the others as seeds, all with one jobs file."""
+    jobs = [
+        {"id": f"tick-{i}", "schedule": "@every 1s", "mode": "one", "call": "peer.samples:journal", "kwargs": {"path": str(journal)}}
+        for i in range(3)
+    ]
+    jobs.append({"id": "everywhere", "schedule": "@every 1s", "mode": "all", "call": "peer.samples:journal", "kwargs": {"path": str(journal)}})
+    jobs_file = workdir / "jobs.toml"
+    jobs_file.write_text(toml_jobs(jobs))
+    ports: list[int] = []
+    while len(ports) < NODES:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    addresses = [f"127.0.0.1:{port}" for port in ports]
+    agents = [
+        cluster.add(
+            f"node-{i}", port=port, seeds=[a for j, a in enumerate(addresses) if j != i],
+            extra_args=["--jobs", str(jobs_file), "--drain-timeout", "10"],
+        )
+        for i, port in enumerate(ports)
+    ]
+    cluster.wait_api(agents, TIMEOUT)
+    for agent in agents:
+        wait_for(lambda agent=agent: ready(agent), TIMEOUT, f"{agent.name} to be ready")  # type: ignore[misc]
+    return agents
+
+
+def cluster_key() -> str:
+    return subprocess.run([sys.executable, "-m", "peer", "keygen"], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_a_rolling_restart_runs_every_tick_once_and_misses_none(tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    with LocalCluster(tmp_path, profile="lan", key=cluster_key()) as cluster:
+        agents = start_cluster(cluster, journal, tmp_path)
+        time.sleep(3)
+        began = int(time.time() * 1000)
+        exits = {}
+        for agent in agents:
+            exits[agent.name] = agent.stop(TIMEOUT)
+            agent.start()
+            cluster.wait_api([agent], TIMEOUT)
+            wait_for(lambda agent=agent: ready(agent), TIMEOUT, f"{agent.name} to be ready again")  # type: ignore[misc]
+            time.sleep(1.5)
+        ended = int(time.time() * 1000)
+        time.sleep(MARGIN_MS / 1000 + 1)
+    assert exits == {agent.name: 0 for agent in agents}
+    lines = read_journal(journal)
+    runs = Counter(line.run for line in lines)
+    twice = sorted(run for run, count in runs.items() if count > 1)
+    assert not twice, f"run more than once: {twice}\n" + "\n".join(f"{l.run} {l.attempt} {l.node} {l.start_ms}" for l in lines if l.run in twice)
+    owed = [
+        f"tick-{i}@{tick}"
+        for i in range(3)
+        for tick in ticks_between(began, ended - MARGIN_MS, EVERY_MS)
+    ]
+    ran = {f"{line.job}@{line.tick}" for line in lines if line.run_node is None}
+    missed = [run for run in owed if run not in ran]
+    assert not missed, f"{len(missed)} of {len(owed)} ticks never ran: {missed[:10]}"
+
+
+def test_one_offs_submitted_as_soon_as_every_agent_is_ready_each_start_once(tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    with LocalCluster(tmp_path, profile="lan", key=cluster_key()) as cluster:
+        agents = start_cluster(cluster, journal, tmp_path)
+        submitted = []
+        for number in range(12):
+            agent = agents[number % NODES]
+            body = {"id": f"once-{number}", "call": "peer.samples:journal", "kwargs": {"path": str(journal)}}
+            submitted.append(agent.call("/submit", method="POST", body=body)["run"])
+        for number, run_id in enumerate(submitted):
+            reader = agents[(number + 1) % NODES]
+            record = wait_for(
+                lambda reader=reader, run_id=run_id: _finished(reader, run_id), TIMEOUT, f"{run_id} to finish"  # type: ignore[misc]
+            )
+            assert record["state"] == "succeeded", record
+    starts = Counter((line.run, line.attempt) for line in read_journal(journal) if line.run in set(submitted))
+    assert {run for run, _ in starts} == set(submitted)
+    assert all(count == 1 for count in starts.values()), starts
+    assert all(attempt == 1 for _, attempt in starts), starts
+
+
+def _finished(agent: AgentProcess, run_id: str) -> dict[str, object] | None:
+    try:
+        record = agent.call(api_path("runs", run_id))
+    except ClientError as error:
+        if error.status == 404:
+            return None
+        raise
+    return record if record["state"] not in ("pending", "running") else None
