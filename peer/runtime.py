@@ -238,6 +238,7 @@ class Agent:
                         await trio.sleep_forever()  # serve_api returns once drained; then cancel
                 nursery.cancel_scope.cancel()
         finally:
+            self._nursery = None
             self.close()
 
     def close(self) -> None:
@@ -402,7 +403,8 @@ class Agent:
         except FrameTooLarge as error:
             log.error("cannot send to %s: %s", format_address(send.dst), error, extra={"node": self.name})
             return
-        assert self._nursery is not None
+        if self._nursery is None:
+            return  # the node has stopped (a leave finished while we sent): nothing goes out any more
         self.transport.start_stream(self._nursery, send.dst, frame)
         # Let the stream go out before encoding the next one: a catch-up's
         # chunks then reach the other side while we still encode.
