@@ -3,7 +3,7 @@
 Routes (JSON in and out unless said otherwise; documented in README.md):
 
     GET    /health               200 {"status": "ok", "ready": bool}: the process serves (liveness)
-    GET    /health/ready         200 when part of a cluster and not leaving, else 503 (readiness)
+    GET    /health/ready         200 when part of a cluster, not leaving and the scheduler ready, else 503 (readiness)
     GET    /metrics              Prometheus text format
     GET    /members              this node's view: every member with address, status, incarnation
     GET    /status               the node itself, member counts, counters, the scheduler's state
@@ -733,7 +733,7 @@ class AgentCollector(Collector):
         for status, count in agent.member_counts().items():
             members.add_metric([status], count)
         yield members
-        yield GaugeMetricFamily("peer_ready", "1 when part of a cluster and not leaving", value=int(agent.ready))
+        yield GaugeMetricFamily("peer_ready", "1 when part of a cluster, not leaving, and the scheduler ready (caught up)", value=int(agent.ready))
         yield GaugeMetricFamily("peer_leaving", "1 while leaving gracefully", value=int(agent.leaving))
         yield GaugeMetricFamily("peer_cluster_key", "1 when frames are authenticated with a key", value=int(agent.keyed))
         yield GaugeMetricFamily(
