@@ -403,8 +403,8 @@ class Agent:
         except FrameTooLarge as error:
             log.error("cannot send to %s: %s", format_address(send.dst), error, extra={"node": self.name})
             return
-        if self._nursery is None:
-            return  # the node has stopped (a leave finished while we sent): nothing goes out any more
+        if self._nursery is None or self.stopping.is_set():
+            return  # the node has left (while a leave() was still sending): nothing goes out any more
         self.transport.start_stream(self._nursery, send.dst, frame)
         # Let the stream go out before encoding the next one: a catch-up's
         # chunks then reach the other side while we still encode.
