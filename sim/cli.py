@@ -12,7 +12,15 @@ from typing import Any
 from membership.config import PROFILES
 from sim.chaos import FAULTS_START, Campaign, SeedResult, parse_seeds, run_campaign
 from sim.crdt_scenario import CrdtScenario, run_crdt
-from sim.faults import Fault, parse_partition
+from sim.faults import (
+    Fault,
+    ScaleDown,
+    ScaleUp,
+    parse_partition,
+    parse_restart,
+    parse_rolling_restart,
+    parse_scale,
+)
 from sim.jobs_scenario import JobsScenario, run_jobs
 from sim.membership_scenario import (
     MembershipScenario,
@@ -26,6 +34,18 @@ def _probability(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not a probability in [0, 1)")
     return value
+
+
+def _span(text: str) -> tuple[float, float]:
+    """``S`` or ``LOW-HIGH`` seconds."""
+    low, _, high = text.partition("-")
+    try:
+        span = float(low), float(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text} is not S or LOW-HIGH seconds") from None
+    if not 0.0 <= span[0] <= span[1]:
+        raise argparse.ArgumentTypeError(f"{text}: expected 0 <= LOW <= HIGH")
+    return span
 
 
 def _positive_int(text: str) -> int:
@@ -84,6 +104,64 @@ def _parser() -> argparse.ArgumentParser:
     j.add_argument("--churn", type=int, default=0, help="random non-seed nodes that crash or leave, and come back")
     j.add_argument("--heal", type=float, default=20.0, help="fault-free seconds at the end (default 20)")
     j.add_argument("--load-factor", type=float, default=None, help="bounded loads for the job ring (default: none)")
+    a = j.add_argument_group(
+        "starting like real agents",
+        "how processes start, restart and get deployed; a restart is graceful (SIGTERM: drain, leave, exit) "
+        "and its new process starts --restart-delay seconds after the old one exited",
+    )
+    a.add_argument(
+        "--jobs-file",
+        action="store_true",
+        help="every node defines the jobs at every boot once caught up (define_when_ready), as `peer agent --jobs FILE` "
+        "does (default: node 0 defines them once with add_job at 5 s)",
+    )
+    a.add_argument(
+        "--boot-delay",
+        type=_span,
+        default=(0.0, 0.0),
+        metavar="LOW-HIGH",
+        help="seconds from a process's start to its core joining, drawn at every start (say 0.2-0.6); "
+        "its address answers nothing meanwhile (default 0: at once)",
+    )
+    a.add_argument(
+        "--restart",
+        action="append",
+        default=[],
+        metavar="NODES@AT",
+        help="restart these nodes (indices and ranges like 0-2,5) gracefully at AT; may repeat",
+    )
+    a.add_argument(
+        "--rolling-restart",
+        action="append",
+        default=[],
+        metavar="AT|I,J,..@AT",
+        help="from AT, restart every node running then (by index), or these in this order, one after another: "
+        "each once the previous one is back and its scheduler ready, plus --rolling-gap; may repeat",
+    )
+    a.add_argument("--rolling-gap", type=float, default=2.0, metavar="S", help="seconds between a node ready and the next restart (default 2)")
+    a.add_argument("--restart-delay", type=float, default=0.5, metavar="S", help="seconds from a process's exit to its new start (default 0.5)")
+    a.add_argument(
+        "--scale-up",
+        action="append",
+        default=[],
+        metavar="K@AT",
+        help="start K more nodes at AT (spare slots, indices from --nodes on, stopped until then); may repeat",
+    )
+    a.add_argument(
+        "--scale-down",
+        action="append",
+        default=[],
+        metavar="K@AT",
+        help="K running nodes leave gracefully at AT for good (highest index first, seeds last); may repeat",
+    )
+    a.add_argument("--ready-oneoffs", type=int, default=0, metavar="K", help="one-offs submitted through a node each time its scheduler turns ready")
+    a.add_argument(
+        "--all-ready-oneoffs",
+        type=int,
+        default=0,
+        metavar="K",
+        help="one-offs submitted through a random node each time every running node is ready again",
+    )
     ch = commands.add_parser("chaos", help="many seeds, each a random fault mix, held to the invariants")
     ch.add_argument("--seeds", default="1..20", help="seeds to run: A..B (both included) or one number (default 1..20)")
     ch.add_argument("--nodes", type=_positive_int, default=7, help="cluster size (default 7)")
@@ -143,12 +221,32 @@ def _crdt(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str
     return report
 
 
+def _life_faults(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[Fault]:
+    """The restarts and scalings the jobs command was given."""
+    faults: list[Fault] = []
+    try:
+        scale_up = [ScaleUp(*parse_scale(spec)) for spec in args.scale_up]
+        slots = args.nodes + sum(f.count for f in scale_up)
+        faults += scale_up
+        faults += [ScaleDown(*parse_scale(spec)) for spec in args.scale_down]
+        faults += [parse_restart(spec, slots, args.restart_delay) for spec in args.restart]
+        faults += [parse_rolling_restart(spec, slots, args.rolling_gap, args.restart_delay) for spec in args.rolling_restart]
+    except ValueError as error:
+        parser.error(str(error))
+    return faults
+
+
 def _jobs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
     fields = _scenario_fields(args, parser)
     if args.crash:
         parser.error("jobs: use --churn for crashes (nodes come back), not --crash")
+    fields["faults"] = [*fields["faults"], *_life_faults(args, parser)]
     scenario = JobsScenario(
         **fields,
+        jobs_file=args.jobs_file,
+        boot_delay=args.boot_delay,
+        ready_oneoffs=args.ready_oneoffs,
+        all_ready_oneoffs=args.all_ready_oneoffs,
         cron_jobs=args.cron_jobs,
         all_jobs=args.all_jobs,
         every=args.every,
@@ -193,6 +291,22 @@ def _replay_line(args: argparse.Namespace) -> str:
         words += ["--heal", repr(args.heal)]
         if args.load_factor is not None:
             words += ["--load-factor", repr(args.load_factor)]
+        if args.jobs_file:
+            words.append("--jobs-file")
+        if args.boot_delay != (0.0, 0.0):
+            words += ["--boot-delay", f"{args.boot_delay[0]!r}-{args.boot_delay[1]!r}"]
+        for flag, specs in (
+            ("--restart", args.restart), ("--rolling-restart", args.rolling_restart),
+            ("--scale-up", args.scale_up), ("--scale-down", args.scale_down),
+        ):
+            for spec in specs:
+                words += [flag, spec]
+        if args.restart or args.rolling_restart:
+            words += ["--rolling-gap", repr(args.rolling_gap), "--restart-delay", repr(args.restart_delay)]
+        if args.ready_oneoffs:
+            words += ["--ready-oneoffs", str(args.ready_oneoffs)]
+        if args.all_ready_oneoffs:
+            words += ["--all-ready-oneoffs", str(args.all_ready_oneoffs)]
     return shlex.join(words + ["--json"])
 
 
@@ -303,7 +417,8 @@ def _human_jobs(report: dict[str, Any]) -> str:
             f"{report['sim_seconds']:g} simulated seconds in {report['wall_seconds']:.2f} s "
             f"({report['sim_seconds_per_wall_second']}x real time)",
             f"  ticks:            {report['ticks_run']} of {report['ticks_expected']} ran; missed {report['missed']}",
-            f"  duplicates:       {report['duplicates']} (of {report['executions']} executions)",
+            f"  duplicates:       {report['duplicates']} (of {report['executions']} executions); "
+            f"same attempt started twice: {report['same_attempt_starts']}",
             f"  one-offs:         {report['oneoffs_done']} of {report['oneoffs_submitted']} done"
             f" ({report['oneoffs_lost_with_submitter']} lost with the node they were submitted to, before leaving it)",
             f"  lost results:     {report['lost_results']} (not yet everywhere: {report['results_not_everywhere']})",

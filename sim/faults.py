@@ -45,6 +45,14 @@ class World(Protocol):
 
     def step_clock(self, index: int, seconds: float) -> None: ...
 
+    def restart(self, index: int, delay: float) -> None: ...
+
+    def rolling_restart(self, nodes: tuple[int, ...] | None, gap: float, delay: float) -> None: ...
+
+    def scale_up(self, count: int) -> None: ...
+
+    def scale_down(self, count: int) -> None: ...
+
 
 def _indices(values: Iterable[int]) -> frozenset[int]:
     return frozenset(values)
@@ -208,6 +216,105 @@ class ClockStep(_NodesAt):
 
 
 @attrs.frozen
+class Restart(_NodesAt):
+    """The nodes restart gracefully under the same names at ``at``, as a
+    deploy or ``systemctl restart`` does: SIGTERM (drain, hand off, leave),
+    the process exits once its leave is complete, and a new process starts
+    ``delay`` seconds after that (and then boots, as every start does).
+    ``end`` is a lower bound: how long the drain takes is the run's to say."""
+
+    delay: float = 0.5
+
+    @property
+    def end(self) -> float:
+        return self.at + self.delay
+
+    def _action(self, world: World) -> Callable[[int], None]:
+        return lambda index: world.restart(index, self.delay)
+
+
+def _order(values: Iterable[int] | None) -> tuple[int, ...] | None:
+    return None if values is None else tuple(values)
+
+
+@attrs.frozen
+class RollingRestart:
+    """A deploy: from ``at``, the nodes (``None``: every node running then,
+    by index) are restarted one after another as ``Restart`` does; each
+    next one waits until the previous one is back with its scheduler
+    ready (as a deploy tool waits on a readiness probe), then ``gap``
+    seconds more. A node not running at its turn is skipped; one that dies
+    during its turn holds the rest back until it is ready again. ``end``
+    is a lower bound (the run knows when the last one was ready)."""
+
+    at: float
+    nodes: tuple[int, ...] | None = attrs.field(default=None, converter=_order)
+    gap: float = 2.0
+    delay: float = 0.5
+
+    @property
+    def start(self) -> float:
+        return self.at
+
+    @property
+    def end(self) -> float:
+        return self.at + self.delay
+
+    def schedule(self, world: World) -> None:
+        world.at(self.at, world.rolling_restart, self.nodes, self.gap, self.delay)
+
+    def disturbs(self, x: int, y: int) -> bool:
+        return False  # graceful: a leave is never a failure
+
+
+@attrs.frozen
+class ScaleUp:
+    """``count`` more nodes start at ``at``: spare slots of the scenario
+    (indices from ``nodes`` on), which stay stopped until then."""
+
+    count: int
+    at: float
+
+    @property
+    def start(self) -> float:
+        return self.at
+
+    @property
+    def end(self) -> float:
+        return self.at
+
+    def schedule(self, world: World) -> None:
+        world.at(self.at, world.scale_up, self.count)
+
+    def disturbs(self, x: int, y: int) -> bool:
+        return False
+
+
+@attrs.frozen
+class ScaleDown:
+    """``count`` running nodes leave gracefully at ``at`` and do not come
+    back: the highest indices first, seed nodes last (as a StatefulSet
+    scales down)."""
+
+    count: int
+    at: float
+
+    @property
+    def start(self) -> float:
+        return self.at
+
+    @property
+    def end(self) -> float:
+        return self.at
+
+    def schedule(self, world: World) -> None:
+        world.at(self.at, world.scale_down, self.count)
+
+    def disturbs(self, x: int, y: int) -> bool:
+        return False
+
+
+@attrs.frozen
 class Degrade:
     """The network loses and duplicates datagrams at these rates for a while
     (and, when given, delays them by ``latency`` plus an exponential
@@ -233,7 +340,9 @@ class Degrade:
         return False  # loss must not cause false failures: that is what is tested
 
 
-Fault = Union[Partition, Crash, Pause, Clog, Join, Leave, Degrade, ClockStep]
+Fault = Union[
+    Partition, Crash, Pause, Clog, Join, Leave, Degrade, ClockStep, Restart, RollingRestart, ScaleUp, ScaleDown
+]
 
 _GROUP = r"(?:\d+(?:-\d+)?)(?:,\d+(?:-\d+)?)*"
 _PARTITION = re.compile(rf"^(?P<a>{_GROUP})(?P<op>[|>])(?P<b>{_GROUP})@(?P<start>[\d.]+)\+(?P<duration>[\d.]+)$")
@@ -268,3 +377,43 @@ def parse_partition(spec: str, nodes: int) -> Partition:
     if a & b:
         raise ValueError(f"bad partition {spec!r}: the groups overlap")
     return Partition(a, b, float(match["start"]), float(match["duration"]), one_way=match["op"] == ">")
+
+
+_AT = re.compile(r"^(?P<what>[\d,\-]+)@(?P<at>[\d.]+)$")
+
+
+def _split_at(spec: str, form: str) -> tuple[str, float]:
+    match = _AT.match(spec)
+    if not match:
+        raise ValueError(f"bad {spec!r}: expected {form}")
+    return match["what"], float(match["at"])
+
+
+def parse_scale(spec: str) -> tuple[int, float]:
+    """Parse ``K@AT``: how many nodes, and when."""
+    count, at = _split_at(spec, "K@AT")
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(f"bad {spec!r}: expected K@AT with K a positive integer")
+    return int(count), at
+
+
+def parse_restart(spec: str, nodes: int, delay: float) -> Restart:
+    """Parse ``NODES@AT`` (``2@30``, ``0-2,5@30``): those nodes restart
+    gracefully at once, at AT."""
+    group, at = _split_at(spec, "NODES@AT (say 2@30 or 0-2@30)")
+    return Restart(_group(group, nodes), at, delay)
+
+
+def parse_rolling_restart(spec: str, nodes: int, gap: float, delay: float) -> RollingRestart:
+    """Parse ``AT`` (every node running then, by index) or ``I,J,...@AT``
+    (those nodes, in that order)."""
+    if "@" not in spec:
+        try:
+            return RollingRestart(float(spec), None, gap, delay)
+        except ValueError:
+            raise ValueError(f"bad rolling restart {spec!r}: expected AT or I,J,...@AT") from None
+    order, at = _split_at(spec, "AT or I,J,...@AT")
+    indices = tuple(int(part) for part in order.split(",") if part.isdigit())
+    if len(indices) != len(order.split(",")) or any(i >= nodes for i in indices) or len(set(indices)) != len(indices):
+        raise ValueError(f"bad rolling restart {spec!r}: expected distinct indices within 0..{nodes - 1}, comma-separated")
+    return RollingRestart(at, indices, gap, delay)

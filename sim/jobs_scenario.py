@@ -1,11 +1,24 @@
 """Job scenarios: the scheduler on N simulated nodes, under churn and loss.
 
 A run is a membership scenario (same network, clocks and faults) whose nodes
-run ``peer.core.NodeCore`` with the scheduler. At ``jobs_start`` one node
-defines ``cron_jobs`` jobs in mode ``one`` and ``all_jobs`` in mode ``all``,
-all ``@every <every>s``; during the run, ``oneoffs`` one-off runs are
-submitted through random nodes, ``fail_share`` of them failing their first
-attempt (they have retries). ``churn`` random nodes (never the seeds) crash
+run ``peer.core.NodeCore`` with the scheduler. The jobs are ``cron_jobs``
+jobs in mode ``one`` and ``all_jobs`` in mode ``all``, all ``@every
+<every>s``, defined one of two ways:
+
+- ``jobs_file=False`` (the default, the model every seed and test before it
+  was written for): at ``jobs_start`` one node defines them with ``add_job``;
+- ``jobs_file=True``, as real agents start (``peer agent --jobs FILE``):
+  every node, at every boot, hands them to ``define_when_ready`` right after
+  its core is built, and defines them once settled and caught up. With a
+  ``boot_delay`` too (0.2-0.6 s, say), a run starts and restarts its nodes
+  the way processes do.
+
+During the run, ``oneoffs`` one-off runs are submitted through random nodes,
+``fail_share`` of them failing their first attempt (they have retries);
+``ready_oneoffs`` more through each node the moment its scheduler turns
+ready, and ``all_ready_oneoffs`` through a random node each time every
+running node is ready again (what a deploy script does once its readiness
+probes all pass). ``churn`` random nodes (never the seeds) crash
 or leave gracefully during the faulty phase and come back a few seconds
 later; the last ``heal`` seconds are fault-free.
 
@@ -24,6 +37,11 @@ truth the run measures:
   first execution's node crashed, or after a failed attempt, is not one;
   nor is one after a success that died with its node before any other
   node knew of it: ``reruns_after_lost_success``);
+- ``same_attempt_starts``: executions of a run with an attempt an earlier
+  execution of it had already started with (two claims of one attempt:
+  never legitimate, as a re-run takes attempt + 1, even when the loser was
+  cancelled at once); ``twice`` lists such runs and duplicated ones, with
+  who ran them when;
 - ``lost_results``: runs that succeeded (more than ``RESULT_SETTLE``
   seconds before the end, and not so long ago that the result expired),
   and one-offs submitted before the heal phase (unless their result expired),
@@ -50,7 +68,7 @@ from peer.jobdef import JobSpec
 from peer.replication import ReplicationConfig
 from peer.runs import RunState, tick_run_id
 from peer.schedule import parse_schedule
-from peer.scheduler import CancelRun, Scheduler, SchedulerConfig, StartRun
+from peer.scheduler import CancelRun, Role, Scheduler, SchedulerConfig, StartRun
 from peer.targets import CallTarget
 from sim.clock import WALL_EPOCH
 from sim.faults import ClockStep, Crash, Fault, Leave
@@ -79,6 +97,9 @@ class JobsScenario(MembershipScenario):
     result_ttl: float = 600.0  # seconds results (and every record) of the jobs are kept
     scheduler: dict[str, Any] = attrs.field(factory=dict)  # SchedulerConfig overrides
     replication: dict[str, Any] = attrs.field(factory=dict)
+    jobs_file: bool = False  # every node defines the jobs at every boot (define_when_ready), as agents do
+    ready_oneoffs: int = 0  # one-offs submitted through a node as its scheduler turns ready
+    all_ready_oneoffs: int = 0  # one-offs submitted through a random node as all running nodes are ready
 
 
 def churn_faults(scenario: JobsScenario) -> list[Fault]:
@@ -138,30 +159,53 @@ class JobsRun(MembershipRun):
         self._lives: dict[int, list[list[float]]] = defaultdict(list)  # node -> [start, end] of each life
         self._defined_at: float | None = None
         self._finish_on_resume: list[_Execution] = []  # finished while their node was paused
+        self._roles: dict[int, Role] = {}  # node -> its scheduler's role, as last seen
+        self.ready_times: dict[int, list[float]] = defaultdict(list)  # node -> when its scheduler turned ready
+        self._all_ready = False
+        self._submitted = 0  # one-offs submitted so far (they are numbered)
+        self._ready_submits = self.sim.streams.get("ready-oneoffs")
 
     def _make_core(self, node: SimNode, rng: random.Random, now: float, incarnation: int) -> DrivenCore:
-        return node_core(node, rng, now, incarnation, self.replication_config, scheduler=self.scheduler_config)
+        core = node_core(node, rng, now, incarnation, self.replication_config, scheduler=self.scheduler_config)
+        if self.scenario.jobs_file:
+            # As peer.runtime's Agent.bind does with the --jobs file.
+            scheduler_of(core).define_when_ready(self._job_specs())
+        return core
+
+    def ready(self, index: int) -> bool:
+        """Up, and its scheduler ready: what a readiness probe waits for."""
+        node = self.nodes[index]
+        return node.life is Life.UP and node.core is not None and scheduler_of(node.core).role is Role.READY
+
+    def on_view_change(self, node: SimNode) -> None:
+        self._note_role(node)  # the role travels in the node's metadata: a change bumps its view
+        super().on_view_change(node)
 
     # -- the workload -------------------------------------------------------------
 
     def _start(self) -> None:
         super()._start()
         scenario = self.scenario
-        self.sim.at(scenario.jobs_start, self._define_jobs)
+        if not scenario.jobs_file:
+            self.sim.at(scenario.jobs_start, self._define_jobs)
         stream = self.sim.streams.get("oneoffs")
         window_end = scenario.duration - scenario.heal
         for number in range(scenario.oneoffs):
             when = stream.uniform(scenario.jobs_start + 1.0, max(scenario.jobs_start + 1.0, window_end))
             failing = stream.random() < scenario.fail_share
             self.sim.at(when, self._submit, stream.randrange(scenario.nodes), number, failing)
+        self._submitted = scenario.oneoffs
+
+    def _job_specs(self) -> list[JobSpec]:
+        specs = [self._cron_spec(f"cron-{i:03d}", "one") for i in range(self.scenario.cron_jobs)]
+        return specs + [self._cron_spec(f"all-{i:03d}", "all") for i in range(self.scenario.all_jobs)]
 
     def _define_jobs(self) -> None:
         node = self._up_node(0)
         if node is None:
             return
         self._defined_at = self.sim.now
-        specs = [self._cron_spec(f"cron-{i:03d}", "one") for i in range(self.scenario.cron_jobs)]
-        specs += [self._cron_spec(f"all-{i:03d}", "all") for i in range(self.scenario.all_jobs)]
+        specs = self._job_specs()
 
         def define(core: DrivenCore, now: float) -> None:
             scheduler = scheduler_of(core)
@@ -182,9 +226,11 @@ class JobsRun(MembershipRun):
             result_ttl=self.scenario.result_ttl,
         )
 
-    def _submit(self, index: int, number: int, failing: bool) -> None:
+    def _submit(self, index: int, number: int, failing: bool, exactly: bool = False) -> None:
+        """Submit a one-off through the node (or, unless ``exactly``, the
+        next one up)."""
         node = self._up_node(index)
-        if node is None:
+        if node is None or (exactly and node.index != index):
             return
         spec = JobSpec(
             id=f"oneoff-{number:04d}", target=CallTarget("sim:work"), schedule=None, retries=2, backoff=0.5,
@@ -194,6 +240,36 @@ class JobsRun(MembershipRun):
         self._oneoffs[run_id] = self.sim.now
         if failing:
             self._failing.add(run_id)
+
+    def _note_role(self, node: SimNode) -> None:
+        """Follow the node's scheduler role: when it turns ready, submit the
+        one-offs that wait for that (a moment later, out of the core's call)."""
+        role = scheduler_of(node.core).role if node.running and node.core is not None else None
+        changed = role is not self._roles.get(node.index)
+        if role is None:
+            self._roles.pop(node.index, None)
+        else:
+            self._roles[node.index] = role
+        if changed and role is Role.READY:
+            self.ready_times[node.index].append(self.sim.now)
+            if self._defined_at is None and self.scenario.jobs_file:
+                self._defined_at = self.sim.now  # the first node ready defines the jobs
+            for _ in range(self.scenario.ready_oneoffs):
+                self.sim.at(self.sim.now, self._submit, node.index, self._next_oneoff(), False, True)
+        everyone = all(
+            n.life in (Life.STOPPED, Life.CRASHED, Life.LEFT, Life.LEAVING) or self._roles.get(n.index) is Role.READY
+            for n in self.nodes
+        )
+        if everyone and not self._all_ready and self._roles:
+            ready = sorted(self._roles)
+            for _ in range(self.scenario.all_ready_oneoffs):
+                index = self._ready_submits.choice(ready)
+                self.sim.at(self.sim.now, self._submit, index, self._next_oneoff(), False, True)
+        self._all_ready = everyone
+
+    def _next_oneoff(self) -> int:
+        self._submitted += 1
+        return self._submitted - 1
 
     def _up_node(self, index: int) -> SimNode | None:
         """The node, or the next one that is up."""
@@ -250,6 +326,7 @@ class JobsRun(MembershipRun):
             self._open.pop(key).end = self.sim.now
 
     def on_life(self, node: SimNode) -> None:
+        self._note_role(node)
         super().on_life(node)
         if node.life is Life.LEFT:
             self._check_stranded(node)
@@ -335,11 +412,15 @@ class JobsRun(MembershipRun):
                 "all_jobs": scenario.all_jobs,
                 "every": scenario.every,
                 "churn": scenario.churn,
+                "jobs_file": scenario.jobs_file,
+                "boot_delay": list(scenario.boot_delay),
                 "ticks_expected": len(expected),
                 "ticks_run": len(ran),
                 "missed": len(expected) - len(ran),
                 "missed_runs": sorted(set(expected) - ran)[:20],
                 "duplicates": duplicates,
+                "same_attempt_starts": len(self.same_attempt_starts()),
+                "twice": self.twice(),
                 "reruns_after_lost_success": self.reruns_after_lost_success(),
                 "executions": sum(len(e) for e in self._executions.values()),
                 "oneoffs_submitted": len(self._oneoffs),
@@ -364,7 +445,7 @@ class JobsRun(MembershipRun):
         if self._defined_at is None:
             return set()
         settle = self.scheduler_config.settle
-        first = self._defined_at + 1.0
+        first = self._definition_start() + 1.0
         last = scenario.duration - scenario.heal
         expected: set[str] = set()
         for i in range(scenario.cron_jobs):
@@ -380,6 +461,24 @@ class JobsRun(MembershipRun):
                     for tick in self._ticks(max(first, ready), until):
                         expected.add(tick_run_id(f"all-{i:03d}", tick, node.name))
         return expected
+
+    def _definition_start(self) -> float:
+        """From when (simulated time) the jobs' ticks are owed. Defined by
+        every node as it turns ready, a job may be defined several times at
+        once as a cluster starts; the definition that won (the latest
+        ``since`` held by a running node, read on its definer's clock) says
+        from when its ticks are due."""
+        assert self._defined_at is not None
+        if not self.scenario.jobs_file:
+            return self._defined_at
+        since = [
+            entry.since
+            for node in self.nodes
+            if node.life is Life.UP and node.core is not None
+            for entry in scheduler_of(node.core).jobs().values()
+        ]
+        latest = max(since, default=0) / 1000 - WALL_EPOCH + self.scenario.wall_skew
+        return max(self._defined_at, latest)
 
     def _latest_reading(self, node: SimNode, start: float, end: float) -> float:
         """The latest time the node's clock showed between two moments: a
@@ -432,6 +531,44 @@ class JobsRun(MembershipRun):
                 ):
                     duplicates.append(execution)
         return duplicates
+
+    def same_attempt_starts(self) -> list[_Execution]:
+        """Executions that started an attempt of their run that an earlier
+        execution had started already: two claims of one attempt (a re-run
+        after a failure or a hand-back takes attempt + 1)."""
+        again = []
+        for executions in self._executions.values():
+            seen: set[int] = set()
+            for execution in sorted(executions, key=lambda e: e.start):
+                if execution.attempt in seen:
+                    again.append(execution)
+                seen.add(execution.attempt)
+        return again
+
+    def twice(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The runs executed twice as a duplicate or with the same attempt,
+        and who ran them when, oldest first."""
+        runs = {e.run_id for e in self.duplicate_executions()} | {e.run_id for e in self.same_attempt_starts()}
+        found = []
+        for run_id in sorted(runs, key=lambda r: min(e.start for e in self._executions[r])):
+            executions = sorted(self._executions[run_id], key=lambda e: e.start)
+            found.append(
+                {
+                    "run": run_id,
+                    "executions": [
+                        {
+                            "node": self.nodes[e.node].name,
+                            "boot": e.boots,
+                            "attempt": e.attempt,
+                            "start": round(e.start, 3),
+                            "end": None if e.end is None else round(e.end, 3),
+                            "ok": e.ok,
+                        }
+                        for e in executions
+                    ],
+                }
+            )
+        return found[:limit]
 
     def reruns_after_lost_success(self) -> int:
         """Runs re-run after a success nobody else had heard of when its

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -32,7 +32,7 @@ from membership.state import CHECKSUM_MODULUS, EventKind, Status, member_digest
 from peer.wire import Codec, Keyring
 from sim.clock import NodeClock
 from sim.engine import Simulator
-from sim.faults import Crash, Fault, Join
+from sim.faults import Crash, Fault, Join, ScaleUp
 from sim.network import Block, Conditions, Network
 from sim.node import CoreFactory, Life, SimNode, membership_core
 from sim.streams import SeedStreams
@@ -43,6 +43,11 @@ SIM_KEY = b"peer-simulator-cluster-key-32by!"
 
 def _fault_tuple(faults: Iterable[Fault]) -> tuple[Fault, ...]:
     return tuple(faults)
+
+
+def _span(value: Iterable[float]) -> tuple[float, float]:
+    low, high = value
+    return float(low), float(high)
 
 
 @attrs.frozen
@@ -63,9 +68,19 @@ class MembershipScenario:
     wall_skew: float = 0.0  # each node's wall clock is off by up to this many seconds
     authenticated: bool = True
     faults: tuple[Fault, ...] = attrs.field(default=(), converter=_fault_tuple)
+    # Seconds a started process takes before its core exists and joins
+    # (imports, sockets, settings), drawn uniformly at every start; its
+    # address answers nothing meanwhile. (0, 0): the core exists at once.
+    boot_delay: tuple[float, float] = attrs.field(default=(0.0, 0.0), converter=_span)
 
     def config(self) -> MembershipConfig:
         return attrs.evolve(profile(self.profile), **self.overrides)
+
+    @property
+    def slots(self) -> int:
+        """Nodes the run builds: ``nodes`` started at the beginning, and a
+        spare slot, stopped until then, for every node a ``ScaleUp`` adds."""
+        return self.nodes + sum(f.count for f in self.faults if isinstance(f, ScaleUp))
 
 
 @attrs.define
@@ -149,7 +164,7 @@ class MembershipRun:
         keyring = Keyring((SIM_KEY,)) if scenario.authenticated else None
         clocks = self.sim.streams.get("clocks")
         self.nodes: list[SimNode] = []
-        for index in range(scenario.nodes):
+        for index in range(scenario.slots):
             clock = NodeClock(
                 offset=clocks.uniform(0, 10_000),  # monotonic epochs differ per machine
                 drift=clocks.uniform(-scenario.drift, scenario.drift),
@@ -181,6 +196,12 @@ class MembershipRun:
         self._last_event: float | None = None
         self._started = False
         self._wall = 0.0
+        # Process life the faults drive: restarts waiting for their process
+        # to exit (node -> delay, then a new start), and callbacks waiting
+        # for a node to be back and ready (a rolling restart's next step).
+        self._exit_then_start: dict[int, float] = {}
+        self._ready_waiters: dict[int, list[Callable[[], None]]] = {}
+        self._boot_delays = self.sim.streams.get("boot-delay")
 
     # -- World -------------------------------------------------------------
 
@@ -193,7 +214,77 @@ class MembershipRun:
         self._update_convergence()
 
     def boot(self, index: int) -> None:
-        self.nodes[index].boot(self.seed_addrs)
+        """Start the node's process: its core boots after the scenario's
+        boot delay (at once without one)."""
+        low, high = self.scenario.boot_delay
+        node = self.nodes[index]
+        if high <= 0:
+            node.boot(self.seed_addrs)
+            return
+        if node.core is not None and node.life in (Life.UP, Life.PAUSED, Life.LEAVING):
+            # A new process cannot bind the address of a running one: the
+            # supervisor killed the old one first.
+            self.crash(index)
+        token = node.starting()
+        self.at(self.sim.now + self._boot_delays.uniform(low, high), self._booted, index, token)
+
+    def _booted(self, index: int, token: int) -> None:
+        node = self.nodes[index]
+        if node.life is Life.BOOTING and node.boot_token == token:
+            node.boot(self.seed_addrs)
+
+    def restart(self, index: int, delay: float) -> bool:
+        """Restart gracefully: leave, and once the process exited (its leave
+        complete), start it again ``delay`` seconds later. False if the node
+        was not up to restart."""
+        node = self.nodes[index]
+        if node.life is not Life.UP:
+            return False
+        self._exit_then_start[index] = delay
+        node.leave()
+        return True
+
+    def rolling_restart(self, nodes: tuple[int, ...] | None, gap: float, delay: float) -> None:
+        order = list(nodes) if nodes is not None else [node.index for node in self.nodes if node.life is Life.UP]
+        self._roll(order, gap, delay)
+
+    def _roll(self, order: list[int], gap: float, delay: float) -> None:
+        """Restart the first node of ``order`` that is up; the rest follow,
+        ``gap`` seconds after it is ready again."""
+        while order:
+            index, rest = order[0], order[1:]
+            if self.restart(index, delay):
+                self._when_ready(index, lambda: self.at(self.sim.now + gap, self._roll, rest, gap, delay))
+                return
+            order = rest
+
+    def scale_up(self, count: int) -> None:
+        """Start ``count`` spare slots that never ran, lowest index first."""
+        spares = [node for node in self.nodes[self.scenario.nodes :] if node.boots == 0 and node.life is Life.STOPPED]
+        for node in spares[:count]:
+            self.boot(node.index)
+
+    def scale_down(self, count: int) -> None:
+        """``count`` up nodes leave for good: highest index first, seeds last."""
+        seeds = self.scenario.seeds
+        up = [node for node in self.nodes if node.life is Life.UP]
+        up.sort(key=lambda node: (node.index < seeds, -node.index))
+        for node in up[:count]:
+            node.leave()
+
+    def ready(self, index: int) -> bool:
+        """Is the node back and ready for work (here: up; a jobs run also
+        waits for its scheduler)?"""
+        return self.nodes[index].life is Life.UP
+
+    def _when_ready(self, index: int, callback: Callable[[], None]) -> None:
+        self._ready_waiters.setdefault(index, []).append(callback)
+        self._check_ready(index)
+
+    def _check_ready(self, index: int) -> None:
+        if index in self._ready_waiters and self.ready(index):
+            for callback in self._ready_waiters.pop(index):
+                callback()
 
     def crash(self, index: int) -> None:
         node = self.nodes[index]
@@ -257,6 +348,7 @@ class MembershipRun:
             self._checksum_counts[core.checksum] += 1
             self._observer_checksum[index] = core.checksum
         self._update_convergence()
+        self._check_ready(index)
 
     def on_life(self, node: SimNode) -> None:
         index, life = node.index, node.life
@@ -275,6 +367,11 @@ class MembershipRun:
             self._remove_observer(index)
             self._set_expected(index, None)
             self._life_started.pop(index, None)
+        if life is Life.LEFT and index in self._exit_then_start:
+            self.at(self.sim.now + self._exit_then_start.pop(index), self.boot, index)  # the process exited
+        elif life is Life.CRASHED:
+            self._exit_then_start.pop(index, None)  # killed while leaving: whoever crashed it restarts it
+        self._check_ready(index)
 
     def _set_expected(self, index: int, incarnation: int | None) -> None:
         name = self.nodes[index].name
@@ -340,7 +437,7 @@ class MembershipRun:
             if isinstance(fault, Join):
                 late |= fault.nodes
         starts = self.sim.streams.get("boot")
-        for node in self.nodes:
+        for node in self.nodes[: self.scenario.nodes]:  # spare slots wait for a ScaleUp
             if node.index not in late:
                 self.at(starts.uniform(0, self.scenario.join_window), self.boot, node.index)
         for fault in self.scenario.faults:

@@ -4,8 +4,10 @@
 runtime: it decodes frames with ``peer.wire.Codec``, feeds the core with its
 own clock's time, encodes what the core sends and hands it to the network,
 and wakes the core at its next deadline. It also plays the process's life:
-boot, crash (all state lost), restart under the same name, pause (SIGSTOP:
-timers stop, packets queue in the socket buffer), graceful leave.
+process start (``starting``: the process runs its imports and binds its
+sockets, its address answers nothing yet), boot (the core exists and
+joins), crash (all state lost), restart under the same name, pause
+(SIGSTOP: timers stop, packets queue in the socket buffer), graceful leave.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Life(enum.Enum):
     CRASHED = 3
     LEAVING = 4
     LEFT = 5
+    BOOTING = 6  # the process started; its core is not built yet (nothing answers)
 
 
 class DrivenCore(Protocol):
@@ -154,6 +157,7 @@ class SimNode:
         self.life = Life.STOPPED
         self.core: DrivenCore | None = None
         self.boots = 0
+        self.boot_token = 0  # names the pending boot of a starting process
         self.seeds: tuple[Address, ...] = ()
         self._wake_local = math.inf  # the local deadline a pending wake-up is for
         self._wake_token = 0
@@ -186,7 +190,21 @@ class SimNode:
         self.core.join(now, self.seeds)
         self._flush()
 
+    def starting(self) -> int:
+        """The process was started and is booting (imports, binding, reading
+        its settings): no core yet, so its address answers nothing. Whatever
+        ran before under this name is gone. The token names this start: a
+        boot still pending under an older token (a crash came since) is void."""
+        self.core = None
+        self._wake_token += 1
+        self._wake_local = math.inf
+        self._inbox, self._inbox_bytes, self._inbox_streams = [], 0, 0
+        self.boot_token += 1
+        self._set_life(Life.BOOTING)
+        return self.boot_token
+
     def crash(self) -> None:
+        self.boot_token += 1  # a process killed while booting never boots
         self.core = None
         self._wake_token += 1
         self._wake_local = math.inf

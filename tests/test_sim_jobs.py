@@ -8,13 +8,15 @@ churn and loss duplicates are counted (and stay rare), never a lost tick.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from sim.faults import Leave
-from sim.jobs_scenario import JobsScenario, run_jobs
+from sim.faults import Leave, Restart, RollingRestart, ScaleDown, ScaleUp
+from sim.jobs_scenario import JobsRun, JobsScenario, run_jobs, scheduler_of
+from sim.node import Life, SimNode
 
 
 def test_a_stable_cluster_runs_every_tick_exactly_once() -> None:
@@ -70,6 +72,163 @@ def test_the_command_line_prints_the_figures_and_a_replay_line() -> None:
     assert report["ticks_run"] == report["ticks_expected"] > 0
     replay = subprocess.run(report["replay"].split(), capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(replay.stdout)["trace_hash"] == report["trace_hash"]
+
+
+# -- agents started, restarted and deployed as processes are ---------------------------
+
+# How real agents start: a boot delay, and every node's jobs file defined once caught up.
+AGENT_START = {"jobs_file": True, "boot_delay": (0.2, 0.6), "cron_jobs": 3, "all_jobs": 1, "every": 1.0, "oneoffs": 0}
+
+
+class _LifeLog(JobsRun):
+    """A jobs run that keeps each node's life changes, in order."""
+
+    def __init__(self, scenario: JobsScenario) -> None:
+        super().__init__(scenario)
+        self.life_log: dict[int, list[Life]] = {node.index: [] for node in self.nodes}
+
+    def on_life(self, node: SimNode) -> None:
+        self.life_log[node.index].append(node.life)
+        super().on_life(node)
+
+
+def _run(scenario: JobsScenario) -> _LifeLog:
+    run = _LifeLog(scenario)
+    run.run_until(scenario.duration)
+    return run
+
+
+def test_a_booting_process_answers_nothing_until_its_core_exists() -> None:
+    scenario = JobsScenario(nodes=4, seeds=4, duration=6, seed=2, heal=2, **{**AGENT_START, "boot_delay": (0.5, 0.5)})
+    run = _LifeLog(scenario)
+    run.run_until(0.45)  # every process started within the join window (1 s), none booted yet
+    assert all(node.life in (Life.STOPPED, Life.BOOTING) and node.core is None for node in run.nodes)
+    assert any(node.life is Life.BOOTING for node in run.nodes)
+    run.run_until(scenario.duration)
+    assert all(run.life_log[i][:2] == [Life.BOOTING, Life.UP] and run.ready(i) for i in range(4))
+
+
+def test_with_a_jobs_file_every_node_defines_the_jobs_and_a_restart_redefines_nothing() -> None:
+    scenario = JobsScenario(nodes=4, seeds=4, duration=20, seed=1, heal=4, faults=[Restart(frozenset({2}), 8.0)], **AGENT_START)
+    run = _run(scenario)
+    assert run.nodes[2].boots == 2 and run.ready(2)
+    held = [scheduler_of(node.core).jobs() for node in run.nodes]
+    assert all(jobs.keys() == {"cron-000", "cron-001", "cron-002", "all-000"} for jobs in held)
+    # One definition won everywhere; the restarted node's jobs file changed nothing.
+    for job_id in held[0]:
+        assert len({jobs[job_id].since for jobs in held}) == 1
+    assert max(entry.since for entry in held[2].values()) / 1000 < run.nodes[2].clock.wall(8.0)
+    report = run.measure_jobs()
+    assert report["jobs_file"] is True and report["ticks_run"] > 0
+    assert "same_attempt_starts" in report and isinstance(report["twice"], list)
+
+
+def test_a_restart_leaves_waits_for_the_exit_and_boots_again() -> None:
+    scenario = JobsScenario(nodes=4, seeds=4, duration=16, seed=3, heal=4, faults=[Restart(frozenset({1}), 6.0)], **AGENT_START)
+    run = _run(scenario)
+    assert run.life_log[1] == [Life.BOOTING, Life.UP, Life.LEAVING, Life.LEFT, Life.BOOTING, Life.UP]
+    assert run.nodes[1].boots == 2 and run.ready(1)
+    assert [node.boots for node in run.nodes] == [1, 2, 1, 1]
+    report = run.measure_jobs()
+    assert report["leaves_reported_failed"] == 0 and report["false_positives"] == 0
+
+
+def test_a_rolling_restart_restarts_every_node_one_after_another() -> None:
+    gap = 1.0
+    scenario = JobsScenario(nodes=4, seeds=4, duration=45, seed=1, heal=5, faults=[RollingRestart(8.0, gap=gap)], **AGENT_START)
+    run = _run(scenario)
+    assert [node.boots for node in run.nodes] == [2, 2, 2, 2]
+    assert all(run.ready(i) for i in range(4))
+    # Each next node left only once the one before was ready again, plus the
+    # gap: its new scheduler's ready time is a drain, a boot and a settle later.
+    back = [run.ready_times[i][1] for i in range(4)]
+    settle = run.scheduler_config.settle
+    assert all(later - earlier > gap + settle for earlier, later in zip(back, back[1:]))
+    assert run.measure_jobs()["leaves_reported_failed"] == 0
+
+
+def test_a_rolling_restart_in_a_given_order_skips_a_node_that_is_down() -> None:
+    faults = [Leave(frozenset({3}), 6.0), RollingRestart(8.0, (2, 3, 0))]
+    scenario = JobsScenario(nodes=4, seeds=4, duration=30, seed=4, heal=4, faults=faults, **AGENT_START)
+    run = _run(scenario)
+    assert [node.boots for node in run.nodes] == [2, 1, 2, 1]
+    assert run.nodes[3].life is Life.LEFT
+    assert run.ready_times[2][1] < run.ready_times[0][1]
+
+
+def test_scaled_up_nodes_start_late_and_become_live_ready_members() -> None:
+    scenario = JobsScenario(nodes=4, seeds=4, duration=20, seed=5, heal=4, faults=[ScaleUp(2, 8.0)], **AGENT_START)
+    run = _LifeLog(scenario)
+    assert len(run.nodes) == 6
+    run.run_until(7.9)
+    assert [(node.life, node.boots) for node in run.nodes[4:]] == [(Life.STOPPED, 0)] * 2
+    run.run_until(scenario.duration)
+    assert [node.boots for node in run.nodes] == [1] * 6
+    names = {node.name for node in run.nodes}
+    for node in run.nodes:
+        assert run.ready(node.index)
+        assert {member.name for member in node.core.live_members()} == names
+    # The new nodes take work: each runs its ticks of the job in mode all.
+    ran_on = {execution.node for execution in run.first_executions().values()}
+    assert {4, 5} <= ran_on
+
+
+def test_scaled_down_nodes_leave_for_good() -> None:
+    scenario = JobsScenario(nodes=5, seeds=2, duration=22, seed=6, heal=4, faults=[ScaleDown(2, 8.0)], **AGENT_START)
+    run = _run(scenario)
+    # The highest indices go first; seeds last.
+    assert [node.life for node in run.nodes] == [Life.UP] * 3 + [Life.LEFT] * 2
+    assert [node.boots for node in run.nodes] == [1] * 5
+    for node in run.nodes[:3]:
+        assert {member.name for member in node.core.live_members()} == {"node-0000", "node-0001", "node-0002"}
+    report = run.measure_jobs()
+    assert report["leaves_reported_failed"] == 0 and report["false_positives"] == 0
+
+
+def test_the_command_line_restarts_and_scales_and_its_replay_line_repeats_the_run() -> None:
+    command = [
+        sys.executable, "-m", "sim", "jobs", "--nodes", "3", "--seeds", "3", "--duration", "30", "--oneoffs", "3",
+        "--heal", "5", "--every", "1", "--cron-jobs", "2", "--jobs-file", "--boot-delay", "0.2-0.6",
+        "--scale-up", "1@6", "--restart", "0@8", "--rolling-restart", "2,1@12", "--scale-down", "1@24",
+        "--ready-oneoffs", "1", "--all-ready-oneoffs", "1", "--json",
+    ]
+    # One string-hash seed for both processes: the scheduler walks a set of
+    # run ids (Scheduler.on_changes), so the order of its claims, and the
+    # trace, can depend on PYTHONHASHSEED.
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True, env=env)
+    report = json.loads(result.stdout)
+    assert report["jobs_file"] is True and report["boot_delay"] == [0.2, 0.6]
+    assert "same_attempt_starts" in report and "duplicates" in report
+    assert report["oneoffs_submitted"] > 3  # and those submitted as nodes turned ready
+    for flag in ("--jobs-file", "--scale-up", "--restart", "--rolling-restart", "--scale-down", "--ready-oneoffs"):
+        assert flag in report["replay"]
+    replay = subprocess.run(report["replay"].split(), capture_output=True, text=True, timeout=120, check=True, env=env)
+    assert json.loads(replay.stdout)["trace_hash"] == report["trace_hash"]
+
+
+def test_restarts_and_scaling_keep_the_run_a_function_of_its_seed() -> None:
+    faults = [ScaleUp(1, 5.0), RollingRestart(8.0, gap=0.5), ScaleDown(1, 22.0)]
+    scenario = JobsScenario(nodes=3, seeds=3, duration=26, seed=7, heal=3, faults=faults, **{**AGENT_START, "oneoffs": 5})
+    first, second = run_jobs(scenario), run_jobs(scenario)
+    assert first["trace_hash"] == second["trace_hash"]
+    assert first["same_attempt_starts"] == second["same_attempt_starts"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--scale-up", "two@5"], "expected K@AT"),
+        (["--restart", "9@5"], "not within 0..3"),
+        (["--rolling-restart", "1,1@5"], "distinct indices"),
+        (["--boot-delay", "0.6-0.2"], "LOW <= HIGH"),
+    ],
+)
+def test_bad_restart_and_scale_arguments_get_one_clear_line(args: list[str], message: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sim", "jobs", "--nodes", "4", *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and message in done.stderr
 
 
 @pytest.mark.soak
