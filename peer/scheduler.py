@@ -369,10 +369,10 @@ class Scheduler:
             claims.append(self._pending_due[0][0])
         if self.role is Role.STARTING:
             claims = []  # nothing to claim (see _claim)
+        elif self._thawing_until > self._last_tick:
+            claims = [self._thawing_until]  # thawing: nothing before (draining too: chaos seed 471 spun)
         elif self.role is Role.DRAINING:
             claims = [self._next_scan]  # only to pass on what was assigned to us
-        elif self._thawing_until > self._last_tick:
-            claims = [self._thawing_until]  # thawing: no claim before
         deadlines = [*claims, self._next_late_check]
         if self._replace_at is not None:
             deadlines.append(self._replace_at)
