@@ -375,7 +375,9 @@ class Scheduler:
             claims = [self._next_scan]  # only to pass on what was assigned to us
         deadlines = [*claims, self._next_late_check]
         if self._replace_at is not None:
-            deadlines.append(self._replace_at)
+            # No sooner than a debounced ring rebuild may run: a deadline
+            # _place() would only put off again is a busy loop (sim seed 38).
+            deadlines.append(max(self._replace_at, self._ring_changed_at + RING_REBUILD_MS))
         if self._placement_stale:
             deadlines.append(self._ring_changed_at + RING_REBUILD_MS)
         if self.role is Role.STARTING:

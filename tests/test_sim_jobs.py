@@ -237,3 +237,18 @@ def test_fifty_nodes_with_churn_and_loss(seed: int) -> None:
     report = run_jobs(JobsScenario(nodes=50, duration=90, seed=seed, oneoffs=100, churn=10, loss=0.05, heal=20))
     assert report["missed"] == 0, report["missed_runs"]
     assert report["lost_results"] == 0, report["lost_runs"]
+
+
+def test_a_deploy_with_scaling_and_a_rolling_restart_runs_every_tick_once_seed_38() -> None:
+    """Seed 38 once spun forever (a placement deadline in the past that a
+    debounced ring rebuild kept putting off); it also checks a deploy's
+    run-once: no tick twice, none missed, no attempt started twice."""
+    command = (
+        "jobs --nodes 6 --seeds 6 --profile lan --cron-jobs 4 --all-jobs 1 --every 1 --duration 100 --heal 15 "
+        "--oneoffs 20 --jobs-file --boot-delay 0.2-0.6 --scale-up 2@15 --rolling-restart 25 --scale-down 2@75 "
+        "--all-ready-oneoffs 1 --seed 38 --json"
+    )
+    done = subprocess.run([sys.executable, "-m", "sim", *command.split()], capture_output=True, text=True, timeout=300, check=True)
+    report = json.loads(done.stdout)
+    assert (report["missed"], report["duplicates"], report["same_attempt_starts"], report["lost_results"]) == (0, 0, 0, 0)
+    assert report["oneoffs_done"] == report["oneoffs_submitted"]
