@@ -95,7 +95,7 @@ import peer
 from peer.chaos import FINISHED, JournalLine, duplicates, iso_ms, read_journal, ticks_between, toml_jobs
 from peer.client import ClientError, api_path
 from peer.keys import generate_key
-from peer.localcluster import AgentProcess, LocalCluster, free_port, wait_for
+from peer.localcluster import AgentProcess, LocalCluster, wait_for
 from peer.runs import tick_run_id
 
 log = logging.getLogger("deploy_bench")
@@ -358,7 +358,7 @@ class Deploy:
         started = time.time()
         if not agent.running:
             agent.start()
-        if not self.wait(lambda: not agent.running or answers_ready(agent), READY_TIMEOUT) or not agent.running:
+        if not self.wait(lambda: not agent.running or agent.answers_ready(), READY_TIMEOUT) or not agent.running:
             code = agent.process.poll() if agent.process else None
             self.problem(f"{agent.name} (start {agent.starts}) not ready within {READY_TIMEOUT:g}s (exit code {code})")
             return False
@@ -410,15 +410,7 @@ class Deploy:
     def start(self) -> None:
         """The original agents, each with all the others as seeds; until
         every scheduler is ready and sees them all eligible, with the jobs."""
-        ports: list[int] = []
-        while len(ports) < self.nodes:
-            port = free_port()
-            if port not in ports:
-                ports.append(port)
-        addresses = [f"127.0.0.1:{port}" for port in ports]
-        for index, port in enumerate(ports):
-            seeds = [address for other, address in enumerate(addresses) if other != index]
-            self.originals.append(self.cluster.add(f"node-{index}", seeds=seeds, port=port))
+        self.originals.extend(self.cluster.add_mesh(self.nodes))
         self.cluster.wait_api(self.originals, START_TIMEOUT)
         wait_for(self.settled, START_TIMEOUT, "the schedulers to be ready with every node eligible", interval=0.2)
         self.ready_ms = now_ms()
@@ -432,7 +424,7 @@ class Deploy:
             for agent in self.originals:
                 scheduler = agent.call("/status", timeout=API_TIMEOUT)["scheduler"]
                 jobs = {job["id"] for job in agent.call("/jobs", timeout=API_TIMEOUT)["jobs"]}
-                if not answers_ready(agent) or scheduler["role"] != "ready" or scheduler["eligible"] != self.nodes:
+                if not agent.answers_ready() or scheduler["role"] != "ready" or scheduler["eligible"] != self.nodes:
                     return False
                 if jobs != {*ONE_JOBS, ALL_JOB}:
                     return False
@@ -589,14 +581,6 @@ def last_error(agent: AgentProcess) -> str:
     """The last line of its log naming an error (a traceback's last line), or "no error logged"."""
     errors = [text.strip() for text in agent.log_text().splitlines() if "Error" in text or '"level":"ERROR"' in text]
     return errors[-1][:300] if errors else "no error logged"
-
-
-def answers_ready(agent: AgentProcess) -> bool:
-    try:
-        agent.call("/health/ready", timeout=1.0)
-    except ClientError:
-        return False
-    return True
 
 
 def send_update(agent: AgentProcess | None, run: str) -> ClientError | None:

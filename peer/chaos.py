@@ -75,7 +75,7 @@ from membership.config import profile as membership_profile
 from membership.suspicion import Suspicion
 from peer.client import ClientError, api_path
 from peer.keys import generate_key
-from peer.localcluster import AgentProcess, LocalCluster, free_port, wait_for
+from peer.localcluster import AgentProcess, LocalCluster, wait_for
 from peer.runs import tick_run_id
 
 log = logging.getLogger("peer.chaos")
@@ -317,15 +317,7 @@ class Chaos:
     def start(self) -> None:
         """Start every agent, each with all the others as seeds; wait until
         they see each other, are ready and agree on the jobs' owners."""
-        ports: list[int] = []
-        while len(ports) < self.nodes:
-            port = free_port()
-            if port not in ports:
-                ports.append(port)
-        addresses = [f"127.0.0.1:{port}" for port in ports]
-        for index, port in enumerate(ports):
-            seeds = [address for other, address in enumerate(addresses) if other != index]
-            agent = self.cluster.add(f"node-{index}", seeds=seeds, port=port)
+        for agent in self.cluster.add_mesh(self.nodes):
             self.agents[agent.name] = agent
         self.cluster.wait_api(self.agents.values(), START_TIMEOUT)
         everyone = {name: "alive" for name in self.agents}

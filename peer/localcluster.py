@@ -138,6 +138,15 @@ class AgentProcess:
             check=False, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=env,
         )
 
+    def answers_ready(self, timeout: float = 1.0) -> bool:
+        """Does ``GET /health/ready`` answer 200 (joined, not leaving, the
+        scheduler ready)?"""
+        try:
+            self.call("/health/ready", timeout=timeout)
+        except ClientError:
+            return False
+        return True
+
     def call_text(self, path: str, *, timeout: float = 5.0) -> str:
         return fetch(self.api, path, timeout=timeout).decode()
 
@@ -213,6 +222,24 @@ class LocalCluster:
         if start:
             agent.start()
         return agent
+
+    def add_mesh(self, count: int, *, extra_args: Iterable[str] = ()) -> list[AgentProcess]:
+        """Start ``count`` agents named ``{prefix}{i}`` on ports picked up
+        front, each with all the others as seeds (as a deploy gives every
+        replica the same list), so that any of them can restart alone."""
+        ports: list[int] = []
+        while len(ports) < count:
+            port = free_port(self.host)
+            if port not in ports:
+                ports.append(port)
+        addresses = [format_address((self.host, port)) for port in ports]
+        return [
+            self.add(
+                f"{self.prefix}{index}", port=port, extra_args=extra_args,
+                seeds=[address for other, address in enumerate(addresses) if other != index],
+            )
+            for index, port in enumerate(ports)
+        ]
 
     def running(self) -> list[AgentProcess]:
         return [agent for agent in self.agents.values() if agent.running]

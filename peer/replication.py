@@ -90,7 +90,7 @@ EMPTY_SUMMARY = ((0, 0),) * FANOUT
 @attrs.frozen
 class ReplicationConfig:
     sync_interval: float = 10.0  # digest comparison with one random member
-    catch_up_jitter: float = 0.1  # a node that finds the cluster syncs within this, unless synced with first
+    catch_up_jitter: float = 0.1  # a node that finds the cluster asks a member for its state within this
     catch_up_retry: float = 2.0  # then again this much later, until caught up
     settle_count: int = 16  # exchange entries once a differing node holds this few (both sides)
     chunk_bytes: int = 60_000  # bound on one SyncEntries or answer

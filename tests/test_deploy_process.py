@@ -14,15 +14,14 @@ when the test ends (``LocalCluster``).
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 from peer.chaos import read_journal, ticks_between, toml_jobs
 from peer.client import ClientError, api_path
-from peer.localcluster import AgentProcess, LocalCluster, free_port, wait_for
+from peer.keys import generate_key
+from peer.localcluster import AgentProcess, LocalCluster, wait_for
 
 TIMEOUT = 60.0  # generous: the machines running CI are shared and slow
 EVERY_MS = 1000
@@ -30,14 +29,6 @@ NODES = 4
 # Ticks this close to the start of the check or to its end are not owed yet
 # (the first owner may still wait its handover; the journal may lag).
 MARGIN_MS = 3000
-
-
-def ready(agent: AgentProcess) -> bool:
-    try:
-        agent.call("/health/ready", timeout=2.0)
-    except ClientError:
-        return False
-    return True
 
 
 def start_cluster(cluster: LocalCluster, journal: Path, workdir: Path) -> list[AgentProcess]:
@@ -49,32 +40,16 @@ def start_cluster(cluster: LocalCluster, journal: Path, workdir: Path) -> list[A
     jobs.append({"id": "everywhere", "schedule": "@every 1s", "mode": "all", "call": "peer.samples:journal", "kwargs": {"path": str(journal)}})
     jobs_file = workdir / "jobs.toml"
     jobs_file.write_text(toml_jobs(jobs))
-    ports: list[int] = []
-    while len(ports) < NODES:
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-    addresses = [f"127.0.0.1:{port}" for port in ports]
-    agents = [
-        cluster.add(
-            f"node-{i}", port=port, seeds=[a for j, a in enumerate(addresses) if j != i],
-            extra_args=["--jobs", str(jobs_file), "--drain-timeout", "10"],
-        )
-        for i, port in enumerate(ports)
-    ]
+    agents = cluster.add_mesh(NODES, extra_args=["--jobs", str(jobs_file), "--drain-timeout", "10"])
     cluster.wait_api(agents, TIMEOUT)
     for agent in agents:
-        wait_for(lambda agent=agent: ready(agent), TIMEOUT, f"{agent.name} to be ready")  # type: ignore[misc]
+        wait_for(agent.answers_ready, TIMEOUT, f"{agent.name} to be ready")
     return agents
-
-
-def cluster_key() -> str:
-    return subprocess.run([sys.executable, "-m", "peer", "keygen"], check=True, capture_output=True, text=True).stdout.strip()
 
 
 def test_a_rolling_restart_runs_every_tick_once_and_misses_none(tmp_path: Path) -> None:
     journal = tmp_path / "journal"
-    with LocalCluster(tmp_path, profile="lan", key=cluster_key()) as cluster:
+    with LocalCluster(tmp_path, profile="lan", key=generate_key()) as cluster:
         agents = start_cluster(cluster, journal, tmp_path)
         time.sleep(3)
         began = int(time.time() * 1000)
@@ -83,7 +58,7 @@ def test_a_rolling_restart_runs_every_tick_once_and_misses_none(tmp_path: Path) 
             exits[agent.name] = agent.stop(TIMEOUT)
             agent.start()
             cluster.wait_api([agent], TIMEOUT)
-            wait_for(lambda agent=agent: ready(agent), TIMEOUT, f"{agent.name} to be ready again")  # type: ignore[misc]
+            wait_for(agent.answers_ready, TIMEOUT, f"{agent.name} to be ready again")
             time.sleep(1.5)
         ended = int(time.time() * 1000)
         time.sleep(MARGIN_MS / 1000 + 1)
@@ -104,7 +79,7 @@ def test_a_rolling_restart_runs_every_tick_once_and_misses_none(tmp_path: Path) 
 
 def test_one_offs_submitted_as_soon_as_every_agent_is_ready_each_start_once(tmp_path: Path) -> None:
     journal = tmp_path / "journal"
-    with LocalCluster(tmp_path, profile="lan", key=cluster_key()) as cluster:
+    with LocalCluster(tmp_path, profile="lan", key=generate_key()) as cluster:
         agents = start_cluster(cluster, journal, tmp_path)
         submitted = []
         for number in range(12):
