@@ -5,6 +5,7 @@ and the simulator's jobs scenario.
     python bench/jobs_bench.py throughput [--nodes 3] [--batches 3] [--submits 300]
                                           [--threads 8] [--sample 20] [--json]            # about 1.5 minutes
     python bench/jobs_bench.py sim        [--seeds 1,2,3] [--json]                        # about 6.5 minutes
+    python bench/jobs_bench.py cpu        [--nodes 4] [--jobs 10] [--window 30] [--json]   # about 2 minutes
     python bench/jobs_bench.py all        [...]                   # the three, one after the other
 
 Every agent is a ``peer agent --profile lan`` with a cluster key, started on
@@ -62,6 +63,18 @@ sim. ``python -m sim jobs --nodes 50 --churn 10 --loss 0.05 --duration 90
 --seed S --json`` for each seed of ``--seeds``, and one stable run (no churn,
 no loss) of the same size: expected ticks, missed, duplicates (also per 10k
 ticks), lost results, and the simulator's speed.
+
+cpu. A cluster of ``--nodes`` (4) agents at the default log level (info),
+idle for ``--window`` seconds, then running ``--jobs`` (10) cron jobs in mode
+``one``, ``@every 1s``, each calling ``peer.samples:journal`` (one line
+appended to a file); once every job has run three times, another window. The
+agents' CPU time (user + system, from ``/proc/PID/stat``), summed over the
+cluster, is read at the start and end of each window; the runs are counted
+from the journal. Figure: CPU per run = (CPU in the busy window - CPU in the
+idle window) / runs started in the busy window, in milliseconds: what one
+run costs the whole cluster beyond its idle membership and replication
+chatter. CPU time, not wall time, so another load on the machine moves it
+little.
 
 The machine is shared; compare the figures within one run (failover against
 detection), not across runs. No figure is asserted.
@@ -638,12 +651,83 @@ def sim(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return {"rows": rows}
 
 
+# -- CPU per run ---------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (``/proc/PID/stat``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cluster_cpu(agents: Iterable[AgentProcess]) -> float:
+    return sum(cpu_seconds(agent.pid) for agent in agents)
+
+
+def cpu(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    return port_retries(_cpu, args, workdir)
+
+
+def _cpu(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    print(
+        f"cpu: {args.nodes} agents (lan profile, keyed, log level info), {args.jobs} jobs in mode one @every 1s,"
+        f" windows of {args.window:g} s; {load_note()}",
+        flush=True,
+    )
+    journal = workdir / "cpu.journal"
+    shutil.rmtree(workdir / "cpu", ignore_errors=True)
+    journal.unlink(missing_ok=True)
+    with LocalCluster(workdir / "cpu", profile="lan", key=generate_key(), extra_args=["--log-level", "info"]) as cluster:
+        (workdir / "cpu").mkdir(parents=True)
+        agents = start_cluster(cluster, args.nodes)
+        time.sleep(2.0)  # past the start's catch-up and first syncs
+        idle_cpu, idle_wall = _window(agents, args.window)
+        jobs = [
+            {"id": f"cpu-{i:02d}", "schedule": "@every 1s", "mode": "one", "call": "peer.samples:journal",
+             "kwargs": {"path": str(journal)}}
+            for i in range(args.jobs)
+        ]
+        agents[0].call("/jobs", method="POST", body={"jobs": jobs})
+        wait_for(lambda: len({line[0].split("@")[0] for line in read_journal(journal)}) == args.jobs
+                 and len(read_journal(journal)) >= 3 * args.jobs, TIMEOUT, "every job to run three times", interval=0.2)
+        before = len(read_journal(journal))
+        busy_cpu, busy_wall = _window(agents, args.window)
+        runs = len(read_journal(journal)) - before
+        load = load_note()
+    idle_rate = idle_cpu / idle_wall
+    per_run_ms = 1000 * (busy_cpu - idle_rate * busy_wall) / runs if runs else None
+    result = {
+        "nodes": args.nodes, "jobs": args.jobs, "window_s": args.window,
+        "idle_cpu_s": round(idle_cpu, 3), "idle_cpu_percent_per_agent": round(100 * idle_rate / args.nodes, 2),
+        "busy_cpu_s": round(busy_cpu, 3), "busy_wall_s": round(busy_wall, 3), "runs": runs,
+        "cpu_ms_per_run": None if per_run_ms is None else round(per_run_ms, 2),
+        "load_after": load,
+    }
+    if args.json:
+        print(json.dumps(result), flush=True)
+    else:
+        print(f"idle: {idle_cpu:.2f} s of CPU in {idle_wall:.1f} s over {args.nodes} agents"
+              f" ({result['idle_cpu_percent_per_agent']} % of a core per agent)", flush=True)
+        print(f"busy: {busy_cpu:.2f} s of CPU in {busy_wall:.1f} s, {runs} runs", flush=True)
+        print(f"CPU per run, summed over the cluster, idle subtracted: {fmt(per_run_ms)} ms", flush=True)
+        print(load, flush=True)
+    return result
+
+
+def _window(agents: list[AgentProcess], seconds: float) -> tuple[float, float]:
+    """CPU seconds the agents spent together over ``seconds`` of wall time."""
+    started, cpu_before = time.monotonic(), cluster_cpu(agents)
+    time.sleep(seconds)
+    return cluster_cpu(agents) - cpu_before, time.monotonic() - started
+
+
 # -- main ----------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("failover", "throughput", "sim", "all"))
+    parser.add_argument("what", choices=("failover", "throughput", "sim", "cpu", "all"))
     parser.add_argument("--reps", type=int, default=5, help="failover: repetitions, each a fresh cluster (default 5)")
     parser.add_argument("--nodes", type=int, default=None, help="agents (default: failover 5, throughput 3)")
     parser.add_argument("--submits", type=int, default=300, help="throughput: one-off runs submitted (default 300)")
@@ -652,6 +736,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=20, help="throughput: runs whose result is waited for on every agent")
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 3], help="sim: seeds of the churn runs")
     parser.add_argument("--seed", type=int, default=1, help="failover: seed of the kill times")
+    parser.add_argument("--jobs", type=int, default=10, help="cpu: cron jobs in mode one, @every 1s (default 10)")
+    parser.add_argument("--window", type=float, default=30.0, help="cpu: seconds of each measured window (default 30)")
     parser.add_argument("--json", action="store_true", help="JSON lines instead of tables")
     parser.add_argument("--keep-logs", action="store_true", help="keep the agents' logs (their directory is printed)")
     args = parser.parse_args(argv)
@@ -664,6 +750,8 @@ def main(argv: list[str] | None = None) -> int:
             throughput(argparse.Namespace(**{**vars(args), "nodes": args.nodes or 3}), workdir)
         if args.what in ("sim", "all"):
             sim(args, workdir)
+        if args.what in ("cpu", "all"):
+            cpu(argparse.Namespace(**{**vars(args), "nodes": args.nodes or 4}), workdir)
     finally:
         if args.keep_logs:
             print(f"logs: {workdir}", file=sys.stderr)
