@@ -67,9 +67,14 @@ from sim.faults import (
     Degrade,
     Fault,
     Join,
+    Kill,
     Leave,
     Partition,
     Pause,
+    Restart,
+    RollingRestart,
+    ScaleDown,
+    ScaleUp,
 )
 from sim.jobs_scenario import JobsRun, JobsScenario, scheduler_of
 from sim.node import Life, node_core_of
@@ -90,36 +95,68 @@ RESULT_TTL = 40.0
 FAULTS_START = 10.0
 
 
+# The draws a campaign may make per seed: "wide" (the default) draws the
+# workload too; "classic" is the fixed mix every seed was drawn with before,
+# kept as it was so that the seeds found with it still replay the same runs.
+MIXES = ("wide", "classic")
+
+
 @attrs.frozen
 class Campaign:
     """What every seed of a campaign shares."""
 
-    nodes: int = 7
+    nodes: int = 7  # the cluster size of the classic mix (the wide mix draws its own)
     duration: float = 150.0
     heal: float = 80.0  # the last seconds: no fault at all
+    mix: str = attrs.field(default="wide", validator=attrs.validators.in_(MIXES))
 
     @property
     def faulty_end(self) -> float:
         return self.duration - self.heal
 
     def replay(self, seed: int) -> str:
-        return f"python -m sim chaos --seeds {seed} --nodes {self.nodes} --duration {self.duration:g} --heal {self.heal:g} --json"
+        nodes = f" --nodes {self.nodes}" if self.mix == "classic" else ""
+        return f"python -m sim chaos --mix {self.mix} --seeds {seed}{nodes} --duration {self.duration:g} --heal {self.heal:g} --json"
 
 
 @attrs.frozen
 class FaultMix:
-    """What one seed drew."""
+    """What one seed drew: the workload and its faults."""
 
     seed: int
     drift: float
     wall_skew: float
     faults: tuple[Fault, ...]
+    mix: str = "classic"
+    nodes: int = 7
+    every: float = 2.0
+    cron_jobs: int = 6
+    all_jobs: int = 1
+    oneoffs: int = 30
+    long_oneoffs: int = 0
+    ready_oneoffs: int = 0
+    all_ready_oneoffs: int = 0
+    jobs_file: bool = False
+    boot_delay: tuple[float, float] = (0.0, 0.0)
 
     def describe(self) -> list[str]:
-        lines = [f"clocks: drift up to {self.drift * 1e6:.0f} ppm, wall clocks off by up to {self.wall_skew:.2f} s"]
+        start = "jobs file on every node" if self.jobs_file else "jobs defined once by node 0"
+        if self.boot_delay != (0.0, 0.0):
+            start += f", boot delay {self.boot_delay[0]:.2f}-{self.boot_delay[1]:.2f} s"
+        lines = [
+            f"workload ({self.mix}): {self.nodes} nodes, every {self.every:g} s {self.cron_jobs} jobs in mode one and "
+            f"{self.all_jobs} in mode all, {self.oneoffs} one-offs and {self.long_oneoffs} long ones taking updates, "
+            f"{self.ready_oneoffs} per node ready and {self.all_ready_oneoffs} per cluster ready; {start}",
+            f"clocks: drift up to {self.drift * 1e6:.0f} ppm, wall clocks off by up to {self.wall_skew:.2f} s",
+        ]
         for fault in sorted(self.faults, key=lambda f: (f.start, type(f).__name__)):
             lines.append(_describe(fault))
         return lines
+
+    @property
+    def slots(self) -> int:
+        """Nodes there may be at once: the initial ones and those scaled up."""
+        return self.nodes + sum(f.count for f in self.faults if isinstance(f, ScaleUp))
 
 
 def _describe(fault: Fault) -> str:
@@ -129,6 +166,8 @@ def _describe(fault: Fault) -> str:
     for key, value in fields.items():
         if isinstance(value, frozenset):
             value = ",".join(str(i) for i in sorted(value))
+        elif isinstance(value, tuple):
+            value = ",".join(str(i) for i in value)
         elif isinstance(value, float):
             value = f"{value:.3g}"
         parts.append(f"{key}={value}")
@@ -150,8 +189,15 @@ class _Busy:
 
 
 def draw_mix(seed: int, campaign: Campaign) -> FaultMix:
-    """The seed's fault mix. Node 0 (a seed node) is never crashed, paused or
-    stopped, so a restarted node always has someone to join through."""
+    """The seed's workload and fault mix, by the campaign's kind of draw."""
+    return draw_wide(seed, campaign) if campaign.mix == "wide" else draw_classic(seed, campaign)
+
+
+def draw_classic(seed: int, campaign: Campaign) -> FaultMix:
+    """The classic draw: ``campaign.nodes`` nodes, a fixed workload, and
+    faults. Node 0 (a seed node) is never crashed, paused or stopped, so a
+    restarted node always has someone to join through. Not one draw may
+    change here: the seeds kept as regressions are seeds of this draw."""
     rng = random.Random(f"chaos/{seed}")
     n, start, end = campaign.nodes, FAULTS_START, campaign.faulty_end
     others = list(range(1, n))
@@ -221,21 +267,195 @@ def draw_mix(seed: int, campaign: Campaign) -> FaultMix:
             at += back + rng.uniform(3.0, 8.0)
     drift = rng.choice([0.0, 1e-5, 1e-4])
     wall_skew = rng.choice([0.0, 0.05, 0.5, 2.0])
-    return FaultMix(seed, drift, wall_skew, tuple(faults))
+    return FaultMix(seed, drift, wall_skew, tuple(faults), nodes=n)
+
+
+# The wide draw's cluster sizes: bands of sizes, each drawn with its weight
+# (uniformly within it). Small clusters are common and cheap; a big one
+# costs several times a small one (every write goes to every node), so big
+# ones are rarer, to keep the average seed affordable.
+SIZE_BANDS = ((3, 6, 0.40), (7, 12, 0.32), (13, 18, 0.16), (19, 25, 0.12))
+# The work a seed's jobs make, in node-writes per simulated second (a tick's
+# run is written on every node; a job in mode all has a run per node): at
+# most this many. The tick interval and the job counts are drawn freely,
+# then, over it, the interval is lengthened, then jobs dropped. What the
+# simulation costs grows with it (it dominates big clusters' cost).
+LOAD_CAP = 60.0
+# How long a node takes to go through a graceful restart (drain, exit,
+# start, boot, settle, ready), to fit deploys in the faulty phase.
+RESTART_SECONDS = 9.0
+
+
+def _load(nodes: int, every: float, cron: int, alls: int) -> float:
+    return nodes * (cron + alls * nodes) / every
+
+
+def draw_wide(seed: int, campaign: Campaign) -> FaultMix:
+    """The wide draw: the cluster size (3..25, small ones likelier), the
+    tick interval (1..10 s), the jobs (1..8 in mode one, 0..2 in mode all),
+    one-offs, long ones taking updates, whether the nodes start as agents
+    do (a jobs file, a boot delay), and faults: today's kinds, and graceful
+    restarts, deploys, scale up and down, and kill -9 during a run.
+
+    Node 0 is never crashed, killed, paused or stopped for long (a deploy
+    may restart it gracefully). Each node has at most one life-changing
+    fault at a time (``_Busy``); the nodes a scale-down will take are
+    reserved from then on; kills are drawn last, among the nodes left free."""
+    rng = random.Random(f"chaos-wide/{seed}")
+    low, high, _ = rng.choices(SIZE_BANDS, weights=[w for _, _, w in SIZE_BANDS])[0]
+    n = rng.randint(low, high)
+    every = rng.randint(1, 10)
+    cron = rng.randint(1, 8)
+    alls = rng.choice([0, 1, 1, 2])
+    while _load(n, every, cron, alls) > LOAD_CAP and every < 10:
+        every += 1
+    while _load(n, every, cron, alls) > LOAD_CAP and alls > 0:
+        alls -= 1
+    while _load(n, every, cron, alls) > LOAD_CAP and cron > 1:
+        cron -= 1
+    oneoffs = rng.randint(5, 40)
+    long_oneoffs = rng.randint(1, 8) if rng.random() < 0.7 else 0
+    ready_oneoffs = 1 if rng.random() < 0.3 else 0
+    all_ready_oneoffs = rng.randint(1, 3) if rng.random() < 0.3 else 0
+    jobs_file = rng.random() < 0.6
+    boot_delay = (0.0, 0.0)
+    if jobs_file:
+        first = round(rng.uniform(0.1, 0.3), 2)
+        boot_delay = (first, round(first + rng.uniform(0.1, 0.3), 2))
+
+    start, end = FAULTS_START, campaign.faulty_end
+    others = list(range(1, n))
+    busy = _Busy()
+    faults: list[Fault] = []
+
+    def window(shortest: float, longest: float) -> tuple[float, float]:
+        length = rng.uniform(shortest, min(longest, end - start))
+        at = rng.uniform(start, end - length)
+        return at, length
+
+    def some(low: int, high: int) -> frozenset[int]:
+        return frozenset(rng.sample(range(n), rng.randint(low, max(low, high))))
+
+    # Scaling first: the nodes a scale-down takes are known (the highest
+    # indices, spares first), and reserved for it.
+    spares = 0
+    if rng.random() < 0.25:
+        spares = rng.randint(1, 3)
+        faults.append(ScaleUp(spares, rng.uniform(start, end - 10.0)))
+    if rng.random() < 0.25 and n > 3:
+        count = rng.randint(1, min(3, n - 3))
+        at = rng.uniform(start, end - 5.0)
+        faults.append(ScaleDown(count, at))
+        for index in range(n - count, n):
+            busy.take(index, at, campaign.duration)
+    for _ in range(rng.randint(0, 3)):
+        at, length = window(3.0, 25.0)
+        latency = rng.choice([None, rng.uniform(0.002, 0.1)])
+        jitter = None if latency is None else latency * rng.uniform(0.2, 1.0)
+        faults.append(Degrade(rng.uniform(0.0, 0.3), rng.uniform(0.0, 0.05), at, length, latency, jitter))
+    for _ in range(rng.randint(0, 2)):
+        at, length = window(2.0, 15.0)
+        a = some(1, n // 2)
+        faults.append(Partition(a, frozenset(range(n)) - a, at, length, one_way=rng.random() < 0.4))
+    for _ in range(rng.randint(0, 2)):
+        at, length = window(0.5, 5.0)
+        faults.append(Clog(some(1, max(1, n // 3)), at, length))
+    if rng.random() < 0.3:
+        # A deploy: one node after another restarts gracefully, each once
+        # the one before is ready again; as many as fit in the faulty phase.
+        at = rng.uniform(start, end - 2 * RESTART_SECONDS)
+        fit = max(1, int((end - at) / (RESTART_SECONDS + 3.0)))
+        order = rng.sample(range(n), min(n, fit, rng.randint(2, 8)))
+        gap = round(rng.uniform(0.5, 3.0), 2)
+        until = at + len(order) * (RESTART_SECONDS + gap)
+        order = [index for index in order if busy.free(index, at, until)]
+        if order:
+            for index in order:
+                busy.take(index, at, until)
+            faults.append(RollingRestart(at, tuple(order), gap, round(rng.uniform(0.2, 1.0), 2)))
+    for _ in range(rng.randint(0, 2)):
+        index = rng.choice(others)
+        at = rng.uniform(start, end - RESTART_SECONDS)
+        # Held for longer than it takes: a drain waits for long runs.
+        if busy.free(index, at, at + 2 * RESTART_SECONDS):
+            busy.take(index, at, at + 2 * RESTART_SECONDS)
+            faults.append(Restart(frozenset({index}), at, round(rng.uniform(0.2, 1.0), 2)))
+    for _ in range(rng.randint(0, 2)):
+        index = rng.choice(others)
+        kind = rng.random()
+        at = rng.uniform(start, end - 12.0)
+        room = end - at
+        if kind < 0.4:
+            restart: float | None = rng.uniform(1.0, min(10.0, room))
+        elif kind < 0.7:
+            restart = rng.uniform(min(25.0, room), room)
+        else:
+            restart = None
+        until = at + restart if restart is not None else campaign.duration
+        if busy.free(index, at, until):
+            busy.take(index, at, until)
+            faults.append(Crash(frozenset({index}), at, restart))
+    for _ in range(rng.randint(0, 2)):
+        index = rng.choice(others)
+        at, length = window(1.0, 8.0)
+        if busy.free(index, at, at + length):
+            busy.take(index, at, at + length)
+            faults.append(Pause(frozenset({index}), at, length))
+    for _ in range(rng.randint(0, 2)):
+        faults.append(ClockStep(frozenset({rng.randrange(n)}), rng.uniform(start, end), rng.uniform(-10.0, 10.0)))
+    if rng.random() < 0.2 and n > 3:
+        index = rng.choice(others)
+        at = rng.uniform(start, end - 5.0)
+        if busy.free(index, 0.0, at):
+            busy.take(index, 0.0, at)
+            faults.append(Join(frozenset({index}), at))
+    if rng.random() < 0.2:
+        at = rng.uniform(start, end - 20.0)
+        for index in rng.sample(others, rng.randint(1, min(4, len(others)))):
+            back = rng.uniform(2.0, 5.0)
+            if at + back > end:
+                break
+            if busy.free(index, at, at + back):
+                busy.take(index, at, at + back)
+                faults.append(Leave(frozenset({index}), at, rejoin_after=back))
+            at += back + rng.uniform(3.0, 8.0)
+    # kill -9 mid-run, among the nodes free then; the run picks the busiest.
+    for _ in range(rng.choice([0, 1, 1, 2])):
+        at = rng.uniform(start, end - 15.0)
+        patience = 10.0
+        kind = rng.random()
+        restart = rng.uniform(1.0, 10.0) if kind < 0.7 else (rng.uniform(25.0, 40.0) if kind < 0.85 else None)
+        until = at + patience + (restart if restart is not None else campaign.duration)
+        candidates = frozenset(i for i in others if busy.free(i, at, until))
+        if candidates:
+            faults.append(Kill(candidates, at, None if restart is None else round(restart, 2), patience))
+    drift = rng.choice([0.0, 1e-5, 1e-4])
+    wall_skew = rng.choice([0.0, 0.05, 0.5, 2.0])
+    return FaultMix(
+        seed, drift, wall_skew, tuple(faults), mix="wide", nodes=n, every=float(every), cron_jobs=cron,
+        all_jobs=alls, oneoffs=oneoffs, long_oneoffs=long_oneoffs, ready_oneoffs=ready_oneoffs,
+        all_ready_oneoffs=all_ready_oneoffs, jobs_file=jobs_file, boot_delay=boot_delay,
+    )
 
 
 def scenario_of(mix: FaultMix, campaign: Campaign) -> JobsScenario:
     return JobsScenario(
-        nodes=campaign.nodes,
+        nodes=mix.nodes,
         seed=mix.seed,
         duration=campaign.duration,
-        seeds=min(3, campaign.nodes),
+        seeds=min(3, mix.nodes),
         drift=mix.drift,
         wall_skew=mix.wall_skew,
         faults=mix.faults,
-        cron_jobs=6,
-        all_jobs=1,
-        oneoffs=30,
+        cron_jobs=mix.cron_jobs,
+        all_jobs=mix.all_jobs,
+        every=mix.every,
+        oneoffs=mix.oneoffs,
+        long_oneoffs=mix.long_oneoffs,
+        ready_oneoffs=mix.ready_oneoffs,
+        all_ready_oneoffs=mix.all_ready_oneoffs,
+        jobs_file=mix.jobs_file,
+        boot_delay=mix.boot_delay,
         heal=campaign.heal,
         result_ttl=RESULT_TTL,
     )
@@ -268,13 +488,13 @@ class SeedResult:
 
 
 def run_seed(seed: int, campaign: Campaign) -> SeedResult:
+    started = time.perf_counter()  # what a seed costs: building, running and checking it
     mix = draw_mix(seed, campaign)
     run = JobsRun(scenario_of(mix, campaign))
-    started = time.perf_counter()
     run.run_until(campaign.duration)
     report = run.measure_jobs()
-    wall = time.perf_counter() - started
     figures, violations = check(run, report, campaign)
+    wall = time.perf_counter() - started
     return SeedResult(seed, mix, figures, violations, report["trace_hash"], run.sim.now, wall)
 
 
@@ -356,7 +576,8 @@ def summarize(results: Sequence[SeedResult], campaign: Campaign) -> dict[str, An
         "seeds": len(results),
         "first_seed": min((r.seed for r in results), default=None),
         "last_seed": max((r.seed for r in results), default=None),
-        "nodes": campaign.nodes,
+        "mix": campaign.mix,
+        "nodes": campaign.nodes if campaign.mix == "classic" else "drawn",
         "duration": campaign.duration,
         "heal": campaign.heal,
         "violations": [{"seed": r.seed, "invariant": v.invariant, "detail": v.detail} for r in results for v in r.violations],
@@ -371,6 +592,12 @@ def summarize(results: Sequence[SeedResult], campaign: Campaign) -> dict[str, An
         "duplicates": total("duplicates"),
         "duplicates_per_10k_ticks": round(10_000 * total("duplicates") / ticks, 1) if ticks else None,
         "duplicates_in_stable": total("duplicates_in_stable"),
+        "duplicates_in_graceful": total("duplicates_in_graceful"),
+        "same_attempt_starts": total("same_attempt_starts"),
+        "same_attempt_unexplained": total("same_attempt_unexplained"),
+        "oneoffs_unfinished": total("oneoffs_unfinished"),
+        "results_not_everywhere": total("results_not_everywhere"),
+        "results_checked_everywhere": total("results_checked_everywhere"),
         "reruns_after_lost_success": total("reruns_after_lost_success"),
         "duplicates_by_fault": dict(
             sum((Counter(r.figures.get("duplicates_by_fault", {})) for r in results), Counter()).most_common()
@@ -385,7 +612,24 @@ def summarize(results: Sequence[SeedResult], campaign: Campaign) -> dict[str, An
         "detection_max_seconds": worst("detection_max_seconds"),
         "convergence_after_heal_max_seconds": worst("convergence_after_heal_seconds"),
         "sim_seconds_per_wall_second": round(sim_seconds / wall_seconds, 1) if wall_seconds else None,
+        "wall_seconds_per_seed": round(wall_seconds / len(results), 2) if results else None,
+        "wall_seconds_by_size": _by_size(results),
     }
+
+
+# Cluster sizes the cost is reported by.
+SIZE_REPORT_BANDS = ((3, 6), (7, 12), (13, 18), (19, 40))
+
+
+def _by_size(results: Sequence[SeedResult]) -> dict[str, dict[str, float]]:
+    """Seeds, and the mean and the largest wall seconds a seed took (one
+    run: a replay is not counted), by band of cluster size."""
+    bands: dict[str, dict[str, float]] = {}
+    for low, high in SIZE_REPORT_BANDS:
+        walls = [r.wall_seconds for r in results if low <= r.mix.nodes <= high and r.wall_seconds]
+        if walls:
+            bands[f"{low}-{high}"] = {"seeds": len(walls), "mean": round(sum(walls) / len(walls), 2), "max": round(max(walls), 2)}
+    return bands
 
 
 # -- the invariants ------------------------------------------------------------------------
@@ -401,6 +645,11 @@ def check(run: JobsRun, report: dict[str, Any], campaign: Campaign) -> tuple[dic
     return checker.figures, checker.violations
 
 
+# Operations the run-once promise covers: a duplicate around them, and
+# around no other fault, fails the seed.
+GRACEFUL = (Restart, RollingRestart, ScaleUp, ScaleDown, Leave, Join)
+
+
 class _Checker:
     def __init__(self, run: JobsRun, report: dict[str, Any], campaign: Campaign) -> None:
         self.run, self.report, self.campaign = run, report, campaign
@@ -409,14 +658,39 @@ class _Checker:
         self.violations: list[Violation] = []
         self.figures: dict[str, Any] = {}
         self.up = [node for node in run.nodes if node.life is Life.UP and node.core is not None]
+        # Each fault's span as it happened: a deploy lasts until its last
+        # node is ready again, a kill lands when it finds a run.
+        self.spans = [(fault, *self._span(fault)) for fault in self.faults]
 
     def fail(self, invariant: str, detail: str) -> None:
         self.violations.append(Violation(invariant, detail))
 
+    def _span(self, fault: Fault) -> tuple[float, float]:
+        run, end = self.run, self.campaign.duration
+
+        def ready_after(index: int, t: float) -> float:
+            return min((r for r in run.ready_times.get(index, ()) if r > t), default=end)
+
+        if isinstance(fault, RollingRestart):
+            return fault.start, run.roll_ends.get(fault.at, end)
+        if isinstance(fault, Restart):
+            return fault.start, max(ready_after(index, fault.at) for index in fault.nodes)
+        if isinstance(fault, ScaleUp):
+            spares = range(run.scenario.nodes, run.scenario.slots)
+            return fault.start, max((ready_after(i, fault.at) for i in spares), default=fault.at)
+        if isinstance(fault, ScaleDown):
+            return fault.start, fault.at + run.scheduler_config.drain_timeout  # a drain's longest
+        if isinstance(fault, Kill):
+            for t, index, restart in run.kills:
+                if fault.at <= t <= fault.at + fault.patience and index in fault.candidates and restart == fault.restart_after:
+                    return t, t + (restart or 0.0)
+            return fault.start, fault.at + fault.patience
+        return fault.start, fault.end
+
     # -- stretches of time ------------------------------------------------------------
 
     def fault_active(self, t: float, after: float = 0.0) -> bool:
-        return any(f.start <= t <= f.end + after for f in self.faults)
+        return any(start <= t <= end + after for _, start, end in self.spans)
 
     def stable(self, t: float) -> bool:
         """No fault active, and all views right, since STABLE_MARGIN ago."""
@@ -427,10 +701,27 @@ class _Checker:
     def faults_around(self, t: float) -> list[str]:
         """The kinds of fault active at ``t`` or lately (``STABLE_MARGIN``):
         what a duplicate may be blamed on."""
-        return sorted({type(f).__name__.lower() for f in self.faults if f.start <= t <= f.end + STABLE_MARGIN}) or ["none"]
+        return sorted({type(f).__name__.lower() for f, start, end in self.spans if start <= t <= end + STABLE_MARGIN}) or ["none"]
 
     def degraded(self, t: float) -> bool:
         return any(isinstance(f, Degrade) and f.start <= t <= f.end + self.window for f in self.faults)
+
+    def graceful_only(self, t: float) -> bool:
+        """Graceful operations around ``t`` (``STABLE_MARGIN``), and no
+        other fault within the disturbance window: what run-once covers."""
+        around = [f for f, start, end in self.spans if start <= t <= end + STABLE_MARGIN]
+        others = [f for f, start, end in self.spans if not isinstance(f, GRACEFUL) and start <= t <= end + self.window]
+        return bool(around) and all(isinstance(f, GRACEFUL) for f in around) and not others
+
+    def cut_apart(self, a: int, b: int, since: float, until: float) -> bool:
+        """Did a fault cut nodes ``a`` and ``b`` apart at some time between
+        ``since`` and ``until`` (or within the disturbance window before):
+        a partition between them, a pause or clog of either, a degraded
+        network? The explanations ``false_failure`` accepts."""
+        return any(
+            start <= until and end + self.window >= since and (isinstance(f, Degrade) or f.disturbs(a, b))
+            for f, start, end in self.spans
+        )
 
     # -- membership --------------------------------------------------------------------
 
@@ -465,11 +756,12 @@ class _Checker:
     def detection_bound(self) -> float:
         """The longest suspicion, and time for a few probe rounds (slowed by
         Lifeguard's local health when the network is bad) to start it."""
-        config, n = self.run.config, self.campaign.nodes
+        config, n = self.run.config, self.run.scenario.slots
         return config.suspicion_max_timeout_mult * config.suspicion_min_timeout(n) + 2 * n * config.probe_interval
 
     def _down_until(self, index: int, when: float) -> float:
         boots = [f.end for f in self.faults if isinstance(f, Crash) and index in f.nodes and f.at == when and f.restart_after is not None]
+        boots += [t + restart for t, i, restart in self.run.kills if (i, t) == (index, when) and restart is not None]
         return min(boots, default=self.campaign.duration)
 
     # -- jobs --------------------------------------------------------------------------
@@ -498,6 +790,14 @@ class _Checker:
         self.figures["duplicates_by_fault"] = dict(Counter(kind for e in duplicates for kind in self.faults_around(e.start)))
         for e in stable_duplicates[:5]:
             self.fail("duplicate_in_stable", f"{e.run_id} attempt {e.attempt} ran again on {run.nodes[e.node].name} at {e.start:.2f} s")
+        graceful = [e for e in duplicates if not self.stable(e.start) and self.graceful_only(e.start)]
+        self.figures["duplicates_in_graceful"] = len(graceful)
+        for e in graceful[:5]:
+            kinds = ",".join(self.faults_around(e.start))
+            self.fail("duplicate_in_graceful", f"{e.run_id} attempt {e.attempt} ran again on {run.nodes[e.node].name} at {e.start:.2f} s, around {kinds} only")
+        self._same_attempt()
+        self._oneoffs()
+        self._results_everywhere()
         late, late_in_stable = 0, []
         ticks = run.tick_times()
         for run_id, execution in run.first_executions().items():
@@ -515,11 +815,60 @@ class _Checker:
             self.fail("late_in_stable", f"{run_id} started {delay:.2f} s late")
         self._stuck_runs()
 
+    def _same_attempt(self) -> None:
+        """No attempt of a run started twice, unless the first start's claim
+        died unseen with its node, or a fault cut the second node apart from
+        a node that had run it before (and so held its record: after a kill,
+        the one that re-ran it may be the only one that knows)."""
+        run = self.run
+        again = run.same_attempt_starts()
+        unexplained = []
+        for e in again:
+            before = [x for x in run.executions(e.run_id) if x.start < e.start]
+            earlier = [x for x in before if x.attempt == e.attempt]
+            if all(x.claim_lost for x in earlier):
+                continue
+            if any(self.cut_apart(x.node, e.node, before[0].start, e.start) for x in before):
+                continue
+            unexplained.append((e, earlier))
+        self.figures["same_attempt_starts"] = len(again)
+        self.figures["same_attempt_unexplained"] = len(unexplained)
+        for e, earlier in unexplained[:5]:
+            first = earlier[0]
+            self.fail(
+                "same_attempt",
+                f"{e.run_id} attempt {e.attempt} started on {run.nodes[first.node].name} at {first.start:.2f} s "
+                f"and again on {run.nodes[e.node].name} at {e.start:.2f} s",
+            )
+
+    def _oneoffs(self) -> None:
+        """Every acknowledged one-off finished, by the end (given the time
+        a failover may take), unless it never left a node that died."""
+        due = min(self.stuck_after, self.campaign.heal)
+        unfinished, excused = self.run.unfinished_oneoffs(due)
+        self.figures["oneoffs_unfinished"] = len(unfinished)
+        self.figures["oneoffs_unfinished_lost_with_submitter"] = excused
+        for detail in unfinished[:5]:
+            self.fail("oneoff_unfinished", detail)
+
+    def _results_everywhere(self) -> None:
+        """Every result readable on every node up and ready for MAPS_SETTLE."""
+        missing, checked = self.run.results_missing(MAPS_SETTLE)
+        self.figures["results_checked_everywhere"] = checked
+        self.figures["results_not_everywhere"] = len(missing)
+        for detail in missing[:5]:
+            self.fail("result_not_everywhere", detail)
+
+    @property
+    def stuck_after(self) -> float:
+        """A run is taken over within this: failure detection, a grace, a scan."""
+        return self.detection_bound + 15.0
+
     def _stuck_runs(self) -> None:
         """Unfinished records nobody works on, long after they should have
         been taken over (failure detection, the left grace, a scan)."""
         run = self.run
-        stuck_after = self.detection_bound + 15.0
+        stuck_after = self.stuck_after
         going = run.open_executions()
         stuck: dict[str, str] = {}
         for node in self.up:
@@ -570,7 +919,9 @@ class _Checker:
     # -- memory ------------------------------------------------------------------------
 
     def memory(self) -> None:
-        run, campaign = self.run, self.campaign
+        run = self.run
+        slots = run.scenario.slots  # scaled up, there are more nodes than at the start
+        oneoffs = run.oneoffs_submitted
         expire_slack_ms = 5_000
         worst: dict[str, int] = {}
         for node in self.up:
@@ -586,8 +937,8 @@ class _Checker:
                 worst[f"{map_name}_context_dots"] = max(worst.get(f"{map_name}_context_dots", 0), replica.context.dots())
             members = len(core.membership.members())
             worst["members"] = max(worst.get("members", 0), members)
-            if members > campaign.nodes:
-                self.fail("memory", f"{node.name} keeps {members} members for {campaign.nodes} nodes")
+            if members > slots:
+                self.fail("memory", f"{node.name} keeps {members} members for {slots} nodes")
             footprint = scheduler_of(node.core).footprint()
             for name, size in footprint.items():
                 worst[f"scheduler_{name}"] = max(worst.get(f"scheduler_{name}", 0), size)
@@ -597,13 +948,13 @@ class _Checker:
                 self.fail("memory", f"{node.name}'s tick heap holds {footprint['due']} entries for {jobs} jobs")
             # Runs a node may hold unfinished: the ones in flight (at most
             # one tick per job per period of work) and the pending one-offs.
-            if footprint["unfinished"] > 4 * jobs + run.scenario.oneoffs:
+            if footprint["unfinished"] > 4 * jobs + oneoffs:
                 self.fail("memory", f"{node.name} tracks {footprint['unfinished']} unfinished runs")
         # The runs map holds about a TTL's worth of records: that many ticks
         # per job (and per node for mode all), plus the one-offs.
         scenario = run.scenario
         per_ttl = (RESULT_TTL + expire_slack_ms / 1000 + MAPS_SETTLE) / scenario.every
-        runs_bound = math.ceil(per_ttl * (scenario.cron_jobs + scenario.all_jobs * campaign.nodes)) + scenario.oneoffs
+        runs_bound = math.ceil(per_ttl * (scenario.cron_jobs + scenario.all_jobs * slots)) + oneoffs
         if worst.get("runs_keys", 0) > runs_bound:
             self.fail("memory", f"a node holds {worst['runs_keys']} run records, over the TTL's worth ({runs_bound})")
         self.figures["memory"] = worst

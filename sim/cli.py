@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from membership.config import PROFILES
-from sim.chaos import FAULTS_START, Campaign, SeedResult, parse_seeds, run_campaign
+from sim.chaos import FAULTS_START, MIXES, Campaign, SeedResult, parse_seeds, run_campaign
 from sim.crdt_scenario import CrdtScenario, run_crdt
 from sim.faults import (
     Fault,
@@ -164,7 +164,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     ch = commands.add_parser("chaos", help="many seeds, each a random fault mix, held to the invariants")
     ch.add_argument("--seeds", default="1..20", help="seeds to run: A..B (both included) or one number (default 1..20)")
-    ch.add_argument("--nodes", type=_positive_int, default=7, help="cluster size (default 7)")
+    ch.add_argument(
+        "--mix",
+        choices=MIXES,
+        default="wide",
+        help="what a seed draws: wide (default: the cluster size 3..25, the tick interval, the jobs, one-offs and "
+        "long ones taking updates, agent-like starts, and faults with deploys, scaling, restarts and kill -9 mid-run) "
+        "or classic (--nodes nodes, a fixed workload, the faults the first campaigns drew)",
+    )
+    ch.add_argument("--nodes", type=_positive_int, default=7, help="cluster size of the classic mix (default 7)")
     ch.add_argument("--duration", type=float, default=150.0, help="simulated seconds per seed (default 150)")
     ch.add_argument("--heal", type=float, default=80.0, help="the last seconds, with no fault (default 80)")
     ch.add_argument(
@@ -347,7 +355,7 @@ def _chaos(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(str(error))
     if not 0 < args.heal < args.duration - FAULTS_START:
         parser.error(f"--heal must be positive and leave a faulty phase after {FAULTS_START:g} s")
-    campaign = Campaign(nodes=args.nodes, duration=args.duration, heal=args.heal)
+    campaign = Campaign(nodes=args.nodes, duration=args.duration, heal=args.heal, mix=args.mix)
 
     def progress(result: SeedResult) -> None:
         if result.violations:
@@ -357,7 +365,7 @@ def _chaos(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             lines += [f"  trace hash: {result.trace_hash}", f"  replay: {campaign.replay(result.seed)}"]
             print("\n".join(lines), file=sys.stderr if args.json else sys.stdout, flush=True)
         elif not args.json:
-            print(f"seed {result.seed}: ok ({result.wall_seconds:.1f} s, trace {result.trace_hash})", flush=True)
+            print(f"seed {result.seed}: ok ({result.mix.nodes} nodes, {result.wall_seconds:.1f} s, trace {result.trace_hash})", flush=True)
 
     summary = run_campaign(seeds, campaign, verify_share=args.verify_share, workers=args.workers, on_result=progress)
     if args.json:
@@ -372,13 +380,17 @@ def _human_chaos(summary: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"chaos: seeds {summary['first_seed']}..{summary['last_seed']} ({summary['seeds']}, {summary['replayed']} run twice), "
-            f"{summary['nodes']} nodes, {summary['duration']:g} s each of which {summary['heal']:g} s healed; "
-            f"{summary['sim_seconds_per_wall_second']}x real time",
+            f"{summary['mix']} mix, {summary['nodes']} nodes, {summary['duration']:g} s each of which {summary['heal']:g} s healed; "
+            f"{summary['sim_seconds_per_wall_second']}x real time, {summary['wall_seconds_per_seed']} s a seed",
             f"  violations:       {len(summary['violations'])} in {len(summary['failing'])} seeds",
             f"  ticks:            {summary['ticks_expected']} expected, {summary['missed']} missed, "
             f"{summary['late_ticks']} late ({summary['late_in_stable']} in stable stretches)",
             f"  duplicates:       {summary['duplicates']} ({summary['duplicates_per_10k_ticks']} per 10k ticks; "
-            f"{summary['duplicates_in_stable']} in stable stretches)",
+            f"{summary['duplicates_in_stable']} in stable stretches, {summary['duplicates_in_graceful']} around graceful operations only)",
+            f"  by fault:         {summary['duplicates_by_fault']}",
+            f"  same attempt:     {summary['same_attempt_starts']} started twice ({summary['same_attempt_unexplained']} unexplained)",
+            f"  one-offs:         {summary['oneoffs_unfinished']} unfinished; results missing where owed: "
+            f"{summary['results_not_everywhere']} of {summary['results_checked_everywhere']}",
             f"  results:          {summary['lost_results']} lost ({summary['lost_with_their_node']} never left their node)",
             f"  false failures:   {summary['false_failures']} (and {summary['false_failures_under_loss']} under loss)",
             "  detection:        "
@@ -388,6 +400,8 @@ def _human_chaos(summary: dict[str, Any]) -> str:
                 else f"every crash declared by all within {summary['detection_max_seconds']:.2f} s"
             ),
             f"  convergence:      views right within {_s(summary['convergence_after_heal_max_seconds'])} of the heal",
+            "  cost by size:     "
+            + "; ".join(f"{band} nodes: {v['seeds']} seeds, {v['mean']} s mean, {v['max']} s max" for band, v in summary["wall_seconds_by_size"].items()),
         ]
     )
 

@@ -53,6 +53,8 @@ class World(Protocol):
 
     def scale_down(self, count: int) -> None: ...
 
+    def kill(self, candidates: frozenset[int], restart_after: float | None, patience: float) -> None: ...
+
 
 def _indices(values: Iterable[int]) -> frozenset[int]:
     return frozenset(values)
@@ -108,6 +110,39 @@ class Crash:
 
     def disturbs(self, x: int, y: int) -> bool:
         return False  # a crashed node really failed: declaring it so is right
+
+
+@attrs.frozen
+class Kill:
+    """kill -9 during a run: at ``at``, the candidate (up or draining) that
+    is executing the most runs crashes (ties: the lowest index); if none is
+    executing anything, the first candidate to start a run within
+    ``patience`` seconds crashes a moment later, mid-run (nobody, if none
+    does). Which node that is can only be known as the run goes (the world
+    records it), which is the point: a kill drawn ahead of time mostly
+    lands between runs. With ``restart_after`` the node boots again under
+    the same name that many seconds later, as a supervisor restarts it."""
+
+    candidates: frozenset[int] = attrs.field(converter=_indices)
+    at: float
+    restart_after: float | None = None
+    patience: float = 10.0
+
+    @property
+    def start(self) -> float:
+        return self.at
+
+    @property
+    def end(self) -> float:
+        """The latest the killed node is back (a lower bound of nothing: the
+        kill may land up to ``patience`` late)."""
+        return self.at + self.patience + (self.restart_after or 0.0)
+
+    def schedule(self, world: World) -> None:
+        world.at(self.at, world.kill, self.candidates, self.restart_after, self.patience)
+
+    def disturbs(self, x: int, y: int) -> bool:
+        return False  # a killed node really failed: declaring it so is right
 
 
 @attrs.frozen
@@ -341,7 +376,7 @@ class Degrade:
 
 
 Fault = Union[
-    Partition, Crash, Pause, Clog, Join, Leave, Degrade, ClockStep, Restart, RollingRestart, ScaleUp, ScaleDown
+    Partition, Crash, Pause, Clog, Join, Leave, Degrade, ClockStep, Restart, RollingRestart, ScaleUp, ScaleDown, Kill
 ]
 
 _GROUP = r"(?:\d+(?:-\d+)?)(?:,\d+(?:-\d+)?)*"

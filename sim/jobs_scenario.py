@@ -58,7 +58,7 @@ truth the run measures:
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 import attrs
@@ -68,7 +68,7 @@ from peer.jobdef import JobSpec
 from peer.replication import ReplicationConfig
 from peer.runs import RunState, tick_run_id
 from peer.schedule import parse_schedule
-from peer.scheduler import CancelRun, Role, Scheduler, SchedulerConfig, StartRun
+from peer.scheduler import CancelRun, DeliverUpdate, Role, Scheduler, SchedulerConfig, StartRun
 from peer.targets import CallTarget
 from sim.clock import WALL_EPOCH
 from sim.faults import ClockStep, Crash, Fault, Leave
@@ -81,6 +81,10 @@ ALL_MODE_MARGIN_BEFORE = 2.0
 ALL_MODE_MARGIN_AFTER = 5.0
 # A result must be on every running node this long after its run finished.
 RESULT_SETTLE = 5.0
+# A client sending an update to a run no node it asks knows yet asks again
+# this often, for this long.
+UPDATE_RETRY = 0.5
+UPDATE_PATIENCE = 30.0
 
 
 @attrs.frozen
@@ -100,6 +104,11 @@ class JobsScenario(MembershipScenario):
     jobs_file: bool = False  # every node defines the jobs at every boot (define_when_ready), as agents do
     ready_oneoffs: int = 0  # one-offs submitted through a node as its scheduler turns ready
     all_ready_oneoffs: int = 0  # one-offs submitted through a random node as all running nodes are ready
+    # Long one-offs: each runs ``long_seconds`` and finishes only once it
+    # was delivered the ``long_updates`` updates sent to it through random nodes.
+    long_oneoffs: int = 0
+    long_seconds: tuple[float, float] = attrs.field(default=(2.0, 8.0), converter=lambda v: (float(v[0]), float(v[1])))
+    long_updates: tuple[int, int] = attrs.field(default=(1, 3), converter=lambda v: (int(v[0]), int(v[1])))
 
 
 def churn_faults(scenario: JobsScenario) -> list[Fault]:
@@ -139,6 +148,9 @@ class _Execution:
     end: float | None = None
     ok: bool = False
     success_lost: bool = False  # no other node knew of the success when its node's life ended
+    claim_lost: bool = False  # its node died running it, and no other node knew of its claim
+    updates: set[int] = attrs.Factory(set)  # a long run's updates delivered to it
+    work_done: bool = False  # a long run's work is done: it waits for its updates
 
 
 class JobsRun(MembershipRun):
@@ -164,6 +176,14 @@ class JobsRun(MembershipRun):
         self._all_ready = False
         self._submitted = 0  # one-offs submitted so far (they are numbered)
         self._ready_submits = self.sim.streams.get("ready-oneoffs")
+        # Long one-offs: run id -> updates planned, and those given up on
+        # (no node knew the run for the client's whole patience).
+        self._long: dict[str, int] = {}
+        self._long_unsent: dict[str, int] = defaultdict(int)
+        self._updates_sent = 0
+        self._updates_refused: list[str] = []  # sends a node refused: the run had finished
+        self._long_work = self.sim.streams.get("long-work")
+        self._update_sends = self.sim.streams.get("updates")
 
     def _make_core(self, node: SimNode, rng: random.Random, now: float, incarnation: int) -> DrivenCore:
         core = node_core(node, rng, now, incarnation, self.replication_config, scheduler=self.scheduler_config)
@@ -195,6 +215,12 @@ class JobsRun(MembershipRun):
             failing = stream.random() < scenario.fail_share
             self.sim.at(when, self._submit, stream.randrange(scenario.nodes), number, failing)
         self._submitted = scenario.oneoffs
+        # Their own stream, so that scenarios without them draw as before.
+        longs = self.sim.streams.get("long-oneoffs")
+        low, high = scenario.long_updates
+        for number in range(scenario.long_oneoffs):
+            when = longs.uniform(scenario.jobs_start + 1.0, max(scenario.jobs_start + 1.0, window_end))
+            self.sim.at(when, self._submit_long, longs.randrange(scenario.nodes), number, longs.randint(low, high))
 
     def _job_specs(self) -> list[JobSpec]:
         specs = [self._cron_spec(f"cron-{i:03d}", "one") for i in range(self.scenario.cron_jobs)]
@@ -240,6 +266,53 @@ class JobsRun(MembershipRun):
         self._oneoffs[run_id] = self.sim.now
         if failing:
             self._failing.add(run_id)
+
+    def _submit_long(self, index: int, number: int, updates: int) -> None:
+        """Submit a long one-off through the node (or the next one up), and
+        plan the updates a client sends it while it runs."""
+        node = self._up_node(index)
+        if node is None:
+            return
+        spec = JobSpec(
+            id=f"long-{number:04d}", target=CallTarget("sim:long"), schedule=None, retries=2, backoff=0.5,
+            result_ttl=self.scenario.result_ttl,
+        )
+        run_id = node.apply(lambda core, now: scheduler_of(core).submit(node_core_of(core).wall_ms(), spec))
+        self._oneoffs[run_id] = self.sim.now
+        self._long[run_id] = updates
+        for n in range(updates):
+            self.sim.at(self.sim.now + self._update_sends.uniform(0.2, self.scenario.long_seconds[1]), self._send_update, run_id, n, 0)
+
+    def _send_update(self, run_id: str, n: int, tries: int) -> None:
+        """Send update ``n`` through a random node, as a client would; a node
+        that does not know the run yet is asked again (another, half a second
+        later), for up to UPDATE_PATIENCE seconds."""
+        node = self._up_node(self._update_sends.randrange(len(self.nodes)))
+        if node is not None:
+            try:
+                node.apply(lambda core, now: scheduler_of(core).send(run_id, {"n": n}))
+            except KeyError:
+                pass  # not heard of it yet
+            except ValueError:
+                self._updates_refused.append(f"{run_id} update {n} refused by {node.name}: finished")
+                self._give_up_update(run_id)
+                return
+            else:
+                self._updates_sent += 1
+                return
+        if (tries + 1) * UPDATE_RETRY < UPDATE_PATIENCE:
+            self.sim.at(self.sim.now + UPDATE_RETRY, self._send_update, run_id, n, tries + 1)
+        else:
+            self._give_up_update(run_id)
+
+    def _give_up_update(self, run_id: str) -> None:
+        """The run will not get this update: its executions stop waiting for it."""
+        self._long_unsent[run_id] += 1
+        for execution in [e for key, e in self._open.items() if key[1] == run_id and e.work_done]:
+            self.sim.at(self.sim.now, self._finish, execution)
+
+    def _updates_due(self, run_id: str) -> int:
+        return self._long.get(run_id, 0) - self._long_unsent.get(run_id, 0)
 
     def _note_role(self, node: SimNode) -> None:
         """Follow the node's scheduler role: when it turns ready, submit the
@@ -288,8 +361,20 @@ class JobsRun(MembershipRun):
             execution = _Execution(event.run_id, event.attempt, node.index, node.boots, self.sim.now, wall)
             self._executions[event.run_id].append(execution)
             self._open[(node.index, event.run_id, event.attempt)] = execution
-            low, high = self.scenario.work_seconds
-            self.sim.at(self.sim.now + self._work.uniform(low, high), self._finish, execution)
+            if event.run_id in self._long:
+                low, high = self.scenario.long_seconds
+                work = self._long_work.uniform(low, high)
+            else:
+                low, high = self.scenario.work_seconds
+                work = self._work.uniform(low, high)
+            self.sim.at(self.sim.now + work, self._finish, execution)
+            self.run_started(node.index)
+        elif isinstance(event, DeliverUpdate):
+            execution = self._open.get((node.index, event.run_id, event.attempt))
+            if execution is not None and isinstance(event.data, dict):
+                execution.updates.add(event.data.get("n"))
+                if execution.work_done and len(execution.updates) >= self._updates_due(event.run_id):
+                    self.sim.at(self.sim.now, self._finish, execution)  # not within the core's call
         elif isinstance(event, CancelRun):
             key = (node.index, event.run_id, event.attempt)
             if key in self._open:
@@ -304,6 +389,9 @@ class JobsRun(MembershipRun):
             return  # cancelled, or its node crashed
         if node.life is Life.PAUSED:
             self._finish_on_resume.append(execution)  # the work is done; telling waits for the process
+            return
+        if len(execution.updates) < self._updates_due(execution.run_id):
+            execution.work_done = True  # done but for the updates: finishes as the last one arrives
             return
         del self._open[key]
         assert node.running and node.boots == execution.boots
@@ -353,6 +441,7 @@ class JobsRun(MembershipRun):
             e for executions in self._executions.values() for e in executions
             if e.ok and (e.node, e.boots) == (node.index, node.boots)
         ]
+        running_here = [e for key, e in self._open.items() if key[0] == node.index]
 
         def check() -> None:
             others = [scheduler_of(n.core) for n in self.nodes if n is not node and n.running and n.core is not None]
@@ -361,6 +450,10 @@ class JobsRun(MembershipRun):
                 records = [s.record(execution.run_id) for s in others]
                 if not any(r is not None and r.state is RunState.SUCCEEDED for r in records):
                     execution.success_lost = True  # re-running it is at-least-once, not a duplicate
+            for execution in running_here:
+                records = [s.record(execution.run_id) for s in others]
+                if not any(r is not None and r.attempt >= execution.attempt for r in records):
+                    execution.claim_lost = True  # its attempt died unseen: claiming it again is no second claim
 
         self.sim.at(self.sim.now + 1.0, check)
 
@@ -430,6 +523,11 @@ class JobsRun(MembershipRun):
                 "results_not_everywhere": len(partial),
                 "oneoffs_lost_with_submitter": len(with_node & self._oneoffs.keys()),
                 "results_lost_with_their_node": len(with_node - self._oneoffs.keys()),
+                "long_oneoffs": len(self._long),
+                "updates_sent": self._updates_sent,
+                "updates_unsent": sum(self._long_unsent.values()),
+                "updates_refused": self._updates_refused[:5],
+                "kills": [[round(t, 3), self.nodes[i].name] for t, i, _ in self.kills],
                 "scheduler": dict(totals),
             }
         )
@@ -516,6 +614,84 @@ class JobsRun(MembershipRun):
             return []
         schedule = parse_schedule(f"@every {self.scenario.every:g}s")
         return schedule.ticks_between(_wall_ms(start), _wall_ms(end), limit=1_000_000)
+
+    def executions(self, run_id: str) -> list[_Execution]:
+        """Every execution of the run, in the order they started."""
+        return sorted(self._executions.get(run_id, ()), key=lambda e: e.start)
+
+    @property
+    def oneoffs_submitted(self) -> int:
+        """One-offs acknowledged so far (a run id returned), long ones too."""
+        return len(self._oneoffs)
+
+    def executing(self, index: int) -> int:
+        return sum(1 for key in self._open if key[0] == index)
+
+    @property
+    def long_runs(self) -> dict[str, int]:
+        """Long one-offs: run id -> the updates planned for it."""
+        return dict(self._long)
+
+    def unfinished_oneoffs(self, due: float) -> tuple[list[str], int]:
+        """One-offs acknowledged ``due`` seconds ago or more that no running
+        node holds succeeded at the end (unless their success was old enough
+        to have expired), each with what the nodes hold and who ran it; and
+        how many of them never left a node that died (excused)."""
+        now = self.sim.now
+        kept_since = now - self.scenario.result_ttl + self._clock_margin()
+        schedulers = [scheduler_of(n.core) for n in self.nodes if n.life is Life.UP and n.core is not None]
+        unfinished, excused = [], 0
+        for run_id, submitted in sorted(self._oneoffs.items(), key=lambda item: item[1]):
+            if submitted > now - due:
+                continue
+            records = [s.record(run_id) for s in schedulers]
+            if any(r is not None and r.state is RunState.SUCCEEDED for r in records):
+                continue
+            executions = self._executions.get(run_id, [])
+            if any(e.ok and e.end is not None and e.end <= kept_since for e in executions):
+                continue  # succeeded long enough ago to have expired
+            if all(r is None for r in records) and run_id in self._stranded:
+                excused += 1
+                continue
+            states = Counter(r.state.value if r is not None else "none" for r in records)
+            ran = [f"{self.nodes[e.node].name}#{e.boots} attempt {e.attempt} {e.start:.2f}-" + ("" if e.end is None else f"{e.end:.2f}") + (" ok" if e.ok else "") for e in executions]
+            updates = f", {len(executions[-1].updates) if executions else 0} of {self._updates_due(run_id)} updates" if run_id in self._long else ""
+            unfinished.append(f"{run_id} (submitted {submitted:.2f}): {dict(states)}; ran {ran or 'never'}{updates}")
+        return unfinished, excused
+
+    def results_missing(self, settle: float) -> tuple[list[str], int]:
+        """Results (successes that did not die with their node) finished at
+        least ``settle`` seconds ago and not at their expiry's edge, missing
+        from a node up and ready since ``settle`` ago while all views were
+        right; and how many (result, node) pairs were checked. Nothing is
+        owed while the views have not been right for ``settle``: nodes that
+        hold each other dead do not sync."""
+        now = self.sim.now
+        since = self.converged_since
+        if since is None or since > now - settle:
+            return [], 0
+        kept_since = now - self.scenario.result_ttl + self._clock_margin()
+        owing = []
+        for node in self.nodes:
+            lives = self._lives.get(node.index)
+            if node.life is not Life.UP or node.core is None or not lives or lives[-1][1] != float("inf"):
+                continue
+            readied = [t for t in self.ready_times.get(node.index, ()) if t >= lives[-1][0]]
+            if readied and readied[0] <= now - settle:
+                owing.append(node)
+        missing, checked = [], 0
+        for run_id, executions in sorted(self._executions.items()):
+            done = [e for e in executions if e.ok and not e.success_lost and e.end is not None]
+            if not done or not any(kept_since < e.end <= now - settle for e in done):
+                continue
+            for node in owing:
+                checked += 1
+                record = scheduler_of(node.core).record(run_id)
+                if record is None or record.state is not RunState.SUCCEEDED:
+                    state = "nothing" if record is None else f"{record.state.value} (attempt {record.attempt})"
+                    first = min(done, key=lambda e: e.end)
+                    missing.append(f"{run_id} (succeeded on {self.nodes[first.node].name} at {first.end:.2f}): {node.name} holds {state}")
+        return missing, checked
 
     def duplicate_executions(self) -> list[_Execution]:
         """Executions that started while another execution of the same run

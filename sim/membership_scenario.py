@@ -39,6 +39,9 @@ from sim.streams import SeedStreams
 
 # The key every simulated node shares when the scenario is authenticated.
 SIM_KEY = b"peer-simulator-cluster-key-32by!"
+# A kill waiting for a run lands this long after the run started: well
+# within the shortest work (50 ms), so the node dies mid-run.
+KILL_AFTER_START = 0.01
 
 
 def _fault_tuple(faults: Iterable[Fault]) -> tuple[Fault, ...]:
@@ -202,6 +205,12 @@ class MembershipRun:
         self._exit_then_start: dict[int, float] = {}
         self._ready_waiters: dict[int, list[Callable[[], None]]] = {}
         self._boot_delays = self.sim.streams.get("boot-delay")
+        # Kills waiting for a candidate to start a run: (candidates, restart
+        # after, until when), and the kills that landed: (time, node, restart after).
+        self._armed_kills: list[tuple[frozenset[int], float | None, float]] = []
+        self.kills: list[tuple[float, int, float | None]] = []
+        # When each rolling restart (by its start) had every node back and ready.
+        self.roll_ends: dict[float, float] = {}
 
     # -- World -------------------------------------------------------------
 
@@ -246,17 +255,18 @@ class MembershipRun:
 
     def rolling_restart(self, nodes: tuple[int, ...] | None, gap: float, delay: float) -> None:
         order = list(nodes) if nodes is not None else [node.index for node in self.nodes if node.life is Life.UP]
-        self._roll(order, gap, delay)
+        self._roll(order, gap, delay, self.sim.now)
 
-    def _roll(self, order: list[int], gap: float, delay: float) -> None:
+    def _roll(self, order: list[int], gap: float, delay: float, began: float) -> None:
         """Restart the first node of ``order`` that is up; the rest follow,
         ``gap`` seconds after it is ready again."""
         while order:
             index, rest = order[0], order[1:]
             if self.restart(index, delay):
-                self._when_ready(index, lambda: self.at(self.sim.now + gap, self._roll, rest, gap, delay))
+                self._when_ready(index, lambda: self.at(self.sim.now + gap, self._roll, rest, gap, delay, began))
                 return
             order = rest
+        self.roll_ends[began] = self.sim.now  # the deploy is over: a checker's fault window closes here
 
     def scale_up(self, count: int) -> None:
         """Start ``count`` spare slots that never ran, lowest index first."""
@@ -271,6 +281,40 @@ class MembershipRun:
         up.sort(key=lambda node: (node.index < seeds, -node.index))
         for node in up[:count]:
             node.leave()
+
+    def kill(self, candidates: frozenset[int], restart_after: float | None, patience: float) -> None:
+        """kill -9 the candidate executing the most runs; if none is
+        executing anything, wait (up to ``patience``) for one to start a run."""
+        alive = [i for i in sorted(candidates) if i < len(self.nodes) and self.nodes[i].life in (Life.UP, Life.LEAVING)]
+        busiest = max(alive, key=lambda i: (self.executing(i), -i), default=None)
+        if busiest is not None and self.executing(busiest) > 0:
+            self._kill_now(busiest, restart_after)
+        else:
+            self._armed_kills.append((candidates, restart_after, self.sim.now + patience))
+
+    def executing(self, index: int) -> int:
+        """How many runs the node is executing (none here: a jobs run knows)."""
+        return 0
+
+    def run_started(self, index: int) -> None:
+        """A node started a run: a kill waiting for that lands a moment
+        later (not within the core's call that started it)."""
+        for kill in self._armed_kills:
+            candidates, restart_after, until = kill
+            if index in candidates and self.sim.now <= until:
+                self._armed_kills.remove(kill)
+                self.at(self.sim.now + KILL_AFTER_START, self._kill_if_running, index, restart_after)
+                return
+
+    def _kill_if_running(self, index: int, restart_after: float | None) -> None:
+        if self.nodes[index].life in (Life.UP, Life.LEAVING):
+            self._kill_now(index, restart_after)
+
+    def _kill_now(self, index: int, restart_after: float | None) -> None:
+        self.kills.append((self.sim.now, index, restart_after))
+        self.crash(index)
+        if restart_after is not None:
+            self.at(self.sim.now + restart_after, self.boot, index)
 
     def ready(self, index: int) -> bool:
         """Is the node back and ready for work (here: up; a jobs run also
@@ -493,7 +537,7 @@ class MembershipRun:
         declaration: the longest suspicion, a few probe rounds, a reconnect."""
         config = self.config
         return (
-            config.suspicion_max_timeout_mult * config.suspicion_min_timeout(self.scenario.nodes)
+            config.suspicion_max_timeout_mult * config.suspicion_min_timeout(self.scenario.slots)
             + 5 * config.probe_interval
             + config.reconnect_interval
         )
