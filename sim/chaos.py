@@ -1,18 +1,36 @@
-"""Chaos campaigns: many seeds, each its own random mix of faults, and the
-invariants every run must keep.
+"""Chaos campaigns: many seeds, each its own random run, and the invariants
+every run must keep.
 
 Theory of operation
 -------------------
-A seed draws a fault mix (``draw_mix``): how far the nodes' clocks are off
-and drift, then, within the *faulty phase*, a random set of degraded-network
-windows (loss up to 30 %, duplication, latency with jitter that reorders),
-one- and two-way partitions, clogged links, crashes (some restarted quickly,
-some late, some never), pauses, wall-clock steps, late joins and a rolling
-restart by graceful leaves. A *healed phase* with no fault at all follows.
-The mix becomes a jobs scenario (``sim.jobs_scenario``): the nodes run the
-scheduler with cron jobs in both modes and one-off runs, and the simulated
-executor records what really ran. The same seed always draws the same mix
-and yields the same trace, byte for byte.
+A seed draws its run from nothing but the seed. Two draws exist:
+
+- ``wide`` (``draw_wide``, the default) draws the workload too: the
+  cluster size (3..25, by ``SIZE_BANDS``: small clusters likelier, since a
+  big one costs several times more), the tick interval (1..10 s), 1..8
+  jobs in mode one and 0..2 in mode all (the interval lengthened, then jobs
+  dropped, where the load they make would exceed ``LOAD_CAP``), one-offs,
+  *long* one-offs that run for seconds and finish only once every update a
+  client sent them through random nodes reached them (so a lost update is a
+  run that never finishes), and whether nodes start as agents do (a jobs
+  file defined at every boot, a boot delay). Its faults are the classic
+  kinds plus graceful restarts under the same name, a deploy (a rolling
+  restart that waits for readiness), scale up and down, and kill -9 during
+  a run (``Kill``: the node executing the most runs when it fires, or the
+  first to start one, dies mid-run).
+- ``classic`` (``draw_classic``) is the draw the first campaigns used,
+  unchanged, for its seeds kept as regressions: a fixed cluster and
+  workload, and faults: how far the nodes' clocks are off and drift, then
+  degraded-network windows (loss up to 30 %, duplication, latency with
+  jitter that reorders), one- and two-way partitions, clogged links,
+  crashes (some restarted quickly, some late, some never), pauses,
+  wall-clock steps, late joins and a rolling restart by graceful leaves.
+
+Faults fall within the *faulty phase*; a *healed phase* with no fault at
+all follows. The mix becomes a jobs scenario (``sim.jobs_scenario``): the
+nodes run the scheduler with cron jobs in both modes and one-off runs, and
+the simulated executor records what really ran. The same seed always draws
+the same mix and yields the same trace, byte for byte.
 
 After the run, ``check`` holds it to the invariants, each named:
 
@@ -23,8 +41,9 @@ After the run, ``check`` holds it to the invariants, each named:
 - ``false_failure``: no running node declared failed at a time no fault
   explains (a partition, pause or clog between the two, or a degraded
   network: loss may cause a false suspicion, but nothing else may);
-- ``crash_detected``: every node that crashed and stayed down for
-  ``detection_bound`` was declared failed by every running node within it;
+- ``crash_detected``: every node that crashed (or was killed) and stayed
+  down for ``detection_bound`` was declared failed by every running node
+  within it;
 - ``maps_converged``: every running node holds the same winner for every key
   of every replicated map written ``MAPS_SETTLE`` seconds before the end (keys
   at their expiry's edge excepted);
@@ -33,15 +52,37 @@ After the run, ``check`` holds it to the invariants, each named:
 - ``result_lost``: every result, and every one-off submitted, is still held
   by some running node (unless it died with the node it was written on,
   before that node could pass it on);
+- ``result_not_everywhere``: every result finished ``MAPS_SETTLE`` before
+  the end, and not at its expiry's edge, is readable on every node up and
+  ready for that long, once all views have been right for that long (nodes
+  that hold each other dead do not sync);
+- ``oneoff_unfinished``: every acknowledged one-off has succeeded by the
+  end (given the time a failover takes), unless it never left a node that
+  died;
+- ``same_attempt``: no attempt of a run started twice (a re-run takes
+  attempt + 1), unless the first claim died unseen with its node, or a
+  fault cut the second node off from one that had run it: a partition
+  between them, a pause or clog of either, a degraded network (partitions
+  are outside the run-once promise; graceful operations are not);
 - ``duplicate_in_stable`` / ``late_in_stable``: no run executed twice, and
   no tick started more than ``LATE_BOUND`` late on its node's own clock, in a
   *stable stretch*: no fault active, and all views right for ``STABLE_MARGIN``
   seconds (duplicates and late ticks elsewhere are counted, not failed);
+- ``duplicate_in_graceful``: no run executed twice around graceful
+  operations only (``GRACEFUL``: deploys, restarts, scaling, leaves, joins)
+  with no other fault within the disturbance window. Duplicates are
+  reported by the kinds of fault around them (``duplicates_by_fault``);
 - ``stuck_run``: no run recorded running (or pending, past its due time) for
-  longer than ``STUCK_AFTER`` that no node is executing;
+  longer than ``stuck_after`` (detection, a grace, a scan) that no node is
+  executing;
 - ``memory``: once the records' TTL has passed, no node holds a record past
-  its expiry, more members than nodes, or more of its own bookkeeping than
-  the work in flight needs.
+  its expiry, more members than nodes (scaled up included), or more of its
+  own bookkeeping than the work in flight needs.
+
+A fault's span is the one it had in the run: a deploy lasts until its last
+node is ready again, a kill from when it landed until its node was back, and
+a crash no fault made (a supervisor killing a process still draining to
+start the new one) counts as a crash.
 """
 
 from __future__ import annotations
@@ -280,7 +321,7 @@ SIZE_BANDS = ((3, 6, 0.40), (7, 12, 0.32), (13, 18, 0.16), (19, 25, 0.12))
 # most this many. The tick interval and the job counts are drawn freely,
 # then, over it, the interval is lengthened, then jobs dropped. What the
 # simulation costs grows with it (it dominates big clusters' cost).
-LOAD_CAP = 60.0
+LOAD_CAP = 80.0
 # How long a node takes to go through a graceful restart (drain, exit,
 # start, boot, settle, ready), to fit deploys in the faulty phase.
 RESTART_SECONDS = 9.0
@@ -661,6 +702,16 @@ class _Checker:
         # Each fault's span as it happened: a deploy lasts until its last
         # node is ready again, a kill lands when it finds a run.
         self.spans = [(fault, *self._span(fault)) for fault in self.faults]
+        # A crash no fault made: a supervisor killed a process still
+        # draining to start the new one (a leave's rejoin came first). Not
+        # graceful, whatever fault led to it.
+        made = {(i, f.at) for f in self.faults if isinstance(f, Crash) for i in f.nodes}
+        made |= {(i, t) for t, i, _ in run.kills}
+        for index, when in run.crashes:
+            if (index, when) not in made:
+                back = run.back_up_after(index, when)
+                crash = Crash(frozenset({index}), when, None if back is None else back - when)
+                self.spans.append((crash, when, campaign.duration if back is None else back))
 
     def fail(self, invariant: str, detail: str) -> None:
         self.violations.append(Violation(invariant, detail))
@@ -760,9 +811,9 @@ class _Checker:
         return config.suspicion_max_timeout_mult * config.suspicion_min_timeout(n) + 2 * n * config.probe_interval
 
     def _down_until(self, index: int, when: float) -> float:
-        boots = [f.end for f in self.faults if isinstance(f, Crash) and index in f.nodes and f.at == when and f.restart_after is not None]
-        boots += [t + restart for t, i, restart in self.run.kills if (i, t) == (index, when) and restart is not None]
-        return min(boots, default=self.campaign.duration)
+        """When the node crashed at ``when`` was up again (a new life)."""
+        back = self.run.back_up_after(index, when)
+        return self.campaign.duration if back is None else back
 
     # -- jobs --------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from sim.faults import Leave, Restart, RollingRestart, ScaleDown, ScaleUp
+from sim.faults import Kill, Leave, Restart, RollingRestart, ScaleDown, ScaleUp
 from sim.jobs_scenario import JobsRun, JobsScenario, run_jobs, scheduler_of
 from sim.node import Life, SimNode
 
@@ -252,3 +252,53 @@ def test_a_deploy_with_scaling_and_a_rolling_restart_runs_every_tick_once_seed_3
     report = json.loads(done.stdout)
     assert (report["missed"], report["duplicates"], report["same_attempt_starts"], report["lost_results"]) == (0, 0, 0, 0)
     assert report["oneoffs_done"] == report["oneoffs_submitted"]
+
+
+# -- long one-offs taking updates, and kill -9 mid-run ---------------------------------
+
+
+def test_long_one_offs_finish_once_every_update_sent_through_random_nodes_arrived() -> None:
+    scenario = JobsScenario(nodes=5, duration=40, seed=4, cron_jobs=2, oneoffs=0, long_oneoffs=6, heal=15)
+    run = JobsRun(scenario)
+    run.run_until(scenario.duration)
+    report = run.measure_jobs()
+    assert report["long_oneoffs"] == 6 and report["updates_sent"] >= 6 and report["updates_unsent"] == 0
+    assert report["oneoffs_done"] == 6
+    for run_id, planned in run.long_runs.items():
+        done = [e for e in run.executions(run_id) if e.ok]
+        assert len(done) == 1 and done[0].updates == set(range(planned))
+        # It ran for several seconds: its work, then the wait for its updates.
+        assert done[0].end - done[0].start >= scenario.long_seconds[0]
+
+
+class _LostUpdate(JobsRun):
+    """A client whose first update to each long run never gets out."""
+
+    def _send_update(self, run_id: str, n: int, tries: int) -> None:
+        if n != 0:
+            super()._send_update(run_id, n, tries)
+
+
+def test_a_lost_update_shows_as_a_long_run_that_never_finishes() -> None:
+    scenario = JobsScenario(nodes=4, duration=40, seed=4, cron_jobs=1, oneoffs=0, long_oneoffs=3, heal=15)
+    run = _LostUpdate(scenario)
+    run.run_until(scenario.duration)
+    unfinished, excused = run.unfinished_oneoffs(due=10.0)
+    assert len(unfinished) == 3 and excused == 0
+    assert all("running" in line for line in unfinished)
+    assert run.measure_jobs()["oneoffs_done"] == 0
+
+
+def test_a_kill_lands_on_a_node_in_the_middle_of_a_run() -> None:
+    kill = Kill(frozenset({1, 2, 3}), 20.0, restart_after=3.0)
+    scenario = JobsScenario(nodes=5, duration=50, seed=2, cron_jobs=3, every=1.0, oneoffs=10, heal=15, faults=(kill,))
+    run = JobsRun(scenario)
+    run.run_until(scenario.duration)
+    [(when, index, restart)] = run.kills
+    assert 20.0 <= when <= 20.0 + kill.patience and index in kill.candidates and restart == 3.0
+    # Something was running on it when it died: an execution cut short.
+    cut = [e for run_id in run.first_executions() for e in run.executions(run_id) if e.node == index and e.end == when]
+    assert cut and not any(e.ok for e in cut)
+    assert run.nodes[index].boots == 2  # and it came back under its name
+    report = run.measure_jobs()
+    assert report["missed"] == 0 and report["lost_results"] == 0
