@@ -5,7 +5,7 @@ and the simulator's jobs scenario.
     python bench/jobs_bench.py throughput [--nodes 3] [--batches 3] [--submits 300]
                                           [--threads 8] [--sample 20] [--json]            # about 1.5 minutes
     python bench/jobs_bench.py sim        [--seeds 1,2,3] [--json]                        # about 6.5 minutes
-    python bench/jobs_bench.py cpu        [--nodes 4] [--jobs 10] [--window 30] [--json]   # about 2 minutes
+    python bench/jobs_bench.py cpu        [--nodes 4] [--jobs 10] [--window 30] [--log-level info] [--json]  # about 2 minutes
     python bench/jobs_bench.py all        [...]                   # the three, one after the other
 
 Every agent is a ``peer agent --profile lan`` with a cluster key, started on
@@ -64,7 +64,7 @@ sim. ``python -m sim jobs --nodes 50 --churn 10 --loss 0.05 --duration 90
 no loss) of the same size: expected ticks, missed, duplicates (also per 10k
 ticks), lost results, and the simulator's speed.
 
-cpu. A cluster of ``--nodes`` (4) agents at the default log level (info),
+cpu. A cluster of ``--nodes`` (4) agents at ``--log-level`` (info, the default),
 idle for ``--window`` seconds, then running ``--jobs`` (10) cron jobs in mode
 ``one``, ``@every 1s``, each calling ``peer.samples:journal`` (one line
 appended to a file); once every job has run three times, another window. The
@@ -671,14 +671,14 @@ def cpu(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 def _cpu(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     print(
-        f"cpu: {args.nodes} agents (lan profile, keyed, log level info), {args.jobs} jobs in mode one @every 1s,"
+        f"cpu: {args.nodes} agents (lan profile, keyed, log level {args.log_level}), {args.jobs} jobs in mode one @every 1s,"
         f" windows of {args.window:g} s; {load_note()}",
         flush=True,
     )
     journal = workdir / "cpu.journal"
     shutil.rmtree(workdir / "cpu", ignore_errors=True)
     journal.unlink(missing_ok=True)
-    with LocalCluster(workdir / "cpu", profile="lan", key=generate_key(), extra_args=["--log-level", "info"]) as cluster:
+    with LocalCluster(workdir / "cpu", profile="lan", key=generate_key(), extra_args=["--log-level", args.log_level]) as cluster:
         (workdir / "cpu").mkdir(parents=True)
         agents = start_cluster(cluster, args.nodes)
         time.sleep(2.0)  # past the start's catch-up and first syncs
@@ -738,6 +738,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="failover: seed of the kill times")
     parser.add_argument("--jobs", type=int, default=10, help="cpu: cron jobs in mode one, @every 1s (default 10)")
     parser.add_argument("--window", type=float, default=30.0, help="cpu: seconds of each measured window (default 30)")
+    parser.add_argument("--log-level", default="info", help="cpu: the agents' log level (default info, as an agent starts)")
     parser.add_argument("--json", action="store_true", help="JSON lines instead of tables")
     parser.add_argument("--keep-logs", action="store_true", help="keep the agents' logs (their directory is printed)")
     args = parser.parse_args(argv)
