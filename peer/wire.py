@@ -33,6 +33,7 @@ import attrs
 import msgpack
 
 from crdt.messages import MESSAGE_TYPES as REPLICATION_TYPES
+from crdt.messages import DeltaGossip
 from crdt.messages import from_wire as replication_from_wire
 from membership.messages import ENVELOPE_RESERVE
 from membership.messages import from_wire as membership_from_wire
@@ -47,6 +48,12 @@ MAX_DATAGRAM = 65_507
 MAX_STREAM_FRAME = 8 * 1024 * 1024
 KEY_SIZES = (16, 24, 32, 64)
 
+# How many recent deltas a codec remembers, to skip their repeats.
+SEEN_DELTAS = 8192
+# A replication delta's packed form starts with the header of an array of 4
+# or 5 items, then its tag.
+_DELTA_TAG = msgpack.packb(DeltaGossip.TAG)
+_SHORT_ARRAYS = frozenset(msgpack.packb([None] * size)[0] for size in (4, 5))
 _UNSIGNED_HEADER = bytes((VERSION, 0))
 _SIGNED_HEADER = bytes((VERSION, SIGNED))
 
@@ -139,6 +146,12 @@ class Codec:
         self._packer = msgpack.Packer()
         self.drops: dict[DropReason, int] = {reason: 0 for reason in DropReason}
         self.frames_decoded = 0
+        self.repeats_skipped = 0
+        # Fingerprints of the deltas decoded lately, oldest first (a dict as
+        # an ordered set). Gossip brings each delta to a node several times,
+        # byte for byte the same: merging is idempotent, so a repeat is
+        # skipped before it costs a decode and a merge.
+        self._seen_deltas: dict[int, None] = {}
 
     @property
     def keyring(self) -> Keyring | None:
@@ -200,13 +213,37 @@ class Codec:
                 return Dropped(DropReason.BAD_MAC, "MAC matches no key in the keyring")
             body = data[HEADER_SIZE:-MAC_SIZE]
         try:
-            decoded = msgpack.unpackb(body, raw=False, strict_map_key=True, max_ext_len=0)
-            if type(decoded) is not list or not decoded:
+            unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_ext_len=0, max_buffer_size=len(body))
+            unpacker.feed(body)
+            count = unpacker.read_array_header()
+            if not count:
                 return Dropped(DropReason.MALFORMED, "body is not a non-empty list of messages")
             decode_message = self._decode_message
-            return tuple([decode_message(item) for item in decoded])
+            messages, fresh = [], []
+            for _ in range(count):
+                start = unpacker.tell()
+                unpacker.skip()
+                item = body[start : unpacker.tell()]
+                if item[1:2] == _DELTA_TAG and item[0] in _SHORT_ARRAYS:
+                    fingerprint = hash(item)
+                    if fingerprint in self._seen_deltas:
+                        self.repeats_skipped += 1
+                        continue
+                    fresh.append(fingerprint)
+                messages.append(decode_message(msgpack.unpackb(item, raw=False, strict_map_key=True, max_ext_len=0)))
+            if unpacker.tell() != len(body):
+                return Dropped(DropReason.MALFORMED, "bytes after the list of messages")
         except Exception as error:  # the trust boundary: nothing may escape
             return Dropped(DropReason.MALFORMED, f"{type(error).__name__}: {error}")
+        self._remember(fresh)  # only once the whole frame decoded: a dropped frame's deltas may come again
+        return tuple(messages)
+
+    def _remember(self, fingerprints: list[int]) -> None:
+        seen = self._seen_deltas
+        for fingerprint in fingerprints:
+            seen[fingerprint] = None
+        while len(seen) > SEEN_DELTAS:
+            del seen[next(iter(seen))]
 
     def _verify(self, signed: bytes, mac: bytes) -> bool:
         for index in range(len(self._macs)):

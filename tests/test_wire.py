@@ -7,6 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crdt.hlc import Timestamp
+from crdt.messages import DeltaGossip
+from crdt.ormap import ORMap
 from membership.messages import ENVELOPE_RESERVE, Ack, Alive, Ping
 from peer.wire import MAC_SIZE, VERSION, Codec, DropReason, Dropped, FrameTooLarge, Keyring
 from tests.strategies import messages
@@ -97,6 +100,22 @@ def test_one_bad_message_drops_its_whole_packet():
     frame = bytes([VERSION, 0]) + msgpack.packb([[2, 1], [5, "n", 1, "h", 0, b""]])  # port 0
     result = codec.decode(frame)
     assert isinstance(result, Dropped) and "port" in result.detail
+
+
+def test_a_delta_decoded_lately_is_skipped_when_it_comes_again_and_nothing_else_is():
+    codec = Codec(Keyring((K1,)))
+    delta = DeltaGossip("runs", ORMap("a#1").put("k", {"v": 1}, Timestamp(1, 0, "a#1")))
+    ping = Ping(1, "b", ("10.0.0.2", 7946))
+    assert codec.decode(codec.encode([delta, ping])) == (delta, ping)
+    # The same delta again (from another member, relaying it): only the ping is new.
+    assert codec.decode(codec.encode([ping, delta])) == (ping,)
+    assert codec.repeats_skipped == 1
+    # Its direct copy is another message; a frame that is dropped remembers nothing.
+    direct = DeltaGossip("runs", delta.delta, relay=False)
+    other = DeltaGossip("runs", ORMap("a#1").put("j", 2, Timestamp(2, 0, "a#1")))
+    bad = codec.encode([other])[:-1] + b"\x00"
+    assert isinstance(codec.decode(bad), Dropped)
+    assert codec.decode(codec.encode([direct, other])) == (direct, other)
 
 
 def test_oversized_frames_are_refused_on_the_way_out():
