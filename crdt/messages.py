@@ -143,17 +143,26 @@ def entries_from_wire(value: Any) -> dict[str, Registers]:
 
 @attrs.frozen(slots=True)
 class DeltaGossip:
+    """One map's delta. ``relay`` False: handed to chosen members directly
+    (its writer gossips it too), not to be passed on as news. The flag
+    travels only when False, so a node that does not know it only refuses
+    those direct copies."""
+
     TAG: ClassVar[int] = 32
     map: str
     delta: Delta
+    relay: bool = True
 
     def to_wire(self) -> list[Any]:
-        return [self.TAG, self.map, entries_to_wire(self.delta.entries), context_to_wire(self.delta.context)]
+        wire = [self.TAG, self.map, entries_to_wire(self.delta.entries), context_to_wire(self.delta.context)]
+        return wire if self.relay else [*wire, False]
 
     @classmethod
     def from_wire(cls, f: list[Any]) -> DeltaGossip:
-        _check(len(f) == 4, "delta: expected 4 fields")
-        return cls(_name(f[1], "delta.map"), Delta(entries_from_wire(f[2]), context_from_wire(f[3])))
+        _check(len(f) in (4, 5), "delta: expected 4 or 5 fields")
+        relay = True if len(f) == 4 else f[4]
+        _check(type(relay) is bool, "delta.relay: expected a boolean")
+        return cls(_name(f[1], "delta.map"), Delta(entries_from_wire(f[2]), context_from_wire(f[3])), relay)
 
 
 @attrs.frozen(slots=True)

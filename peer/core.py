@@ -84,7 +84,7 @@ class NodeCore:
             name, addr, membership_config, rng=rng, now=now, incarnation=incarnation, meta=meta, piggyback=self.replicator
         )
         self._rng = random.Random(rng.getrandbits(64))
-        self._now = now
+        self._advance(now)
         self._next_prompt_sync = now
         self._lives: dict[str, int] = {}  # member -> incarnation last seen live
         self._peers_version = -1
@@ -97,28 +97,34 @@ class NodeCore:
     # -- the driver's interface ---------------------------------------------------
 
     def receive(self, now: float, src: Address, message: Any, reliable: bool = False) -> None:
-        self._now = now
+        self._advance(now)
         if type(message).TAG in REPLICATION_TYPES:
             self.replicator.receive(now, self.wall_ms(), message)
         else:
             self.membership.receive(now, src, message, reliable)
 
     def tick(self, now: float) -> None:
-        self._now = now
+        self._advance(now)
         self.membership.tick(now)
         self.replicator.tick(now, self.wall_ms())
+        if self.replicator.has_gossip():
+            self.membership.gossip_soon(now)  # held writes were released
         self._drive_scheduler()
 
     def next_deadline(self) -> float:
         deadline = min(self.membership.next_deadline(), self.replicator.next_deadline())
         if self.scheduler is not None:
-            # The scheduler keeps wall time (ticks are wall-clock times).
-            wall_ms = self.wall_ms()
-            deadline = min(deadline, self._now + max(0, self.scheduler.next_deadline() - wall_ms) / 1000)
+            # The scheduler keeps wall time (ticks are wall-clock times), in
+            # whole milliseconds: a millisecond more, so that the wall clock
+            # has surely reached the deadline when we are called (a drifting
+            # clock otherwise wakes us a hair early, for nothing).
+            wall_ms = self._wall_ms_at_now
+            deadline = min(deadline, self._now + (max(0, self.scheduler.next_deadline() - wall_ms) + 1) / 1000)
         return deadline
 
     def take_effects(self) -> list[Effect | SchedulerEffect]:
-        self._drive_scheduler()
+        if self._scheduler_stale():
+            self._drive_scheduler()
         effects: list[Effect | SchedulerEffect] = []
         effects.extend(self.membership.take_effects())
         self._sync_peers()
@@ -157,7 +163,7 @@ class NodeCore:
         """Leave gracefully: let the scheduler hand its work over, then push
         our state to a few members, so that nothing written here is lost
         with us, and leave."""
-        self._now = now
+        self._advance(now)
         self._leave_requested = True
         if self.scheduler is not None:
             self.scheduler.drain(self.wall_ms())
@@ -189,6 +195,24 @@ class NodeCore:
             self.replicator.hand_off(self._hand_off_peers())
             self.membership.leave(self._now)
 
+    def _advance(self, now: float) -> None:
+        self._now = now
+        self._wall_ms_at_now = self.wall_ms()
+
+    def _scheduler_stale(self) -> bool:
+        """Has anything happened that the scheduler must hear of before the
+        effects go out: a view change, news in its maps, a deadline of its,
+        a leave? Most frames bring nothing of the kind (a probe, a delta
+        known already); ``tick`` drives it whatever happened."""
+        scheduler = self.scheduler
+        return (
+            scheduler is None
+            or self._leave_requested
+            or self.membership.version != self._view_version
+            or self.replicator.has_changes()
+            or scheduler.next_deadline() <= self.wall_ms()
+        )
+
     def _first(self) -> bool:
         """Are we among the first nodes of a cluster: alone, or seeing no
         member that holds the cluster's state (every other one is starting,
@@ -212,8 +236,10 @@ class NodeCore:
 
     # -- replicated maps -----------------------------------------------------------------
 
-    def put(self, now: float, map_name: str, key: str, value: Any, *, ttl: float | None = None) -> Timestamp:
-        stamp = self.replicator.put(self.wall_ms(), map_name, key, value, ttl=ttl)
+    def put(
+        self, now: float, map_name: str, key: str, value: Any, *, ttl: float | None = None, hold: float = 0.0
+    ) -> Timestamp:
+        stamp = self.replicator.put(self.wall_ms(), map_name, key, value, ttl=ttl, hold=hold)
         self.membership.gossip_soon(now)
         return stamp
 
@@ -292,8 +318,8 @@ class _Maps:
     def __init__(self, core: NodeCore) -> None:
         self._core = core
 
-    def put(self, map_name: str, key: str, value: Any, *, ttl: float | None = None) -> Timestamp:
-        return self._core.put(self._core._now, map_name, key, value, ttl=ttl)
+    def put(self, map_name: str, key: str, value: Any, *, ttl: float | None = None, hold: float = 0.0) -> Timestamp:
+        return self._core.put(self._core._now, map_name, key, value, ttl=ttl, hold=hold)
 
     def remove(self, map_name: str, key: str) -> bool:
         return self._core.remove(self._core._now, map_name, key)

@@ -76,6 +76,13 @@ PUSH_DELAY = 0.02
 # membership layer's call, by its cluster-size-dependent limit.
 PUSH_NEVER_RETIRES = 1 << 30
 
+# A node passes on a delta that was news to it this share of the times its
+# writer sends it. Every node that learns a write repeats it, so a share of
+# the full count still reaches every member with high probability (each
+# then hears it about 1 + (n - 1) x share x limit / n times rather than
+# limit times); receiving a delta again is most of what a write costs.
+RELAY_SHARE = 0.5
+
 # A digest sync that changes at most this many keys passes them on as gossip.
 RELAY_MAX_KEYS = 64
 
@@ -153,6 +160,9 @@ class Replicator:
         self._timers: Timers[str] = Timers()
         self._now = now
         self._push_scheduled = False
+        # Writes whose gossip waits (``put(hold=...)``): queue key ->
+        # (until, map, key, delta), in the order they were held.
+        self._held: dict[str, tuple[float, str, str, Delta]] = {}
         # Maps caught up: a catch-up brought every entry of a peer that was
         # caught up itself (the answer's scopes covered the whole tree: a map
         # written to all the time may never match), or our digest root
@@ -172,7 +182,7 @@ class Replicator:
             self.stats.malformed += 1
             return
         if isinstance(message, DeltaGossip):
-            self._on_delta(wall_ms, message.map, message.delta)
+            self._on_delta(wall_ms, message.map, message.delta, relay=message.relay)
         elif isinstance(message, SyncProbe):
             self._on_probe(wall_ms, message)
         else:
@@ -193,6 +203,8 @@ class Replicator:
                 # another, preferring those that say they hold it.
                 self._start_catch_up(self._rng.choice(self._sources or self._peers))
                 self._timers.schedule("catch_up", now + self.config.catch_up_retry)
+            elif key == "held":
+                self._release_held(now)
             elif key == "expire":
                 self._timers.schedule("expire", now + self.config.expire_interval)
                 self._expire(wall_ms)
@@ -238,17 +250,19 @@ class Replicator:
             self._start_sync(peer)
 
     def push(self, peers: Sequence[Address], map_name: str, keys: Iterable[str]) -> None:
-        """Send these keys' entries to these peers now, over the reliable
-        channel (they are gossiped as well)."""
+        """Send these keys' entries to these peers now (they are gossiped
+        as well). By datagram when they fit in one: a connection per push
+        cost more than all the rest of a run; a lost one is a push that
+        did not happen, and gossip and the digest sync still bring them."""
         replica_map = self.map(map_name)
         entries = {key: registers for key in keys if (registers := replica_map.registers(key))}
         if not entries:
             return
         cloud = [dot for registers in entries.values() for dot in registers]
-        message = DeltaGossip(map_name, Delta(entries, CausalContext(cloud=cloud)))
+        message = DeltaGossip(map_name, Delta(entries, CausalContext(cloud=cloud)), relay=False)
         self.stats.direct_pushes += 1
         for peer in peers:
-            self._send(peer, [message], reliable=True)
+            self._send(peer, [message])
 
     def _chunks(self, replica_map: ORMap, entries: dict[str, Registers]) -> Iterable[Delta]:
         """``entries`` as deltas of about ``chunk_bytes`` each."""
@@ -274,6 +288,9 @@ class Replicator:
 
     # -- the application's interface ----------------------------------------------
 
+    def has_changes(self) -> bool:
+        return any(self._changes.values())
+
     def take_changes(self) -> dict[str, set[str]]:
         """The keys of each watched map changed since the last call."""
         changes = {name: keys for name, keys in self._changes.items() if keys}
@@ -285,13 +302,22 @@ class Replicator:
         """A declared map; ``KeyError`` for any other name."""
         return self.maps[name]
 
-    def put(self, wall_ms: int, map_name: str, key: str, value: Any, *, ttl: float | None = None) -> Timestamp:
+    def put(
+        self, wall_ms: int, map_name: str, key: str, value: Any, *, ttl: float | None = None, hold: float = 0.0
+    ) -> Timestamp:
+        """Write a key. With ``hold``, its gossip waits that many seconds
+        unless the key is written again meanwhile: a value soon replaced
+        (a run's claim, by its outcome) then spreads once, joined with its
+        successor, instead of twice."""
         stamp = self.hlc.now(wall_ms)
         expires = None if ttl is None else stamp.wall + math.ceil(ttl * 1000)
         delta = self.map(map_name).put(key, value, stamp, expires=expires)
         self._note_changes(map_name, (key,))
         self.stats.writes += 1
-        self._gossip_delta(map_name, key, delta)
+        if hold > 0:
+            self._hold(map_name, key, delta, self._now + hold)
+        else:
+            self._gossip_delta(map_name, key, delta)
         return stamp
 
     def remove(self, wall_ms: int, map_name: str, key: str) -> bool:
@@ -308,8 +334,34 @@ class Replicator:
 
     # -- gossip ----------------------------------------------------------------------
 
+    def _hold(self, map_name: str, key: str, delta: Delta, until: float) -> None:
+        queue_key = f"{map_name}\x00{key}"
+        held = self._held.get(queue_key)
+        if held is not None:
+            # Joined, it keeps its place and its time: a key written every
+            # moment (a run's progress) is still gossiped, once per hold.
+            self._held[queue_key] = (held[0], map_name, key, held[3].join(delta))
+            return
+        self._held[queue_key] = (until, map_name, key, delta)
+        if "held" not in self._timers:
+            self._timers.schedule("held", until)
+
+    def _release_held(self, now: float) -> None:
+        """Gossip the held writes whose time has come (oldest first: every
+        hold is as long, so the dict's order is the deadlines')."""
+        while self._held:
+            queue_key, (until, map_name, key, delta) = next(iter(self._held.items()))
+            if until > now:
+                self._timers.schedule("held", until)
+                return
+            del self._held[queue_key]
+            self._gossip_delta(map_name, key, delta)
+
     def _gossip_delta(self, map_name: str, key: str, delta: Delta, *, relayed: bool = False) -> None:
         queue_key = f"{map_name}\x00{key}"
+        held = self._held.pop(queue_key, None)
+        if held is not None:
+            delta = held[3].join(delta)  # written again, or news of the key arrived: the held write goes too
         queued = self._gossip.get(queue_key)
         if queued is not None:
             # One queue entry per key, holding the join of its deltas: a
@@ -325,7 +377,9 @@ class Replicator:
             self.stats.deltas_relayed += 1
         else:
             self.stats.deltas_gossiped += 1
-        self._gossip.enqueue(queue_key, message, size)
+        # A relay joined with something already queued keeps the full count.
+        share = RELAY_SHARE if relayed and queued is None else 1.0
+        self._gossip.enqueue(queue_key, message, size, share=share)
         if self._gossip.fresh() > PUSH_BACKLOG and not self._push_scheduled and self._peers:
             self._push_scheduled = True
             self._timers.schedule("push", self._now + PUSH_DELAY)
@@ -345,12 +399,14 @@ class Replicator:
         for peer in self._rng.sample(self._peers, min(PUSH_FANOUT, len(self._peers))):
             self._send(peer, list(batch), reliable=True)
 
-    def _on_delta(self, wall_ms: int, map_name: str, delta: Delta) -> None:
+    def _on_delta(self, wall_ms: int, map_name: str, delta: Delta, *, relay: bool = True) -> None:
         self.stats.deltas_received += 1
         delta = self._admit(wall_ms, delta.entries, delta.context)
         changed = self.map(map_name).merge(delta, self.hlc.peek(wall_ms))
         self.stats.keys_changed += len(changed)
         self._note_changes(map_name, changed)
+        if not relay:
+            return  # a direct copy: its writer gossips it
         if len(delta.entries) == 1 and changed:
             # News to us is likely news to others: pass it on, as SWIM does
             # with claims, so it spreads as an epidemic rather than only from

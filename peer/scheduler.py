@@ -46,7 +46,9 @@ overlap policy (``allow`` runs both; ``forbid`` records ``skipped``;
 Claims and conflicts. To run a tick or a pending run the node writes a
 ``running`` record (the claim) and starts it; the claim and the outcome are
 also sent directly to the node that would take the run over if we died
-(the next on the ring), since gossip may be slow. Should two claims meet
+(the next on the ring), since gossip may be slow; its gossip waits
+``claim_hold`` (a second) for the outcome, so a short run spreads once,
+claim and outcome joined. Should two claims meet
 anyway (a failover under disagreeing views, a partition), the runs map's
 precedence picks the same winner on every node and the loser cancels
 (``peer.runs``). Duplicates are counted, never hidden.
@@ -139,6 +141,7 @@ class SchedulerConfig:
     left_grace: float = 5.0  # seconds a left owner's last records get to arrive before its runs are re-run
     forward_delay: float = 0.25  # seconds a node holds a lease it was given but will not run before passing it on
     lease_ttl: float = 86400.0  # seconds a lease lives unless renewed (it is, at every transfer and acquisition)
+    claim_hold: float = 1.0  # seconds a running record waits before it is gossiped (its outcome may replace it first)
 
 
 # -- effects: what the driver must do ------------------------------------------------
@@ -172,7 +175,8 @@ SchedulerEffect = StartRun | CancelRun | DeliverUpdate
 class Store(Protocol):
     """The replicated maps, as the node offers them."""
 
-    def put(self, map_name: str, key: str, value: Any, *, ttl: float | None = None) -> Timestamp: ...
+    def put(self, map_name: str, key: str, value: Any, *, ttl: float | None = None, hold: float = 0.0) -> Timestamp:
+        """Write; with ``hold``, gossip it only that many seconds later unless written again."""
 
     def remove(self, map_name: str, key: str) -> bool: ...
 
@@ -1014,12 +1018,16 @@ class Scheduler:
             ttl = spec.result_ttl if spec is not None else DEFAULT_RESULT_TTL
         else:
             ttl = (spec.timeout if spec and spec.timeout else 0) + self.config.unfinished_ttl
+        # A running record (a claim, progress) is soon replaced by the run's
+        # outcome: its gossip waits for it, and a short run spreads once.
+        # The node that would take the run over has it at once (_back_up).
+        hold = self.config.claim_hold if record.state is RunState.RUNNING else 0.0
         try:
-            self._store.put(RUNS, record.id, record.to_wire(), ttl=ttl)
+            self._store.put(RUNS, record.id, record.to_wire(), ttl=ttl, hold=hold)
         except ValueError as error:
             # Too big to replicate: keep the record, say why, drop the bulk.
             bounded = record.evolve(result=None, progress=None, error=_bounded(f"{error}; {record.error or ''}"))
-            self._store.put(RUNS, record.id, bounded.to_wire(), ttl=ttl)
+            self._store.put(RUNS, record.id, bounded.to_wire(), ttl=ttl, hold=hold)
         self._load_run(record.id)
 
     def _back_up(self, record: RunRecord, *, also: str | None = None) -> None:

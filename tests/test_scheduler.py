@@ -50,7 +50,7 @@ class Maps:
         self.wall_ms = T0
         self.changes: dict[str, set[str]] = defaultdict(set)
 
-    def put(self, map_name: str, key: str, value: Any, *, ttl: float | None = None) -> Timestamp:
+    def put(self, map_name: str, key: str, value: Any, *, ttl: float | None = None, hold: float = 0.0) -> Timestamp:
         stamp = self.hlc.now(self.wall_ms)
         expires = None if ttl is None else stamp.wall + round(ttl * 1000)
         self.maps[map_name].put(key, value, stamp, expires=expires)
