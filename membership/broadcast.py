@@ -12,7 +12,6 @@ epidemic to reach every member with high probability.
 
 from __future__ import annotations
 
-import math
 from typing import Generic, TypeVar
 
 import attrs
@@ -28,11 +27,7 @@ class _Broadcast(Generic[T]):
     key: str
     message: T
     size: int
-    share: float  # of the limit this message is sent
     transmits: int = 0
-
-    def retired(self, limit: int) -> bool:
-        return self.transmits >= max(1, math.ceil(limit * self.share))
 
 
 class BroadcastQueue(Generic[T]):
@@ -44,14 +39,13 @@ class BroadcastQueue(Generic[T]):
     def __len__(self) -> int:
         return len(self._by_key)
 
-    def enqueue(self, key: str, message: T, size: int, *, share: float = 1.0) -> None:
+    def enqueue(self, key: str, message: T, size: int) -> None:
         """Queue ``message`` (``size`` bytes on the wire), replacing any
-        older message with the same key; it is sent ``share`` of the limit
-        times (at least once)."""
+        older message with the same key."""
         old = self._by_key.pop(key, None)
         if old is not None:
             del self._levels[old.transmits][key]
-        broadcast = _Broadcast(key, message, size, share)
+        broadcast = _Broadcast(key, message, size)
         self._by_key[key] = broadcast
         self._levels[0][key] = broadcast
 
@@ -91,7 +85,7 @@ class BroadcastQueue(Generic[T]):
         for broadcast in reversed(chosen):
             del self._levels[broadcast.transmits][broadcast.key]
             broadcast.transmits += 1
-            if broadcast.retired(limit):
+            if broadcast.transmits >= limit:
                 del self._by_key[broadcast.key]
                 continue
             if broadcast.transmits == len(self._levels):

@@ -76,13 +76,6 @@ PUSH_DELAY = 0.02
 # membership layer's call, by its cluster-size-dependent limit.
 PUSH_NEVER_RETIRES = 1 << 30
 
-# A node passes on a delta that was news to it this share of the times its
-# writer sends it. Every node that learns a write repeats it, so a share of
-# the full count still reaches every member with high probability (each
-# then hears it about 1 + (n - 1) x share x limit / n times rather than
-# limit times); receiving a delta again is most of what a write costs.
-RELAY_SHARE = 0.5
-
 # A digest sync that changes at most this many keys passes them on as gossip.
 RELAY_MAX_KEYS = 64
 
@@ -377,9 +370,7 @@ class Replicator:
             self.stats.deltas_relayed += 1
         else:
             self.stats.deltas_gossiped += 1
-        # A relay joined with something already queued keeps the full count.
-        share = RELAY_SHARE if relayed and queued is None else 1.0
-        self._gossip.enqueue(queue_key, message, size, share=share)
+        self._gossip.enqueue(queue_key, message, size)
         if self._gossip.fresh() > PUSH_BACKLOG and not self._push_scheduled and self._peers:
             self._push_scheduled = True
             self._timers.schedule("push", self._now + PUSH_DELAY)
