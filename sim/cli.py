@@ -380,8 +380,9 @@ def _human_chaos(summary: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"chaos: seeds {summary['first_seed']}..{summary['last_seed']} ({summary['seeds']}, {summary['replayed']} run twice), "
-            f"{summary['mix']} mix, {summary['nodes']} nodes, {summary['duration']:g} s each of which {summary['heal']:g} s healed; "
-            f"{summary['sim_seconds_per_wall_second']}x real time, {summary['wall_seconds_per_seed']} s a seed",
+            f"{summary['draw']} draw, {summary['nodes']} nodes, {summary['duration']:g} s each of which {summary['heal']:g} s healed; "
+            f"{summary['sim_seconds_per_wall_second']}x real time, {summary['wall_seconds_per_seed']} s a seed "
+            f"({summary['cpu_seconds_per_seed']} s of CPU)",
             f"  violations:       {len(summary['violations'])} in {len(summary['failing'])} seeds",
             f"  ticks:            {summary['ticks_expected']} expected, {summary['missed']} missed, "
             f"{summary['late_ticks']} late ({summary['late_in_stable']} in stable stretches)",
@@ -401,7 +402,10 @@ def _human_chaos(summary: dict[str, Any]) -> str:
             ),
             f"  convergence:      views right within {_s(summary['convergence_after_heal_max_seconds'])} of the heal",
             "  cost by size:     "
-            + "; ".join(f"{band} nodes: {v['seeds']} seeds, {v['mean']} s mean, {v['max']} s max" for band, v in summary["wall_seconds_by_size"].items()),
+            + "; ".join(
+                f"{band} nodes: {v['seeds']} seeds, {v['mean']} s mean ({v['cpu_mean']} s CPU), {v['max']} s max"
+                for band, v in summary["wall_seconds_by_size"].items()
+            ),
         ]
     )
 

@@ -66,7 +66,7 @@ import attrs
 from membership.effects import Event
 from peer.jobdef import JobSpec
 from peer.replication import ReplicationConfig
-from peer.runs import RunState, tick_run_id
+from peer.runs import RunRecord, RunState, tick_run_id
 from peer.schedule import parse_schedule
 from peer.scheduler import CancelRun, DeliverUpdate, Role, Scheduler, SchedulerConfig, StartRun
 from peer.targets import CallTarget
@@ -430,29 +430,30 @@ class JobsRun(MembershipRun):
 
     def _check_stranded(self, node: SimNode) -> None:
         """A node's life ends: note the one-offs and results only it held
-        (a second later, when what it sent last has landed)."""
+        (a second later, when what it sent last has landed), and the
+        executions whose every trace died with it: its own, and others' that
+        only it remembered (a partition kept them on its side, say). Doing
+        those again is at-least-once at work, neither a duplicate nor a
+        second claim of one attempt."""
         if node.core is None:
             return
         scheduler = scheduler_of(node.core)
         succeeded = {run_id for run_id, executions in self._executions.items() if any(e.ok for e in executions)}
         held = {run_id for run_id in self._oneoffs.keys() | succeeded if scheduler.record(run_id) is not None}
-        # Its own successful executions: is the success known anywhere else?
-        ran_here = [
-            e for executions in self._executions.values() for e in executions
-            if e.ok and (e.node, e.boots) == (node.index, node.boots)
+        traced = [
+            e for run_id, executions in self._executions.items()
+            for e in executions
+            if (e.node, e.boots) == (node.index, node.boots) or scheduler.record(run_id) is not None
         ]
-        running_here = [e for key, e in self._open.items() if key[0] == node.index]
 
         def check() -> None:
             others = [scheduler_of(n.core) for n in self.nodes if n is not node and n.running and n.core is not None]
             self._stranded |= {run_id for run_id in held if all(s.record(run_id) is None for s in others)}
-            for execution in ran_here:
+            for execution in traced:
                 records = [s.record(execution.run_id) for s in others]
-                if not any(r is not None and r.state is RunState.SUCCEEDED for r in records):
+                if execution.ok and not any(r is not None and r.state is RunState.SUCCEEDED for r in records):
                     execution.success_lost = True  # re-running it is at-least-once, not a duplicate
-            for execution in running_here:
-                records = [s.record(execution.run_id) for s in others]
-                if not any(r is not None and r.attempt >= execution.attempt for r in records):
+                if not any(r is not None and _knows_claim(r, execution.attempt) for r in records):
                     execution.claim_lost = True  # its attempt died unseen: claiming it again is no second claim
 
         self.sim.at(self.sim.now + 1.0, check)
@@ -764,6 +765,13 @@ class JobsRun(MembershipRun):
     def open_executions(self) -> set[str]:
         """Runs being executed right now, somewhere."""
         return {run_id for _, run_id, _ in self._open}
+
+
+def _knows_claim(record: RunRecord, attempt: int) -> bool:
+    """Does this record tell that the attempt was claimed: a claim or an
+    outcome of it, or a later attempt? (A pending record of the same
+    attempt does not: it is what the claim answered.)"""
+    return record.attempt > attempt or (record.attempt == attempt and record.state.phase >= RunState.RUNNING.phase)
 
 
 def _wall_ms(sim_time: float) -> int:

@@ -587,14 +587,19 @@ class MembershipRun:
                 return declaration.time - when
         return None
 
-    def _all_declared(self, subject: int, when: float, incarnation: int) -> float | None:
-        """Seconds until every node running since before the crash (and
-        still running) had declared ``subject`` failed."""
-        witnesses = {
+    def crash_witnesses(self, subject: int, when: float) -> set[int]:
+        """The nodes that must declare a node crashed at ``when`` failed:
+        those running since before the crash, and still running."""
+        return {
             index
             for index, started in self._life_started.items()
             if started <= when and index != subject and self.nodes[index].life is Life.UP
         }
+
+    def _all_declared(self, subject: int, when: float, incarnation: int) -> float | None:
+        """Seconds until every node running since before the crash (and
+        still running) had declared ``subject`` failed."""
+        witnesses = self.crash_witnesses(subject, when)
         latest = 0.0
         for observer in sorted(witnesses):
             if self._failed_already(observer, subject, when, incarnation):

@@ -5,6 +5,7 @@ a soak of thousands of seeds behind ``-m soak``."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,16 +13,17 @@ import attrs
 import pytest
 
 from sim.chaos import (
+    SIZE_BANDS,
     Campaign,
     check,
     draw_mix,
     parse_seeds,
     run_campaign,
-    run_seed,
     scenario_of,
 )
-from sim.faults import Crash, Degrade, Partition
-from sim.jobs_scenario import JobsRun
+from sim.faults import Crash, Degrade, Join, Kill, Leave, Partition, Pause, Restart
+from sim.jobs_scenario import JobsRun, JobsScenario
+from sim.node import node_core_of
 
 # The classic draw: the mix every regression seed below was found with.
 CAMPAIGN = Campaign(mix="classic")
@@ -67,6 +69,10 @@ REGRESSIONS = {
     # A node ready just before its clock stepped back 9 s owes no tick
     # whose time it had already seen.
     643: "checker: mode-all ticks after a clock stepped back",
+    # Found again by the same_attempt invariant (seed 3): a node's success,
+    # during a partition, reached only the one node on its side, which then
+    # crashed; the node's next life ran the tick again, attempt 1. Every
+    # trace of it had died: at-least-once, not a second claim.
 }
 
 
@@ -83,8 +89,9 @@ def test_a_small_sweep_keeps_every_invariant_and_replays_a_share() -> None:
 
 @pytest.mark.parametrize("seed", sorted(REGRESSIONS))
 def test_seeds_that_once_found_a_violation(seed: int) -> None:
-    result = run_seed(seed, CAMPAIGN)
-    assert result.violations == [], f"{REGRESSIONS[seed]}: {result.violations}\n" + "\n".join(result.mix.describe())
+    # Through run_campaign: under the string-hash seed the replay line runs with.
+    summary = run_campaign([seed], CAMPAIGN, verify_share=0.0)
+    assert summary["violations"] == [], f"{REGRESSIONS[seed]}: {summary['violations']}\n" + "\n".join(summary["mix"])
 
 
 def test_a_seed_draws_the_same_mix_every_time_and_mixes_differ() -> None:
@@ -138,7 +145,7 @@ def test_the_cli_prints_a_replay_line_that_repeats_the_trace() -> None:
 
 def test_seeds_run_side_by_side_on_worker_processes() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "sim", "chaos", "--seeds", "1..2", "--workers", "2", "--verify-share", "0", "--json"],
+        [sys.executable, "-m", "sim", "chaos", "--mix", "classic", "--seeds", "1..2", "--workers", "2", "--verify-share", "0", "--json"],
         check=True, capture_output=True, text=True, timeout=120,
     )
     summary = json.loads(result.stdout)
@@ -155,6 +162,211 @@ def test_bad_seed_ranges_are_refused() -> None:
         [sys.executable, "-m", "sim", "chaos", "--seeds", "9..1"], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 2 and "bad seeds" in result.stderr
+
+
+# -- the checker's new invariants catch what they are for ------------------------------------
+
+
+def _quiet_run(faults: tuple = (), **fields: object) -> tuple[JobsRun, Campaign]:
+    """A small healthy run (5 nodes, no fault unless given) and its campaign."""
+    campaign = Campaign(mix="classic", nodes=5, duration=70.0, heal=40.0)
+    scenario = JobsScenario(
+        nodes=5, seed=3, duration=70.0, seeds=3, cron_jobs=3, all_jobs=1, every=2.0, oneoffs=8, long_oneoffs=2,
+        heal=40.0, result_ttl=40.0, faults=faults, **fields,
+    )
+    run = JobsRun(scenario)
+    run.run_until(campaign.duration)
+    return run, campaign
+
+
+def _second_start(run: JobsRun, around: float) -> str:
+    """Make a tick that ran once near ``around`` look started twice, with
+    the same attempt, by another node a moment later (what two claims of
+    one attempt would do)."""
+    candidates = [
+        (run_id, e) for run_id, e in run.first_executions().items()
+        if run_id.startswith("cron-") and e.ok and around <= e.start <= around + 10
+    ]
+    run_id, first = candidates[0]
+    other = (first.node + 1) % run.scenario.nodes
+    again = attrs.evolve(first, node=other, start=first.start + 0.1, end=first.start + 0.3, updates=set())
+    run._executions[run_id].append(again)
+    return run_id
+
+
+def test_the_checker_catches_the_same_attempt_started_twice_unless_a_partition_explains_it() -> None:
+    run, campaign = _quiet_run()
+    assert check(run, run.measure_jobs(), campaign)[1] == []
+    run_id = _second_start(run, 30.0)
+    figures, violations = check(run, run.measure_jobs(), campaign)
+    same = [v for v in violations if v.invariant == "same_attempt"]
+    assert figures["same_attempt_unexplained"] == 1 and same and run_id in same[0].detail
+    # The run went twice in a stable stretch: a duplicate there too.
+    assert "duplicate_in_stable" in {v.invariant for v in violations}
+    # A partition between the two nodes at the time explains both starts.
+    first, second = run.executions(run_id)[:2]
+    cut = Partition(frozenset({first.node}), frozenset({second.node}), first.start - 1.0, 3.0)
+    run.scenario = attrs.evolve(run.scenario, faults=(cut,))
+    figures, violations = check(run, run.measure_jobs(), campaign)
+    assert figures["same_attempt_starts"] == 1 and figures["same_attempt_unexplained"] == 0
+    assert "same_attempt" not in {v.invariant for v in violations}
+
+
+def test_the_checker_fails_a_duplicate_around_graceful_operations_only() -> None:
+    restart = Restart(frozenset({4}), 30.0, 0.5)
+    run, campaign = _quiet_run(faults=(restart,))
+    _, violations = check(run, run.measure_jobs(), campaign)
+    assert violations == []
+    _second_start(run, 31.0)
+    figures, violations = check(run, run.measure_jobs(), campaign)
+    assert figures["duplicates_in_graceful"] == 1 and figures["duplicates_by_fault"] == {"restart": 1}
+    assert "duplicate_in_graceful" in {v.invariant for v in violations}
+    # The same duplicate with a crash about is counted, not failed.
+    run.scenario = attrs.evolve(run.scenario, faults=(restart, Crash(frozenset({2}), 29.0, 5.0)))
+    figures, violations = check(run, run.measure_jobs(), campaign)
+    assert figures["duplicates_in_graceful"] == 0
+    assert "duplicate_in_graceful" not in {v.invariant for v in violations}
+
+
+class _LostUpdate(JobsRun):
+    """A client whose first update to each long run never gets out."""
+
+    def _send_update(self, run_id: str, n: int, tries: int) -> None:
+        if n != 0:
+            super()._send_update(run_id, n, tries)
+
+
+def test_the_checker_catches_a_one_off_that_never_finished() -> None:
+    campaign = Campaign(mix="classic", nodes=5, duration=70.0, heal=40.0)
+    scenario = JobsScenario(nodes=5, seed=3, duration=70.0, seeds=3, cron_jobs=1, oneoffs=4, long_oneoffs=2, heal=40.0, result_ttl=40.0)
+    run = _LostUpdate(scenario)
+    run.run_until(campaign.duration)
+    figures, violations = check(run, run.measure_jobs(), campaign)
+    assert figures["oneoffs_unfinished"] == 2
+    unfinished = [v.detail for v in violations if v.invariant == "oneoff_unfinished"]
+    assert len(unfinished) == 2 and all(d.startswith("long-") for d in unfinished)
+
+
+def test_the_checker_catches_a_result_missing_from_a_node() -> None:
+    run, campaign = _quiet_run()
+    figures, violations = check(run, run.measure_jobs(), campaign)
+    assert violations == [] and figures["results_checked_everywhere"] > 0
+    # The newest result old enough to be owed everywhere, gone from one node.
+    owed = [
+        e for e in run.first_executions().values()
+        if e.ok and campaign.duration - 30.0 < e.end < campaign.duration - 26.0
+    ]
+    victim = run.nodes[(owed[0].node + 1) % 5]
+    node_core_of(victim.core).replicator.map("runs").remove(owed[0].run_id)
+    figures, violations = check(run, run.measure_jobs(), campaign)
+    missing = [v.detail for v in violations if v.invariant == "result_not_everywhere"]
+    assert figures["results_not_everywhere"] == 1 and owed[0].run_id in missing[0] and victim.name in missing[0]
+
+
+# -- the wide campaign -------------------------------------------------------------------------
+
+WIDE = Campaign()
+
+# A fast sample of the wide draw for CI, chosen to cover sizes from 3 to
+# 25, tick intervals from 1 s to 10 s, and every kind of fault.
+WIDE_SAMPLE = (8, 17, 23, 28, 40, 41, 44, 45)
+
+# Seeds of the wide draw that once broke an invariant; each must pass.
+WIDE_REGRESSIONS = {
+    # A node killed, back, and killed for good during a partition: every
+    # node that had seen it go restarted or left before the end; nobody
+    # was left to owe the word that it failed.
+    59: "checker: a crash with no witness left",
+}
+
+# Seeds of the wide draw that found a bug of the scheduler, not fixed yet
+# (diagnosis and a proposed fix: /tmp/chaos_findings.md when they were
+# found). They pass once it is fixed; until then they may fail.
+OPEN_FINDINGS = {
+    # A node back from a leave acquired a lease and looked back over ticks
+    # up to a result TTL old; judged a handover later, the oldest one's
+    # record had expired, and it ran again (attempt 1, 42 s after it had
+    # succeeded): same_attempt. Whether it shows depends on the order the
+    # scheduler walks a set of run ids in (the string-hash seed).
+    70: ("same_attempt", "scheduler: a tick older than its result TTL judged as never run"),
+    # A lease held for its forward delay lost its holder's cursor when the
+    # view moved the job, and was handed on with the cursor it had come
+    # with: the next holder ran the tick just run again (start-up, 3.3 s).
+    54: ("same_attempt", "scheduler: a lease handed on without the ticks its holder walked"),
+}
+
+
+@pytest.mark.parametrize("seed", sorted(OPEN_FINDINGS))
+def test_wide_seeds_that_found_a_bug_of_the_scheduler_break_nothing_else(seed: int) -> None:
+    invariant, what = OPEN_FINDINGS[seed]
+    summary = run_campaign([seed], WIDE, verify_share=0.0)
+    assert {v["invariant"] for v in summary["violations"]} <= {invariant}, summary["violations"]
+    if summary["violations"]:
+        pytest.xfail(f"{what}: {summary['violations'][0]['detail']}")
+
+
+@pytest.mark.parametrize("seed", sorted(WIDE_REGRESSIONS))
+def test_wide_seeds_that_once_found_a_violation(seed: int) -> None:
+    summary = run_campaign([seed], WIDE, verify_share=0.0)
+    assert summary["violations"] == [], f"{WIDE_REGRESSIONS[seed]}: {summary['violations']}\n" + "\n".join(summary["mix"])
+
+
+def test_a_wide_seed_draws_the_same_workload_and_faults_every_time() -> None:
+    assert WIDE.mix == "wide" and draw_mix(5, WIDE) == draw_mix(5, WIDE)
+    mixes = [draw_mix(seed, WIDE) for seed in range(1, 201)]
+    sizes = {mix.nodes for mix in mixes}
+    assert min(sizes) == SIZE_BANDS[0][0] and max(sizes) == SIZE_BANDS[-1][1] and len(sizes) > 15
+    assert {mix.every for mix in mixes} == {float(s) for s in range(1, 11)}
+    assert {mix.all_jobs for mix in mixes} == {0, 1, 2} and {mix.cron_jobs for mix in mixes} >= {1, 8}
+    assert any(mix.long_oneoffs for mix in mixes) and any(mix.jobs_file for mix in mixes) and not all(m.jobs_file for m in mixes)
+    # Small clusters are likelier than big ones: the average seed stays cheap.
+    assert sum(mix.nodes <= 12 for mix in mixes) > 2 * sum(mix.nodes > 12 for mix in mixes)
+    kinds = {type(fault).__name__ for mix in mixes for fault in mix.faults}
+    assert kinds >= {
+        "Degrade", "Partition", "Clog", "Crash", "Pause", "ClockStep", "Join", "Leave",
+        "Restart", "RollingRestart", "ScaleUp", "ScaleDown", "Kill",
+    }
+    for mix in mixes:
+        for fault in mix.faults:
+            # Node 0 is never crashed, killed, paused or stopped (a deploy may restart it).
+            if isinstance(fault, (Crash, Pause, Leave, Join, Restart)):
+                assert 0 not in fault.nodes
+            if isinstance(fault, Kill):
+                assert 0 not in fault.candidates and fault.candidates
+            assert fault.start >= 0 and fault.start <= WIDE.faulty_end
+        assert mix.describe()[0].startswith(f"workload (wide): {mix.nodes} nodes, every {mix.every:g} s")
+
+
+def test_a_fast_sample_of_wide_seeds_keeps_every_invariant() -> None:
+    summary = run_campaign(WIDE_SAMPLE, WIDE, verify_share=0.0)
+    assert summary["violations"] == [], json.dumps(summary["failing"], indent=1)
+    assert summary["seeds"] == len(WIDE_SAMPLE) and summary["ticks_expected"] > 1000
+    assert summary["results_checked_everywhere"] > 1000
+    # Faults of every kind hit runs: some went twice, none around graceful
+    # operations only, none in a stable stretch.
+    assert summary["duplicates"] > 0 and summary["duplicates_in_stable"] == summary["duplicates_in_graceful"] == 0
+
+
+def test_a_wide_replay_line_repeats_the_trace() -> None:
+    first = subprocess.run(
+        [sys.executable, "-m", "sim", "chaos", "--seeds", "6", "--json", "--verify-share", "0"],
+        check=True, capture_output=True, text=True, timeout=120,
+    )
+    summary = json.loads(first.stdout)
+    assert summary["draw"] == "wide" and summary["seeds"] == 1 and summary["violations"] == []
+    replay = WIDE.replay(6).split()
+    assert replay[:6] == ["python", "-m", "sim", "chaos", "--mix", "wide"]
+    again = subprocess.run([sys.executable, *replay[1:]], check=True, capture_output=True, text=True, timeout=120)
+    assert json.loads(again.stdout)["trace_hash"] == summary["trace_hash"]
+
+
+@pytest.mark.soak
+def test_soak_a_thousand_wide_seeds() -> None:
+    """``pytest -m soak tests/test_sim_chaos.py``: 1000 seeds of the wide
+    draw on every core (within the hour on two)."""
+    summary = run_campaign(range(1, 1001), WIDE, verify_share=0.05, workers=os.cpu_count() or 1)
+    assert summary["violations"] == [], json.dumps(summary["failing"][:10], indent=1)
+    assert summary["duplicates_in_stable"] == summary["duplicates_in_graceful"] == 0
 
 
 @pytest.mark.soak
