@@ -214,9 +214,9 @@ class Membership:
         # Stagger the periodic work so that nodes started together do not
         # probe and gossip in lockstep.
         self._timers.schedule(("probe",), now + rng.uniform(0, config.probe_interval))
-        # Gossip rounds fall on a grid of gossip_interval, but the timer is
-        # only armed while there is something to gossip (see _broadcast).
-        self._gossip_phase = now + rng.uniform(0, config.gossip_interval)
+        # A gossip round goes as soon as there is news, then at most one
+        # per gossip_interval while news keeps coming (see _arm_gossip).
+        self._last_gossip_round = -math.inf
         self._timers.schedule(("push_pull",), now + rng.uniform(0.5, 1.0) * config.push_pull_interval)
         self._timers.schedule(("reconnect",), now + rng.uniform(0.5, 1.5) * config.reconnect_interval)
         # Announce ourselves as soon as we know anyone: news for everybody,
@@ -646,6 +646,7 @@ class Membership:
     # Dissemination, state exchange, joining and healing.
 
     def _gossip_round(self, now: float) -> None:
+        self._last_gossip_round = now
         for target in self._gossip_targets(now):
             messages = self._take_gossip(self._payload_budget)
             if not messages:
@@ -671,12 +672,13 @@ class Membership:
         return bool(self._broadcasts) or (self._piggyback is not None and self._piggyback.has_gossip())
 
     def _arm_gossip(self, now: float) -> None:
-        """Schedule the next gossip round on the grid, if there is news and
-        someone to tell it."""
+        """Schedule the next gossip round, if there is news and someone to
+        tell it: now, after a quiet spell (news waits for no grid: a lone
+        write reaches gossip_nodes members at once), else one
+        gossip_interval after the last round (news that comes together
+        goes together)."""
         if self._live and ("gossip",) not in self._timers and self._has_gossip():
-            interval = self.config.gossip_interval
-            rounds = math.floor((now - self._gossip_phase) / interval) + 1
-            self._timers.schedule(("gossip",), self._gossip_phase + max(rounds, 0) * interval)
+            self._timers.schedule(("gossip",), max(now, self._last_gossip_round + self.config.gossip_interval))
 
     def _gossip_targets(self, now: float) -> list[Member]:
         """Random live members, and those failed recently enough that telling
