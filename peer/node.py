@@ -58,7 +58,7 @@ from peer.jobdef import JobError, JobSpec, parse_job
 from peer.keys import KeyringError, load_keyring, parse_keys
 from peer.replication import ReplicationConfig
 from peer.runs import RunRecord, RunState
-from peer.runtime import API_DRAIN_SECONDS, MAX_RESULT_BYTES, Agent
+from peer.runtime import API_DRAIN_SECONDS, MAX_RESULT_BYTES, RUN_WAIT_RECHECK, Agent
 from peer.scheduler import Role, Scheduler, SchedulerConfig
 from peer.settings import CONVERTERS, ConfigError, Settings
 from peer.targets import CallTarget, CommandTarget, HttpTarget, Target
@@ -644,27 +644,25 @@ class Node:
     async def wait(self, run_id: str, *, timeout: float | None = None) -> RunRecord:
         """Wait until the run has finished, however it went; its record.
         ``TimeoutError``, ``UnknownRun`` as ``result``."""
-        agent = self._require()
-        seen: list[RunRecord | None] = [None]
+        record = None
+        deadline = trio.current_time() + (math.inf if timeout is None else timeout)
+        while True:
+            agent = self._require()
+            record = agent.scheduler.record(run_id)
+            if record is not None and record.state.finished:
+                return record
+            if trio.current_time() >= deadline:
+                break
+            await agent.run_changed(run_id, at_most=min(RUN_WAIT_RECHECK, deadline - trio.current_time()))
+        if record is None:
+            raise UnknownRun(run_id, f" (nothing heard of it within {timeout:g} s)")
+        raise TimeoutError(f"run {run_id} has not finished within {timeout:g} s (it is {record.state.value})")
 
-        def finished() -> bool:
-            seen[0] = agent.scheduler.record(run_id)
-            return seen[0] is not None and seen[0].state.finished
-
-        def too_slow() -> BaseException:
-            record = seen[0]
-            if record is None:
-                return UnknownRun(run_id, f" (nothing heard of it within {timeout:g} s)")
-            return TimeoutError(f"run {run_id} has not finished within {timeout:g} s (it is {record.state.value})")
-
-        await self._poll(finished, timeout, too_slow)
-        assert seen[0] is not None
-        return seen[0]
-
-    def watch(self, run_id: str, *, interval: float = 0.1) -> AsyncIterator[RunRecord]:
+    def watch(self, run_id: str, *, interval: float = RUN_WAIT_RECHECK) -> AsyncIterator[RunRecord]:
         """``async for record in node.watch(run_id)``: the run's record when
         first known and each time it changes (state, attempt, progress...),
-        looked at every ``interval`` seconds; ends after the finished one."""
+        as soon as this node holds the change (and looked at every
+        ``interval`` seconds anyway); ends after the finished one."""
         return _Watch(self, run_id, interval)
 
     async def send(self, run_id: str, data: Any) -> None:
@@ -753,7 +751,8 @@ class Node:
 
 
 class _Watch:
-    """The async iterator of ``Node.watch``: polling, with nothing to clean up."""
+    """The async iterator of ``Node.watch``: woken by each change of the
+    run's record, with nothing to clean up."""
 
     def __init__(self, node: Node, run_id: str, interval: float) -> None:
         self._node = node
@@ -774,7 +773,7 @@ class _Watch:
                 self._last = record
                 self._done = record.state.finished
                 return record
-            await trio.sleep(self._interval)
+            await self._node._require().run_changed(self._run_id, at_most=self._interval)
 
 
 # -- helpers ---------------------------------------------------------------------------------

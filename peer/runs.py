@@ -123,6 +123,7 @@ class RunRecord:
     result: Any = None
     error: str | None = attrs.field(default=None, converter=_optional_str)
     spec: Mapping[str, Any] | None = None  # a submitted run's job definition, as submitted
+    via: str | None = attrs.field(default=None, converter=_optional_str)  # the node it was submitted through
 
     def to_wire(self) -> dict[str, Any]:
         wire = attrs.asdict(self, recurse=False)
@@ -195,3 +196,18 @@ def update_key(run_id: str, rng: random.Random) -> str:
 
 def run_of_update(key: str) -> str:
     return key.rpartition("/")[0]
+
+
+# An entry of the updates map that is no update: a node where someone waits
+# for the run's outcome ("readers"), to which the outcome is handed directly.
+READER_MARK = "reader:"
+
+
+def reader_key(run_id: str, node: str) -> str:
+    return f"{run_id}/{READER_MARK}{node}"
+
+
+def reader_of(key: str) -> str | None:
+    """The node a reader mark names; None for a real update."""
+    mark = key.rpartition("/")[2]
+    return mark[len(READER_MARK):] if mark.startswith(READER_MARK) else None

@@ -67,8 +67,9 @@ _EVENT_LEVEL = {EventKind.FAILED: logging.WARNING}
 # other fields, must stay under the replicated maps' 64 KiB per value.
 MAX_RESULT_BYTES = 60 * 1024
 
-# How often a caller waiting for a result looks at the runs map.
-RESULT_POLL_SECONDS = 0.05
+# A caller waiting on a run is woken by each change of its record, and
+# looks again at least this often anyway.
+RUN_WAIT_RECHECK = 1.0
 
 
 @attrs.define
@@ -126,6 +127,7 @@ class Agent:
         self.executor = executor or Executor(max_result_bytes=MAX_RESULT_BYTES)
         self.initial_jobs = tuple(jobs)
         self._runs: dict[str, _RunTask] = {}
+        self._run_waits: dict[str, tuple[trio.Event, int]] = {}  # run -> (set at its next change, waiters)
         self._core: NodeCore | None = None
         self._api_socket: socket.socket | None = None  # handed to the API server by run()
         self.api_address: Address = settings.api
@@ -319,8 +321,36 @@ class Agent:
                 record = self.scheduler.record(run_id)
                 if record is not None and record.state.finished:
                     return record
-                await trio.sleep(RESULT_POLL_SECONDS)
+                await self.run_changed(run_id)
         return self.scheduler.record(run_id)
+
+    async def run_changed(self, run_id: str, *, at_most: float = RUN_WAIT_RECHECK) -> None:
+        """Return once the run's record has changed on this node (it arrived,
+        was written, or expired), or after ``at_most`` seconds: callers look
+        again either way, so nothing is missed if the node stops meanwhile."""
+        event, waiters = self._run_waits.get(run_id, (None, 0))
+        if event is None:
+            event = trio.Event()
+            self.scheduler.watch(run_id)
+        self._run_waits[run_id] = (event, waiters + 1)
+        try:
+            with trio.move_on_after(at_most):
+                await event.wait()
+        finally:
+            current = self._run_waits.get(run_id)
+            if current is not None and current[0] is event:
+                if current[1] > 1:
+                    self._run_waits[run_id] = (event, current[1] - 1)
+                else:
+                    del self._run_waits[run_id]
+                    self.scheduler.unwatch(run_id)
+
+    def _wake_run_waits(self) -> None:
+        for run_id in self.scheduler.take_watched_changes():
+            waiting = self._run_waits.pop(run_id, None)
+            if waiting is not None:
+                self.scheduler.unwatch(run_id)
+                waiting[0].set()
 
     def api_drained(self) -> None:
         """Called by the API server once it stopped: nothing is left to wait for."""
@@ -386,6 +416,8 @@ class Agent:
             self._joined.set()
         if core.leaving and core.leave_complete:
             self._left.set()
+        if self._run_waits:
+            self._wake_run_waits()
         if core.next_deadline() < self._armed_deadline:
             self._rearm.set()
 

@@ -93,6 +93,8 @@ from peer.runs import (
     MAX_PROGRESS_BYTES,
     RunRecord,
     RunState,
+    reader_key,
+    reader_of,
     run_of_update,
     submitted_run_id,
     tick_run_id,
@@ -273,6 +275,8 @@ class Scheduler:
         self._next_scan = wall_ms
         self._late: dict[str, int] = {}  # job -> the tick found late, for status
         self._defined_when_ready: list[JobSpec] = []
+        self._watched: set[str] = set()  # runs the driver wants to hear of (someone waits on them)
+        self._watched_changed: set[str] = set()
 
     # -- the driver's interface -----------------------------------------------------
 
@@ -422,11 +426,12 @@ class Scheduler:
             return  # cancelled meanwhile: its record was already decided
         del self._running[run_id]
         record, spec = execution.record, execution.spec
+        readers = self._readers(run_id)  # before the outcome's write forgets them
         if ok:
             self.stats.runs_succeeded += 1
             finished = record.evolve(state=RunState.SUCCEEDED, finished=wall_ms, result=result, error=None)
             self._write(finished, spec)
-            self._back_up(finished)
+            self._back_up(finished, also=readers)
         elif attempt <= spec.retries:  # a draining node too: the retry goes to the next owner
             self.stats.retries += 1
             retry_at = wall_ms + round(spec.retry_delay(attempt + 1) * 1000)
@@ -441,7 +446,7 @@ class Scheduler:
             self.stats.runs_failed += 1
             failed = record.evolve(state=RunState.FAILED, finished=wall_ms, result=result, error=_bounded(error))
             self._write(failed, spec)
-            self._back_up(failed)
+            self._back_up(failed, also=readers)
 
     # -- the application's interface ---------------------------------------------------
 
@@ -488,7 +493,7 @@ class Scheduler:
         run_id = submitted_run_id(spec.id, wall_ms, self._rng)
         record = RunRecord(
             id=run_id, job=spec.id, state=RunState.PENDING, created=wall_ms,
-            not_before=run_at if run_at is not None else wall_ms, spec=spec.to_wire(),
+            not_before=run_at if run_at is not None else wall_ms, spec=spec.to_wire(), via=self.name,
         )
         self._assign(record, spec)
         self._next_scan = 0  # ours to run, perhaps: look now
@@ -517,6 +522,33 @@ class Scheduler:
     @property
     def drained(self) -> bool:
         return self.role is Role.DRAINING and not self._running
+
+    def watch(self, run_id: str) -> None:
+        """Note every change of this run's record here, for
+        ``take_watched_changes`` (someone waits on it). Unless the run has
+        finished, or its outcome comes here anyway (we run it, or it was
+        submitted through us), ask for it: a reader mark in the updates
+        map, handed to the run's owner, which hands the outcome to every
+        reader directly when it has one."""
+        self._watched.add(run_id)
+        record = self.record(run_id)
+        if record is not None and (record.state.finished or self.name in (record.via, record.owner)):
+            return
+        key = reader_key(run_id, self.name)
+        if self._store.get(UPDATES, key) is None:
+            self._store.put(UPDATES, key, {"reader": self.name}, ttl=self.config.update_ttl)
+            self._load_update(key)
+            if record is not None and record.owner is not None:
+                self._store.push(UPDATES, key, [record.owner])
+
+    def unwatch(self, run_id: str) -> None:
+        self._watched.discard(run_id)
+        self._watched_changed.discard(run_id)
+
+    def take_watched_changes(self) -> set[str]:
+        """The watched runs whose record changed since the last call."""
+        changed, self._watched_changed = self._watched_changed, set()
+        return changed
 
     # -- reading, for the API -------------------------------------------------------
 
@@ -559,6 +591,7 @@ class Scheduler:
             "latest_ticks": len(self._latest_tick),
             "lives": len(self._lives),
             "written_at": len(self._written_at),
+            "watched": len(self._watched),
         }
 
     def late_jobs(self) -> dict[str, int]:
@@ -908,7 +941,7 @@ class Scheduler:
         assignee = self._run_owner(record)
         record = record.evolve(owner=assignee)
         self._write(record, spec)
-        self._back_up(record, also=assignee)
+        self._back_up(record, also=[] if assignee is None else [assignee])
 
     def _old_owner_may_claim(self, wall_ms: int, record: RunRecord) -> bool:
         """Did this run just become ours by a change of the ring (a node
@@ -1030,14 +1063,17 @@ class Scheduler:
             self._store.put(RUNS, record.id, bounded.to_wire(), ttl=ttl, hold=hold)
         self._load_run(record.id)
 
-    def _back_up(self, record: RunRecord, *, also: str | None = None) -> None:
+    def _back_up(self, record: RunRecord, *, also: Sequence[str] = ()) -> None:
         """Hand a record we wrote (a claim, an outcome, an assignment)
         directly to the node that would take the run over if we died (the
         next on the ring for it; and to ``also``): gossip may be slow to
-        reach it, and it must neither re-run what we ran nor lose it."""
+        reach it, and it must neither re-run what we ran nor lose it. An
+        outcome also goes to the node the run was submitted through, where
+        its submitter likely waits for it."""
         key = record.job if record.tick is not None and record.node is None else record.id
         successor = next((name for name in self._ring.preference(key, 2) if name != self.name), None)
-        members = {name for name in (successor, also) if name is not None and name != self.name}
+        via = record.via if record.state.finished else None
+        members = {name for name in (successor, via, *also) if name is not None and name != self.name}
         if members:
             self._store.push(RUNS, record.id, sorted(members))
 
@@ -1073,6 +1109,8 @@ class Scheduler:
         self._placement_stale = self._jobs_changed = True
 
     def _load_run(self, run_id: str) -> None:
+        if run_id in self._watched:
+            self._watched_changed.add(run_id)
         register = self._store.get(RUNS, run_id)
         record = None if register is None else _parse_run(register.value)
         if register is not None and record is None:
@@ -1135,12 +1173,16 @@ class Scheduler:
             self._deliver_updates(run_id)
         return run_id
 
+    def _readers(self, run_id: str) -> list[str]:
+        """The nodes that asked for this run's outcome (``watch``)."""
+        return sorted(node for key in self._updates.get(run_id, ()) if (node := reader_of(key)) is not None)
+
     def _deliver_updates(self, run_id: str) -> None:
         """Give a running run every update it has not had, oldest first."""
         execution = self._running[run_id]
         fresh = []
         for key in self._updates.get(run_id, ()):
-            if key in execution.delivered:
+            if key in execution.delivered or reader_of(key) is not None:
                 continue
             register = self._store.get(UPDATES, key)
             if register is not None and isinstance(register.value, Mapping) and "data" in register.value:

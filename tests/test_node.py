@@ -123,6 +123,9 @@ async def test_two_nodes_run_functions_for_each_other() -> None:
             await a.result("nope@2026-01-01T00:00:00Z", timeout=0.1)
         with pytest.raises(peer.UnknownRun):
             await a.send("nope@2026-01-01T00:00:00Z", 1)
+        # Every wait, finished or given up, left nothing watched behind.
+        for n in (a, b):
+            assert n.agent._run_waits == {} and n.agent.scheduler.footprint()["watched"] == 0
 
 
 async def test_cron_job_defined_with_schedule_runs() -> None:

@@ -21,7 +21,7 @@ from crdt.ormap import ORMap, Register
 from membership.state import Member, Status
 from peer.jobdef import JobSpec
 from peer.ring import Ring, rank
-from peer.runs import RunRecord, RunState, precedence, tick_run_id
+from peer.runs import RunRecord, RunState, precedence, reader_key, tick_run_id
 from peer.schedule import parse_schedule
 from peer.scheduler import (
     JOBS,
@@ -336,6 +336,52 @@ def test_updates_reach_the_running_run_in_order_and_are_dropped_after() -> None:
         node.scheduler.send(run_id, "late")
     with pytest.raises(KeyError):
         node.scheduler.send("nope@x", 1)
+
+
+def test_an_outcome_goes_straight_to_the_submitter_and_to_every_reader() -> None:
+    """A one-off submitted through "sub", run by us: its outcome is handed
+    to "sub" and to "reader" (which waits on it, and said so with a reader
+    mark pushed to us) as well as to our successor, not only gossiped; a
+    reader mark is no update for the run."""
+    names = ("me", "sub", "reader", "x", "y")
+    node = make_node(SchedulerConfig(settle=0.0), others=tuple(member(n) for n in names[1:]))
+    node.advance(T0)
+
+    def other(name: str) -> Scheduler:
+        scheduler = Scheduler(name, SchedulerConfig(settle=0.0), Maps(f"{name}#1"), rng=random.Random(name), wall_ms=T0)
+        scheduler.set_view(T0, [member(n) for n in names])
+        scheduler.tick(T0)
+        return scheduler
+
+    submitter, reader = other("sub"), other("reader")
+
+    def successor(run_id: str) -> str:
+        return next(n for n in node.scheduler._ring.preference(run_id, 2) if n != "me")
+
+    # Submits until one is placed on us, with a successor that is neither
+    # the submitter nor the reader (the ring decides, by run id).
+    pending = next(
+        record for record in (submitter.record(submitter.submit(T0, one_off())) for _ in range(50))
+        if record is not None and record.owner == "me" and successor(record.id) in ("x", "y")
+    )
+    run_id = pending.id
+    assert pending.via == "sub"
+    node.maps.merge_from(submitter._store, RUNS, run_id)  # type: ignore[arg-type]
+    reader._store.merge_from(submitter._store, RUNS, run_id)  # type: ignore[attr-defined]
+    reader.on_changes(T0, reader._store.take_changes())  # type: ignore[attr-defined]
+    reader.watch(run_id)
+    mark = reader_key(run_id, "reader")
+    assert (UPDATES, mark, ("me",)) in reader._store.pushed  # type: ignore[attr-defined]
+    node.maps.merge_from(reader._store, UPDATES, mark)  # type: ignore[arg-type]
+    node.advance(T0 + 10)
+    (start,) = node.take(StartRun)
+    assert node.take(DeliverUpdate) == []
+    node.maps.pushed.clear()
+    node.finish(start)
+    assert node.maps.pushed == [(RUNS, run_id, tuple(sorted({"reader", "sub", successor(run_id)})))]
+    # Watching a run that has finished asks for nothing.
+    node.scheduler.watch(run_id)
+    assert node.maps.get(UPDATES, reader_key(run_id, "me")) is None
 
 
 def test_progress_is_written_at_most_once_per_interval() -> None:
