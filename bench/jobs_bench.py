@@ -47,7 +47,9 @@ one-off runs of ``peer.samples:echo`` are posted to ``POST /submit`` of the
 first agent by ``--threads`` client threads (urllib, a new connection per
 request).
 Figures: submits accepted per second (from the first request sent to the
-last answer), the request latency, the time from the first submit until
+last answer), the CPU the agents spent per submit, summed (from the first
+submit until every agent listed them all: what bounds the rate on a machine
+whose cores are shared), the request latency, the time from the first submit until
 every run's record says ``succeeded`` (the largest ``finished``) and
 completions per second over that time, and until every agent lists all of
 them succeeded (``GET /runs?job=&state=succeeded`` polled every 0.2 s). For
@@ -392,6 +394,7 @@ BATCH_COLUMNS = [
     ("all_succeeded_s", "all succeeded (s)", 2),
     ("completions_per_s", "completions/s", 0),
     ("everywhere_s", "all listed everywhere (s)", 2),
+    ("cpu_ms_per_submit", "agents' CPU per submit (ms)", 2),
     ("start_ms_median", "submit->started median (ms)", 0),
     ("start_ms_p95", "p95", 0),
     ("local_ms_median", "sample: readable on node-0 median (ms)", 0),
@@ -529,6 +532,7 @@ def _batch(args: argparse.Namespace, agents: list[AgentProcess], job: str) -> di
                     watchers.extend(watched)
 
     threads = [threading.Thread(target=submitter, daemon=True) for _ in range(args.threads)]
+    cpu_before = cluster_cpu(agents)
     first_ms = now_ms()
     for thread in threads:
         thread.start()
@@ -550,6 +554,7 @@ def _batch(args: argparse.Namespace, agents: list[AgentProcess], job: str) -> di
             if total >= len(submitted):
                 listed[agent.name] = now_ms()
         time.sleep(0.2)
+    cpu_spent = cluster_cpu(agents) - cpu_before
     for watcher in watchers:
         watcher.join(70)
     records = target.call(api_path("runs", query={"job": job, "limit": k + 100}))["runs"]
@@ -572,6 +577,7 @@ def _batch(args: argparse.Namespace, agents: list[AgentProcess], job: str) -> di
         "request_ms_p95": p95(request_ms),
         "all_succeeded_s": all_succeeded,
         "completions_per_s": None if all_succeeded is None else len(submitted) / all_succeeded,
+        "cpu_ms_per_submit": 1000 * cpu_spent / max(1, len(submitted)),
         "everywhere_s": (max(listed.values()) - first_ms) / 1000 if len(listed) == len(agents) else None,
         "not_succeeded": len(records) - len(succeeded),
         "owners": dict(Counter(r.get("owner") for r in succeeded)),

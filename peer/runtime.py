@@ -329,12 +329,13 @@ class Agent:
         was written, or expired), or after ``at_most`` seconds: callers look
         again either way, so nothing is missed if the node stops meanwhile."""
         event, waiters = self._run_waits.get(run_id, (None, 0))
-        if event is None:
-            event = trio.Event()
-            self.scheduler.watch(run_id)
-        self._run_waits[run_id] = (event, waiters + 1)
+        self._run_waits[run_id] = (event or trio.Event(), waiters + 1)
+        event = self._run_waits[run_id][0]
         try:
             with trio.move_on_after(at_most):
+                if waiters == 0:
+                    self.scheduler.watch(run_id)
+                    await self._flush()  # its reader mark goes out now
                 await event.wait()
         finally:
             current = self._run_waits.get(run_id)

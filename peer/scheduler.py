@@ -538,8 +538,12 @@ class Scheduler:
         if self._store.get(UPDATES, key) is None:
             self._store.put(UPDATES, key, {"reader": self.name}, ttl=self.config.update_ttl)
             self._load_update(key)
-            if record is not None and record.owner is not None:
-                self._store.push(UPDATES, key, [record.owner])
+        # To whoever runs it (again at each change the waiter sees: it may
+        # change hands); a run not heard of yet is a one-off submitted
+        # elsewhere, on its way to the owner of its id on the ring.
+        owner = self._ring.owner(run_id) if record is None else record.owner
+        if owner is not None and owner != self.name:
+            self._store.push(UPDATES, key, [owner])
 
     def unwatch(self, run_id: str) -> None:
         self._watched.discard(run_id)
@@ -1171,6 +1175,14 @@ class Scheduler:
         self._updates.setdefault(run_id, set()).add(key)
         if deliver and run_id in self._running:
             self._deliver_updates(run_id)
+        reader = reader_of(key)
+        if reader is not None and reader != self.name:
+            record = self.record(run_id)
+            if record is not None and record.state.finished and record.owner == self.name:
+                # A reader that asked once we had finished: its outcome, now;
+                # and the mark goes, as the run's updates went when it finished.
+                self._store.push(RUNS, run_id, [reader])
+                self._store.remove(UPDATES, key)
         return run_id
 
     def _readers(self, run_id: str) -> list[str]:

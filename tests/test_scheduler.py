@@ -382,6 +382,16 @@ def test_an_outcome_goes_straight_to_the_submitter_and_to_every_reader() -> None
     # Watching a run that has finished asks for nothing.
     node.scheduler.watch(run_id)
     assert node.maps.get(UPDATES, reader_key(run_id, "me")) is None
+    # A reader whose mark comes after the outcome gets it then, and the mark goes.
+    late = other("x")
+    late._store.merge_from(submitter._store, RUNS, run_id)  # type: ignore[attr-defined]
+    late.on_changes(T0, late._store.take_changes())  # type: ignore[attr-defined]
+    late.watch(run_id)
+    node.maps.pushed.clear()
+    node.maps.merge_from(late._store, UPDATES, reader_key(run_id, "x"))  # type: ignore[arg-type]
+    node.advance(T0 + 20)
+    assert node.maps.pushed == [(RUNS, run_id, ("x",))]
+    assert node.maps.get(UPDATES, reader_key(run_id, "x")) is None
 
 
 def test_progress_is_written_at_most_once_per_interval() -> None:
