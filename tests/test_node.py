@@ -110,6 +110,7 @@ async def test_two_nodes_run_functions_for_each_other() -> None:
             records = [record async for record in a.watch(run_id)]
             assert records[-1].state is RunState.SUCCEEDED and records[-1].result == [{"n": 1}, "two"]
             assert all(not record.state.finished for record in records[:-1])
+            await b.wait(run_id, timeout=10)  # a watched it finish; b may hear of it a moment later
             with pytest.raises(peer.RunFinishedError):
                 await b.send(run_id, "late")
 
