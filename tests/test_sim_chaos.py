@@ -293,6 +293,10 @@ OPEN_FINDINGS = {
     # view moved the job, and was handed on with the cursor it had come
     # with: the next holder ran the tick just run again (start-up, 3.3 s).
     54: ("same_attempt", "scheduler: a lease handed on without the ticks its holder walked"),
+    127: ("same_attempt", "scheduler: a lease handed on without the ticks its holder walked"),
+    # A one-off's claim and result reached one node only (a direct copy,
+    # not relayed); a node just back and ready took the run over again.
+    37: ("same_attempt", "replication: a claim that reached the direct copy's node only"),
 }
 
 
