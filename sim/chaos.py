@@ -678,7 +678,11 @@ def summarize(results: Sequence[SeedResult], campaign: Campaign) -> dict[str, An
         "same_attempt_starts": total("same_attempt_starts"),
         "same_attempt_unexplained": total("same_attempt_unexplained"),
         "same_attempt_after_death": total("same_attempt_after_death"),
+        "oneoffs_submitted": total("oneoffs_submitted"),
         "oneoffs_unfinished": total("oneoffs_unfinished"),
+        "long_oneoffs": total("long_oneoffs"),
+        "updates_sent": total("updates_sent"),
+        "kills": total("kills"),
         "results_not_everywhere": total("results_not_everywhere"),
         "results_checked_everywhere": total("results_checked_everywhere"),
         "reruns_after_lost_success": total("reruns_after_lost_success"),
@@ -879,6 +883,10 @@ class _Checker:
                 "lost_results": report["lost_results"],
                 "oneoffs_lost_with_submitter": report["oneoffs_lost_with_submitter"],
                 "results_lost_with_their_node": report["results_lost_with_their_node"],
+                "kills": len(run.kills),
+                "long_oneoffs": report["long_oneoffs"],
+                "updates_sent": report["updates_sent"],
+                "oneoffs_submitted": report["oneoffs_submitted"],
             }
         )
         if report["missed"]:

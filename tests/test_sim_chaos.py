@@ -344,11 +344,13 @@ def test_a_wide_seed_draws_the_same_workload_and_faults_every_time() -> None:
 def test_a_fast_sample_of_wide_seeds_keeps_every_invariant() -> None:
     summary = run_campaign(WIDE_SAMPLE, WIDE, verify_share=0.0)
     assert summary["violations"] == [], json.dumps(summary["failing"], indent=1)
-    assert summary["seeds"] == len(WIDE_SAMPLE) and summary["ticks_expected"] > 1000
-    assert summary["results_checked_everywhere"] > 1000
-    # Faults of every kind hit runs: some went twice, none around graceful
-    # operations only, none in a stable stretch.
-    assert summary["duplicates"] > 0 and summary["duplicates_in_stable"] == summary["duplicates_in_graceful"] == 0
+    assert summary["seeds"] == len(WIDE_SAMPLE) and summary["ticks_expected"] > 800
+    assert summary["results_checked_everywhere"] > 800
+    # The faults were real: kills landed mid-run, long runs got their
+    # updates through random nodes; and no run went twice in a stable
+    # stretch or around graceful operations only.
+    assert summary["kills"] >= 4 and summary["long_oneoffs"] > 20 and summary["updates_sent"] >= summary["long_oneoffs"]
+    assert summary["duplicates_in_stable"] == summary["duplicates_in_graceful"] == 0
 
 
 def test_a_wide_replay_line_repeats_the_trace() -> None:
