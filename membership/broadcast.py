@@ -28,6 +28,7 @@ class _Broadcast(Generic[T]):
     message: T
     size: int
     transmits: int = 0
+    sent_to: set[object] | None = None  # the targets it went to, when the caller names them
 
 
 class BroadcastQueue(Generic[T]):
@@ -66,14 +67,19 @@ class BroadcastQueue(Generic[T]):
         broadcast = self._by_key.get(key)
         return None if broadcast is None else broadcast.message
 
-    def take(self, budget: int, limit: int) -> list[T]:
+    def take(self, budget: int, limit: int, *, target: object = None, audience: int | None = None) -> list[T]:
         """Messages for one packet with ``budget`` bytes free; counts a
-        transmission for each and retires those sent ``limit`` times."""
+        transmission for each and retires those sent ``limit`` times. With
+        a ``target``, a message is not sent to it twice, and is retired as
+        soon as it went to ``audience`` targets: in a cluster of a few
+        members every one has had it once, and more copies are waste."""
         if not self._by_key or budget < _SMALLEST_MESSAGE:
             return []
         chosen: list[_Broadcast[T]] = []
         for level in self._levels:
             for broadcast in reversed(level.values()):
+                if target is not None and broadcast.sent_to is not None and target in broadcast.sent_to:
+                    continue
                 if broadcast.size <= budget:
                     chosen.append(broadcast)
                     budget -= broadcast.size
@@ -85,7 +91,13 @@ class BroadcastQueue(Generic[T]):
         for broadcast in reversed(chosen):
             del self._levels[broadcast.transmits][broadcast.key]
             broadcast.transmits += 1
-            if broadcast.transmits >= limit:
+            if target is not None:
+                if broadcast.sent_to is None:
+                    broadcast.sent_to = set()
+                broadcast.sent_to.add(target)
+            if broadcast.transmits >= limit or (
+                audience is not None and broadcast.sent_to is not None and len(broadcast.sent_to) >= audience
+            ):
                 del self._by_key[broadcast.key]
                 continue
             if broadcast.transmits == len(self._levels):

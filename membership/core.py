@@ -98,9 +98,10 @@ class Piggyback(Protocol):
 
     def has_gossip(self) -> bool: ...
 
-    def take_gossip(self, budget: int, limit: int) -> list[Any]:
-        """Messages that fit in ``budget`` bytes; ``limit``: transmissions
-        each may have in all (the core's retransmit limit)."""
+    def take_gossip(self, budget: int, limit: int, target: Address) -> list[Any]:
+        """Messages that fit in ``budget`` bytes for a packet to ``target``
+        (a live member); ``limit``: transmissions each may have in all (the
+        core's retransmit limit)."""
         ...
 
 
@@ -648,19 +649,22 @@ class Membership:
     def _gossip_round(self, now: float) -> None:
         self._last_gossip_round = now
         for target in self._gossip_targets(now):
-            messages = self._take_gossip(self._payload_budget)
+            messages = self._take_gossip(self._payload_budget, target.addr, piggyback=target.status.is_live)
             if not messages:
-                break
+                continue  # a dead member, and no claim to tell it; the next target may be live
             self._effects.append(Send(target.addr, tuple(messages)))
         self._arm_gossip(now)
 
-    def _take_gossip(self, budget: int) -> list[Any]:
-        """Queued claims first, then the layer above's messages, as many as fit."""
+    def _take_gossip(self, budget: int, target: Address, *, piggyback: bool = True) -> list[Any]:
+        """Queued claims first, then the layer above's messages, as many as
+        fit; those only for a live member (a dead one is told claims, so it
+        may refute, but the layer above's news would be lost on it and
+        spend a transmission its live members needed)."""
         messages: list[Any] = self._broadcasts.take(budget, self._retransmit_limit) if self._broadcasts else []
-        piggyback = self._piggyback
-        if piggyback is not None and piggyback.has_gossip():
+        above = self._piggyback if piggyback else None
+        if above is not None and above.has_gossip():
             room = budget - sum(wire_size(m) for m in messages)
-            messages.extend(piggyback.take_gossip(room, self._retransmit_limit))
+            messages.extend(above.take_gossip(room, self._retransmit_limit, target))
         return messages
 
     def gossip_soon(self, now: float) -> None:
@@ -749,7 +753,8 @@ class Membership:
     def _send(self, dst: Address, messages: list[Message], reliable: bool = False) -> None:
         """Send ``messages``; a datagram is topped up with queued claims."""
         if not reliable and self._has_gossip():
-            messages.extend(self._take_gossip(self._payload_budget - sum(wire_size(m) for m in messages)))
+            room = self._payload_budget - sum(wire_size(m) for m in messages)
+            messages.extend(self._take_gossip(room, dst, piggyback=dst in self._live_addrs))
         self._effects.append(Send(dst, tuple(messages), reliable))
 
     def _send_state(self, dst: Address, is_reply: bool = False) -> None:

@@ -276,8 +276,10 @@ class Replicator:
     def has_gossip(self) -> bool:
         return bool(self._gossip)
 
-    def take_gossip(self, budget: int, limit: int) -> list[DeltaGossip]:
-        return self._gossip.take(budget, limit)
+    def take_gossip(self, budget: int, limit: int, target: Address) -> list[DeltaGossip]:
+        """Deltas for one packet to ``target``: none it had from us already;
+        each is retired after ``limit`` packets, or once every peer had it."""
+        return self._gossip.take(budget, limit, target=target, audience=len(self._peers))
 
     # -- the application's interface ----------------------------------------------
 
@@ -301,7 +303,8 @@ class Replicator:
         """Write a key. With ``hold``, its gossip waits that many seconds
         unless the key is written again meanwhile: a value soon replaced
         (a run's claim, by its outcome) then spreads once, joined with its
-        successor, instead of twice."""
+        successor, instead of twice; one replaced by another node's write
+        (a pending run, by its claimant's outcome) is not gossiped at all."""
         stamp = self.hlc.now(wall_ms)
         expires = None if ttl is None else stamp.wall + math.ceil(ttl * 1000)
         delta = self.map(map_name).put(key, value, stamp, expires=expires)
@@ -348,7 +351,11 @@ class Replicator:
                 self._timers.schedule("held", until)
                 return
             del self._held[queue_key]
-            self._gossip_delta(map_name, key, delta)
+            live = self.map(map_name).registers(key)
+            if any(dot in live for registers in delta.entries.values() for dot in registers):
+                self._gossip_delta(map_name, key, delta)
+            # else: replaced meanwhile (by news from another node, pushed to
+            # us): whatever replaced it spreads instead.
 
     def _gossip_delta(self, map_name: str, key: str, delta: Delta, *, relayed: bool = False) -> None:
         queue_key = f"{map_name}\x00{key}"

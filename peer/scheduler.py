@@ -46,9 +46,9 @@ overlap policy (``allow`` runs both; ``forbid`` records ``skipped``;
 Claims and conflicts. To run a tick or a pending run the node writes a
 ``running`` record (the claim) and starts it; the claim and the outcome are
 also sent directly to the node that would take the run over if we died
-(the next on the ring), since gossip may be slow; its gossip waits
-``claim_hold`` (a second) for the outcome, so a short run spreads once,
-claim and outcome joined. Should two claims meet
+(the next on the ring), since gossip may be slow. The gossip of an
+unfinished record (pending, a claim) waits ``gossip_hold`` (a second) for
+the outcome, so a short run spreads once, as its outcome. Should two claims meet
 anyway (a failover under disagreeing views, a partition), the runs map's
 precedence picks the same winner on every node and the loser cancels
 (``peer.runs``). Duplicates are counted, never hidden.
@@ -112,6 +112,9 @@ FROZEN_GAP_MS = 1_000
 # How long a finished run of a job no longer defined stays readable.
 DEFAULT_RESULT_TTL = 600.0
 MAPS = (JOBS, RUNS, UPDATES, LEASES)
+# A tick this close to its result TTL's end may have lost its record already
+# (expiry is by the clock of the node that wrote it): it is not judged.
+TICK_EXPIRY_MARGIN_MS = 5_000
 
 
 class Role(enum.Enum):
@@ -143,7 +146,7 @@ class SchedulerConfig:
     left_grace: float = 5.0  # seconds a left owner's last records get to arrive before its runs are re-run
     forward_delay: float = 0.25  # seconds a node holds a lease it was given but will not run before passing it on
     lease_ttl: float = 86400.0  # seconds a lease lives unless renewed (it is, at every transfer and acquisition)
-    claim_hold: float = 1.0  # seconds a running record waits before it is gossiped (its outcome may replace it first)
+    gossip_hold: float = 1.0  # seconds an unfinished record waits before it is gossiped (the outcome may replace it first)
 
 
 # -- effects: what the driver must do ------------------------------------------------
@@ -255,6 +258,10 @@ class Scheduler:
         self._ring_changed_at = 0  # a pending run's old owner may be claiming it still
         self._owners: dict[str, str] = {}  # cron job in mode one -> owner
         self._cursors: dict[str, int] = {}  # job I schedule -> last tick handled
+        # Job -> the last tick we handled of it: outlives the cursor, which
+        # goes as soon as our view moves the job, while the lease may stay
+        # with us a while longer (a forward delay) before we hand it on.
+        self._walked: dict[str, int] = {}
         self._due: list[tuple[int, int, str]] = []  # heap of (due, tick, job); stale entries skipped
         self._pending_due: list[tuple[int, str]] = []  # heap of (not before, run) of pending runs
         self._handover_until: dict[str, int] = {}  # job whose lease we acquired -> until when to wait for a rival's
@@ -298,14 +305,14 @@ class Scheduler:
 
     def on_changes(self, wall_ms: int, changes: Mapping[str, set[str]]) -> None:
         """Keys of our maps changed (written here, merged, or expired)."""
-        for job_id in changes.get(JOBS, ()):
+        for job_id in sorted(changes.get(JOBS, ())):
             self._load_job(job_id)
-        for run_id in changes.get(RUNS, ()):
+        for run_id in sorted(changes.get(RUNS, ())):
             self._load_run(run_id)
-        for job_id in changes.get(LEASES, ()):
+        for job_id in sorted(changes.get(LEASES, ())):
             self._load_lease(wall_ms, job_id)
-        runs = {self._load_update(key, deliver=False) for key in changes.get(UPDATES, ())}
-        for run_id in runs & self._running.keys():
+        runs = {self._load_update(key, deliver=False) for key in sorted(changes.get(UPDATES, ()))}
+        for run_id in sorted(runs & self._running.keys()):
             # Once all of a batch is in: updates that came in one packet go in order.
             self._deliver_updates(run_id)
 
@@ -362,8 +369,14 @@ class Scheduler:
         if self._history_held and self._lookback:
             self._judge_lookback(wall_ms)
         while self._pending_due and self._pending_due[0][0] <= wall_ms:
-            heapq.heappop(self._pending_due)
-            self._next_scan = wall_ms  # a retry or a delayed submit is due: look now
+            # A submit, a retry or a hand-back is due: look at it now (the
+            # scan, which looks at every unfinished run, is for failovers:
+            # once per scan interval, not once per run in a burst).
+            _, run_id = heapq.heappop(self._pending_due)
+            record = self._unfinished.get(run_id)
+            if record is not None and record.state is RunState.PENDING and run_id not in self._running:
+                if (record.not_before or 0) <= wall_ms:
+                    self._consider_pending(wall_ms, record, self._run_owner(record))
         if wall_ms >= self._next_scan:
             self._next_scan = wall_ms + round(self.config.scan_interval * 1000)
             self._scan(wall_ms)
@@ -495,8 +508,7 @@ class Scheduler:
             id=run_id, job=spec.id, state=RunState.PENDING, created=wall_ms,
             not_before=run_at if run_at is not None else wall_ms, spec=spec.to_wire(), via=self.name,
         )
-        self._assign(record, spec)
-        self._next_scan = 0  # ours to run, perhaps: look now
+        self._assign(record, spec)  # ours to run, perhaps: its due entry looks at once
         return run_id
 
     def send(self, run_id: str, data: Any) -> str:
@@ -593,6 +605,7 @@ class Scheduler:
             "handovers": len(self._handover_until),
             "leases_given": len(self._given_at),
             "latest_ticks": len(self._latest_tick),
+            "walked": len(self._walked),
             "lives": len(self._lives),
             "written_at": len(self._written_at),
             "watched": len(self._watched),
@@ -717,7 +730,8 @@ class Scheduler:
         """The last tick of a job we handled: every one up to it has a record."""
         if job_id in self._lookback:
             return self._lookback[job_id]
-        return self._cursors.get(job_id, lease.cursor)
+        walked = [t for t in (self._cursors.get(job_id), self._walked.get(job_id), lease.cursor) if t is not None]
+        return max(walked, default=None)
 
     def _put_lease(self, wall_ms: int, job_id: str, lease: Lease, push_to: Sequence[str]) -> None:
         self._store.put(LEASES, job_id, lease.to_wire(), ttl=self.config.lease_ttl)
@@ -802,6 +816,7 @@ class Scheduler:
                 continue  # stale: the job moved, changed, or this tick was handled
             budget -= 1
             self._cursors[job_id] = tick
+            self._walked[job_id] = max(tick, self._walked.get(job_id, tick))
             self._schedule_next(job_id)
             self._on_tick(wall_ms, entry.spec, tick)
 
@@ -827,6 +842,11 @@ class Scheduler:
         run_id = tick_run_id(spec.id, tick, node)
         if self.record(run_id) is not None:
             return  # handled already, by us or the job's previous owner
+        if wall_ms - tick > round(spec.result_ttl * 1000) - TICK_EXPIRY_MARGIN_MS:
+            # So old that its record may have expired (a look-back drawn when
+            # a lease was acquired, judged a handover or a catch-up later):
+            # no record tells nothing, and running it could run it twice.
+            return
         # owner: who decided, should the tick be recorded missed or skipped.
         record = RunRecord(id=run_id, job=spec.id, state=RunState.PENDING, owner=self.name, tick=tick, node=node, created=wall_ms)
         late = wall_ms - tick > round(spec.grace * 1000)
@@ -989,9 +1009,9 @@ class Scheduler:
             return
         self.stats.failovers += 1
         log.info("re-running %s (attempt %d): its owner %s failed", record.id, record.attempt + 1, record.owner)
-        self._start(wall_ms, record, spec, attempt=record.attempt + 1)
+        self._start(wall_ms, record, spec, attempt=record.attempt + 1, takeover=True)
 
-    def _start(self, wall_ms: int, record: RunRecord, spec: JobSpec, *, attempt: int) -> None:
+    def _start(self, wall_ms: int, record: RunRecord, spec: JobSpec, *, attempt: int, takeover: bool = False) -> None:
         claim = record.evolve(
             state=RunState.RUNNING, attempt=attempt, owner=self.name, started=wall_ms,
             finished=None, progress=None, not_before=None,
@@ -999,7 +1019,11 @@ class Scheduler:
         self.stats.runs_started += 1
         self._running[record.id] = Execution(claim, spec, progress_written=wall_ms)
         self._write(claim, spec)
-        self._back_up(claim)
+        # A takeover happens while views change (a node failed, others may
+        # be joining): any member may be the next to think the run is its
+        # own, and must hear of this claim before it does. Rare, so told to
+        # every live member directly rather than to gossip's luck.
+        self._back_up(claim, also=self._live_others() if takeover else ())
         self._effects.append(StartRun(record.id, attempt, spec, record.tick))
         self._deliver_updates(record.id)
 
@@ -1055,10 +1079,11 @@ class Scheduler:
             ttl = spec.result_ttl if spec is not None else DEFAULT_RESULT_TTL
         else:
             ttl = (spec.timeout if spec and spec.timeout else 0) + self.config.unfinished_ttl
-        # A running record (a claim, progress) is soon replaced by the run's
-        # outcome: its gossip waits for it, and a short run spreads once.
-        # The node that would take the run over has it at once (_back_up).
-        hold = self.config.claim_hold if record.state is RunState.RUNNING else 0.0
+        # An unfinished record (a pending run, a claim, progress) is soon
+        # replaced by the run's outcome: its gossip waits for that, and a
+        # short run spreads once. The nodes that must know at once (the
+        # assignee, the one that would take the run over) have it by push.
+        hold = 0.0 if record.state.finished else self.config.gossip_hold
         try:
             self._store.put(RUNS, record.id, record.to_wire(), ttl=ttl, hold=hold)
         except ValueError as error:
@@ -1075,7 +1100,8 @@ class Scheduler:
         outcome also goes to the node the run was submitted through, where
         its submitter likely waits for it."""
         key = record.job if record.tick is not None and record.node is None else record.id
-        successor = next((name for name in self._ring.preference(key, 2) if name != self.name), None)
+        owner = record.owner or self.name
+        successor = next((name for name in self._ring.preference(key, 2) if name != owner), None)
         via = record.via if record.state.finished else None
         members = {name for name in (successor, via, *also) if name is not None and name != self.name}
         if members:
@@ -1104,12 +1130,14 @@ class Scheduler:
             self._handover_until.pop(job_id, None)
             self._given_at.pop(job_id, None)
             self._latest_tick.pop(job_id, None)
+            self._walked.pop(job_id, None)
             self._late.pop(job_id, None)
         else:
             old = self._jobs.get(job_id)
             self._jobs[job_id] = entry
             if old is not None and (not _same_timing(old.spec, entry.spec) or old.since != entry.since):
                 self._cursors.pop(job_id, None)  # walk the new schedule from its start
+                self._walked.pop(job_id, None)
         self._placement_stale = self._jobs_changed = True
 
     def _load_run(self, run_id: str) -> None:
@@ -1185,6 +1213,9 @@ class Scheduler:
                 self._store.remove(UPDATES, key)
         return run_id
 
+    def _live_others(self) -> list[str]:
+        return sorted(name for name, member in self._members.items() if name != self.name and member.status.is_live)
+
     def _readers(self, run_id: str) -> list[str]:
         """The nodes that asked for this run's outcome (``watch``)."""
         return sorted(node for key in self._updates.get(run_id, ()) if (node := reader_of(key)) is not None)
@@ -1204,7 +1235,7 @@ class Scheduler:
             self._effects.append(DeliverUpdate(run_id, execution.record.attempt, data))
 
     def _forget_updates(self, run_id: str) -> None:
-        for key in self._updates.pop(run_id, ()):
+        for key in sorted(self._updates.pop(run_id, ())):
             self._store.remove(UPDATES, key)
 
 

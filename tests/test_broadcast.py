@@ -63,3 +63,23 @@ def test_packets_stay_within_budget_and_every_key_is_sent_limit_times(items, bud
             sent[key] = sent.get(key, 0) + 1
     fits = {key for key, size in latest.items() if size <= budget}
     assert sent == {key: limit for key in fits}
+
+
+@given(
+    st.lists(st.sampled_from("abcd"), min_size=1, max_size=30),
+    st.integers(1, 6),
+    st.integers(1, 4),
+)
+def test_with_targets_a_message_goes_to_each_at_most_once_and_stops_once_all_had_it(targets, limit, audience):
+    queue: BroadcastQueue[str] = BroadcastQueue()
+    queue.enqueue("k", "news", 10)
+    got: list[str] = []
+    for target in targets:
+        if queue.take(100, limit, target=target, audience=audience):
+            got.append(target)
+    assert len(got) == len(set(got))  # never twice to one target
+    assert len(got) <= min(limit, audience)
+    if len(queue):  # still queued: every target asked for it got it
+        assert set(got) == set(targets) and len(got) < min(limit, audience)
+    else:  # retired: by the limit, or once the audience had it
+        assert len(got) == min(limit, audience)

@@ -14,7 +14,7 @@ from peer.replication import ReplicationConfig, Replicator
 from peer.wire import Codec
 from sim.direct import WALL_MS, sync
 
-A, B = ("10.0.0.1", 1), ("10.0.0.2", 1)
+A, B, C, D = ("10.0.0.1", 1), ("10.0.0.2", 1), ("10.0.0.3", 1), ("10.0.0.4", 1)
 WALL = WALL_MS
 
 
@@ -106,9 +106,14 @@ def test_deltas_ride_gossip_and_big_ones_wait_for_sync() -> None:
     a.put(WALL, "m", "small", 1)
     a.put(WALL, "m", "big", "x" * 5_000)
     assert a.stats.deltas_gossiped == 1 and a.stats.deltas_too_big == 1
-    (message,) = a.take_gossip(1_400, 3)
+    a.set_peers([B, C])
+    (message,) = a.take_gossip(1_400, 3, B)
     assert list(message.delta.entries) == ["small"]
-    assert a.take_gossip(1_400, 3) and a.take_gossip(1_400, 3) and not a.take_gossip(1_400, 3)
+    # Each peer has a delta from us once; once every peer had it, it is retired.
+    assert not a.take_gossip(1_400, 3, B)
+    assert a.take_gossip(1_400, 3, C) and not a.take_gossip(1_400, 3, C)
+    a.put(WALL, "m", "again", 2)
+    assert a.take_gossip(1_400, 3, B) and a.take_gossip(1_400, 3, C) and not a.take_gossip(1_400, 3, D)
 
 
 def test_registers_from_too_far_ahead_are_refused() -> None:

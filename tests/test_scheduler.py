@@ -458,18 +458,22 @@ def test_the_claimant_ranking_higher_keeps_running() -> None:
     assert record(node, run_id).state is RunState.SUCCEEDED
 
 
-def test_a_run_whose_owner_failed_is_rerun_by_the_new_owner() -> None:
+def test_a_run_whose_owner_failed_is_rerun_by_the_new_owner_who_tells_every_member() -> None:
     node = make_node(SchedulerConfig(settle=0.0))
     node.advance(T0)
     run_id = node.scheduler.submit(T0, one_off())
     # Someone else claimed it first (say when the view held only them).
     node.effects.clear()
     _competing_claim(node, run_id, "gone", attempt=1)
-    node.scheduler.set_view(T0, [member("me"), member("gone", Status.DEAD)])
+    node.scheduler.set_view(T0, [member("me"), member("gone", Status.DEAD), member("x"), member("y", meta=Role.STARTING.meta)])
+    node.maps.pushed.clear()
     node.advance(T0 + 2_000)
     starts = node.take(StartRun)
     assert starts and starts[-1].attempt == 2
     assert record(node, run_id).owner == "me" and node.scheduler.stats.failovers >= 1
+    # A takeover's claim goes to every live member at once, a starting one
+    # too: any of them may be the next to think the run is its own.
+    assert (RUNS, run_id, ("x", "y")) in node.maps.pushed
 
 
 def test_a_run_of_a_previous_life_is_rerun_after_a_restart_once_the_node_holds_the_clusters_runs() -> None:
