@@ -58,7 +58,8 @@ After the run, ``check`` holds it to the invariants, each named:
   that hold each other dead do not sync);
 - ``oneoff_unfinished``: every acknowledged one-off has succeeded by the
   end (given the time a failover takes), unless it never left a node that
-  died;
+  died (a long one waits for every update acknowledged to its client, but
+  one that never left the node that took it, before that node died);
 - ``same_attempt``: no attempt of a run started twice (a re-run takes
   attempt + 1), unless the first claim died unseen with its node (or with
   every node that held it), or a fault cut the second node off from one
@@ -682,6 +683,7 @@ def summarize(results: Sequence[SeedResult], campaign: Campaign) -> dict[str, An
         "oneoffs_unfinished": total("oneoffs_unfinished"),
         "long_oneoffs": total("long_oneoffs"),
         "updates_sent": total("updates_sent"),
+        "updates_lost_with_their_node": total("updates_lost_with_their_node"),
         "kills": total("kills"),
         "results_not_everywhere": total("results_not_everywhere"),
         "results_checked_everywhere": total("results_checked_everywhere"),
@@ -886,6 +888,7 @@ class _Checker:
                 "kills": len(run.kills),
                 "long_oneoffs": report["long_oneoffs"],
                 "updates_sent": report["updates_sent"],
+                "updates_lost_with_their_node": report["updates_lost_with_their_node"],
                 "oneoffs_submitted": report["oneoffs_submitted"],
             }
         )

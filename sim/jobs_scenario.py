@@ -181,6 +181,9 @@ class JobsRun(MembershipRun):
         self._long: dict[str, int] = {}
         self._long_unsent: dict[str, int] = defaultdict(int)
         self._updates_sent = 0
+        # Updates accepted: (run, n) -> (update key, node and boot it went through).
+        self._update_keys: dict[tuple[str, int], tuple[str, int, int]] = {}
+        self._updates_stranded = 0  # accepted by a node that died before passing them on
         self._updates_refused: list[str] = []  # sends a node refused: the run had finished
         self._long_work = self.sim.streams.get("long-work")
         self._update_sends = self.sim.streams.get("updates")
@@ -290,7 +293,7 @@ class JobsRun(MembershipRun):
         node = self._up_node(self._update_sends.randrange(len(self.nodes)))
         if node is not None:
             try:
-                node.apply(lambda core, now: scheduler_of(core).send(run_id, {"n": n}))
+                key = node.apply(lambda core, now: scheduler_of(core).send(run_id, {"n": n}))
             except KeyError:
                 pass  # not heard of it yet
             except ValueError:
@@ -299,6 +302,7 @@ class JobsRun(MembershipRun):
                 return
             else:
                 self._updates_sent += 1
+                self._update_keys[(run_id, n)] = (key, node.index, node.boots)
                 return
         if (tries + 1) * UPDATE_RETRY < UPDATE_PATIENCE:
             self.sim.at(self.sim.now + UPDATE_RETRY, self._send_update, run_id, n, tries + 1)
@@ -310,6 +314,21 @@ class JobsRun(MembershipRun):
         self._long_unsent[run_id] += 1
         for execution in [e for key, e in self._open.items() if key[1] == run_id and e.work_done]:
             self.sim.at(self.sim.now, self._finish, execution)
+
+    def _check_updates_stranded(self, node: SimNode, sent: list[tuple[str, int, str]]) -> None:
+        """Updates a node acknowledged and no other node holds, nor any
+        execution got, a second after its life ended: lost with it (as a
+        one-off that never left its submitter). Its run does not wait for it."""
+        maps = [
+            (node_core_of(n.core).replicator.map("updates"), int(n.clock.wall(self.sim.now) * 1000))
+            for n in self.nodes if n is not node and n.running and n.core is not None
+        ]
+        for run_id, n, key in sent:
+            got = any(n in e.updates for e in self._executions.get(run_id, ()))
+            if got or any(replica.get(key, wall) is not None for replica, wall in maps):
+                continue
+            self._updates_stranded += 1
+            self._give_up_update(run_id)
 
     def _updates_due(self, run_id: str) -> int:
         return self._long.get(run_id, 0) - self._long_unsent.get(run_id, 0)
@@ -446,9 +465,13 @@ class JobsRun(MembershipRun):
             if (e.node, e.boots) == (node.index, node.boots) or scheduler.record(run_id) is not None
         ]
 
+        # Updates acknowledged by this node: did they get out before it died?
+        sent_here = [(run_id, n, key) for (run_id, n), (key, index, boots) in self._update_keys.items() if (index, boots) == (node.index, node.boots)]
+
         def check() -> None:
             others = [scheduler_of(n.core) for n in self.nodes if n is not node and n.running and n.core is not None]
             self._stranded |= {run_id for run_id in held if all(s.record(run_id) is None for s in others)}
+            self._check_updates_stranded(node, sent_here)
             for execution in traced:
                 records = [s.record(execution.run_id) for s in others]
                 if execution.ok and not any(r is not None and r.state is RunState.SUCCEEDED for r in records):
@@ -526,7 +549,8 @@ class JobsRun(MembershipRun):
                 "results_lost_with_their_node": len(with_node - self._oneoffs.keys()),
                 "long_oneoffs": len(self._long),
                 "updates_sent": self._updates_sent,
-                "updates_unsent": sum(self._long_unsent.values()),
+                "updates_unsent": sum(self._long_unsent.values()) - self._updates_stranded,
+                "updates_lost_with_their_node": self._updates_stranded,
                 "updates_refused": self._updates_refused[:5],
                 "kills": [[round(t, 3), self.nodes[i].name] for t, i, _ in self.kills],
                 "scheduler": dict(totals),
