@@ -152,10 +152,15 @@ class DeltaGossip:
     map: str
     delta: Delta
     relay: bool = True
+    # A delta is gossiped several times: its wire form is made once.
+    _wire: list[Any] | None = attrs.field(default=None, init=False, eq=False, repr=False)
 
     def to_wire(self) -> list[Any]:
-        wire = [self.TAG, self.map, entries_to_wire(self.delta.entries), context_to_wire(self.delta.context)]
-        return wire if self.relay else [*wire, False]
+        if self._wire is None:
+            wire = [self.TAG, self.map, entries_to_wire(self.delta.entries), context_to_wire(self.delta.context)]
+            object.__setattr__(self, "_wire", wire if self.relay else [*wire, False])
+        assert self._wire is not None
+        return self._wire
 
     @classmethod
     def from_wire(cls, f: list[Any]) -> DeltaGossip:

@@ -4,7 +4,9 @@ Claims to disseminate wait here, keyed by what they are about (a member's
 name): a newer claim replaces an older one with the same key, so the queue
 never holds stale news and its length is bounded by the number of keys.
 Each outgoing packet is topped up from the queue: the claims sent the fewest
-times go first (newest first among equals), as many as fit in the bytes left.
+times go first (newest first among equals), as many as fit in the bytes left
+(a long queue is looked at only until a few did not fit: the rest go in the
+next packet).
 A claim is retired once it has been sent ``limit`` times, where the caller
 computes ``limit`` as retransmit_mult * ceil(log10(n + 1)), enough for an
 epidemic to reach every member with high probability.
@@ -20,6 +22,9 @@ T = TypeVar("T")
 
 # Below this many bytes left no message fits; stop scanning.
 _SMALLEST_MESSAGE = 8
+# A packet is topped up from the queue until this many messages did not fit
+# (or were sent to its target already): the rest wait for the next packet.
+_MAX_PASSED = 32
 
 
 @attrs.define(slots=True)
@@ -76,16 +81,19 @@ class BroadcastQueue(Generic[T]):
         if not self._by_key or budget < _SMALLEST_MESSAGE:
             return []
         chosen: list[_Broadcast[T]] = []
+        passed = 0  # messages looked at that did not go: a long queue is not scanned to its end
         for level in self._levels:
             for broadcast in reversed(level.values()):
-                if target is not None and broadcast.sent_to is not None and target in broadcast.sent_to:
-                    continue
-                if broadcast.size <= budget:
+                if broadcast.size <= budget and (target is None or broadcast.sent_to is None or target not in broadcast.sent_to):
                     chosen.append(broadcast)
                     budget -= broadcast.size
                     if budget < _SMALLEST_MESSAGE:
                         break
-            if budget < _SMALLEST_MESSAGE:
+                else:
+                    passed += 1
+                    if passed > _MAX_PASSED:
+                        break
+            if budget < _SMALLEST_MESSAGE or passed > _MAX_PASSED:
                 break
         # Oldest first, so that within a level the newer stay in front.
         for broadcast in reversed(chosen):

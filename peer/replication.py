@@ -76,6 +76,9 @@ PUSH_DELAY = 0.02
 # membership layer's call, by its cluster-size-dependent limit.
 PUSH_NEVER_RETIRES = 1 << 30
 
+# Up to this many peers, a delta goes to each at most once (take_gossip).
+TARGETED_GOSSIP_PEERS = 8
+
 # A digest sync that changes at most this many keys passes them on as gossip.
 RELAY_MAX_KEYS = 64
 
@@ -277,8 +280,13 @@ class Replicator:
         return bool(self._gossip)
 
     def take_gossip(self, budget: int, limit: int, target: Address) -> list[DeltaGossip]:
-        """Deltas for one packet to ``target``: none it had from us already;
-        each is retired after ``limit`` packets, or once every peer had it."""
+        """Deltas for one packet to ``target``; each is retired after
+        ``limit`` packets. In a cluster of a few members, where the same
+        member would often be picked again, none it had from us already,
+        and a delta is retired once every peer had it; in a larger one,
+        random picks rarely repeat, and the queue is not scanned for it."""
+        if len(self._peers) > TARGETED_GOSSIP_PEERS:
+            return self._gossip.take(budget, limit)
         return self._gossip.take(budget, limit, target=target, audience=len(self._peers))
 
     # -- the application's interface ----------------------------------------------
