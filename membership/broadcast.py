@@ -14,6 +14,7 @@ epidemic to reach every member with high probability.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 import attrs
@@ -59,6 +60,19 @@ class BroadcastQueue(Generic[T]):
         old = self._by_key.pop(key, None)
         if old is not None:
             del self._levels[old.transmits][key]
+
+    def sent(self, key: str, targets: Iterable[object], audience: int) -> None:
+        """The message queued under ``key`` reached these targets another
+        way (a direct copy): ``take`` with a target skips them, and it is
+        retired once ``audience`` targets had it."""
+        broadcast = self._by_key.get(key)
+        if broadcast is None:
+            return
+        if broadcast.sent_to is None:
+            broadcast.sent_to = set()
+        broadcast.sent_to.update(targets)
+        if len(broadcast.sent_to) >= audience:
+            self.discard(key)
 
     def fresh(self) -> int:
         """How many messages have not been sent yet."""

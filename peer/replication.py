@@ -35,6 +35,7 @@ entries are dropped every ``expire_interval``.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
@@ -251,14 +252,30 @@ class Replicator:
         cost more than all the rest of a run; a lost one is a push that
         did not happen, and gossip and the digest sync still bring them."""
         replica_map = self.map(map_name)
-        entries = {key: registers for key in keys if (registers := replica_map.registers(key))}
-        if not entries:
+        deltas: list[Delta] = []
+        for key in keys:
+            # The delta its gossip would carry, when one waits: it also
+            # says which older values of the key it replaced.
+            queue_key = f"{map_name}\x00{key}"
+            held = self._held.get(queue_key)
+            queued = self._gossip.get(queue_key)
+            if held is not None:
+                deltas.append(held[3])
+            elif queued is not None:
+                deltas.append(queued.delta)
+            elif registers := replica_map.registers(key):
+                deltas.append(Delta({key: registers}, CausalContext(cloud=registers)))
+        if not deltas:
             return
-        cloud = [dot for registers in entries.values() for dot in registers]
-        message = DeltaGossip(map_name, Delta(entries, CausalContext(cloud=cloud)), relay=False)
+        delta = deltas[0] if len(deltas) == 1 else functools.reduce(Delta.join, deltas)
+        message = DeltaGossip(map_name, delta, relay=False)
         self.stats.direct_pushes += 1
         for peer in peers:
             self._send(peer, [message])
+        if len(self._peers) <= TARGETED_GOSSIP_PEERS:
+            # Their gossip need not bring it to these peers again.
+            for key in delta.entries:
+                self._gossip.sent(f"{map_name}\x00{key}", peers, len(self._peers))
 
     def _chunks(self, replica_map: ORMap, entries: dict[str, Registers]) -> Iterable[Delta]:
         """``entries`` as deltas of about ``chunk_bytes`` each."""
