@@ -307,6 +307,9 @@ OPEN_FINDINGS = {
     # A node's wall clock stepped 10 s ahead; the record of a tick expired
     # 10 s early on every node, and a lease's look-back ran the tick again.
     554: ("same_attempt", "crdt: an expiry by a clock ahead travels to every replica"),
+    # A tick claimed by a node killed at once; its claim's only copy was on
+    # a node killed before it re-ran it (it waited out a grace): never ran.
+    797: ("tick_missed", "scheduler: a claim whose only copy died before its re-run"),
 }
 
 
