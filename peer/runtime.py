@@ -494,8 +494,10 @@ class Agent:
         if outcome is None:
             log.info("run %s cancelled", start.run_id, extra=extra)
             return
+        # A failure is worth a line at the default level; a success, with a
+        # job that may run every second, is what /runs and /metrics are for.
         log.log(
-            logging.INFO if outcome.ok else logging.WARNING,
+            logging.DEBUG if outcome.ok else logging.WARNING,
             "run %s %s%s",
             start.run_id,
             "succeeded" if outcome.ok else "failed",
@@ -518,7 +520,10 @@ class Agent:
     def _deliver_update(self, update: DeliverUpdate) -> None:
         task = self._runs.get(update.run_id)
         if task is not None and task.attempt == update.attempt:
-            task.updates.send_nowait(update.data)
+            try:
+                task.updates.send_nowait(update.data)
+            except trio.BrokenResourceError:
+                pass  # the run has just ended: its updates channel closed with it
 
     # -- seeds ------------------------------------------------------------------
 
