@@ -128,6 +128,8 @@ class Agent:
         self.initial_jobs = tuple(jobs)
         self._runs: dict[str, _RunTask] = {}
         self._run_waits: dict[str, tuple[trio.Event, int]] = {}  # run -> (set at its next change, waiters)
+        self._outbox: dict[Address, list[tuple[Any, ...]]] = {}  # datagrams for the next scheduler pass
+        self._outbox_filled = trio.Event()
         self._core: NodeCore | None = None
         self._api_socket: socket.socket | None = None  # handed to the API server by run()
         self.api_address: Address = settings.api
@@ -224,6 +226,7 @@ class Agent:
                 self._nursery = nursery
                 nursery.start_soon(self.transport.serve, self._on_frame)
                 nursery.start_soon(self._timer_loop)
+                nursery.start_soon(self._send_outbox)
                 serving = self._api_socket is not None
                 if serving:
                     await nursery.start(serve_api, self, self._api_socket)
@@ -424,13 +427,50 @@ class Agent:
 
     async def _send(self, send: Send) -> None:
         if not send.reliable:
-            try:
-                frame = self.codec.encode(send.messages)
-            except FrameTooLarge:
-                pass  # too big for a datagram: the stream channel takes it whole
-            else:
-                await self.transport.send_datagram(send.dst, frame)
+            if self._nursery is not None and not self.core.leaving:
+                # Datagrams wait for the scheduler's next pass: what other
+                # tasks send meanwhile to the same member (a burst of
+                # submits, each handing its run on) shares their packets.
+                self._outbox.setdefault(send.dst, []).append(send.messages)
+                self._outbox_filled.set()
                 return
+            await self._send_datagrams(send.dst, [send.messages])
+            return
+        await self._send_stream(send)
+
+    async def _send_outbox(self) -> None:
+        while True:
+            await self._outbox_filled.wait()
+            self._outbox_filled = trio.Event()
+            outbox, self._outbox = self._outbox, {}
+            for dst, batches in outbox.items():
+                await self._send_datagrams(dst, batches)
+
+    async def _send_datagrams(self, dst: Address, batches: list[tuple[Any, ...]]) -> None:
+        """Each batch of messages as one datagram, consecutive ones joined
+        while they fit the packet budget; a batch too big for a datagram
+        goes by stream."""
+        frame: bytes | None = None
+        joined: list[Any] = []
+        for messages in batches:
+            try:
+                candidate = self.codec.encode([*joined, *messages])
+            except FrameTooLarge:
+                candidate = None
+            if candidate is not None and len(candidate) <= self.config.packet_budget:
+                frame, joined = candidate, [*joined, *messages]
+                continue
+            if frame is not None:
+                await self.transport.send_datagram(dst, frame)
+            try:
+                frame, joined = self.codec.encode(messages), list(messages)
+            except FrameTooLarge:
+                frame, joined = None, []  # too big for a datagram: the stream channel takes it whole
+                await self._send_stream(Send(dst, messages, True))
+        if frame is not None:
+            await self.transport.send_datagram(dst, frame)
+
+    async def _send_stream(self, send: Send) -> None:
         try:
             frame = self.codec.encode(send.messages, stream=True)
         except FrameTooLarge as error:
