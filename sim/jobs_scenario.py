@@ -578,7 +578,13 @@ class JobsRun(MembershipRun):
             # A node owes the ticks of a job in mode all by its own clock,
             # which may be off, and may have been stepped.
             for start, end in self._lives.get(node.index, ()):
-                ready = self._latest_reading(node, start, start + settle + ALL_MODE_MARGIN_BEFORE)
+                # Its scheduler owes none before its boot's reading plus the
+                # settle, whatever its clock read since (one stepped back
+                # while it settled reads less later: wide seed 988).
+                ready = max(
+                    self._latest_reading(node, start, start + settle + ALL_MODE_MARGIN_BEFORE),
+                    self._local(node, start) + settle,
+                )
                 until = self._local(node, min(end - ALL_MODE_MARGIN_AFTER, last))
                 for i in range(scenario.all_jobs):
                     for tick in self._ticks(max(first, ready), until):
