@@ -30,7 +30,10 @@ Faults fall within the *faulty phase*; a *healed phase* with no fault at
 all follows. The mix becomes a jobs scenario (``sim.jobs_scenario``): the
 nodes run the scheduler with cron jobs in both modes and one-off runs, and
 the simulated executor records what really ran. The same seed always draws
-the same mix and yields the same trace, byte for byte.
+the same mix and yields the same trace, byte for byte, under one string-hash
+seed: the scheduler walks some sets of strings, so ``python -m sim`` runs
+under ``PYTHONHASHSEED=0`` unless given one, and ``run_campaign`` runs seeds
+in worker processes under it when its own interpreter hashes at random.
 
 After the run, ``check`` holds it to the invariants, each named:
 
