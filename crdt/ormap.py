@@ -179,12 +179,14 @@ class ORMap:
 
     # -- reading ----------------------------------------------------------------
 
-    def get(self, key: str, now_ms: int) -> Register | None:
+    def get(self, key: str, now_ms: int | None) -> Register | None:
+        """The key's winning register, unless it expired by ``now_ms``
+        (None: held, expired or not, until ``expire`` drops it)."""
         registers = self._store.get(key)
         if not registers:
             return None
         register = winner(registers, self.precedence)
-        return None if register.expired(now_ms) else register
+        return None if now_ms is not None and register.expired(now_ms) else register
 
     def items(self, now_ms: int) -> Iterator[tuple[str, Register]]:
         for key, registers in self._store.items():

@@ -248,8 +248,8 @@ class NodeCore:
         self.membership.gossip_soon(now)
         return removed
 
-    def get(self, map_name: str, key: str) -> Register | None:
-        return self.replicator.get(self.wall_ms(), map_name, key)
+    def get(self, map_name: str, key: str, *, expired: bool = False) -> Register | None:
+        return self.replicator.get(self.wall_ms(), map_name, key, expired=expired)
 
     def push(self, map_name: str, key: str, members: Sequence[str]) -> None:
         """Hand a key's entry to these members directly (a run to the node
@@ -324,8 +324,8 @@ class _Maps:
     def remove(self, map_name: str, key: str) -> bool:
         return self._core.remove(self._core._now, map_name, key)
 
-    def get(self, map_name: str, key: str) -> Register | None:
-        return self._core.get(map_name, key)
+    def get(self, map_name: str, key: str, *, expired: bool = False) -> Register | None:
+        return self._core.get(map_name, key, expired=expired)
 
     def push(self, map_name: str, key: str, members: Sequence[str]) -> None:
         self._core.push(map_name, key, members)

@@ -350,8 +350,19 @@ class Replicator:
         self._gossip_delta(map_name, key, delta)
         return True
 
-    def get(self, wall_ms: int, map_name: str, key: str) -> Register | None:
-        return self.map(map_name).get(key, self.hlc.peek(wall_ms))
+    def get(self, wall_ms: int, map_name: str, key: str, *, expired: bool = False) -> Register | None:
+        """A key's value; with ``expired``, also one that has expired but
+        is still held (see ``_drop_before``)."""
+        return self.map(map_name).get(key, None if expired else self.hlc.peek(wall_ms))
+
+    def _drop_before(self, wall_ms: int) -> int:
+        """Entries that expired before this are dropped (and their dots
+        kept, so they never come back). An entry reads as absent from its
+        expiry on, but is dropped only ``max_drift_ms`` later: a clock that
+        far ahead (a stepped one, or one whose stamps pulled our hybrid
+        clock ahead) would otherwise drop it early, and its drop, merged,
+        would remove it everywhere while other clocks still owe it."""
+        return self.hlc.peek(wall_ms) - self.config.max_drift_ms
 
     # -- gossip ----------------------------------------------------------------------
 
@@ -425,7 +436,7 @@ class Replicator:
     def _on_delta(self, wall_ms: int, map_name: str, delta: Delta, *, relay: bool = True) -> None:
         self.stats.deltas_received += 1
         delta = self._admit(wall_ms, delta.entries, delta.context)
-        changed = self.map(map_name).merge(delta, self.hlc.peek(wall_ms))
+        changed = self.map(map_name).merge(delta, self._drop_before(wall_ms))
         self.stats.keys_changed += len(changed)
         self._note_changes(map_name, changed)
         if not relay:
@@ -570,7 +581,7 @@ class Replicator:
         self.stats.entries_received += len(message.entries)
         admitted = self._admit(wall_ms, message.entries, message.context)
         try:
-            changed = replica_map.merge_scoped(admitted.entries, message.context, message.scope, self.hlc.peek(wall_ms))
+            changed = replica_map.merge_scoped(admitted.entries, message.context, message.scope, self._drop_before(wall_ms))
         except ValueError:
             self.stats.malformed += 1
             return
@@ -610,7 +621,7 @@ class Replicator:
     # -- expiry and sending ---------------------------------------------------------------
 
     def _expire(self, wall_ms: int) -> None:
-        now_ms = self.hlc.peek(wall_ms)
+        now_ms = self._drop_before(wall_ms)
         for name, replica_map in self.maps.items():
             dropped = replica_map.expire(now_ms)
             self.stats.expired += len(dropped)

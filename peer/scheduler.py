@@ -188,7 +188,8 @@ class Store(Protocol):
     def push(self, map_name: str, key: str, members: Sequence[str]) -> None:
         """Send the key's entry to these members directly, now (it is gossiped too)."""
 
-    def get(self, map_name: str, key: str) -> Register | None: ...
+    def get(self, map_name: str, key: str, *, expired: bool = False) -> Register | None:
+        """A key's value; with ``expired``, also one that expired but is still held."""
 
     def items(self, map_name: str) -> Iterator[tuple[str, Register]]: ...
 
@@ -840,8 +841,11 @@ class Scheduler:
     def _on_tick(self, wall_ms: int, spec: JobSpec, tick: int) -> None:
         node = self.name if spec.mode == "all" else None
         run_id = tick_run_id(spec.id, tick, node)
-        if self.record(run_id) is not None:
-            return  # handled already, by us or the job's previous owner
+        if self._store.get(RUNS, run_id, expired=True) is not None:
+            # Handled already, by us or the job's previous owner; its record
+            # may read as expired by a clock ahead of its writer's, but it
+            # is held for as long as clocks may differ.
+            return
         if wall_ms - tick > round(spec.result_ttl * 1000) - TICK_EXPIRY_MARGIN_MS:
             # So old that its record may have expired (a look-back drawn when
             # a lease was acquired, judged a handover or a catch-up later):

@@ -1047,7 +1047,9 @@ class _Checker:
         run = self.run
         slots = run.scenario.slots  # scaled up, there are more nodes than at the start
         oneoffs = run.oneoffs_submitted
-        expire_slack_ms = 5_000
+        # Expired entries are dropped max_drift_ms after they expire (so a
+        # clock that far ahead drops nothing early), and a few seconds more.
+        expire_slack_ms = run.replication_config.max_drift_ms + 5_000
         worst: dict[str, int] = {}
         for node in self.up:
             core = node_core_of(node.core)

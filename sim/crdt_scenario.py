@@ -136,13 +136,19 @@ class CrdtRun(MembershipRun):
         base = self.measure()
         scenario = self.scenario
         since = self._roots_equal_since
-        # An expiry changes every replica too (each on its own clock): the
-        # last one is a disturbance like the last write.
-        last_expiry = max(
-            (self.sim.now - (self._wall_ms_now() - write.expires) / 1000 for write in self._writes if write.expires),
+        # An expiry changes every replica too (each on its own clock, when
+        # it drops the entry: max_drift_ms after it expired): the last one is
+        # a disturbance like the last write.
+        drop_delay = self.replication_config.max_drift_ms / 1000
+        last_drop = max(
+            (
+                self.sim.now - (self._wall_ms_now() - write.expires) / 1000 + drop_delay
+                for write in self._writes
+                if write.expires
+            ),
             default=0.0,
         )
-        disturbance = max(self._last_write, self._last_disturbance, min(last_expiry, self.sim.now))
+        disturbance = max(self._last_write, self._last_disturbance, min(last_drop, self.sim.now))
         cores = self._running_cores()
         final = cores[0].replicator.map(MAP) if cores else None
         wall_ms = self._wall_ms_now()

@@ -61,8 +61,8 @@ class Maps:
         self.changes[map_name].add(key)
         return self.maps[map_name].remove(key) is not None
 
-    def get(self, map_name: str, key: str) -> Register | None:
-        return self.maps[map_name].get(key, self.wall_ms)
+    def get(self, map_name: str, key: str, *, expired: bool = False) -> Register | None:
+        return self.maps[map_name].get(key, None if expired else self.wall_ms)
 
     def push(self, map_name: str, key: str, members: Any) -> None:
         self.pushed.append((map_name, key, tuple(members)))
