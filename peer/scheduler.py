@@ -285,6 +285,7 @@ class Scheduler:
         self._defined_when_ready: list[JobSpec] = []
         self._watched: set[str] = set()  # runs the driver wants to hear of (someone waits on them)
         self._watched_changed: set[str] = set()
+        self._handed_on: set[str] = set()  # claims of ended lives we handed on while their grace runs
 
     # -- the driver's interface -----------------------------------------------------
 
@@ -610,6 +611,7 @@ class Scheduler:
             "lives": len(self._lives),
             "written_at": len(self._written_at),
             "watched": len(self._watched),
+            "handed_on": len(self._handed_on),
         }
 
     def late_jobs(self) -> dict[str, int]:
@@ -925,8 +927,25 @@ class Scheduler:
         if self._failed(wall_ms, owner):
             return True
         life = self._lives.get(owner)
+        if not self._life_ended(owner, record):
+            return False
+        assert life is not None
+        if wall_ms < life[1] + grace:
+            # Not yet: but we may be the only node holding this claim (its
+            # direct copy), and die before the grace ends. Hand it on to
+            # the node that would take the run over from us, once.
+            if record.id not in self._handed_on:
+                self._handed_on.add(record.id)
+                self._back_up(record, after=self.name)
+            return False
+        return True
+
+    def _life_ended(self, owner: str, record: RunRecord) -> bool:
+        """Was the record written by a life of ``owner`` that has ended (it
+        restarted since)?"""
+        life = self._lives.get(owner)
         written = self._written_at.get(record.id)
-        return life is not None and written is not None and written < life[0] and wall_ms >= life[1] + grace
+        return life is not None and written is not None and written < life[0]
 
     def _consider_pending(self, wall_ms: int, record: RunRecord, owner: str | None) -> None:
         """A due pending run goes to the node it names (its assignee); only
@@ -1096,15 +1115,15 @@ class Scheduler:
             self._store.put(RUNS, record.id, bounded.to_wire(), ttl=ttl, hold=hold)
         self._load_run(record.id)
 
-    def _back_up(self, record: RunRecord, *, also: Sequence[str] = ()) -> None:
+    def _back_up(self, record: RunRecord, *, also: Sequence[str] = (), after: str | None = None) -> None:
         """Hand a record we wrote (a claim, an outcome, an assignment)
-        directly to the node that would take the run over if we died (the
-        next on the ring for it; and to ``also``): gossip may be slow to
-        reach it, and it must neither re-run what we ran nor lose it. An
-        outcome also goes to the node the run was submitted through, where
-        its submitter likely waits for it."""
+        directly to the node that would take the run over if its owner
+        (or ``after``) died: the next on the ring for it; and to ``also``.
+        Gossip may be slow to reach it, and it must neither re-run what we
+        ran nor lose it. An outcome also goes to the node the run was
+        submitted through, where its submitter likely waits for it."""
         key = record.job if record.tick is not None and record.node is None else record.id
-        owner = record.owner or self.name
+        owner = after or record.owner or self.name
         successor = next((name for name in self._ring.preference(key, 2) if name != owner), None)
         via = record.via if record.state.finished else None
         members = {name for name in (successor, via, *also) if name is not None and name != self.name}
@@ -1156,6 +1175,7 @@ class Scheduler:
         if record is None or record.state.finished:
             self._unfinished.pop(run_id, None)
             self._written_at.pop(run_id, None)
+            self._handed_on.discard(run_id)
         else:
             assert register is not None
             self._unfinished[run_id] = record

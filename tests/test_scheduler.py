@@ -501,6 +501,30 @@ def test_a_run_of_a_previous_life_waits_the_leave_grace_after_the_start() -> Non
     assert [start.attempt for start in node.take(StartRun)] == [2]
 
 
+def test_a_claim_of_a_restarted_node_is_handed_on_while_its_grace_runs_then_rerun() -> None:
+    """Another node's claim, whose writer restarted since: we may hold its
+    only copy, so it goes to the node that would take over from us at once
+    (once), and is re-run when the leave grace has passed."""
+    node = make_node(SchedulerConfig(settle=0.0), others=(Member("other", ("127.0.0.1", 2), 1, Status.ALIVE, Role.READY.meta), member("x")))
+    node.advance(T0)
+    other = Maps("other#1")
+    other.wall_ms = T0
+    claim = RunRecord(id="once@2", job="once", state=RunState.RUNNING, owner="other", spec=one_off().to_wire())
+    other.put(RUNS, "once@2", claim.to_wire())
+    node.maps.merge_from(other, RUNS, "once@2")
+    node.advance(T0 + 100)
+    # "other" comes back as a new life (a new incarnation: its boot time).
+    node.scheduler.set_view(T0 + 100, [member("me"), Member("other", ("127.0.0.1", 2), T0 + 50, Status.ALIVE, Role.READY.meta), member("x")])
+    node.maps.pushed.clear()
+    node.advance(T0 + 4_000)
+    # Ours by the ring (me, then x, then other): handed to x, once.
+    assert node.scheduler._ring.preference("once@2", 3) == ["me", "x", "other"]
+    assert [p for p in node.maps.pushed if p[1] == "once@2"] == [(RUNS, "once@2", ("x",))]
+    assert not node.take(StartRun)
+    node.advance(T0 + 6_000)
+    assert [s.attempt for s in node.take(StartRun) if s.run_id == "once@2"] == [2]
+
+
 def test_a_draining_node_lets_runs_finish_then_hands_back_the_rest() -> None:
     node = make_node(SchedulerConfig(settle=0.0, drain_timeout=5.0))
     node.advance(T0)
