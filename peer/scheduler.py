@@ -57,7 +57,16 @@ Failover. Every ``scan_interval`` (and on each view change) a node looks
 at the unfinished runs: a ``running`` record whose claimant is gone (dead,
 left, unknown, or a life that ended: its node restarted since) is re-run
 by the run's current owner as attempt + 1, up to ``max_failovers`` times
-beyond the job's retries, then recorded ``lost``.
+beyond the job's retries, then recorded ``lost``. A takeover's claim goes
+to every live member directly (views are changing: any of them may be the
+next to think the run is its own), and a node holding a claim of an ended
+life hands it on while the life's grace runs (it may hold the only copy).
+
+Outcomes where they are awaited. A submitted run names the node it came
+through (``via``); a node where someone waits on a run that has not
+finished there (``watch``) writes a reader mark in the updates map and
+hands it to the run's owner. The outcome goes directly to both, besides
+the successor; a mark that comes after the outcome is answered at once.
 
 Handoff. ``drain`` makes the node ``draining``: it leaves the ring (its
 leases go to their new owners at once, its pending runs to new assignees),
