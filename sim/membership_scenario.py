@@ -227,13 +227,14 @@ class MembershipRun:
         boot delay (at once without one)."""
         low, high = self.scenario.boot_delay
         node = self.nodes[index]
+        if node.core is not None and node.life in (Life.UP, Life.PAUSED, Life.LEAVING):
+            # A new process cannot bind the address of a running one: the
+            # supervisor killed the old one first (a rejoin while the old
+            # one still drains long runs, say).
+            self.crash(index)
         if high <= 0:
             node.boot(self.seed_addrs)
             return
-        if node.core is not None and node.life in (Life.UP, Life.PAUSED, Life.LEAVING):
-            # A new process cannot bind the address of a running one: the
-            # supervisor killed the old one first.
-            self.crash(index)
         token = node.starting()
         self.at(self.sim.now + self._boot_delays.uniform(low, high), self._booted, index, token)
 

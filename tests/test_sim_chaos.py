@@ -285,6 +285,10 @@ WIDE_REGRESSIONS = {
     # settled: it owes mode-all ticks from its boot's reading plus the
     # settle, not from the latest reading it made.
     988: "checker: mode-all ticks of a node whose clock stepped back while it settled",
+    # A leave's rejoin came while the node still drained a long run, with
+    # no boot delay: the new core replaced the old one silently, and the
+    # old run's end tripped the executor. The old process is killed first.
+    318: "simulator: a rejoin while the old process drains kills it first",
     # Scheduler bugs the wide campaign found, fixed in aa6a7d1. A node back
     # from a leave acquired a lease and looked back over ticks up to a
     # result TTL old; judged a handover later, the oldest one's record had
