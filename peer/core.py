@@ -90,6 +90,7 @@ class NodeCore:
         self._peers_version = -1
         self._alone = True
         self._leave_requested = False
+        self._seeded = False  # given seeds other than ourselves (join)
         self._view_version = -1
         self._first_as_of = (-1, True)  # (view version, _first() then)
         self._sync_peers()
@@ -157,6 +158,10 @@ class NodeCore:
         )
 
     def join(self, now: float, seeds: Iterable[Address]) -> None:
+        seeds = list(seeds)
+        # With seeds to find, we are not a cluster's first node while we
+        # know nobody: we have not found the cluster yet.
+        self._seeded = self._seeded or any(addr != self.addr for addr in seeds)
         self.membership.join(now, seeds)
 
     def leave(self, now: float) -> None:
@@ -183,7 +188,10 @@ class NodeCore:
                 scheduler.on_changes(wall_ms, changes)
             in_sync = self.replicator.in_sync
             first = self._first()
-            scheduler.tick(wall_ms, caught_up=first or JOBS in in_sync, history_caught_up=first or RUNS in in_sync)
+            joined = not (self._alone and self._seeded)
+            scheduler.tick(
+                wall_ms, caught_up=first or JOBS in in_sync, history_caught_up=first or RUNS in in_sync, joined=joined
+            )
             me = self.membership.member(self.name)
             if me is not None and not self.membership.leaving and me.meta != scheduler.role.meta:
                 self.membership.set_meta(self._now, scheduler.role.meta)
@@ -214,9 +222,12 @@ class NodeCore:
         )
 
     def _first(self) -> bool:
-        """Are we among the first nodes of a cluster: alone, or seeing no
-        member that holds the cluster's state (every other one is starting,
-        as in a cluster started cold)? Then nobody can catch us up."""
+        """Are we among the first nodes of a cluster: alone with no seed to
+        find, or seeing no member that holds the cluster's state (every
+        other one is starting, as in a cluster started cold)? Then nobody
+        can catch us up."""
+        if self._alone and self._seeded:
+            return False  # still looking for the cluster
         version = self.membership.version
         if self._first_as_of[0] != version:
             first = not any(m.status.is_live and m.meta in STATE_HOLDERS for m in self.membership.members() if m.name != self.name)

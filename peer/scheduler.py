@@ -327,10 +327,13 @@ class Scheduler:
             # Once all of a batch is in: updates that came in one packet go in order.
             self._deliver_updates(run_id)
 
-    def tick(self, wall_ms: int, caught_up: bool = True, history_caught_up: bool = True) -> None:
+    def tick(self, wall_ms: int, caught_up: bool = True, history_caught_up: bool = True, joined: bool = True) -> None:
         """``caught_up``: the node holds the cluster's job definitions (its
         jobs map matched a member's), or it is alone; ``history_caught_up``:
-        the same of its runs map."""
+        the same of its runs map; ``joined``: it has found its cluster, or
+        has none to find (no seeds): a node that has not never turns ready,
+        however long it waits (it would own every job, beside a cluster it
+        cannot reach)."""
         if wall_ms - self._last_tick > round(self.config.scan_interval * 1000) + FROZEN_GAP_MS:
             # What others wrote while we were frozen (claims, results) is in
             # our inbox still: read it before claiming anything, as a new
@@ -344,7 +347,7 @@ class Scheduler:
             history_caught_up or wall_ms >= self._started_at + round(self.config.catch_up_window * 1000)
         ):
             self._history_held = True
-        if self.role is Role.STARTING and wall_ms >= self._ready_at and (
+        if self.role is Role.STARTING and joined and wall_ms >= self._ready_at and (
             caught_up or wall_ms >= self._started_at + round(self.config.settle_max * 1000)
         ):
             self.role = Role.READY

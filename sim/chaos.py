@@ -935,7 +935,8 @@ class _Checker:
         """No attempt of a run started twice, unless the first start's claim
         died unseen with its node, or a fault cut the second node apart from
         a node that had run it before (and so held its record: after a kill,
-        the one that re-ran it may be the only one that knows)."""
+        the one that re-ran it may be the only one that knows), or made it
+        take that node for failed."""
         run = self.run
         again = run.same_attempt_starts()
         died = set(run.crashes)  # (node, time) of every crash and kill
@@ -946,6 +947,12 @@ class _Checker:
             if all(x.claim_lost for x in earlier):
                 continue
             if any(self.cut_apart(x.node, e.node, before[0].start, e.start) for x in before):
+                continue
+            if any(run.believed_failed(e.node, x.node, before[0].start - self.window, e.start) for x in earlier):
+                # The second node held the first for failed on the word of a
+                # node a fault cut off from it (a one-way partition between
+                # two other groups): a partition's doing, out of run-once's
+                # scope, as false_failure's explanations are.
                 continue
             if all(x.claim_lost or (not x.ok and (x.node, x.end) in died) for x in earlier):
                 # The first start's node died running it (kill -9): its claim

@@ -556,6 +556,18 @@ class MembershipRun:
             and not self._explained(d, window)
         ]
 
+    def believed_failed(self, observer: int, subject: int, since: float, until: float) -> bool:
+        """Did ``observer`` declare ``subject`` failed between ``since`` and
+        ``until`` on the word of a fault (a declaration ``_explained``: a
+        partition, pause or clog between the subject and the observer or the
+        accuser it believed), while the subject ran?"""
+        window = self.disturbance_window
+        return any(
+            d.observer == observer and d.subject == subject and since <= d.time <= until
+            and self._was_running(subject, d) and self._explained(d, window)
+            for d in self._failed
+        )
+
     @property
     def crashes(self) -> list[tuple[int, float]]:
         """(node, time) of every crash, in the order ``measure`` reports them."""

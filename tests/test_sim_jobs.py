@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from sim.faults import Kill, Leave, Restart, RollingRestart, ScaleDown, ScaleUp
+from sim.faults import Kill, Leave, Partition, Restart, RollingRestart, ScaleDown, ScaleUp
 from sim.jobs_scenario import JobsRun, JobsScenario, run_jobs, scheduler_of
 from sim.node import Life, SimNode
 
@@ -302,3 +302,24 @@ def test_a_kill_lands_on_a_node_in_the_middle_of_a_run() -> None:
     assert run.nodes[index].boots == 2  # and it came back under its name
     report = run.measure_jobs()
     assert report["missed"] == 0 and report["lost_results"] == 0
+
+
+def test_a_node_restarted_where_it_finds_no_one_never_turns_ready_until_it_joins() -> None:
+    """Node 2 restarts while a partition cuts it off from everyone (wide
+    seed 597: a one-way partition had the same effect). Alone, with seeds
+    it cannot reach, it must not take itself for a cluster's first node and
+    own every job beside the real cluster: it waits, however long, and
+    turns ready once the partition heals and it has caught up."""
+    faults = (Partition({2}, {0, 1}, start=14.0, duration=30.0), Restart({2}, at=15.0, delay=0.5))
+    run = JobsRun(JobsScenario(nodes=3, seeds=2, duration=60, seed=4, cron_jobs=3, all_jobs=0, oneoffs=0, heal=10, faults=faults))
+    run.run_until(60)
+    readied = run.ready_times[2]
+    assert len(readied) == 2 and readied[0] < 14.0  # ready before; then again only after the heal
+    assert readied[1] >= 44.0
+    # Its new life ran nothing while cut off, and nothing another node ran.
+    # (Its old life's tick at 14 s, run while cut off, is run again by the
+    # others: a partition's doing.)
+    report = run.measure_jobs()
+    again = [e for twice in report["twice"] for e in twice["executions"] if (e["node"], e["boot"]) == ("node-0002", 2)]
+    assert again == []
+    assert report["missed"] == 0
