@@ -807,14 +807,20 @@ class Scheduler:
 
     def _failed(self, wall_ms: int, name: str) -> bool:
         """Has this node gone, as far as the view says? Unknown counts as
-        gone: we have been in the cluster long enough to know everyone. A
-        node that left gracefully finished or handed back its runs first;
-        its last records may still be on their way, so it counts as gone
-        only ``left_grace`` after we saw it leave."""
+        gone once we have been up ``catch_up_window`` (the members' table
+        comes with our first state exchanges, and the dead stay in it for a
+        day): before, we may just not have heard of it yet (wide seed 871:
+        a node just back from a restart knew one member, and took the
+        holder of every lease for gone). A node that left gracefully
+        finished or handed back its runs first; its last records may still
+        be on their way, so it counts as gone only ``left_grace`` after we
+        saw it leave."""
         if name == self.name:
             return False
         member = self._members.get(name)
-        if member is None or member.status is Status.DEAD:
+        if member is None:
+            return wall_ms >= self._started_at + round(self.config.catch_up_window * 1000)
+        if member.status is Status.DEAD:
             return True
         left = self._left_seen.get(name)
         return left is not None and wall_ms >= left + round(self.config.left_grace * 1000)
