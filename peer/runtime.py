@@ -513,7 +513,6 @@ class Agent:
 
     async def _run_job(self, start: StartRun, task: _RunTask, updates: trio.MemoryReceiveChannel[Any]) -> None:
         extra = {"node": self.name, "event": "run", "run": start.run_id}
-        # One line per run at the default level (its end); its start is a detail.
         log.debug("run %s started (attempt %d)", start.run_id, start.attempt, extra=extra)
         outcome: Outcome | None = None
         with task.scope:
