@@ -136,6 +136,12 @@ def test_cron_ticks_run_once_each_spread_over_nodes_and_once_per_node_in_mode_al
         cluster.wait_api(agents, TIMEOUT)
         wait_for(lambda: all(role(agent) == "ready" for agent in agents), TIMEOUT, "three agents to be ready")
         all_ready_ms = now_ms()
+        # Ready by its own word is not yet ready in the others' views, nor
+        # placed in its own (ring rebuilds are debounced): owners agreed
+        # before every ring holds all three can be a passing view (CI once
+        # agreed on the owners of node-0 and node-2's ring, and node-1 then
+        # rightly ran what it owned).
+        wait_for(lambda: eligible_everywhere(agents, 3), TIMEOUT, "three eligible agents")
         agreed = wait_for(lambda: agreed_owners(agents, [*one, "everywhere"]), TIMEOUT, "the agents to agree on owners")
         agreed_ms = now_ms()
         since = {job["id"]: iso_ms(job["since"]) for job in agents[0].call("/jobs")["jobs"]}
