@@ -261,14 +261,17 @@ class JobsRun(MembershipRun):
         node = self._up_node(index)
         if node is None or (exactly and node.index != index):
             return
+        run_id = self._submit_oneoff(node, f"oneoff-{number:04d}", "sim:work")
+        if failing:
+            self._failing.add(run_id)
+
+    def _submit_oneoff(self, node: SimNode, job_id: str, call: str) -> str:
         spec = JobSpec(
-            id=f"oneoff-{number:04d}", target=CallTarget("sim:work"), schedule=None, retries=2, backoff=0.5,
-            result_ttl=self.scenario.result_ttl,
+            id=job_id, target=CallTarget(call), schedule=None, retries=2, backoff=0.5, result_ttl=self.scenario.result_ttl
         )
         run_id = node.apply(lambda core, now: scheduler_of(core).submit(node_core_of(core).wall_ms(), spec))
         self._oneoffs[run_id] = self.sim.now
-        if failing:
-            self._failing.add(run_id)
+        return run_id
 
     def _submit_long(self, index: int, number: int, updates: int) -> None:
         """Submit a long one-off through the node (or the next one up), and
@@ -276,12 +279,7 @@ class JobsRun(MembershipRun):
         node = self._up_node(index)
         if node is None:
             return
-        spec = JobSpec(
-            id=f"long-{number:04d}", target=CallTarget("sim:long"), schedule=None, retries=2, backoff=0.5,
-            result_ttl=self.scenario.result_ttl,
-        )
-        run_id = node.apply(lambda core, now: scheduler_of(core).submit(node_core_of(core).wall_ms(), spec))
-        self._oneoffs[run_id] = self.sim.now
+        run_id = self._submit_oneoff(node, f"long-{number:04d}", "sim:long")
         self._long[run_id] = updates
         for n in range(updates):
             self.sim.at(self.sim.now + self._update_sends.uniform(0.2, self.scenario.long_seconds[1]), self._send_update, run_id, n, 0)
