@@ -244,81 +244,120 @@ def draw_mix(seed: int, campaign: Campaign) -> FaultMix:
     return draw_wide(seed, campaign) if campaign.mix == "wide" else draw_classic(seed, campaign)
 
 
-def draw_classic(seed: int, campaign: Campaign) -> FaultMix:
-    """The classic draw: ``campaign.nodes`` nodes, a fixed workload, and
-    faults. Node 0 (a seed node) is never crashed, paused or stopped, so a
-    restarted node always has someone to join through. Not one draw may
-    change here: the seeds kept as regressions are seeds of this draw."""
-    rng = random.Random(f"chaos/{seed}")
-    n, start, end = campaign.nodes, FAULTS_START, campaign.faulty_end
-    others = list(range(1, n))
-    busy = _Busy()
-    faults: list[Fault] = []
+class _FaultDraw:
+    """The faults both draws have, one drawn per call, with the draws of
+    the seed's generator in a fixed order (a seed's mix must not change).
+    Node 0 (a seed node) is never crashed, paused or stopped, so a
+    restarted node always has someone to join through."""
 
-    def window(shortest: float, longest: float) -> tuple[float, float]:
-        length = rng.uniform(shortest, min(longest, end - start))
-        at = rng.uniform(start, end - length)
+    def __init__(self, rng: random.Random, nodes: int, campaign: Campaign) -> None:
+        self.rng, self.n = rng, nodes
+        self.start, self.end, self.duration = FAULTS_START, campaign.faulty_end, campaign.duration
+        self.others = list(range(1, nodes))
+        self.busy = _Busy()
+        self.faults: list[Fault] = []
+
+    def window(self, shortest: float, longest: float) -> tuple[float, float]:
+        length = self.rng.uniform(shortest, min(longest, self.end - self.start))
+        at = self.rng.uniform(self.start, self.end - length)
         return at, length
 
-    def some(low: int, high: int) -> frozenset[int]:
-        return frozenset(rng.sample(range(n), rng.randint(low, max(low, high))))
+    def some(self, low: int, high: int) -> frozenset[int]:
+        return frozenset(self.rng.sample(range(self.n), self.rng.randint(low, max(low, high))))
 
-    for _ in range(rng.randint(0, 3)):
-        at, length = window(3.0, 25.0)
+    def degrade(self) -> None:
+        rng = self.rng
+        at, length = self.window(3.0, 25.0)
         latency = rng.choice([None, rng.uniform(0.002, 0.1)])
         jitter = None if latency is None else latency * rng.uniform(0.2, 1.0)
-        faults.append(Degrade(rng.uniform(0.0, 0.3), rng.uniform(0.0, 0.05), at, length, latency, jitter))
-    for _ in range(rng.randint(0, 2)):
-        at, length = window(2.0, 15.0)
-        a = some(1, n // 2)
-        faults.append(Partition(a, frozenset(range(n)) - a, at, length, one_way=rng.random() < 0.4))
-    for _ in range(rng.randint(0, 2)):
-        at, length = window(0.5, 5.0)
-        faults.append(Clog(some(1, max(1, n // 3)), at, length))
-    for _ in range(rng.randint(0, 2)):
-        index = rng.choice(others)
+        self.faults.append(Degrade(rng.uniform(0.0, 0.3), rng.uniform(0.0, 0.05), at, length, latency, jitter))
+
+    def partition(self) -> None:
+        at, length = self.window(2.0, 15.0)
+        a = self.some(1, self.n // 2)
+        self.faults.append(Partition(a, frozenset(range(self.n)) - a, at, length, one_way=self.rng.random() < 0.4))
+
+    def clog(self) -> None:
+        at, length = self.window(0.5, 5.0)
+        self.faults.append(Clog(self.some(1, max(1, self.n // 3)), at, length))
+
+    def crash(self) -> None:
+        rng = self.rng
+        index = rng.choice(self.others)
         kind = rng.random()
-        at = rng.uniform(start, end - 12.0)
-        room = end - at  # back before the heal
+        at = rng.uniform(self.start, self.end - 12.0)
+        room = self.end - at  # back before the heal
         if kind < 0.4:
             restart: float | None = rng.uniform(1.0, min(10.0, room))
         elif kind < 0.7:
             restart = rng.uniform(min(25.0, room), room)  # long enough to be declared failed
         else:
             restart = None  # gone for good
-        until = at + restart if restart is not None else campaign.duration
-        if busy.free(index, at, until):
-            busy.take(index, at, until)
-            faults.append(Crash(frozenset({index}), at, restart))
-    for _ in range(rng.randint(0, 2)):
-        index = rng.choice(others)
-        at, length = window(1.0, 8.0)
-        if busy.free(index, at, at + length):
-            busy.take(index, at, at + length)
-            faults.append(Pause(frozenset({index}), at, length))
-    for _ in range(rng.randint(0, 2)):
-        faults.append(ClockStep(frozenset({rng.randrange(n)}), rng.uniform(start, end), rng.uniform(-10.0, 10.0)))
-    if rng.random() < 0.3 and n > 3:
-        index = rng.choice(others)
-        at = rng.uniform(start, end - 5.0)
-        if busy.free(index, 0.0, at):
-            busy.take(index, 0.0, at)
-            faults.append(Join(frozenset({index}), at))
-    if rng.random() < 0.3:
-        # A rolling restart: one node after the other leaves gracefully and
-        # comes back a few seconds later.
-        at = rng.uniform(start, end - 20.0)
-        for index in rng.sample(others, rng.randint(2, len(others))):
+        until = at + restart if restart is not None else self.duration
+        if self.busy.free(index, at, until):
+            self.busy.take(index, at, until)
+            self.faults.append(Crash(frozenset({index}), at, restart))
+
+    def pause(self) -> None:
+        index = self.rng.choice(self.others)
+        at, length = self.window(1.0, 8.0)
+        if self.busy.free(index, at, at + length):
+            self.busy.take(index, at, at + length)
+            self.faults.append(Pause(frozenset({index}), at, length))
+
+    def clock_step(self) -> None:
+        rng = self.rng
+        self.faults.append(ClockStep(frozenset({rng.randrange(self.n)}), rng.uniform(self.start, self.end), rng.uniform(-10.0, 10.0)))
+
+    def join(self) -> None:
+        """A node that joins late."""
+        index = self.rng.choice(self.others)
+        at = self.rng.uniform(self.start, self.end - 5.0)
+        if self.busy.free(index, 0.0, at):
+            self.busy.take(index, 0.0, at)
+            self.faults.append(Join(frozenset({index}), at))
+
+    def leaves(self, fewest: int, most: int) -> None:
+        """Graceful leaves, one node after the other, each coming back a few
+        seconds later."""
+        rng = self.rng
+        at = rng.uniform(self.start, self.end - 20.0)
+        for index in rng.sample(self.others, rng.randint(fewest, most)):
             back = rng.uniform(2.0, 5.0)
-            if at + back > end:
+            if at + back > self.end:
                 break
-            if busy.free(index, at, at + back):
-                busy.take(index, at, at + back)
-                faults.append(Leave(frozenset({index}), at, rejoin_after=back))
+            if self.busy.free(index, at, at + back):
+                self.busy.take(index, at, at + back)
+                self.faults.append(Leave(frozenset({index}), at, rejoin_after=back))
             at += back + rng.uniform(3.0, 8.0)
+
+
+def draw_classic(seed: int, campaign: Campaign) -> FaultMix:
+    """The classic draw: ``campaign.nodes`` nodes, a fixed workload, and
+    faults. Not one draw may change here: the seeds kept as regressions are
+    seeds of this draw."""
+    rng = random.Random(f"chaos/{seed}")
+    n = campaign.nodes
+    draw = _FaultDraw(rng, n, campaign)
+    for _ in range(rng.randint(0, 3)):
+        draw.degrade()
+    for _ in range(rng.randint(0, 2)):
+        draw.partition()
+    for _ in range(rng.randint(0, 2)):
+        draw.clog()
+    for _ in range(rng.randint(0, 2)):
+        draw.crash()
+    for _ in range(rng.randint(0, 2)):
+        draw.pause()
+    for _ in range(rng.randint(0, 2)):
+        draw.clock_step()
+    if rng.random() < 0.3 and n > 3:
+        draw.join()
+    if rng.random() < 0.3:
+        draw.leaves(2, len(draw.others))  # a rolling restart, as the first campaigns had it
     drift = rng.choice([0.0, 1e-5, 1e-4])
     wall_skew = rng.choice([0.0, 0.05, 0.5, 2.0])
-    return FaultMix(seed, drift, wall_skew, tuple(faults), nodes=n)
+    return FaultMix(seed, drift, wall_skew, tuple(draw.faults), nodes=n)
 
 
 # The wide draw's cluster sizes: bands of sizes, each drawn with its weight
@@ -376,21 +415,11 @@ def draw_wide(seed: int, campaign: Campaign) -> FaultMix:
         first = round(rng.uniform(0.1, 0.3), 2)
         boot_delay = (first, round(first + rng.uniform(0.1, 0.3), 2))
 
-    start, end = FAULTS_START, campaign.faulty_end
-    others = list(range(1, n))
-    busy = _Busy()
-    faults: list[Fault] = []
+    draw = _FaultDraw(rng, n, campaign)
+    start, end, others, busy, faults = draw.start, draw.end, draw.others, draw.busy, draw.faults
     # Some seeds have graceful operations only (and clock skew): what the
     # run-once promise covers whole, so not a duplicate is allowed there.
     graceful = rng.random() < GRACEFUL_SHARE
-
-    def window(shortest: float, longest: float) -> tuple[float, float]:
-        length = rng.uniform(shortest, min(longest, end - start))
-        at = rng.uniform(start, end - length)
-        return at, length
-
-    def some(low: int, high: int) -> frozenset[int]:
-        return frozenset(rng.sample(range(n), rng.randint(low, max(low, high))))
 
     def count(low: int, high: int) -> int:
         drawn = rng.randint(low, high)
@@ -410,17 +439,11 @@ def draw_wide(seed: int, campaign: Campaign) -> FaultMix:
         for index in range(n - leaving, n):
             busy.take(index, at, campaign.duration)
     for _ in range(count(0, 3)):
-        at, length = window(3.0, 25.0)
-        latency = rng.choice([None, rng.uniform(0.002, 0.1)])
-        jitter = None if latency is None else latency * rng.uniform(0.2, 1.0)
-        faults.append(Degrade(rng.uniform(0.0, 0.3), rng.uniform(0.0, 0.05), at, length, latency, jitter))
+        draw.degrade()
     for _ in range(count(0, 2)):
-        at, length = window(2.0, 15.0)
-        a = some(1, n // 2)
-        faults.append(Partition(a, frozenset(range(n)) - a, at, length, one_way=rng.random() < 0.4))
+        draw.partition()
     for _ in range(count(0, 2)):
-        at, length = window(0.5, 5.0)
-        faults.append(Clog(some(1, max(1, n // 3)), at, length))
+        draw.clog()
     if rng.random() < 0.3 * likelier:
         # A deploy: one node after another restarts gracefully, each once
         # the one before is ready again; as many as fit in the faulty phase.
@@ -442,44 +465,15 @@ def draw_wide(seed: int, campaign: Campaign) -> FaultMix:
             busy.take(index, at, at + 2 * RESTART_SECONDS)
             faults.append(Restart(frozenset({index}), at, round(rng.uniform(0.2, 1.0), 2)))
     for _ in range(count(0, 2)):
-        index = rng.choice(others)
-        kind = rng.random()
-        at = rng.uniform(start, end - 12.0)
-        room = end - at
-        if kind < 0.4:
-            restart: float | None = rng.uniform(1.0, min(10.0, room))
-        elif kind < 0.7:
-            restart = rng.uniform(min(25.0, room), room)
-        else:
-            restart = None
-        until = at + restart if restart is not None else campaign.duration
-        if busy.free(index, at, until):
-            busy.take(index, at, until)
-            faults.append(Crash(frozenset({index}), at, restart))
+        draw.crash()
     for _ in range(count(0, 2)):
-        index = rng.choice(others)
-        at, length = window(1.0, 8.0)
-        if busy.free(index, at, at + length):
-            busy.take(index, at, at + length)
-            faults.append(Pause(frozenset({index}), at, length))
+        draw.pause()
     for _ in range(count(0, 2)):
-        faults.append(ClockStep(frozenset({rng.randrange(n)}), rng.uniform(start, end), rng.uniform(-10.0, 10.0)))
+        draw.clock_step()
     if rng.random() < 0.2 and n > 3:
-        index = rng.choice(others)
-        at = rng.uniform(start, end - 5.0)
-        if busy.free(index, 0.0, at):
-            busy.take(index, 0.0, at)
-            faults.append(Join(frozenset({index}), at))
+        draw.join()
     if rng.random() < 0.2:
-        at = rng.uniform(start, end - 20.0)
-        for index in rng.sample(others, rng.randint(1, min(4, len(others)))):
-            back = rng.uniform(2.0, 5.0)
-            if at + back > end:
-                break
-            if busy.free(index, at, at + back):
-                busy.take(index, at, at + back)
-                faults.append(Leave(frozenset({index}), at, rejoin_after=back))
-            at += back + rng.uniform(3.0, 8.0)
+        draw.leaves(1, min(4, len(others)))
     # kill -9 mid-run, among the nodes free then; the run picks the busiest.
     for _ in range(0 if graceful else rng.choice([0, 1, 1, 2])):
         at = rng.uniform(start, end - 15.0)
