@@ -182,6 +182,16 @@ class LocalCluster:
         self.env.pop("PEER_KEY", None)
         self.env.pop("PEER_CONFIG", None)
         self.agents: dict[str, AgentProcess] = {}
+        # Ports handed out, bound yet or not: a port free now may be one we
+        # gave an agent that has not bound it yet (CI once saw node-0's API
+        # port taken by node-1's, and node-0 exit 1).
+        self._issued: set[int] = set()
+
+    def _free_port(self, host: str) -> int:
+        while (port := free_port(host)) in self._issued:
+            pass
+        self._issued.add(port)
+        return port
 
     def __enter__(self) -> LocalCluster:
         return self
@@ -203,8 +213,10 @@ class LocalCluster:
         """Start an agent; by default it joins through the first agent."""
         name = name or f"{self.prefix}{len(self.agents)}"
         host = host or self.host
-        bind = (host, port or free_port(host))
-        api = (self.host, free_port(self.host))
+        if port is not None:
+            self._issued.add(port)
+        bind = (host, port or self._free_port(host))
+        api = (self.host, self._free_port(self.host))
         if seeds is None:
             seeds = [first.addr for first in list(self.agents.values())[:1]]
         args = ["--name", name, "--bind", format_address(bind), "--api", format_address(api)]
@@ -227,11 +239,7 @@ class LocalCluster:
         """Start ``count`` agents named ``{prefix}{i}`` on ports picked up
         front, each with all the others as seeds (as a deploy gives every
         replica the same list), so that any of them can restart alone."""
-        ports: list[int] = []
-        while len(ports) < count:
-            port = free_port(self.host)
-            if port not in ports:
-                ports.append(port)
+        ports = [self._free_port(self.host) for _ in range(count)]
         addresses = [format_address((self.host, port)) for port in ports]
         return [
             self.add(
