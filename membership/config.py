@@ -71,6 +71,13 @@ class MembershipConfig:
     # left ones for tombstone_timeout (Serf's defaults: 30 s, 24 h, 24 h).
     join_retry_interval: float = attrs.field(default=1.0, validator=_positive)
     reconnect_interval: float = attrs.field(default=30.0, validator=_positive)
+    # A member we saw go (leave, or be declared dead) is most likely a
+    # process being restarted under its name, and one with no seed of its
+    # own (a cluster's first node) cannot find us: for rejoin_window after it
+    # went, we contact it every rejoin_interval (0.5-1.5 x), so that it hears
+    # of its cluster before its settle time ends, not at a reconnect round.
+    rejoin_interval: float = attrs.field(default=1.0, validator=_positive)
+    rejoin_window: float = attrs.field(default=60.0, validator=_positive)
     reconnect_timeout: float = attrs.field(default=24 * 3600.0, validator=_positive)
     tombstone_timeout: float = attrs.field(default=24 * 3600.0, validator=_positive)
 

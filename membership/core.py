@@ -119,6 +119,7 @@ class MembershipStats:
     push_pulls: int = 0  # full state exchanges we started on a differing digest
     digests_in_sync: int = 0  # digests that matched our view: nothing to exchange
     reconnects: int = 0
+    rejoins: int = 0  # state sent to a member that went lately (see rejoin_window)
     corrections: int = 0  # newer claims re-gossiped because someone spread older ones
     misdirected_pings: int = 0  # pings naming someone else: a stale address
     name_conflicts: int = 0  # another process claims our name
@@ -172,6 +173,7 @@ class Membership:
         self._live: list[str] = []
         self._live_index: dict[str, int] = {}
         self._gone: dict[str, None] = {}  # dead and left members, in the order they went
+        self._went: dict[str, float] = {}  # members we saw go lately -> when (see _rejoin_round)
         self._live_addrs: dict[Address, int] = {}  # address -> live members using it
         self._probe_order: list[str] = []
         self._probe_next = 0
@@ -198,6 +200,7 @@ class Membership:
             "push_pull": self._push_pull_round,
             "join_retry": self._join_retry,
             "reconnect": self._reconnect_round,
+            "rejoin": self._rejoin_round,
             "leave_timeout": self._leave_timeout,
         }
         self._on_message: dict[type, Callable[[float, Any, bool], None]] = {
@@ -270,7 +273,7 @@ class Membership:
         self._membership_size_changed()
         self._broadcast(now, Left(self.name, me.incarnation))
         self._probe = None
-        for key in (("probe",), ("push_pull",), ("reconnect",), ("join_retry",)):
+        for key in (("probe",), ("push_pull",), ("reconnect",), ("rejoin",), ("join_retry",)):
             self._timers.cancel(key)
         self._timers.schedule(("leave_timeout",), now + self.config.leave_timeout)
         self._gossip_round(now)  # spread it now rather than at the next gossip tick
@@ -513,6 +516,9 @@ class Membership:
         elif was_live and not new.status.is_live:
             self._remove_live(name)
             self._membership_size_changed()
+            self._went[name] = now
+            if not self._leaving and ("rejoin",) not in self._timers:
+                self._timers.schedule(("rejoin",), now + self._rng.uniform(0.5, 1.5) * self.config.rejoin_interval)
 
     def _count_live_addr(self, addr: Address, delta: int) -> None:
         count = self._live_addrs.get(addr, 0) + delta
@@ -728,6 +734,23 @@ class Membership:
         if candidates:
             self.stats.reconnects += 1
             self._send_state(self._rng.choice(candidates))
+
+    def _rejoin_round(self, now: float) -> None:
+        """Contact a member that went lately, at its address: if it is
+        back as a new process, this brings it our state (see
+        ``rejoin_window``). One per round; the round stops when none is left."""
+        horizon = now - self.config.rejoin_window
+        for name, went in list(self._went.items()):
+            member = self._members.get(name)
+            if went < horizon or member is None or member.status.is_live:
+                del self._went[name]
+        candidates = [self._members[name].addr for name in self._went]
+        candidates = [addr for addr in dict.fromkeys(candidates) if addr not in self._live_addrs]
+        if candidates:
+            self.stats.rejoins += 1
+            self._send_state(self._rng.choice(candidates))
+        if self._went:
+            self._timers.schedule(("rejoin",), now + self._rng.uniform(0.5, 1.5) * self.config.rejoin_interval)
 
     def _reap(self, now: float) -> None:
         """Forget members dead or left for longer than we remember them."""

@@ -665,6 +665,7 @@ _MEMBERSHIP_HELP = {
     "push_pulls": "Full state exchanges started on a differing digest",
     "digests_in_sync": "View digests that matched: nothing to exchange",
     "reconnects": "Reconnect attempts to seeds, dead or left members",
+    "rejoins": "State sent to members that went lately, in case they are back",
     "corrections": "Newer claims re-gossiped over older ones heard",
     "misdirected_pings": "Pings naming another node (a stale address)",
     "name_conflicts": "Claims by another process to this node's name",

@@ -211,6 +211,14 @@ class Agent:
                 format_address(self.advertise),
                 extra={"node": self.name},
             )
+        if not self.resolver.seeds:
+            # Nothing tells a seedless node's restart from a first start: it
+            # counts on its old cluster's members finding it (rejoin_window).
+            log.info(
+                "no seeds: this node starts a new cluster, or waits to be found by its own "
+                "(give every agent the same --seeds list where nodes restart; its own address in it is skipped)",
+                extra={"node": self.name},
+            )
         log.info(
             "node %s up at %s (bind %s, api %s, profile %s, incarnation %d)",
             self.name,

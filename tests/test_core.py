@@ -225,7 +225,9 @@ def test_graceful_leave_gossips_left_then_completes_and_stops_probing():
 
 
 def test_join_retries_with_backoff_until_a_member_answers():
-    core = make_core()
+    # The seed answers no probe here and is declared dead by 29 s: no rejoin
+    # rounds, which would look for it every second (tested apart).
+    core = make_core(rejoin_interval=1000.0)
     seed = ("10.0.0.9", 7946)
     core.join(0.0, [seed, ME])  # our own address is not a seed
     assert [(s.dst, s.reliable) for s in sends(core.take_effects())] == [(seed, True)]
@@ -304,6 +306,31 @@ def test_reconnect_contacts_dead_members_and_seeds_then_forgets_the_dead():
     run_answering(core, 130.0)
     assert core.member("b") is None and core.stats.reaped == 1
     assert core.member("c").status is Status.ALIVE
+
+
+def test_a_member_seen_to_go_is_contacted_every_rejoin_interval_for_the_window_only():
+    # A node restarted under its name with no seed of its own cannot find
+    # us: we look for it at its address, often, while it is likely back.
+    core = make_core(["b", "c"], reconnect_interval=1000.0, rejoin_interval=1.0, rejoin_window=20.0)
+    core.receive(5.0, addr("b"), Left("b", 1))
+    core.take_effects()
+    timed = run_answering(core, 60.0)
+    rejoins = [now for now, effect in timed
+               if isinstance(effect, Send) and effect.dst == addr("b") and isinstance(effect.messages[0], PushPull)]
+    assert rejoins and rejoins[0] <= 5.0 + 1.5
+    assert all(later - earlier <= 1.5 for earlier, later in zip(rejoins, rejoins[1:]))
+    assert rejoins[-1] <= 5.0 + 20.0 + 1.5 and len(rejoins) >= 12
+    assert core.stats.rejoins == len(rejoins)
+    assert ("rejoin",) not in core._timers  # the round stops with nobody left to look for
+
+
+def test_a_member_known_dead_from_the_start_is_not_looked_for_every_second():
+    # Only members we saw go count: a dead entry a join brings is old news.
+    core = make_core(["c"], reconnect_interval=1000.0)
+    core.receive(0.0, addr("x"), Dead("b", 1, "x"))
+    core.take_effects()
+    run_answering(core, 30.0)
+    assert core.stats.rejoins == 0
 
 
 def test_a_member_that_missed_a_leave_is_told_again():

@@ -106,3 +106,48 @@ def _finished(agent: AgentProcess, run_id: str) -> dict[str, object] | None:
             return None
         raise
     return record if record["state"] not in ("pending", "running") else None
+
+
+def test_an_agent_with_no_seed_restarted_comes_back_into_its_cluster_not_beside_it(tmp_path: Path) -> None:
+    """The README's first agent has no seed: nothing tells its restart from
+    a first start, and it used to come back as a cluster of its own, running
+    every job beside its old one (48 runs twice in 12 s on four agents)
+    until a reconnect round found it. Restarted gracefully, then killed and
+    restarted once it was taken for dead: no tick runs twice, and every
+    agent counts all three in its ring at the end."""
+    journal = tmp_path / "journal"
+    jobs = [
+        {"id": f"tick-{i}", "schedule": "@every 1s", "mode": "one", "call": "peer.samples:journal", "kwargs": {"path": str(journal)}}
+        for i in range(3)
+    ]
+    jobs_file = tmp_path / "jobs.toml"
+    jobs_file.write_text(toml_jobs(jobs))
+    with LocalCluster(tmp_path, profile="lan", key=generate_key(), extra_args=["--jobs", str(jobs_file)]) as cluster:
+        agents = [cluster.add() for _ in range(3)]  # node-0 has no seed; the others join through it
+        cluster.wait_api(agents, TIMEOUT)
+        first = agents[0]
+        wait_for(lambda: all(agent.call("/status")["scheduler"]["eligible"] == 3 for agent in agents), TIMEOUT, "three eligible")
+        time.sleep(2)
+        assert first.stop(TIMEOUT) == 0
+        first.start()
+        cluster.wait_api([first], TIMEOUT)
+        wait_for(first.answers_ready, TIMEOUT, "node-0 to be ready again")
+        time.sleep(3)
+        killed_ms = int(time.time() * 1000)
+        first.kill()
+        wait_for(lambda: all(agent.call("/status")["scheduler"]["eligible"] == 2 for agent in agents[1:]), TIMEOUT, "node-0 taken for dead")
+        first.start()
+        cluster.wait_api([first], TIMEOUT)
+        wait_for(first.answers_ready, TIMEOUT, "node-0 to be ready after its kill")
+        time.sleep(4)
+        eligible = {agent.name: agent.call("/status")["scheduler"]["eligible"] for agent in agents}
+    lines = read_journal(journal)
+    runs = Counter(line.run for line in lines)
+
+    def rerun_after_the_kill(run: str) -> bool:
+        first_start, second = sorted((line for line in lines if line.run == run), key=lambda line: line.start_ms)
+        return first_start.node == first.name and first_start.start_ms <= killed_ms and second.attempt > first_start.attempt
+
+    twice = sorted(run for run, count in runs.items() if count > 1 and not (count == 2 and rerun_after_the_kill(run)))
+    assert not twice, f"run more than once: {twice}\n" + "\n".join(f"{l.run} {l.attempt} {l.node} {l.start_ms}" for l in lines if l.run in twice)
+    assert eligible == {agent.name: 3 for agent in agents}, eligible

@@ -254,6 +254,23 @@ def test_a_deploy_with_scaling_and_a_rolling_restart_runs_every_tick_once_seed_3
     assert report["oneoffs_done"] == report["oneoffs_submitted"]
 
 
+def test_a_first_node_with_no_seed_restarted_by_a_deploy_rejoins_its_cluster_before_it_settles() -> None:
+    """Seed 5 with node 0 the only seed (it has none of its own, as the
+    README's first agent): restarted by the deploy, it knew no one, took
+    itself for a new cluster's first node and, its jobs file defined, ran
+    every tick beside its cluster until a reconnect round found it (29 runs
+    twice). Members that saw it go now contact it every second for a while
+    (``rejoin_window``), so it hears of its cluster before it settles."""
+    command = (
+        "jobs --nodes 6 --profile lan --cron-jobs 4 --all-jobs 1 --every 1 --duration 100 --heal 15 "
+        "--oneoffs 20 --rolling-restart 25 --jobs-file --seed 5 --json"
+    )
+    done = subprocess.run([sys.executable, "-m", "sim", *command.split()], capture_output=True, text=True, timeout=300, check=True)
+    report = json.loads(done.stdout)
+    assert (report["missed"], report["duplicates"], report["same_attempt_starts"], report["lost_results"]) == (0, 0, 0, 0)
+    assert report["oneoffs_done"] == report["oneoffs_submitted"]
+
+
 # -- long one-offs taking updates, and kill -9 mid-run ---------------------------------
 
 
