@@ -262,13 +262,13 @@ class NodeCore:
     def get(self, map_name: str, key: str, *, expired: bool = False) -> Register | None:
         return self.replicator.get(self.wall_ms(), map_name, key, expired=expired)
 
-    def push(self, map_name: str, key: str, members: Sequence[str]) -> None:
+    def push(self, map_name: str, key: str, members: Sequence[str], *, reliable: bool = False) -> None:
         """Hand a key's entry to these members directly (a run to the node
         that is to claim it, a lease to its new holder), not waiting for
         gossip to bring it; members this node does not know are skipped."""
         addresses = [m.addr for m in (self.membership.member(name) for name in members) if m is not None and m.name != self.name]
         if addresses:
-            self.replicator.push(addresses, map_name, [key])
+            self.replicator.push(addresses, map_name, [key], reliable=reliable)
 
     # -- the membership view, for drivers and observers ---------------------------------
 
@@ -338,8 +338,8 @@ class _Maps:
     def get(self, map_name: str, key: str, *, expired: bool = False) -> Register | None:
         return self._core.get(map_name, key, expired=expired)
 
-    def push(self, map_name: str, key: str, members: Sequence[str]) -> None:
-        self._core.push(map_name, key, members)
+    def push(self, map_name: str, key: str, members: Sequence[str], *, reliable: bool = False) -> None:
+        self._core.push(map_name, key, members, reliable=reliable)
 
     def items(self, map_name: str) -> Iterator[tuple[str, Register]]:
         return self._core.replicator.map(map_name).items(self._core.replicator.hlc.peek(self._core.wall_ms()))

@@ -246,11 +246,13 @@ class Replicator:
         for peer in peers:
             self._start_sync(peer)
 
-    def push(self, peers: Sequence[Address], map_name: str, keys: Iterable[str]) -> None:
+    def push(self, peers: Sequence[Address], map_name: str, keys: Iterable[str], *, reliable: bool = False) -> None:
         """Send these keys' entries to these peers now (they are gossiped
-        as well). By datagram when they fit in one: a connection per push
-        cost more than all the rest of a run; a lost one is a push that
-        did not happen, and gossip and the digest sync still bring them."""
+        as well). By datagram: a connection per push cost more than all
+        the rest of a run; a lost one is a push that did not happen, and
+        gossip and the digest sync still bring them. ``reliable``: over the
+        stream channel, for an entry no gossip will bring (another node's
+        write we may be the only one to hold)."""
         replica_map = self.map(map_name)
         deltas: list[Delta] = []
         for key in keys:
@@ -271,7 +273,7 @@ class Replicator:
         message = DeltaGossip(map_name, delta, relay=False)
         self.stats.direct_pushes += 1
         for peer in peers:
-            self._send(peer, [message])
+            self._send(peer, [message], reliable=reliable)
         if len(self._peers) <= TARGETED_GOSSIP_PEERS:
             # Their gossip need not bring it to these peers again.
             for key in delta.entries:

@@ -194,8 +194,9 @@ class Store(Protocol):
 
     def remove(self, map_name: str, key: str) -> bool: ...
 
-    def push(self, map_name: str, key: str, members: Sequence[str]) -> None:
-        """Send the key's entry to these members directly, now (it is gossiped too)."""
+    def push(self, map_name: str, key: str, members: Sequence[str], *, reliable: bool = False) -> None:
+        """Send the key's entry to these members directly, now (it is gossiped too); by
+        datagram, or with ``reliable`` over the stream channel (loss cannot drop it)."""
 
     def get(self, map_name: str, key: str, *, expired: bool = False) -> Register | None:
         """A key's value; with ``expired``, also one that expired but is still held."""
@@ -953,8 +954,11 @@ class Scheduler:
             # direct copy), and die before the grace ends. Hand it on to
             # the node that would take the run over from us, once.
             if record.id not in self._handed_on:
+                # Over the stream channel: no gossip carries another
+                # node's direct copy, so a lost datagram would lose it
+                # (wide seed 792, under 20 % loss, then we left).
                 self._handed_on.add(record.id)
-                self._back_up(record, after=self.name)
+                self._back_up(record, after=self.name, reliable=True)
             return False
         return True
 
@@ -1133,7 +1137,7 @@ class Scheduler:
             self._store.put(RUNS, record.id, bounded.to_wire(), ttl=ttl, hold=hold)
         self._load_run(record.id)
 
-    def _back_up(self, record: RunRecord, *, also: Sequence[str] = (), after: str | None = None) -> None:
+    def _back_up(self, record: RunRecord, *, also: Sequence[str] = (), after: str | None = None, reliable: bool = False) -> None:
         """Hand a record we wrote (a claim, an outcome, an assignment)
         directly to the node that would take the run over if its owner
         (or ``after``) died: the next on the ring for it; and to ``also``.
@@ -1146,7 +1150,7 @@ class Scheduler:
         via = record.via if record.state.finished else None
         members = {name for name in (successor, via, *also) if name is not None and name != self.name}
         if members:
-            self._store.push(RUNS, record.id, sorted(members))
+            self._store.push(RUNS, record.id, sorted(members), reliable=reliable)
 
     def _write_progress(self, wall_ms: int) -> None:
         for execution in self._running.values():

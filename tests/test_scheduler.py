@@ -64,7 +64,7 @@ class Maps:
     def get(self, map_name: str, key: str, *, expired: bool = False) -> Register | None:
         return self.maps[map_name].get(key, None if expired else self.wall_ms)
 
-    def push(self, map_name: str, key: str, members: Any) -> None:
+    def push(self, map_name: str, key: str, members: Any, *, reliable: bool = False) -> None:
         self.pushed.append((map_name, key, tuple(members)))
 
     def items(self, map_name: str) -> Iterator[tuple[str, Register]]:

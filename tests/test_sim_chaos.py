@@ -320,6 +320,11 @@ WIDE_REGRESSIONS = {
     # holders it had not heard of yet for gone (871).
     597: "core: a node with seeds it cannot reach never turns ready on its own",
     871: "scheduler: an unknown member counts as gone only once we know everyone",
+    # The soak after the rejoin rounds. A node killed mid-tick left its
+    # claim on one node only, which handed it on by datagram under 20 %
+    # loss (lost) and then left: the tick never ran. The hand-on goes over
+    # the stream channel now.
+    792: "scheduler: a claim handed on by a datagram that was lost",
 }
 
 
