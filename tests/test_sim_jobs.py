@@ -239,6 +239,15 @@ def test_fifty_nodes_with_churn_and_loss(seed: int) -> None:
     assert report["lost_results"] == 0, report["lost_runs"]
 
 
+def assert_runs_once_from_the_command_line(command: str) -> None:
+    """``python -m sim COMMAND``: no tick missed or run twice, no attempt
+    started twice, no result lost, every one-off done."""
+    done = subprocess.run([sys.executable, "-m", "sim", *command.split()], capture_output=True, text=True, timeout=300, check=True)
+    report = json.loads(done.stdout)
+    assert (report["missed"], report["duplicates"], report["same_attempt_starts"], report["lost_results"]) == (0, 0, 0, 0)
+    assert report["oneoffs_done"] == report["oneoffs_submitted"]
+
+
 def test_a_deploy_with_scaling_and_a_rolling_restart_runs_every_tick_once_seed_38() -> None:
     """Seed 38 once spun forever (a placement deadline in the past that a
     debounced ring rebuild kept putting off); it also checks a deploy's
@@ -248,10 +257,7 @@ def test_a_deploy_with_scaling_and_a_rolling_restart_runs_every_tick_once_seed_3
         "--oneoffs 20 --jobs-file --boot-delay 0.2-0.6 --scale-up 2@15 --rolling-restart 25 --scale-down 2@75 "
         "--all-ready-oneoffs 1 --seed 38 --json"
     )
-    done = subprocess.run([sys.executable, "-m", "sim", *command.split()], capture_output=True, text=True, timeout=300, check=True)
-    report = json.loads(done.stdout)
-    assert (report["missed"], report["duplicates"], report["same_attempt_starts"], report["lost_results"]) == (0, 0, 0, 0)
-    assert report["oneoffs_done"] == report["oneoffs_submitted"]
+    assert_runs_once_from_the_command_line(command)
 
 
 def test_a_first_node_with_no_seed_restarted_by_a_deploy_rejoins_its_cluster_before_it_settles() -> None:
@@ -265,10 +271,7 @@ def test_a_first_node_with_no_seed_restarted_by_a_deploy_rejoins_its_cluster_bef
         "jobs --nodes 6 --profile lan --cron-jobs 4 --all-jobs 1 --every 1 --duration 100 --heal 15 "
         "--oneoffs 20 --rolling-restart 25 --jobs-file --seed 5 --json"
     )
-    done = subprocess.run([sys.executable, "-m", "sim", *command.split()], capture_output=True, text=True, timeout=300, check=True)
-    report = json.loads(done.stdout)
-    assert (report["missed"], report["duplicates"], report["same_attempt_starts"], report["lost_results"]) == (0, 0, 0, 0)
-    assert report["oneoffs_done"] == report["oneoffs_submitted"]
+    assert_runs_once_from_the_command_line(command)
 
 
 # -- long one-offs taking updates, and kill -9 mid-run ---------------------------------
