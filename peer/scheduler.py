@@ -28,7 +28,8 @@ token only one node holds, passed on explicitly:
   which goes on from there; only a gone holder's lease (failed, left, an
   ended life) is acquired, by the owner by view, which waits a handover
   time for a rival acquisition and then looks back over the ticks nobody
-  recorded after the latest one recorded.
+  recorded after the latest one with an outcome (a claim alone may have
+  died with its holder, and earlier claims of the same moment with it).
 - A pending run (a submit, a retry, a hand-back) names its assignee, the
   owner by its writer's view, and is sent to it directly; only the
   assignee claims it. Only when the assignee is gone does the run's owner
@@ -280,7 +281,7 @@ class Scheduler:
         self._leases_changed = False
         self._replace_at: int | None = None  # when to place again: a lease we may pass on
         self._written_at: dict[str, int] = {}  # unfinished run -> wall ms of its record's stamp
-        self._latest_tick: dict[str, int] = {}  # job in mode one -> the latest tick of it recorded
+        self._latest_tick: dict[str, int] = {}  # job in mode one -> the latest tick of it with an outcome recorded
         self._lives: dict[str, tuple[int, int]] = {}  # member -> (incarnation its life began with, when we saw it)
         self._next_late_check = wall_ms
         self._unfinished: dict[str, RunRecord] = {}  # pending and running records
@@ -729,9 +730,15 @@ class Scheduler:
     def _look_back_from(self, wall_ms: int, entry: JobEntry, lease: Lease) -> int:
         """Where an acquired lease's walk starts: as far back as records can
         still be seen, but after the last tick handed over, and after the
-        latest tick of the job anyone recorded: holders walk the schedule in
-        order, so every tick before that one was handled, even if its record
-        has not reached us (gossip is not sure to bring everything soon)."""
+        latest tick of the job anyone recorded an outcome of: holders walk
+        the schedule in order, and an outcome spreads together with its
+        holder's claims of earlier ticks (``_write``), so every tick before
+        it was handled and its record is out, even if it has not reached us
+        yet (gossip is not sure to bring everything soon). A claim alone
+        tells less: its holder, gone, may have claimed earlier ticks in the
+        same moment and died before any copy left (wide seed 296: a tick
+        claimed with a later one in one catch-up, its direct copy lost under
+        25 % loss, the later one's arrived; the earlier never ran)."""
         start = max(entry.since, wall_ms - round(entry.spec.result_ttl * 1000), self._latest_tick.get(entry.spec.id, 0))
         return start if lease.cursor is None else max(start, lease.cursor)
 
@@ -1123,12 +1130,14 @@ class Scheduler:
             self._forget_updates(record.id)
             ttl = spec.result_ttl if spec is not None else DEFAULT_RESULT_TTL
         else:
-            ttl = (spec.timeout if spec and spec.timeout else 0) + self.config.unfinished_ttl
+            ttl = self._unfinished_ttl(spec)
         # An unfinished record (a pending run, a claim, progress) is soon
         # replaced by the run's outcome: its gossip waits for that, and a
         # short run spreads once. The nodes that must know at once (the
         # assignee, the one that would take the run over) have it by push.
         hold = 0.0 if record.state.finished else self.config.gossip_hold
+        if record.state.finished and record.tick is not None and record.node is None:
+            self._spread_earlier_claims(record)
         try:
             self._store.put(RUNS, record.id, record.to_wire(), ttl=ttl, hold=hold)
         except ValueError as error:
@@ -1136,6 +1145,20 @@ class Scheduler:
             bounded = record.evolve(result=None, progress=None, error=_bounded(f"{error}; {record.error or ''}"))
             self._store.put(RUNS, record.id, bounded.to_wire(), ttl=ttl, hold=hold)
         self._load_run(record.id)
+
+    def _unfinished_ttl(self, spec: JobSpec | None) -> float:
+        return (spec.timeout if spec and spec.timeout else 0) + self.config.unfinished_ttl
+
+    def _spread_earlier_claims(self, outcome: RunRecord) -> None:
+        """An outcome of a tick tells a lease's next holder that every
+        earlier tick was handled (``_look_back_from``): our claims of
+        earlier ticks of the job, still running (a catch-up, overlap
+        ``allow``), must not wait their gossip hold behind it."""
+        assert outcome.tick is not None
+        for execution in self._running.values():
+            claim = execution.record
+            if claim.job == outcome.job and claim.node is None and claim.tick is not None and claim.tick < outcome.tick:
+                self._store.put(RUNS, claim.id, claim.to_wire(), ttl=self._unfinished_ttl(execution.spec))
 
     def _back_up(self, record: RunRecord, *, also: Sequence[str] = (), after: str | None = None, reliable: bool = False) -> None:
         """Hand a record we wrote (a claim, an outcome, an assignment)
@@ -1192,7 +1215,7 @@ class Scheduler:
         record = None if register is None else _parse_run(register.value)
         if register is not None and record is None:
             self.stats.bad_records += 1  # counted once per change, not per read
-        if record is not None and record.tick is not None and record.node is None and record.job in self._jobs:
+        if record is not None and record.state.finished and record.tick is not None and record.node is None and record.job in self._jobs:
             self._latest_tick[record.job] = max(record.tick, self._latest_tick.get(record.job, 0))
         if record is None or record.state.finished:
             self._unfinished.pop(run_id, None)

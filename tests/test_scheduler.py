@@ -46,6 +46,7 @@ class Maps:
     def __init__(self, replica: str = "me#1") -> None:
         self.maps = {JOBS: ORMap(replica), RUNS: ORMap(replica, precedence), UPDATES: ORMap(replica), LEASES: ORMap(replica)}
         self.pushed: list[tuple[str, str, tuple[str, ...]]] = []
+        self.held: list[tuple[str, str, float]] = []  # (map, key, gossip hold) of every write
         self.hlc = HLC(replica)
         self.wall_ms = T0
         self.changes: dict[str, set[str]] = defaultdict(set)
@@ -55,6 +56,7 @@ class Maps:
         expires = None if ttl is None else stamp.wall + round(ttl * 1000)
         self.maps[map_name].put(key, value, stamp, expires=expires)
         self.changes[map_name].add(key)
+        self.held.append((map_name, key, hold))
         return stamp
 
     def remove(self, map_name: str, key: str) -> bool:
@@ -191,6 +193,36 @@ def test_an_acquired_job_is_walked_on_after_its_latest_recorded_tick() -> None:
     node.scheduler.add_job(node.maps.wall_ms, cron(overlap="allow"))
     node.advance(T0 + 6_000)
     assert [s.tick for s in node.take(StartRun)] == [T0 + 6_000]
+
+
+def test_a_gone_holders_claim_does_not_bound_the_look_back() -> None:
+    """Wide seed 296: a holder claimed two overdue ticks at once and was
+    killed; only the later claim reached us. The earlier tick has no record
+    anywhere: it runs, and the later claim is re-run as a failover."""
+    node = make_node(others=(member("gone", Status.DEAD),))
+    node.advance(T0 + 1_000)
+    other = Maps("gone#1")
+    claimed = tick_run_id("job", T0 + 4_000)
+    other.put(RUNS, claimed, RunRecord(id=claimed, job="job", state=RunState.RUNNING, owner="gone", tick=T0 + 4_000).to_wire())
+    node.maps.merge_from(other, RUNS, claimed)
+    node.scheduler.add_job(node.maps.wall_ms, cron(overlap="allow"))
+    node.advance(T0 + 6_000)
+    starts = {(s.tick, s.attempt) for s in node.take(StartRun)}
+    assert starts == {(T0 + 2_000, 1), (T0 + 4_000, 2), (T0 + 6_000, 1)}
+
+
+def test_an_outcome_of_a_tick_spreads_with_our_claims_of_earlier_ones() -> None:
+    """An outcome bounds the next holder's look-back: an earlier claim of
+    ours still running must not wait its gossip hold behind it."""
+    node = make_node(SchedulerConfig(settle=0.0))
+    node.scheduler.add_job(T0, cron(overlap="allow"))
+    node.advance(T0 + 4_000)
+    first, second = node.take(StartRun)
+    assert (RUNS, first.run_id, node.scheduler.config.gossip_hold) in node.maps.held
+    node.maps.held.clear()
+    node.finish(second)
+    assert node.maps.held[:2] == [(RUNS, first.run_id, 0.0), (RUNS, second.run_id, 0.0)]
+    assert record(node, first.run_id).state is RunState.RUNNING
 
 
 def test_ticks_from_before_a_new_nodes_start_wait_until_it_holds_their_records() -> None:

@@ -325,6 +325,12 @@ WIDE_REGRESSIONS = {
     # loss (lost) and then left: the tick never ran. The hand-on goes over
     # the stream channel now.
     792: "scheduler: a claim handed on by a datagram that was lost",
+    # The soak at cf73a33. A new lease holder ran two overdue ticks in one
+    # catch-up and was killed; under 25 % loss the earlier claim's direct
+    # copy was lost, the later one's arrived, and the next holder looked
+    # back from the later one: the earlier tick never ran. Only outcomes
+    # (which spread with their holder's earlier claims) bound a look-back.
+    296: "scheduler: a look-back bounded by a claim that died with its holder",
 }
 
 
@@ -334,10 +340,6 @@ def test_wide_seeds_that_once_found_a_violation(seed: int) -> None:
     assert summary["violations"] == [], f"{WIDE_REGRESSIONS[seed]}: {summary['violations']}\n" + "\n".join(summary["mix"])
 
 
-# Seeds of the wide draw that found a bug of the system whose mechanism is
-# still there (diagnosis: /tmp/chaos_findings.md when they were found),
-# though they pass by their timing now. Until it is fixed they may fail,
-# but only by the invariant they found.
 def test_a_wide_seed_draws_the_same_workload_and_faults_every_time() -> None:
     assert WIDE.mix == "wide" and draw_mix(5, WIDE) == draw_mix(5, WIDE)
     mixes = [draw_mix(seed, WIDE) for seed in range(1, 201)]
