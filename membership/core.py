@@ -728,12 +728,8 @@ class Membership:
     def _reconnect_round(self, now: float) -> None:
         self._timers.schedule(("reconnect",), now + self._rng.uniform(0.5, 1.5) * self.config.reconnect_interval)
         self._reap(now)
-        candidates = [self._members[name].addr for name in self._gone]
-        candidates.extend(self._seeds)
-        candidates = [addr for addr in dict.fromkeys(candidates) if addr not in self._live_addrs]
-        if candidates:
+        if self._contact_one_of([*(self._members[name].addr for name in self._gone), *self._seeds]):
             self.stats.reconnects += 1
-            self._send_state(self._rng.choice(candidates))
 
     def _rejoin_round(self, now: float) -> None:
         """Contact a member that went lately, at its address: if it is
@@ -744,13 +740,19 @@ class Membership:
             member = self._members.get(name)
             if went < horizon or member is None or member.status.is_live:
                 del self._went[name]
-        candidates = [self._members[name].addr for name in self._went]
-        candidates = [addr for addr in dict.fromkeys(candidates) if addr not in self._live_addrs]
-        if candidates:
+        if self._contact_one_of([self._members[name].addr for name in self._went]):
             self.stats.rejoins += 1
-            self._send_state(self._rng.choice(candidates))
         if self._went:
             self._timers.schedule(("rejoin",), now + self._rng.uniform(0.5, 1.5) * self.config.rejoin_interval)
+
+    def _contact_one_of(self, addresses: list[Address]) -> bool:
+        """Send our state to one of these addresses no live member uses
+        (a member back as a new process there learns the cluster from it);
+        False if there is none."""
+        candidates = [addr for addr in dict.fromkeys(addresses) if addr not in self._live_addrs]
+        if candidates:
+            self._send_state(self._rng.choice(candidates))
+        return bool(candidates)
 
     def _reap(self, now: float) -> None:
         """Forget members dead or left for longer than we remember them."""

@@ -1123,19 +1123,20 @@ class Scheduler:
             return None
         return execution
 
-    def _write(self, record: RunRecord, spec: JobSpec | None) -> None:
+    def _write(self, record: RunRecord, spec: JobSpec | None, *, spread_now: bool = False) -> None:
         """Write a record: unfinished ones live until well past their
-        timeout; a finished run's updates go (a retry gets them all again)."""
+        timeout; a finished run's updates go (a retry gets them all again).
+        ``spread_now``: gossip an unfinished one at once, without its hold."""
         if record.state.finished:
             self._forget_updates(record.id)
             ttl = spec.result_ttl if spec is not None else DEFAULT_RESULT_TTL
         else:
-            ttl = self._unfinished_ttl(spec)
+            ttl = (spec.timeout if spec and spec.timeout else 0) + self.config.unfinished_ttl
         # An unfinished record (a pending run, a claim, progress) is soon
         # replaced by the run's outcome: its gossip waits for that, and a
         # short run spreads once. The nodes that must know at once (the
         # assignee, the one that would take the run over) have it by push.
-        hold = 0.0 if record.state.finished else self.config.gossip_hold
+        hold = 0.0 if record.state.finished or spread_now else self.config.gossip_hold
         if record.state.finished and record.tick is not None and record.node is None:
             self._spread_earlier_claims(record)
         try:
@@ -1146,19 +1147,16 @@ class Scheduler:
             self._store.put(RUNS, record.id, bounded.to_wire(), ttl=ttl, hold=hold)
         self._load_run(record.id)
 
-    def _unfinished_ttl(self, spec: JobSpec | None) -> float:
-        return (spec.timeout if spec and spec.timeout else 0) + self.config.unfinished_ttl
-
     def _spread_earlier_claims(self, outcome: RunRecord) -> None:
         """An outcome of a tick tells a lease's next holder that every
         earlier tick was handled (``_look_back_from``): our claims of
         earlier ticks of the job, still running (a catch-up, overlap
         ``allow``), must not wait their gossip hold behind it."""
         assert outcome.tick is not None
-        for execution in self._running.values():
+        for execution in list(self._running.values()):
             claim = execution.record
             if claim.job == outcome.job and claim.node is None and claim.tick is not None and claim.tick < outcome.tick:
-                self._store.put(RUNS, claim.id, claim.to_wire(), ttl=self._unfinished_ttl(execution.spec))
+                self._write(claim, execution.spec, spread_now=True)
 
     def _back_up(self, record: RunRecord, *, also: Sequence[str] = (), after: str | None = None, reliable: bool = False) -> None:
         """Hand a record we wrote (a claim, an outcome, an assignment)

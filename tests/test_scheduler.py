@@ -142,6 +142,17 @@ def record(node: Node, run_id: str) -> RunRecord:
     return found
 
 
+def recorded_elsewhere(node: Node, tick: int, state: RunState, owner: str = "other") -> str:
+    """Another node's record of a tick of ``job``, written at the tick,
+    brought to us by replication now: its run id."""
+    run_id = tick_run_id("job", tick)
+    other = Maps(f"{owner}#1")
+    other.wall_ms = tick
+    other.put(RUNS, run_id, RunRecord(id=run_id, job="job", state=state, owner=owner, tick=tick).to_wire())
+    node.maps.merge_from(other, RUNS, run_id)
+    return run_id
+
+
 # -- ticks -----------------------------------------------------------------------------
 
 
@@ -173,10 +184,7 @@ def test_a_tick_that_already_has_a_record_is_not_run_again() -> None:
     node.scheduler.add_job(node.maps.wall_ms, cron(overlap="allow"))
     node.advance(T0 + 2_400)  # a job new to us: its first tick waits the handover (1.5 s) for a rival holder
     assert node.take(StartRun) == []
-    other = Maps("other#1")
-    ran = tick_run_id("job", T0 + 2_000)
-    other.put(RUNS, ran, RunRecord(id=ran, job="job", state=RunState.SUCCEEDED, owner="other", tick=T0 + 2_000).to_wire())
-    node.maps.merge_from(other, RUNS, ran)
+    recorded_elsewhere(node, T0 + 2_000, RunState.SUCCEEDED)
     node.advance(T0 + 6_000)
     assert [s.tick for s in node.take(StartRun)] == [T0 + 4_000, T0 + 6_000]
 
@@ -186,10 +194,7 @@ def test_an_acquired_job_is_walked_on_after_its_latest_recorded_tick() -> None:
     one was handled, even one whose record has not reached us."""
     node = make_node()
     node.advance(T0 + 1_000)
-    other = Maps("other#1")
-    ran = tick_run_id("job", T0 + 4_000)
-    other.put(RUNS, ran, RunRecord(id=ran, job="job", state=RunState.SUCCEEDED, owner="other", tick=T0 + 4_000).to_wire())
-    node.maps.merge_from(other, RUNS, ran)
+    recorded_elsewhere(node, T0 + 4_000, RunState.SUCCEEDED)
     node.scheduler.add_job(node.maps.wall_ms, cron(overlap="allow"))
     node.advance(T0 + 6_000)
     assert [s.tick for s in node.take(StartRun)] == [T0 + 6_000]
@@ -201,10 +206,7 @@ def test_a_gone_holders_claim_does_not_bound_the_look_back() -> None:
     anywhere: it runs, and the later claim is re-run as a failover."""
     node = make_node(others=(member("gone", Status.DEAD),))
     node.advance(T0 + 1_000)
-    other = Maps("gone#1")
-    claimed = tick_run_id("job", T0 + 4_000)
-    other.put(RUNS, claimed, RunRecord(id=claimed, job="job", state=RunState.RUNNING, owner="gone", tick=T0 + 4_000).to_wire())
-    node.maps.merge_from(other, RUNS, claimed)
+    recorded_elsewhere(node, T0 + 4_000, RunState.RUNNING, owner="gone")
     node.scheduler.add_job(node.maps.wall_ms, cron(overlap="allow"))
     node.advance(T0 + 6_000)
     starts = {(s.tick, s.attempt) for s in node.take(StartRun)}
@@ -623,12 +625,8 @@ def test_a_dead_owners_claim_blocks_no_tick_and_is_rerun() -> None:
     # claim by a node that died is not a run going on.
     node = make_node(SchedulerConfig(settle=0.0), others=(member("gone", Status.DEAD),))
     node.scheduler.add_job(T0, cron(overlap="forbid"))
-    old = tick_run_id("job", T0 + 2_000)
-    other = Maps("gone#1")
-    other.wall_ms = T0 + 2_000
-    other.put(RUNS, old, RunRecord(id=old, job="job", state=RunState.RUNNING, owner="gone", tick=T0 + 2_000).to_wire())
     node.maps.wall_ms = T0 + 1_000
-    node.maps.merge_from(other, RUNS, old)
+    recorded_elsewhere(node, T0 + 2_000, RunState.RUNNING, owner="gone")
     node.advance(T0 + 3_000)
     (rerun,) = node.take(StartRun)
     assert (rerun.tick, rerun.attempt) == (T0 + 2_000, 2)  # the dead owner's run, re-run
@@ -678,12 +676,8 @@ def test_a_node_frozen_past_its_ticks_reads_what_came_meanwhile_before_claiming(
     node.maps.wall_ms = T0 + 9_000  # frozen from +3.6 s to +9 s
     node.advance(T0 + 9_000)
     assert not node.take(StartRun) and node.scheduler.stats.thaws == 1
-    ran = tick_run_id("job", T0 + 6_000)  # by another node, which took us for failed
-    other = Maps("other#1")
-    other.wall_ms = T0 + 6_000
-    other.put(RUNS, ran, RunRecord(id=ran, job="job", state=RunState.SUCCEEDED, owner="other", tick=T0 + 6_000).to_wire())
     node.maps.wall_ms = T0 + 9_100
-    node.maps.merge_from(other, RUNS, ran)
+    recorded_elsewhere(node, T0 + 6_000, RunState.SUCCEEDED)  # by another node, which took us for failed
     node.advance(T0 + 10_600)
     assert sorted(s.tick for s in node.take(StartRun)) == [T0 + 4_000, T0 + 8_000, T0 + 10_000]
 
