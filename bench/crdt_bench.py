@@ -31,10 +31,10 @@ from crdt.hlc import HLC
 from crdt.messages import DeltaGossip, wire_size
 from crdt.ormap import ORMap
 from membership.state import Address
-from peer.localcluster import free_port
-from peer.replication import ReplicationConfig, Replicator
-from peer.runtime import Agent
-from peer.settings import Settings
+from peer.testing.cluster import free_port
+from peer.core.replication import ReplicationConfig, Replicator
+from peer.runtime.agent import Agent
+from peer.runtime.settings import Settings
 from sim.direct import WALL_MS, sync
 
 A: Address = ("10.0.0.1", 7946)

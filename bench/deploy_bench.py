@@ -8,12 +8,12 @@ port), the added ones removed, and one ``kill -9``ed and restarted. The
 question is whether the jobs still run exactly once while that happens.
 
 Per repetition a fresh cluster of ``--nodes`` ``peer agent`` processes on
-127.0.0.1 (``peer.localcluster.LocalCluster``: profile ``lan``, a cluster key,
+127.0.0.1 (``peer.testing.cluster.LocalCluster``: profile ``lan``, a cluster key,
 every process tracked by PID and killed when its ``with`` block ends, whatever
 happened). Each agent has every other as a seed, on ports picked beforehand
-(as ``peer.chaos`` does), and all get one jobs file: four jobs in mode
+(as ``peer.tools.chaos`` does), and all get one jobs file: four jobs in mode
 ``one`` and one in mode ``all``, each ``@every 1s``, calling
-``peer.samples:journal``. Once every scheduler is ready and sees every node
+``peer.testing.samples:journal``. Once every scheduler is ready and sees every node
 eligible, four phases, in order:
 
 1. ``scale-up``: N/2 (at least 1) more agents, seeded with the original
@@ -28,7 +28,7 @@ eligible, four phases, in order:
    be declared dead), start it again under the same name, wait until it is
    ready, then a few seconds.
 
-Throughout the phases, one-off runs (also ``peer.samples:journal``) are
+Throughout the phases, one-off runs (also ``peer.testing.samples:journal``) are
 submitted with ``POST /submit`` through random running agents, 1-3 a second,
 and one through each agent as soon as it answers ready (where duplicate
 starts have been seen). A quarter of them are long: they wait for one update
@@ -38,7 +38,7 @@ on its way). A submit that errors is counted refused, not lost: nothing was
 promised. After the last phase the one-offs get up to 60 s to finish (their
 records polled through a running agent), then every agent is stopped.
 
-The ground truth is the journal. ``peer.samples.journal`` appends one line per
+The ground truth is the journal. ``peer.testing.samples.journal`` appends one line per
 execution, ``RUN_ID ATTEMPT NODE START_MS``, to a file outside the agents, so
 what ran is counted from there and never from what the agents say about it
 (the runs map is what is under test). Only one-offs' final states come from
@@ -50,7 +50,7 @@ one-off to the phase it was submitted in):
   the run: not owed yet), ``ran`` (at least one journal line), ``missed``
   (none), ``twice`` (more than one), split into ``rerun after kill`` (the
   earlier execution started on the killed node before the kill: the design's
-  failover, ``peer.chaos.duplicates``'s definition) and ``duplicates``;
+  failover, ``peer.tools.chaos.duplicates``'s definition) and ``duplicates``;
 - mode ``all`` ticks, per node that was up (from ready to its SIGTERM or
   kill) throughout [tick - 3 s, tick + 3 s]: ``due``, ``ran``, ``missed``,
   ``twice``;
@@ -92,11 +92,11 @@ from typing import Any
 import crdt
 import membership
 import peer
-from peer.chaos import FINISHED, JournalLine, duplicates, iso_ms, read_journal, ticks_between, toml_jobs
-from peer.client import ClientError, api_path
-from peer.keys import generate_key
-from peer.localcluster import AgentProcess, LocalCluster, wait_for
-from peer.runs import tick_run_id
+from peer.tools.chaos import FINISHED, JournalLine, duplicates, iso_ms, read_journal, ticks_between, toml_jobs
+from peer.control.client import ClientError, api_path
+from peer.runtime.keys import generate_key
+from peer.testing.cluster import AgentProcess, LocalCluster, wait_for
+from peer.jobs.runs import tick_run_id
 
 log = logging.getLogger("deploy_bench")
 PEER_SOURCE = Path(peer.__file__).parent  # the agents run ``python -m peer`` from the same place
@@ -322,7 +322,7 @@ class Deploy:
         if oneoff.long:
             kwargs.update(sleep=round(self.submit_rng.uniform(*LONG_SLEEP_S), 1), updates=1)
         self.oneoffs.append(oneoff)
-        body = {"id": oneoff.id, "call": "peer.samples:journal", "kwargs": kwargs}
+        body = {"id": oneoff.id, "call": "peer.testing.samples:journal", "kwargs": kwargs}
         try:
             oneoff.run = str(agent.call("/submit", method="POST", body=body, timeout=API_TIMEOUT)["run"])
         except ClientError as error:
@@ -631,9 +631,9 @@ def run_rep(rep: int, nodes: int, seed: int, workdir: Path) -> dict[str, Any]:
     workdir.mkdir(parents=True)
     journal = workdir / "journal.txt"
     jobs_file = workdir / "jobs.toml"
-    jobs = [{"id": job, "schedule": "@every 1s", "mode": "one", "call": "peer.samples:journal", "kwargs": {"path": str(journal)}}
+    jobs = [{"id": job, "schedule": "@every 1s", "mode": "one", "call": "peer.testing.samples:journal", "kwargs": {"path": str(journal)}}
             for job in ONE_JOBS]
-    jobs.append({"id": ALL_JOB, "schedule": "@every 1s", "mode": "all", "call": "peer.samples:journal", "kwargs": {"path": str(journal)}})
+    jobs.append({"id": ALL_JOB, "schedule": "@every 1s", "mode": "all", "call": "peer.testing.samples:journal", "kwargs": {"path": str(journal)}})
     jobs_file.write_text(toml_jobs(jobs))
     extra = ["--jobs", str(jobs_file), "--drain-timeout", str(DRAIN_TIMEOUT)]
     sources = source_stamps()

@@ -9,7 +9,7 @@ and the simulator's jobs scenario.
     python bench/jobs_bench.py all        [...]                   # the three, one after the other
 
 Every agent is a ``peer agent --profile lan`` with a cluster key, started on
-127.0.0.1 through ``peer.localcluster.LocalCluster`` (every process tracked by
+127.0.0.1 through ``peer.testing.cluster.LocalCluster`` (every process tracked by
 PID and killed when its ``with`` block ends, whatever happened). Clusters run
 one after the other. All times are read from this machine's one clock:
 ``time.time()`` here, and the epoch-ms fields of the run records and the
@@ -17,7 +17,7 @@ one after the other. All times are read from this machine's one clock:
 
 failover. Per repetition a fresh cluster of ``--nodes`` agents; once every
 agent sees all of them eligible, a cron job ``@every 1s`` in mode ``one``
-calling ``peer.samples.journal`` (one line per execution, written outside the
+calling ``peer.testing.samples.journal`` (one line per execution, written outside the
 system under test: run id, attempt, node, start ms) is defined; once every
 agent names the same owner and three ticks ran, the owner gets SIGKILL at a
 random point between two ticks. Figures, in seconds from the kill:
@@ -43,7 +43,7 @@ Target: failover <= detection (by all) + one tick (1 s).
 
 throughput. A cluster of ``--nodes`` (3) agents; ``--batches`` times, one
 after the other (each once the last is readable everywhere), ``--submits``
-one-off runs of ``peer.samples:echo`` are posted to ``POST /submit`` of the
+one-off runs of ``peer.testing.samples:echo`` are posted to ``POST /submit`` of the
 first agent by ``--threads`` client threads (each keeps one HTTP connection
 alive, as a client with a connection pool does).
 Figures: submits accepted per second (from the first request sent to the
@@ -68,7 +68,7 @@ ticks), lost results, and the simulator's speed.
 
 cpu. A cluster of ``--nodes`` (4) agents at ``--log-level`` (info, the default),
 idle for ``--window`` seconds, then running ``--jobs`` (10) cron jobs in mode
-``one``, ``@every 1s``, each calling ``peer.samples:journal`` (one line
+``one``, ``@every 1s``, each calling ``peer.testing.samples:journal`` (one line
 appended to a file); once every job has run three times, another window. The
 agents' CPU time (user + system, from ``/proc/PID/stat``), summed over the
 cluster, is read at the start and end of each window; the runs are counted
@@ -102,10 +102,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from peer.client import ClientError, api_path
-from peer.keys import generate_key
-from peer.localcluster import AgentProcess, LocalCluster, wait_for
-from peer.runs import tick_run_id
+from peer.control.client import ClientError, api_path
+from peer.runtime.keys import generate_key
+from peer.testing.cluster import AgentProcess, LocalCluster, wait_for
+from peer.jobs.runs import tick_run_id
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -221,7 +221,7 @@ def failover_rep(rep: int, nodes: int, workdir: Path, rng: random.Random) -> dic
             "id": job,
             "schedule": "@every 1s",
             "mode": "one",
-            "call": "peer.samples:journal",
+            "call": "peer.testing.samples:journal",
             "kwargs": {"path": str(journal)},
         }
         agents[0].call("/jobs", method="POST", body=definition)
@@ -422,7 +422,7 @@ def _throughput(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         agents = start_cluster(cluster, args.nodes)
         target = agents[0]
         # A first run, so that nothing below pays for a first import.
-        warm = target.call("/submit", method="POST", body={"id": "warm", "call": "peer.samples:echo"})["run"]
+        warm = target.call("/submit", method="POST", body={"id": "warm", "call": "peer.testing.samples:echo"})["run"]
         for agent in agents:
             agent.call(api_path("runs", warm, query={"wait": 30}), timeout=35)
         idle_before = _sequential(args, agents, job="idle-before")
@@ -521,7 +521,7 @@ def _batch(args: argparse.Namespace, agents: list[AgentProcess], job: str) -> di
             if i is None:
                 connection.close()
                 return
-            body = json.dumps({"id": job, "call": "peer.samples:echo", "kwargs": {"i": i}})
+            body = json.dumps({"id": job, "call": "peer.testing.samples:echo", "kwargs": {"i": i}})
             sent = now_ms()
             try:
                 connection.request("POST", "/submit", body, {"Content-Type": "application/json"})
@@ -606,7 +606,7 @@ def _sequential(args: argparse.Namespace, agents: list[AgentProcess], job: str) 
     samples: list[dict[str, Any]] = []
     for i in range(args.sample):
         sent = now_ms()
-        run_id = agents[0].call("/submit", method="POST", body={"id": job, "call": "peer.samples:echo", "kwargs": {"i": i}})["run"]
+        run_id = agents[0].call("/submit", method="POST", body={"id": job, "call": "peer.testing.samples:echo", "kwargs": {"i": i}})["run"]
         for watcher in _watch(agents, run_id, sent, now_ms(), samples):
             watcher.join(70)
         time.sleep(0.1)
@@ -702,7 +702,7 @@ def _cpu(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         time.sleep(2.0)  # past the start's catch-up and first syncs
         idle_cpu, idle_wall = _window(agents, args.window)
         jobs = [
-            {"id": f"cpu-{i:02d}", "schedule": "@every 1s", "mode": "one", "call": "peer.samples:journal",
+            {"id": f"cpu-{i:02d}", "schedule": "@every 1s", "mode": "one", "call": "peer.testing.samples:journal",
              "kwargs": {"path": str(journal)}}
             for i in range(args.jobs)
         ]

@@ -16,8 +16,8 @@ each scheme is measured on:
   hashed before (best of 3).
 
 Schemes:
-- ``ring vN``: ``peer.ring.Ring`` with N vnodes and no load bound;
-- ``ring vN c1.1``: ``peer.ring.Ring`` with bounded loads (the shipped
+- ``ring vN``: ``peer.jobs.ring.Ring`` with N vnodes and no load bound;
+- ``ring vN c1.1``: ``peer.jobs.ring.Ring`` with bounded loads (the shipped
   algorithm: plain owners first, then overflow walks clockwise);
 - ``classic vN c1.1``: Mirrokni et al.'s single pass with keys in ring
   order, each walking clockwise to the first member with room;
@@ -41,7 +41,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
-from peer.ring import (
+from peer.jobs.ring import (
     DEFAULT_VNODES,
     Ring,
     _hash64,

@@ -9,7 +9,7 @@ replicas starts at once from the root's children.
 
 Two replicas compare children, descend only into those that differ, and
 exchange entries once a differing node is small; traffic follows the
-difference, not the state (``peer.replication`` runs the exchange). Nodes
+difference, not the state (``peer.core.replication`` runs the exchange). Nodes
 are named ``(level, index)``: level 0 is the root, level ``DEPTH`` the leaves.
 Hashes are 64-bit BLAKE2b: a collision between two different entry sets in
 the same node would hide a difference, with odds of 2**-64 per comparison.

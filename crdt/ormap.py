@@ -25,7 +25,7 @@ one with the greatest HLC timestamp (node id breaks ties), so every replica
 reads the same value, and the next write replaces them all. A map may be
 given another precedence, any total order on registers (``Precedence``):
 the runs map ranks a finished run above a concurrent claim whatever their
-timestamps (``peer.runs``).
+timestamps (``peer.jobs.runs``).
 
 Expiry: a register may carry an expiry in HLC wall time. A key whose winning
 register has expired reads as absent, and ``expire(now)`` drops its

@@ -5,7 +5,7 @@ msgpack-native primitives, first element the message's tag; ``from_wire()``
 rebuilds it from untrusted primitives and raises ``MalformedMessage`` (never
 anything else) when a field has the wrong type, is out of range or too long.
 The envelope around messages (version, authentication, compound packets,
-size limits) belongs to the codec in ``peer.wire``; this module only knows
+size limits) belongs to the codec in ``peer.runtime.wire``; this module only knows
 that the envelope costs at most ``ENVELOPE_RESERVE`` bytes, so the core can
 fill a datagram up to its byte budget.
 

@@ -1,6 +1,6 @@
 """peer: a peer-to-peer job scheduler for Python services.
 
-Embedding (``peer.node``)::
+Embedding (``peer.control.node``)::
 
     async with peer.Node(name="web-1", seeds=["10.0.0.2:7946"], key=KEY) as node:
         @node.function
@@ -9,7 +9,7 @@ Embedding (``peer.node``)::
         run_id = await node.submit(resize, image="a.png", width=100)
         result = await node.result(run_id, timeout=30)
 
-The names below are imported on first use, so ``import peer.wire`` (or the
+The names below are imported on first use, so ``import peer.runtime.wire`` (or the
 CLI) does not pay for the runtime.
 """
 
@@ -19,9 +19,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from peer.executor import Executor, RunContext
-    from peer.jobdef import JobError, JobSpec
-    from peer.node import (
+    from peer.runtime.executor import Executor, RunContext
+    from peer.jobs.definition import JobError, JobSpec
+    from peer.control.node import (
         JobInfo,
         MemberInfo,
         Node,
@@ -30,35 +30,35 @@ if TYPE_CHECKING:
         UnknownJob,
         UnknownRun,
     )
-    from peer.runs import RunRecord, RunState
-    from peer.runtime import AgentError, JoinFailed
-    from peer.scheduler import SchedulerConfig
-    from peer.settings import ConfigError
-    from peer.targets import CallTarget, CommandTarget, HttpTarget
-    from peer.transport import BindError
+    from peer.jobs.runs import RunRecord, RunState
+    from peer.runtime.agent import AgentError, JoinFailed
+    from peer.jobs.scheduler import SchedulerConfig
+    from peer.runtime.settings import ConfigError
+    from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget
+    from peer.runtime.transport import BindError
 
 _EXPORTS = {
-    "Node": "peer.node",
-    "JobInfo": "peer.node",
-    "MemberInfo": "peer.node",
-    "RunFailed": "peer.node",
-    "RunFinishedError": "peer.node",
-    "UnknownJob": "peer.node",
-    "UnknownRun": "peer.node",
-    "RunContext": "peer.executor",
-    "Executor": "peer.executor",
-    "JobError": "peer.jobdef",
-    "JobSpec": "peer.jobdef",
-    "RunRecord": "peer.runs",
-    "RunState": "peer.runs",
-    "AgentError": "peer.runtime",
-    "JoinFailed": "peer.runtime",
-    "SchedulerConfig": "peer.scheduler",
-    "ConfigError": "peer.settings",
-    "CallTarget": "peer.targets",
-    "CommandTarget": "peer.targets",
-    "HttpTarget": "peer.targets",
-    "BindError": "peer.transport",
+    "Node": "peer.control.node",
+    "JobInfo": "peer.control.node",
+    "MemberInfo": "peer.control.node",
+    "RunFailed": "peer.control.node",
+    "RunFinishedError": "peer.control.node",
+    "UnknownJob": "peer.control.node",
+    "UnknownRun": "peer.control.node",
+    "RunContext": "peer.runtime.executor",
+    "Executor": "peer.runtime.executor",
+    "JobError": "peer.jobs.definition",
+    "JobSpec": "peer.jobs.definition",
+    "RunRecord": "peer.jobs.runs",
+    "RunState": "peer.jobs.runs",
+    "AgentError": "peer.runtime.agent",
+    "JoinFailed": "peer.runtime.agent",
+    "SchedulerConfig": "peer.jobs.scheduler",
+    "ConfigError": "peer.runtime.settings",
+    "CallTarget": "peer.jobs.targets",
+    "CommandTarget": "peer.jobs.targets",
+    "HttpTarget": "peer.jobs.targets",
+    "BindError": "peer.runtime.transport",
 }
 
 __all__ = [

@@ -108,9 +108,9 @@ from typing import Any
 
 import attrs
 
-from peer.replication import ReplicationConfig
-from peer.runs import RunState
-from peer.scheduler import MAPS
+from peer.core.replication import ReplicationConfig
+from peer.jobs.runs import RunState
+from peer.jobs.scheduler import MAPS
 from sim.faults import (
     ClockStep,
     Clog,

@@ -1,7 +1,7 @@
 """Replicated-map scenarios: N nodes write to one map under faults.
 
 A run is a membership scenario (``sim.membership_scenario``: the same
-network, clocks and faults) whose nodes run ``peer.core.NodeCore``, the
+network, clocks and faults) whose nodes run ``peer.core.node_core.NodeCore``, the
 membership core with the replication core on top. During the write window,
 ``writes`` writes land on random running nodes, on ``keys`` keys (a share
 with a time to live). Every quarter of a simulated second the run compares
@@ -27,8 +27,8 @@ from typing import Any
 import attrs
 
 from crdt.hlc import Timestamp
-from peer.core import NodeCore
-from peer.replication import ReplicationConfig
+from peer.core.node_core import NodeCore
+from peer.core.replication import ReplicationConfig
 from sim.membership_scenario import MembershipRun, MembershipScenario
 from sim.node import DrivenCore, Life, SimNode, node_core, node_core_of
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import attrs
 
 from membership.state import Address
-from peer.replication import Replicator
-from peer.wire import Codec, Dropped
+from peer.core.replication import Replicator
+from peer.runtime.wire import Codec, Dropped
 
 WALL_MS = 1_800_000_000_000  # a fixed wall clock: no time passes here
 

@@ -1,7 +1,7 @@
 """Job scenarios: the scheduler on N simulated nodes, under churn and loss.
 
 A run is a membership scenario (same network, clocks and faults) whose nodes
-run ``peer.core.NodeCore`` with the scheduler. The jobs are ``cron_jobs``
+run ``peer.core.node_core.NodeCore`` with the scheduler. The jobs are ``cron_jobs``
 jobs in mode ``one`` and ``all_jobs`` in mode ``all``, all ``@every
 <every>s``, defined one of two ways:
 
@@ -64,12 +64,12 @@ from typing import Any
 import attrs
 
 from membership.effects import Event
-from peer.jobdef import JobSpec
-from peer.replication import ReplicationConfig
-from peer.runs import RunRecord, RunState, tick_run_id
-from peer.schedule import parse_schedule
-from peer.scheduler import CancelRun, DeliverUpdate, Role, Scheduler, SchedulerConfig, StartRun
-from peer.targets import CallTarget
+from peer.jobs.definition import JobSpec
+from peer.core.replication import ReplicationConfig
+from peer.jobs.runs import RunRecord, RunState, tick_run_id
+from peer.jobs.cron import parse_schedule
+from peer.jobs.scheduler import CancelRun, DeliverUpdate, Role, Scheduler, SchedulerConfig, StartRun
+from peer.jobs.targets import CallTarget
 from sim.clock import WALL_EPOCH
 from sim.faults import ClockStep, Crash, Fault, Leave
 from sim.membership_scenario import MembershipRun, MembershipScenario
@@ -191,7 +191,7 @@ class JobsRun(MembershipRun):
     def _make_core(self, node: SimNode, rng: random.Random, now: float, incarnation: int) -> DrivenCore:
         core = node_core(node, rng, now, incarnation, self.replication_config, scheduler=self.scheduler_config)
         if self.scenario.jobs_file:
-            # As peer.runtime's Agent.bind does with the --jobs file.
+            # As peer.runtime.agent's Agent.bind does with the --jobs file.
             scheduler_of(core).define_when_ready(self._job_specs())
         return core
 

@@ -29,7 +29,7 @@ import attrs
 from membership.config import MembershipConfig, profile
 from membership.effects import Event
 from membership.state import CHECKSUM_MODULUS, EventKind, Status, member_digest
-from peer.wire import Codec, Keyring
+from peer.runtime.wire import Codec, Keyring
 from sim.clock import NodeClock
 from sim.engine import Simulator
 from sim.faults import Crash, Fault, Join, ScaleUp

@@ -1,7 +1,7 @@
 """A simulated peer process: the membership core behind the real codec.
 
 ``SimNode`` is the simulator's thin driver, the counterpart of the trio
-runtime: it decodes frames with ``peer.wire.Codec``, feeds the core with its
+runtime: it decodes frames with ``peer.runtime.wire.Codec``, feeds the core with its
 own clock's time, encodes what the core sends and hands it to the network,
 and wakes the core at its next deadline. It also plays the process's life:
 process start (``starting``: the process runs its imports and binds its
@@ -23,10 +23,10 @@ from membership.config import MembershipConfig
 from membership.core import Membership
 from membership.effects import Event, Send
 from membership.state import Address, Member
-from peer.core import NodeCore
-from peer.replication import ReplicationConfig
-from peer.scheduler import SchedulerConfig
-from peer.wire import Codec, Dropped
+from peer.core.node_core import NodeCore
+from peer.core.replication import ReplicationConfig
+from peer.jobs.scheduler import SchedulerConfig
+from peer.runtime.wire import Codec, Dropped
 from sim.clock import NodeClock
 from sim.engine import Simulator
 from sim.network import Network
@@ -52,7 +52,7 @@ class Life(enum.Enum):
 
 
 class DrivenCore(Protocol):
-    """What the driver needs of a core: ``Membership``, or ``peer.core.NodeCore``."""
+    """What the driver needs of a core: ``Membership``, or ``peer.core.node_core.NodeCore``."""
 
     @property
     def incarnation(self) -> int: ...
@@ -107,7 +107,7 @@ def node_core(
     maps: Sequence[str] = (),
     scheduler: SchedulerConfig | None = None,
 ) -> NodeCore:
-    """The whole node's core (``peer.core.NodeCore``) on the node's clocks."""
+    """The whole node's core (``peer.core.node_core.NodeCore``) on the node's clocks."""
     return NodeCore(
         node.name,
         node.addr,

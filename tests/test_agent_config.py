@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from peer.addresses import AddressError, format_address, parse_ip_address, split_host_port
-from peer.keys import KeyringError, generate_key, load_keyring, parse_keys
-from peer.seeds import Seed, SeedResolver, parse_seed, read_hosts_file
-from peer.settings import ConfigError, load
+from peer.runtime.addresses import AddressError, format_address, parse_ip_address, split_host_port
+from peer.runtime.keys import KeyringError, generate_key, load_keyring, parse_keys
+from peer.runtime.seeds import Seed, SeedResolver, parse_seed, read_hosts_file
+from peer.runtime.settings import ConfigError, load
 
 
 def test_addresses_in_every_spelling() -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from peer.keys import generate_key
-from peer.localcluster import AgentProcess, LocalCluster, free_port, wait_for
+from peer.runtime.keys import generate_key
+from peer.testing.cluster import AgentProcess, LocalCluster, free_port, wait_for
 
 TIMEOUT = 30.0  # generous: the machines running CI are shared and slow
 

@@ -1,4 +1,4 @@
-"""Chaos on real processes, short enough for CI: ``peer.chaos.run_chaos``
+"""Chaos on real processes, short enough for CI: ``peer.tools.chaos.run_chaos``
 on four ``peer agent`` processes on 127.0.0.1, 45 s of kill -9, SIGSTOP and
 SIGTERM (at most two nodes disturbed at once) while cron jobs tick and
 one-offs are submitted, then 25 s healed, then the checks (see the module's
@@ -7,7 +7,7 @@ the agents. ``LocalCluster`` stops every agent by PID whatever happens.
 
 The driver's first three actions are one of each kind, so any seed covers
 all three; ``PEER_CHAOS_SEED`` picks another seed to replay a failure
-(``python -m peer.chaos --nodes 4 --minutes 0.75 --heal 25 --seed S`` runs
+(``python -m peer.tools.chaos --nodes 4 --minutes 0.75 --heal 25 --seed S`` runs
 the same draws by hand).
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from peer.chaos import (
+from peer.tools.chaos import (
     JournalLine,
     detection_bound,
     duplicates,

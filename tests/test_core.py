@@ -12,7 +12,7 @@ from membership import EventKind, Membership, MembershipConfig, Status
 from membership.effects import Event, Send
 from membership.messages import Ack, Alive, Dead, Left, Nack, Ping, PingReq, PushPull, StateDigest, Suspect
 from membership.state import CHECKSUM_MODULUS, Member, member_digest
-from peer.wire import Codec, Keyring
+from peer.runtime.wire import Codec, Keyring
 
 ME = ("10.0.0.1", 7946)
 

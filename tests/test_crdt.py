@@ -15,7 +15,7 @@ from crdt.context import CausalContext
 from crdt.hlc import HLC, MAX_COUNTER, ClockDrift, Timestamp
 from crdt.messages import DeltaGossip, MalformedState, SyncEntries, SyncProbe, from_wire
 from crdt.ormap import Delta, ORMap
-from peer.wire import Codec, Dropped
+from peer.runtime.wire import Codec, Dropped
 
 KEYS = ["a", "b", "c", "d"]
 REPLICAS = ["r0", "r1", "r2"]

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from peer.cli import main
+from peer.__main__ import main
 
 
 def test_peer_demo_shows_jobs_moving_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:

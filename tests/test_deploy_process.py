@@ -5,7 +5,7 @@ profile, a cluster key): a rolling restart (each agent in turn gets SIGTERM,
 exits, starts again under the same name and port, and is waited for until
 ``GET /health/ready`` answers 200), and one-offs submitted the moment every
 agent says it is ready. What ran is read from a journal the jobs write
-outside the agents (``peer.samples.journal``), never from the agents: every
+outside the agents (``peer.testing.samples.journal``), never from the agents: every
 mode-``one`` tick due while the restarts went on ran exactly once, every
 node's mode-``all`` ticks ran at most once each, and every one-off started
 exactly once. No time limit is asserted; every process is stopped by PID
@@ -18,10 +18,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from peer.chaos import read_journal, ticks_between, toml_jobs
-from peer.client import ClientError, api_path
-from peer.keys import generate_key
-from peer.localcluster import AgentProcess, LocalCluster, wait_for
+from peer.tools.chaos import read_journal, ticks_between, toml_jobs
+from peer.control.client import ClientError, api_path
+from peer.runtime.keys import generate_key
+from peer.testing.cluster import AgentProcess, LocalCluster, wait_for
 
 TIMEOUT = 60.0  # generous: the machines running CI are shared and slow
 EVERY_MS = 1000
@@ -34,10 +34,10 @@ MARGIN_MS = 3000
 def start_cluster(cluster: LocalCluster, journal: Path, workdir: Path) -> list[AgentProcess]:
     """Four agents, each with the others as seeds, all with one jobs file."""
     jobs = [
-        {"id": f"tick-{i}", "schedule": "@every 1s", "mode": "one", "call": "peer.samples:journal", "kwargs": {"path": str(journal)}}
+        {"id": f"tick-{i}", "schedule": "@every 1s", "mode": "one", "call": "peer.testing.samples:journal", "kwargs": {"path": str(journal)}}
         for i in range(3)
     ]
-    jobs.append({"id": "everywhere", "schedule": "@every 1s", "mode": "all", "call": "peer.samples:journal", "kwargs": {"path": str(journal)}})
+    jobs.append({"id": "everywhere", "schedule": "@every 1s", "mode": "all", "call": "peer.testing.samples:journal", "kwargs": {"path": str(journal)}})
     jobs_file = workdir / "jobs.toml"
     jobs_file.write_text(toml_jobs(jobs))
     agents = cluster.add_mesh(NODES, extra_args=["--jobs", str(jobs_file), "--drain-timeout", "10"])
@@ -84,7 +84,7 @@ def test_one_offs_submitted_as_soon_as_every_agent_is_ready_each_start_once(tmp_
         submitted = []
         for number in range(12):
             agent = agents[number % NODES]
-            body = {"id": f"once-{number}", "call": "peer.samples:journal", "kwargs": {"path": str(journal)}}
+            body = {"id": f"once-{number}", "call": "peer.testing.samples:journal", "kwargs": {"path": str(journal)}}
             submitted.append(agent.call("/submit", method="POST", body=body)["run"])
         for number, run_id in enumerate(submitted):
             reader = agents[(number + 1) % NODES]
@@ -117,7 +117,7 @@ def test_an_agent_with_no_seed_restarted_comes_back_into_its_cluster_not_beside_
     agent counts all three in its ring at the end."""
     journal = tmp_path / "journal"
     jobs = [
-        {"id": f"tick-{i}", "schedule": "@every 1s", "mode": "one", "call": "peer.samples:journal", "kwargs": {"path": str(journal)}}
+        {"id": f"tick-{i}", "schedule": "@every 1s", "mode": "one", "call": "peer.testing.samples:journal", "kwargs": {"path": str(journal)}}
         for i in range(3)
     ]
     jobs_file = tmp_path / "jobs.toml"

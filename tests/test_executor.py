@@ -17,8 +17,8 @@ import msgpack
 import pytest
 import trio
 
-from peer.executor import MAX_ERROR_BYTES, Executor, Outcome, RunContext
-from peer.targets import CallTarget, CommandTarget, HttpTarget
+from peer.runtime.executor import MAX_ERROR_BYTES, Executor, Outcome, RunContext
+from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget
 
 PYTHON = sys.executable
 
@@ -140,7 +140,7 @@ def executor(**options: Any) -> Executor:
 
 
 async def test_async_function_result_is_plain_data() -> None:
-    outcome, _ = await execute(CallTarget("peer.samples:async_sleep", {"seconds": 0, "result": {"x": (1, 2)}}))
+    outcome, _ = await execute(CallTarget("peer.testing.samples:async_sleep", {"seconds": 0, "result": {"x": (1, 2)}}))
     assert outcome == Outcome(ok=True, result={"x": [1, 2]})
 
 
@@ -155,7 +155,7 @@ async def test_sync_function_runs_in_a_thread_without_blocking_the_node() -> Non
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ticker)
-        outcome, _ = await execute(CallTarget("peer.samples:sleep", {"seconds": 0.3, "result": "done"}))
+        outcome, _ = await execute(CallTarget("peer.testing.samples:sleep", {"seconds": 0.3, "result": "done"}))
         nursery.cancel_scope.cancel()
     assert outcome == Outcome(ok=True, result="done")
     assert ticks >= 5  # the trio thread kept running while the job slept
@@ -165,7 +165,7 @@ async def test_sync_function_runs_in_a_thread_without_blocking_the_node() -> Non
 
 
 async def test_echo_by_import_path_and_by_registered_name() -> None:
-    outcome, _ = await execute(CallTarget("peer.samples:echo", {"a": 1, "b": "two"}))
+    outcome, _ = await execute(CallTarget("peer.testing.samples:echo", {"a": 1, "b": "two"}))
     assert outcome == Outcome(ok=True, result={"a": 1, "b": "two"})
 
     ex = Executor(functions={"double": lambda x: x * 2})
@@ -183,11 +183,11 @@ async def test_import_errors_are_readable() -> None:
         "no_such_package.mod:f": (
             "cannot import 'no_such_package.mod:f': ModuleNotFoundError: No module named 'no_such_package'"
         ),
-        "peer.samples:nope": (
-            "cannot import 'peer.samples:nope': AttributeError: module 'peer.samples' has no attribute 'nope'"
+        "peer.testing.samples:nope": (
+            "cannot import 'peer.testing.samples:nope': AttributeError: module 'peer.testing.samples' has no attribute 'nope'"
         ),
-        "peer.samples:": "cannot import 'peer.samples:': expected 'package.module:function'",
-        "peer.executor:MAX_ERROR_BYTES": "'peer.executor:MAX_ERROR_BYTES' is not callable: it is a int",
+        "peer.testing.samples:": "cannot import 'peer.testing.samples:': expected 'package.module:function'",
+        "peer.runtime.executor:MAX_ERROR_BYTES": "'peer.runtime.executor:MAX_ERROR_BYTES' is not callable: it is a int",
     }
     for function, error in cases.items():
         outcome, _ = await execute(CallTarget(function))
@@ -195,31 +195,31 @@ async def test_import_errors_are_readable() -> None:
 
 
 async def test_bad_arguments_are_reported_before_the_call() -> None:
-    outcome, _ = await execute(CallTarget("peer.samples:sleep", {"secs": 1}))
+    outcome, _ = await execute(CallTarget("peer.testing.samples:sleep", {"secs": 1}))
     assert not outcome.ok
-    assert outcome.error == "bad arguments for 'peer.samples:sleep': missing a required argument: 'seconds'"
-    outcome, _ = await execute(CallTarget("peer.samples:flaky", {"run": 1, "fail_times": 0}))
-    assert outcome.error == "bad arguments for 'peer.samples:flaky': 'run' is reserved for the run context"
+    assert outcome.error == "bad arguments for 'peer.testing.samples:sleep': missing a required argument: 'seconds'"
+    outcome, _ = await execute(CallTarget("peer.testing.samples:flaky", {"run": 1, "fail_times": 0}))
+    assert outcome.error == "bad arguments for 'peer.testing.samples:flaky': 'run' is reserved for the run context"
 
 
 async def test_unserialisable_and_oversized_results_fail() -> None:
-    outcome, _ = await execute(CallTarget("peer.samples:echo", {"a": [1, {2, 3}]}))
+    outcome, _ = await execute(CallTarget("peer.testing.samples:echo", {"a": [1, {2, 3}]}))
     assert outcome == Outcome(ok=False, error="result is not serialisable: set")
-    outcome, _ = await execute(CallTarget("peer.samples:async_sleep", {"seconds": 0, "result": {1: "a"}}))
+    outcome, _ = await execute(CallTarget("peer.testing.samples:async_sleep", {"seconds": 0, "result": {1: "a"}}))
     assert outcome == Outcome(ok=False, error="result is not serialisable: a map key is not a string")
-    outcome, _ = await execute(CallTarget("peer.samples:echo", {"n": 2**70}))
+    outcome, _ = await execute(CallTarget("peer.testing.samples:echo", {"n": 2**70}))
     assert outcome == Outcome(ok=False, error="result is not serialisable: int out of range")
 
     small = Executor(max_result_bytes=100)
-    outcome, _ = await execute(CallTarget("peer.samples:echo", {"s": "x" * 200}), executor=small)
+    outcome, _ = await execute(CallTarget("peer.testing.samples:echo", {"s": "x" * 200}), executor=small)
     size = len(msgpack.packb({"s": "x" * 200}))
     assert outcome == Outcome(ok=False, error=f"result is {size} bytes, over the limit of 100")
-    outcome, _ = await execute(CallTarget("peer.samples:echo", {"s": "x" * 50}), executor=small)
+    outcome, _ = await execute(CallTarget("peer.testing.samples:echo", {"s": "x" * 50}), executor=small)
     assert outcome.ok
 
 
 async def test_exception_text_is_one_line_then_a_short_traceback() -> None:
-    outcome, _ = await execute(CallTarget("peer.samples:fail", {"message": "bad input"}))
+    outcome, _ = await execute(CallTarget("peer.testing.samples:fail", {"message": "bad input"}))
     assert not outcome.ok and not outcome.timed_out and outcome.result is None
     lines = outcome.error.splitlines()
     assert lines[0] == "RuntimeError: bad input"
@@ -248,7 +248,7 @@ async def test_a_plain_function_returning_a_coroutine_is_awaited() -> None:
 
 
 async def test_unknown_target_type() -> None:
-    outcome, _ = await execute("peer.samples:echo")
+    outcome, _ = await execute("peer.testing.samples:echo")
     assert outcome == Outcome(ok=False, error="unknown target type: str")
 
 
@@ -271,7 +271,7 @@ async def test_async_function_waits_for_updates_and_reports_progress() -> None:
     async def job() -> None:
         result.append(
             await Executor().run(
-                CallTarget("peer.samples:count_updates", {"expected": 3}),
+                CallTarget("peer.testing.samples:count_updates", {"expected": 3}),
                 run_id="r",
                 attempt=1,
                 timeout=10,
@@ -292,7 +292,7 @@ async def test_async_function_waits_for_updates_and_reports_progress() -> None:
 
 async def test_sync_function_gets_updates_and_reports_progress_from_its_thread() -> None:
     outcome, progress = await execute(
-        CallTarget("peer.samples:collect_updates", {"expected": 2, "timeout": 5}), updates=("a", "b")
+        CallTarget("peer.testing.samples:collect_updates", {"expected": 2, "timeout": 5}), updates=("a", "b")
     )
     assert outcome == Outcome(ok=True, result=["a", "b"])
     assert progress == [{"received": 1, "of": 2}, {"received": 2, "of": 2}]
@@ -300,19 +300,19 @@ async def test_sync_function_gets_updates_and_reports_progress_from_its_thread()
     outcome, _ = await execute(CallTarget("nowait_in_thread"), executor=executor(), updates=(1, 2, 3))
     assert outcome.ok and outcome.result[0] == 1 and outcome.result == [1, 2, 3][: len(outcome.result)]
 
-    outcome, _ = await execute(CallTarget("peer.samples:collect_updates", {"expected": 1, "timeout": 0.05}))
+    outcome, _ = await execute(CallTarget("peer.testing.samples:collect_updates", {"expected": 1, "timeout": 0.05}))
     assert outcome.error.splitlines()[0] == "TimeoutError: no update within 0.05 s"
 
 
 async def test_update_readers_see_the_end_of_the_channel() -> None:
     outcome, _ = await execute(
-        CallTarget("peer.samples:count_updates", {"expected": 2}), updates=("only",), close_updates=True
+        CallTarget("peer.testing.samples:count_updates", {"expected": 2}), updates=("only",), close_updates=True
     )
     assert outcome.error.splitlines()[0] == "EndOfChannel: no more updates for this run"
 
 
 async def test_report_and_flaky_samples() -> None:
-    outcome, progress = await execute(CallTarget("peer.samples:report", {"steps": 3, "delay": 0.01}), attempt=2)
+    outcome, progress = await execute(CallTarget("peer.testing.samples:report", {"steps": 3, "delay": 0.01}), attempt=2)
     assert outcome.ok
     assert outcome.result == {
         "run_id": "job/1",
@@ -323,8 +323,8 @@ async def test_report_and_flaky_samples() -> None:
     }
     assert progress == [{"step": n, "of": 3} for n in (1, 2, 3)]
 
-    first, _ = await execute(CallTarget("peer.samples:flaky", {"fail_times": 1}), attempt=1)
-    second, _ = await execute(CallTarget("peer.samples:flaky", {"fail_times": 1}), attempt=2)
+    first, _ = await execute(CallTarget("peer.testing.samples:flaky", {"fail_times": 1}), attempt=1)
+    second, _ = await execute(CallTarget("peer.testing.samples:flaky", {"fail_times": 1}), attempt=2)
     assert not first.ok and first.error.startswith("RuntimeError: attempt 1 fails on purpose")
     assert second == Outcome(ok=True, result={"attempt": 2})
 
@@ -344,14 +344,14 @@ async def test_context_misuse_fails_the_job_clearly() -> None:
 
 async def test_async_call_times_out() -> None:
     start = trio.current_time()
-    outcome, _ = await execute(CallTarget("peer.samples:async_sleep", {"seconds": 30}), timeout=0.2)
+    outcome, _ = await execute(CallTarget("peer.testing.samples:async_sleep", {"seconds": 30}), timeout=0.2)
     assert outcome == Outcome(ok=False, timed_out=True, error="timed out after 0.2 s")
     assert trio.current_time() - start < 5
 
 
 async def test_sync_call_times_out_and_its_thread_is_abandoned() -> None:
     start = trio.current_time()
-    outcome, _ = await execute(CallTarget("peer.samples:sleep", {"seconds": 30}), timeout=0.2)
+    outcome, _ = await execute(CallTarget("peer.testing.samples:sleep", {"seconds": 30}), timeout=0.2)
     assert outcome == Outcome(ok=False, timed_out=True, error="timed out after 0.2 s")
     assert trio.current_time() - start < 5
 
@@ -401,7 +401,7 @@ async def test_cancellation_of_a_call_propagates() -> None:
     _sender, receiver = trio.open_memory_channel[Any](1)
     with trio.move_on_after(0.2) as scope:
         await Executor().run(
-            CallTarget("peer.samples:sleep", {"seconds": 30}),
+            CallTarget("peer.testing.samples:sleep", {"seconds": 30}),
             run_id="r",
             attempt=1,
             timeout=None,

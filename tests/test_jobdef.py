@@ -1,4 +1,4 @@
-"""peer.jobdef: job definitions from users and from the wire, validated."""
+"""peer.jobs.definition: job definitions from users and from the wire, validated."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from peer.jobdef import MAX_WIRE_BYTES, JobError, JobSpec, load_jobs_file, parse_job
-from peer.schedule import parse_schedule
-from peer.targets import CallTarget, CommandTarget, HttpTarget
+from peer.jobs.definition import MAX_WIRE_BYTES, JobError, JobSpec, load_jobs_file, parse_job
+from peer.jobs.cron import parse_schedule
+from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget
 
 FULL: dict[str, Any] = {
     "id": "report",

@@ -1,5 +1,5 @@
 """Jobs and runs over the control API and the CLI: agents in-process on
-127.0.0.1, a real HTTP server, the client functions and ``peer.cli.main``."""
+127.0.0.1, a real HTTP server, the client functions and ``peer.control.cli.main``."""
 
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ import attrs
 import pytest
 import trio
 
-from peer.api import _SCHEDULER_HELP
-from peer.cli import main
-from peer.client import ClientError, api_path, call, fetch
-from peer.runtime import Agent
-from peer.scheduler import SchedulerConfig, SchedulerStats
-from peer.settings import Settings
+from peer.control.api import _SCHEDULER_HELP
+from peer.control.cli import main
+from peer.control.client import ClientError, api_path, call, fetch
+from peer.control.api import HttpControlPlane
+from peer.runtime.agent import Agent
+from peer.jobs.scheduler import SchedulerConfig, SchedulerStats
+from peer.runtime.settings import Settings
 
 FAST = {"probe_interval": 0.2, "probe_timeout": 0.1, "gossip_interval": 0.05}
 SCHEDULER = SchedulerConfig(settle=0.2, scan_interval=0.2, drain_timeout=2.0, late_check_interval=0.5)
@@ -65,9 +66,9 @@ async def eventually(agent: Agent, path: str, accept, timeout: float = 10.0) -> 
 
 @pytest.fixture
 async def cluster() -> AsyncIterator[tuple[Agent, Agent]]:
-    a = Agent(settings("a"), None, scheduler=SCHEDULER)
+    a = Agent(settings("a"), None, control_plane=HttpControlPlane(), scheduler=SCHEDULER)
     await a.bind()
-    b = Agent(settings("b", seeds=(f"127.0.0.1:{a.transport.port}",)), None, scheduler=SCHEDULER)
+    b = Agent(settings("b", seeds=(f"127.0.0.1:{a.transport.port}",)), None, control_plane=HttpControlPlane(), scheduler=SCHEDULER)
     await b.bind()
     async with trio.open_nursery() as nursery:
         await nursery.start(a.run)
@@ -81,7 +82,7 @@ async def cluster() -> AsyncIterator[tuple[Agent, Agent]]:
 
 @pytest.fixture
 async def agent() -> AsyncIterator[Agent]:
-    alone = Agent(settings("solo"), None, scheduler=SCHEDULER)
+    alone = Agent(settings("solo"), None, control_plane=HttpControlPlane(), scheduler=SCHEDULER)
     await alone.bind()
     async with trio.open_nursery() as nursery:
         await nursery.start(alone.run)
@@ -95,22 +96,22 @@ async def test_jobs_runs_and_updates_across_two_nodes(cluster: tuple[Agent, Agen
     a, b = cluster
 
     # A bad definition: 400, naming the job and the field.
-    error = await api_error(a, "/jobs", method="POST", body={"id": "echo", "call": "peer.samples:echo", "retries": "many"})
+    error = await api_error(a, "/jobs", method="POST", body={"id": "echo", "call": "peer.testing.samples:echo", "retries": "many"})
     assert error.status == 400 and "job 'echo': retries: expected a whole number" in str(error)
-    error = await api_error(a, "/jobs", method="POST", body={"id": "x", "call": "peer.samples:echo", "colour": 1})
+    error = await api_error(a, "/jobs", method="POST", body={"id": "x", "call": "peer.testing.samples:echo", "colour": 1})
     assert error.status == 400 and "colour: unknown key" in str(error)
     error = await api_error(a, "/jobs", method="POST", body={"jobs": [{"id": "ok", "call": "m:f"}, {"id": "ok", "call": "m:f"}]})
     assert error.status == 400 and "defined twice" in str(error)
     assert "ok" not in a.scheduler.jobs()  # nothing of a refused request is defined
 
     # A good one-off job; defining it again changes nothing.
-    echo = {"id": "echo", "call": "peer.samples:echo", "kwargs": {"a": 1}, "tags": ["t1"]}
+    echo = {"id": "echo", "call": "peer.testing.samples:echo", "kwargs": {"a": 1}, "tags": ["t1"]}
     assert await api(a, "/jobs", method="POST", body=echo) == {"id": "echo", "changed": True}
     assert await api(a, "/jobs", method="POST", body=echo) == {"id": "echo", "changed": False}
     listing = await eventually(b, "/jobs", lambda doc: [job["id"] for job in doc["jobs"]] == ["echo"])
     job = listing["jobs"][0]
     assert job["schedule"] is None and job["owner"] is None and job["next_tick"] is None and job["mode"] == "one"
-    assert job["target"] == {"kind": "call", "summary": "peer.samples:echo(a=1)"} and job["tags"] == ["t1"]
+    assert job["target"] == {"kind": "call", "summary": "peer.testing.samples:echo(a=1)"} and job["tags"] == ["t1"]
 
     # Submitted on a with kwargs merged over the job's, read on b with ?wait.
     submitted = await api(a, "/submit", method="POST", body={"job": "echo", "kwargs": {"b": 2}})
@@ -126,7 +127,7 @@ async def test_jobs_runs_and_updates_across_two_nodes(cluster: tuple[Agent, Agen
     assert error.status == 404 and "no such run" in str(error)
 
     # A run reading updates, sent through b whichever node runs it.
-    counter = {"id": "counter", "call": "peer.samples:count_updates", "kwargs": {"expected": 2}, "timeout": 20}
+    counter = {"id": "counter", "call": "peer.testing.samples:count_updates", "kwargs": {"expected": 2}, "timeout": 20}
     run_id = (await api(a, "/submit", method="POST", body=counter))["run"]
     with trio.fail_after(5):
         while b.scheduler.record(run_id) is None:
@@ -148,8 +149,8 @@ async def test_jobs_runs_and_updates_across_two_nodes(cluster: tuple[Agent, Agen
         ({"job": "nope"}, 404, "no such job: nope"),
         ({"job": "echo", "kwargs": [1]}, 400, "kwargs"),
         ({"job": "echo", "timeout": 3}, 400, "only"),
-        ({"call": "peer.samples:echo"}, 400, "id: missing"),
-        ({"id": "cron", "call": "peer.samples:echo", "schedule": "@every 1s"}, 400, "schedule: a submitted job runs once"),
+        ({"call": "peer.testing.samples:echo"}, 400, "id: missing"),
+        ({"id": "cron", "call": "peer.testing.samples:echo", "schedule": "@every 1s"}, 400, "schedule: a submitted job runs once"),
         ({"id": "bad", "call": "not a function"}, 400, "job 'bad': call:"),
     ]:
         error = await api_error(a, "/submit", method="POST", body=body)
@@ -159,7 +160,7 @@ async def test_jobs_runs_and_updates_across_two_nodes(cluster: tuple[Agent, Agen
     assert error.status == 400 and "only a call target takes kwargs" in str(error)
 
     # A cron job: owned by one node, ticks, pauses, resumes, goes.
-    cron = {"jobs": [{"id": "tick", "schedule": "@every 1s", "call": "peer.samples:echo", "kwargs": {"t": True}}]}
+    cron = {"jobs": [{"id": "tick", "schedule": "@every 1s", "call": "peer.testing.samples:echo", "kwargs": {"t": True}}]}
     assert await api(b, "/jobs", method="POST", body=cron) == {"jobs": [{"id": "tick", "changed": True}]}
     shown = await eventually(a, "/jobs/tick", lambda doc: doc["owner"] in ("a", "b"))
     assert shown["definition"]["schedule"] == "@every 1s" and shown["next_tick"] is not None and not shown["paused"]
@@ -275,7 +276,7 @@ async def test_cli_jobs_submit_result_send(
 
     # A bad jobs file is refused here, one line naming the file, the job and the field.
     bad = tmp_path / "bad.toml"
-    bad.write_text('[[job]]\nid = "hello"\ncall = "peer.samples:echo"\nschedule = "61 * * * *"\n')
+    bad.write_text('[[job]]\nid = "hello"\ncall = "peer.testing.samples:echo"\nschedule = "61 * * * *"\n')
     code, out, err = await cli(capsys, "jobs", "add", str(bad), *target)
     assert code == 1 and out == ""
     assert err.startswith(f"peer: error: {bad}: job 'hello': schedule: ") and err.count("\n") == 1, err
@@ -283,7 +284,7 @@ async def test_cli_jobs_submit_result_send(
 
     good = tmp_path / "jobs.toml"
     good.write_text(
-        '[[job]]\nid = "hello"\ncall = "peer.samples:echo"\nkwargs = { greeting = "hi" }\ntimeout = "30s"\n\n'
+        '[[job]]\nid = "hello"\ncall = "peer.testing.samples:echo"\nkwargs = { greeting = "hi" }\ntimeout = "30s"\n\n'
         '[[job]]\nid = "nightly"\nschedule = "0 3 * * *"\ntimezone = "Europe/Paris"\ncommand = "true"\npaused = true\n'
     )
     assert await cli(capsys, "jobs", "add", str(good), *target) == (0, "defined hello\ndefined nightly\n", "")
@@ -305,7 +306,7 @@ async def test_cli_jobs_submit_result_send(
     code, out, _ = await cli(capsys, "jobs", "--api", address, "list", "--json")
     assert code == 0 and [job["id"] for job in json.loads(out)["jobs"]] == ["hello", "later", "nightly"]
     code, out, _ = await cli(capsys, "jobs", "show", "hello", *target)
-    assert code == 0 and "peer.samples:echo(greeting='hi')" in out and "timeout     30s" in out and "no runs" in out
+    assert code == 0 and "peer.testing.samples:echo(greeting='hi')" in out and "timeout     30s" in out and "no runs" in out
 
     # Submit a defined job: stdout is the run id alone; its result as JSON.
     code, out, _err = await cli(capsys, "submit", "hello", "--kwargs", '{"n": 3}', *target)
@@ -316,13 +317,13 @@ async def test_cli_jobs_submit_result_send(
     assert code == 0 and json.loads(out)["state"] == "succeeded"
 
     # A one-off that fails: the error on stderr, exit 1.
-    code, out, _ = await cli(capsys, "submit", "--call", "peer.samples:fail", "--id", "boom", *target)
+    code, out, _ = await cli(capsys, "submit", "--call", "peer.testing.samples:fail", "--id", "boom", *target)
     assert code == 0 and out.startswith("boom@")
     code, out, err = await cli(capsys, "result", out.strip(), "--wait", *target)
     assert code == 1 and out == "" and "failed" in err and "failed on purpose" in err
 
     # A run waiting for updates: not finished (exit 2) until sent one.
-    code, out, _ = await cli(capsys, "submit", "--call", "peer.samples:count_updates", "--kwargs", '{"expected": 2}', *target)
+    code, out, _ = await cli(capsys, "submit", "--call", "peer.testing.samples:count_updates", "--kwargs", '{"expected": 2}', *target)
     run_id = out.strip()
     assert code == 0 and run_id.startswith("count_updates@")
     code, out, err = await cli(capsys, "result", run_id, *target)
@@ -366,7 +367,7 @@ async def test_cli_jobs_submit_result_send(
         (("submit", "hello", "--timeout", "5"), "--timeout: only for a one-off"),
         (("submit", "hello", "--kwargs", "[1]"), "--kwargs: expected a JSON object"),
         (("submit", "--command", "ls", "--kwargs", "{}"), "--kwargs: only for --call"),
-        (("submit", "--call", "peer.samples:echo", "--timeout", "-1"), "submit: job 'echo': timeout:"),
+        (("submit", "--call", "peer.testing.samples:echo", "--timeout", "-1"), "submit: job 'echo': timeout:"),
         (("submit", "nope"), "HTTP 404: no such job: nope"),
         (("result", "nope@1", "--wait", "0.1"), "HTTP 404: no such run: nope@1"),
         (("runs", "--state", "done"), "unknown run state 'done'"),

@@ -1,7 +1,7 @@
 """The jobs issue's scenarios with real ``peer agent`` processes on 127.0.0.1.
 
 What ran is never taken from the system under test: every job runs
-``peer.samples.journal``, which appends one line per execution (run id,
+``peer.testing.samples.journal``, which appends one line per execution (run id,
 attempt, node, start time) to a file with one ``O_APPEND`` write, and the
 tests count those lines. The API is used to drive the cluster and to read
 what it claims (owners, results), which is then checked against the journal.
@@ -32,7 +32,7 @@ from typing import Any
 import attrs
 import pytest
 
-from peer.chaos import (
+from peer.tools.chaos import (
     JournalLine,
     iso_ms,
     journal_job,
@@ -40,9 +40,9 @@ from peer.chaos import (
     ticks_between,
     toml_jobs,
 )
-from peer.client import ClientError, api_path
-from peer.keys import generate_key
-from peer.localcluster import AgentProcess, LocalCluster, wait_for
+from peer.control.client import ClientError, api_path
+from peer.runtime.keys import generate_key
+from peer.testing.cluster import AgentProcess, LocalCluster, wait_for
 
 TIMEOUT = 30.0  # generous: the machines running CI are shared and slow
 # The membership timings (see the module's docstring).
@@ -52,7 +52,7 @@ PROFILE = os.environ.get("PEER_TEST_PROFILE", "lan")
 SLACK_MS = 5000
 
 
-# What ran is read with peer.chaos's journal helpers (the chaos driver shares them).
+# What ran is read with peer.tools.chaos's journal helpers (the chaos driver shares them).
 
 
 def now_ms() -> int:
@@ -193,7 +193,7 @@ def test_cron_ticks_run_once_each_spread_over_nodes_and_once_per_node_in_mode_al
 
 
 def submit(agent: AgentProcess, job_id: str, journal: Path, updates: int) -> str:
-    body = {"id": job_id, "call": "peer.samples:journal", "kwargs": {"path": str(journal), "updates": updates}}
+    body = {"id": job_id, "call": "peer.testing.samples:journal", "kwargs": {"path": str(journal), "updates": updates}}
     document = agent.call("/submit", method="POST", body=body)
     assert document["job"] == job_id
     return str(document["run"])
@@ -262,7 +262,7 @@ def test_one_off_runs_submitted_sent_to_and_read_through_different_nodes_survive
 
         # -- first batch: stable membership ----------------------------------------------
         first_cli = a.cli(
-            "submit", "--call", "peer.samples:journal", "--id", "batch1-0",
+            "submit", "--call", "peer.testing.samples:journal", "--id", "batch1-0",
             "--kwargs", json.dumps({"path": str(journal), "updates": 2}),
         )
         assert first_cli.returncode == 0, first_cli.stderr

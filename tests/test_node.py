@@ -11,8 +11,8 @@ import pytest
 import trio
 
 import peer
-from peer.runs import RunState
-from peer.scheduler import SchedulerConfig
+from peer.jobs.runs import RunState
+from peer.jobs.scheduler import SchedulerConfig
 
 FAST = {"probe_interval": 0.2, "probe_timeout": 0.1, "gossip_interval": 0.05}
 QUICK = SchedulerConfig(settle=0.2, settle_max=2.0, handover=0.2, scan_interval=0.2, drain_timeout=5.0)
@@ -281,7 +281,7 @@ async def test_join_failure_propagates_from_the_nodes_tasks() -> None:
 
 
 async def test_control_api_is_optional() -> None:
-    from peer.client import call
+    from peer.control.client import call
 
     async with node("quiet") as quiet:
         assert quiet.api_address is None

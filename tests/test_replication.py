@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from crdt.messages import DeltaGossip, SyncProbe
 from crdt.ormap import ORMap
-from peer.replication import ReplicationConfig, Replicator
-from peer.wire import Codec
+from peer.core.replication import ReplicationConfig, Replicator
+from peer.runtime.wire import Codec
 from sim.direct import WALL_MS, sync
 
 A, B, C, D = ("10.0.0.1", 1), ("10.0.0.2", 1), ("10.0.0.3", 1), ("10.0.0.4", 1)

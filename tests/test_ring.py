@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peer.ring import DEFAULT_LOAD_FACTOR, Ring, rank
+from peer.jobs.ring import DEFAULT_LOAD_FACTOR, Ring, rank
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,7 +60,7 @@ GOLDEN_ASSIGN_DIGEST = "459416d90f0c7606"
 
 def test_owners_do_not_depend_on_python_hash_seed():
     script = (
-        "from peer.ring import Ring, rank\n"
+        "from peer.jobs.ring import Ring, rank\n"
         "r = Ring(['a', 'b', 'c', 'd'], vnodes=16)\n"
         "print(sorted(r.assign(str(i) for i in range(200)).items()), rank('x', 'a'))\n"
     )

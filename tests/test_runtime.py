@@ -9,10 +9,11 @@ import attrs
 import trio
 
 from membership.messages import Ping
-from peer.client import call
-from peer.runtime import Agent
-from peer.settings import Settings
-from peer.wire import Codec, Keyring
+from peer.control.client import call
+from peer.control.api import HttpControlPlane
+from peer.runtime.agent import Agent
+from peer.runtime.settings import Settings
+from peer.runtime.wire import Codec, Keyring
 
 FAST = {"probe_interval": 0.2, "probe_timeout": 0.1, "gossip_interval": 0.05}
 
@@ -30,9 +31,9 @@ async def wait_until(condition, timeout: float = 10.0) -> None:  # type: ignore[
 
 
 async def test_agents_join_survive_garbage_and_leave() -> None:
-    a = Agent(settings("a"), None)
+    a = Agent(settings("a"), None, control_plane=HttpControlPlane())
     await a.bind()
-    b = Agent(settings("b", seeds=(f"127.0.0.1:{a.transport.port}",)), None)
+    b = Agent(settings("b", seeds=(f"127.0.0.1:{a.transport.port}",)), None, control_plane=HttpControlPlane())
     await b.bind()
     async with trio.open_nursery() as nursery:
         await nursery.start(a.run)
@@ -81,11 +82,11 @@ async def test_advertised_address_is_what_the_core_gossips() -> None:
 
 
 async def test_replicated_map_over_real_sockets() -> None:
-    a = Agent(settings("a"), None, maps=["data"])
+    a = Agent(settings("a"), None, control_plane=HttpControlPlane(), maps=["data"])
     await a.bind()
     for i in range(300):
         await a.put("data", f"key-{i}", {"n": i})
-    b = Agent(settings("b", seeds=(f"127.0.0.1:{a.transport.port}",)), None, maps=["data"])
+    b = Agent(settings("b", seeds=(f"127.0.0.1:{a.transport.port}",)), None, control_plane=HttpControlPlane(), maps=["data"])
     await b.bind()
     async with trio.open_nursery() as nursery:
         await nursery.start(a.run)

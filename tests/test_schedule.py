@@ -1,4 +1,4 @@
-"""peer.schedule: durations, cron / nickname / @every ticks, time zones and DST."""
+"""peer.jobs.cron: durations, cron / nickname / @every ticks, time zones and DST."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from croniter import croniter  # type: ignore[import-untyped]
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peer.schedule import Schedule, check_timezone, parse_duration, parse_schedule
+from peer.jobs.cron import Schedule, check_timezone, parse_duration, parse_schedule
 
 
 def ms(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> int:

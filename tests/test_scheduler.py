@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 from crdt.hlc import HLC, Timestamp
 from crdt.ormap import ORMap, Register
 from membership.state import Member, Status
-from peer.jobdef import JobSpec
-from peer.ring import Ring, rank
-from peer.runs import RunRecord, RunState, precedence, reader_key, tick_run_id
-from peer.schedule import parse_schedule
-from peer.scheduler import (
+from peer.jobs.definition import JobSpec
+from peer.jobs.ring import Ring, rank
+from peer.jobs.runs import RunRecord, RunState, precedence, reader_key, tick_run_id
+from peer.jobs.cron import parse_schedule
+from peer.jobs.scheduler import (
     JOBS,
     LEASES,
     RUNS,
@@ -35,7 +35,7 @@ from peer.scheduler import (
     SchedulerConfig,
     StartRun,
 )
-from peer.targets import CallTarget
+from peer.jobs.targets import CallTarget
 
 T0 = 1_800_000_000_000  # a round epoch ms: ticks of @every 2s fall on even seconds
 
@@ -129,11 +129,11 @@ def make_node(config: SchedulerConfig | None = None, *, others: tuple[Member, ..
 
 
 def cron(job_id: str = "job", every: str = "2s", **fields: Any) -> JobSpec:
-    return JobSpec(id=job_id, target=CallTarget("peer.samples:echo"), schedule=parse_schedule(f"@every {every}"), **fields)
+    return JobSpec(id=job_id, target=CallTarget("peer.testing.samples:echo"), schedule=parse_schedule(f"@every {every}"), **fields)
 
 
 def one_off(job_id: str = "once", **fields: Any) -> JobSpec:
-    return JobSpec(id=job_id, target=CallTarget("peer.samples:echo"), schedule=None, **fields)
+    return JobSpec(id=job_id, target=CallTarget("peer.testing.samples:echo"), schedule=None, **fields)
 
 
 def record(node: Node, run_id: str) -> RunRecord:

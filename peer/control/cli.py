@@ -12,7 +12,7 @@
     peer demo    [--nodes N] [--keep]
 
 Every agent option is also read from the TOML config and from ``PEER_*``
-variables (``peer.settings``); flags win. The client commands take ``--api``
+variables (``peer.runtime.settings``); flags win. The client commands take ``--api``
 and ``--config`` (or ``PEER_API``, ``PEER_CONFIG``) to find the agent, and
 ``--json`` to print the API's document instead of a table. Errors a person
 can act on are one line on stderr, ``peer: error: ...``, and a non-zero exit.
@@ -28,16 +28,17 @@ import re
 import signal
 import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
 
-from peer.client import ClientError, api_path, call
-from peer.jobdef import JobError, load_jobs_file, parse_job
-from peer.keys import KeyringError, generate_key, load_keyring
-from peer.settings import ConfigError, Settings, load
-from peer.transport import BindError
+from peer.control.text import format_table
+from peer.control.client import ClientError, api_path, call
+from peer.jobs.definition import JobError, load_jobs_file, parse_job
+from peer.runtime.keys import KeyringError, generate_key, load_keyring
+from peer.runtime.settings import ConfigError, Settings, load
+from peer.runtime.transport import BindError
 
 EXIT_ERROR = 1
 EXIT_NOT_FINISHED = 2  # `peer result`: the run has not finished (yet)
@@ -67,8 +68,10 @@ AGENT_OPTIONS: list[tuple[str, str, str]] = [
 ]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+def main(argv: Sequence[str] | None = None, *, tools: Sequence[AddCommand] = ()) -> int:
+    """The ``peer`` program; ``tools`` add the commands of the layer above
+    (``peer demo``: see ``peer.__main__``)."""
+    parser = _parser(tools)
     args = parser.parse_args(argv)
     try:
         result: int = args.command(args)
@@ -88,7 +91,11 @@ def _fail(message: str) -> int:
     return EXIT_ERROR
 
 
-def _parser() -> argparse.ArgumentParser:
+# Adds a subcommand to the ``peer`` program's subparsers.
+AddCommand = Callable[[Any], None]
+
+
+def _parser(tools: Sequence[AddCommand] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peer", description="A peer-to-peer job scheduler node.")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -153,10 +160,8 @@ def _parser() -> argparse.ArgumentParser:
     keygen = commands.add_parser("keygen", help="print a new random cluster key")
     keygen.set_defaults(command=lambda args: print(generate_key()) or 0)
 
-    demo = commands.add_parser("demo", help="start a local cluster and show it at work")
-    demo.add_argument("--nodes", type=int, default=5, help="agents to start (default 5)")
-    demo.add_argument("--keep", action="store_true", help="keep the cluster running at the end, until Ctrl-C")
-    demo.set_defaults(command=run_demo)
+    for add_command in tools:
+        add_command(commands)
     return parser
 
 
@@ -164,15 +169,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run_agent(args: argparse.Namespace) -> int:
-    from peer.logs import configure
-    from peer.runtime import Agent, AgentError
+    from peer.runtime.logs import configure
+    from peer.control.api import HttpControlPlane
+    from peer.runtime.agent import Agent, AgentError
 
     flags = {key: getattr(args, key) for _, key, _ in AGENT_OPTIONS}
     settings = load(flags, config_path=args.config)
     configure(settings.log_format, settings.log_level)
     keyring = load_keyring(settings.key_file, os.environ)
     jobs = load_jobs_file(settings.jobs) if settings.jobs else []
-    agent = Agent(settings, keyring, jobs=jobs)
+    agent = Agent(settings, keyring, jobs=jobs, control_plane=HttpControlPlane())
     try:
         trio.run(_agent_main, agent)
     except BaseExceptionGroup as group:
@@ -194,7 +200,7 @@ async def _agent_main(agent: Any) -> None:
 
 
 async def _leave_on_signal(agent: Any, nursery: trio.Nursery) -> None:
-    from peer.runtime import AgentError
+    from peer.runtime.agent import AgentError
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
@@ -547,15 +553,3 @@ def send(args: argparse.Namespace) -> int:
     else:
         print(f"sent to {args.run}")
     return 0
-
-
-def format_table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    from peer.demo import run
-
-    return run(args.nodes, keep=args.keep)

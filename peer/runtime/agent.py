@@ -1,22 +1,23 @@
 """The trio runtime: one node's protocol cores on real sockets.
 
 ``Agent`` is a thin driver, the counterpart of the simulator's ``SimNode``:
-it decodes frames with ``peer.wire.Codec`` and hands the messages to the
-node's core (``peer.core.NodeCore``: membership, replication of the
+it decodes frames with ``peer.runtime.wire.Codec`` and hands the messages to the
+node's core (``peer.core.node_core.NodeCore``: membership, replication of the
 scheduler's maps and any the agent declares, and the scheduler) with trio's
 clock as ``now``; it wakes the core at ``next_deadline()``; after every call
 into the core it carries out the effects (``Send`` as a datagram, or as a
 stream frame when reliable or too big for a datagram; ``Event`` to the log
 and the counters; ``StartRun`` as a task running the job's target with
-``peer.executor``, which it reports back when done; ``CancelRun`` and
+``peer.runtime.executor``, which it reports back when done; ``CancelRun`` and
 ``DeliverUpdate`` to that task). No protocol or scheduling decision is made
 here.
 
 Around the core, the agent does what a process must: resolve seeds (again
 every ``dns_interval`` while any is a name, and join whatever new addresses
 appear), give up with a clear error when no seed answers within
-``join_timeout``, leave gracefully on request, and serve the control API
-(``peer.api``). Its incarnation is its boot time in milliseconds, so a node
+``join_timeout``, leave gracefully on request, and serve the control plane it is given
+(``ControlPlane``: the HTTP API of ``peer.control.api``; the runtime never
+imports the layer above it). Its incarnation is its boot time in milliseconds, so a node
 restarted under the same name rejoins as itself and outranks every claim
 about its previous life.
 """
@@ -30,26 +31,25 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
 
 from membership.core import Membership
-from peer.core import NodeCore
-from peer.replication import ReplicationConfig
+from peer.core.node_core import NodeCore
+from peer.core.replication import ReplicationConfig
 from membership.effects import Event, Send
 from membership.state import Address, EventKind, Status
-from peer.executor import Executor, Outcome
-from peer.jobdef import JobSpec
-from peer.runs import RunRecord
-from peer.scheduler import CancelRun, DeliverUpdate, Role, Scheduler, SchedulerConfig, StartRun
-from peer.addresses import format_address, is_ip, is_ipv6, is_wildcard
-from peer.api import bind_api_socket, serve_api
-from peer.seeds import Lookup, SeedResolver, parse_seed, system_lookup
-from peer.settings import Settings
-from peer.transport import BindError, Transport
-from peer.wire import Codec, DropReason, Dropped, FrameTooLarge, Keyring
+from peer.runtime.executor import Executor, Outcome
+from peer.jobs.definition import JobSpec
+from peer.jobs.runs import RunRecord
+from peer.jobs.scheduler import CancelRun, DeliverUpdate, Role, Scheduler, SchedulerConfig, StartRun
+from peer.runtime.addresses import format_address, is_ip, is_ipv6, is_wildcard
+from peer.runtime.seeds import Lookup, SeedResolver, parse_seed, system_lookup
+from peer.runtime.settings import Settings
+from peer.runtime.transport import BindError, Transport
+from peer.runtime.wire import Codec, DropReason, Dropped, FrameTooLarge, Keyring
 
 log = logging.getLogger("peer.agent")
 
@@ -90,6 +90,16 @@ class JoinFailed(AgentError):
     pass
 
 
+class ControlPlane(Protocol):
+    """A server the agent runs beside the node (the HTTP control API): bound
+    with the node's sockets, so a port in use fails the start, and served
+    until the agent stops; ``serve`` calls ``agent.api_drained()`` when done."""
+
+    def bind(self, address: Address) -> socket.socket: ...
+
+    async def serve(self, agent: Agent, sock: socket.socket, *, task_status: trio.TaskStatus[None]) -> None: ...
+
+
 class Agent:
     def __init__(
         self,
@@ -103,10 +113,10 @@ class Agent:
         scheduler: SchedulerConfig | None = None,
         executor: Executor | None = None,
         jobs: Sequence[JobSpec] = (),
-        control_api: bool = True,
+        control_plane: ControlPlane | None = None,
     ) -> None:
         self.settings = settings
-        self.control_api = control_api  # False: no control API is served (an embedded node)
+        self.control_plane = control_plane  # None: no control API is served (an embedded node's default)
         self.name = settings.name
         self.config = settings.membership_config()
         self.codec = Codec(keyring)
@@ -178,9 +188,9 @@ class Agent:
     async def bind(self) -> None:
         """Bind the node's sockets and the API's; raises ``BindError``."""
         await self.transport.bind()
-        if self.control_api:
+        if self.control_plane is not None:
             try:
-                self._api_socket = bind_api_socket(self.settings.api)
+                self._api_socket = self.control_plane.bind(self.settings.api)
             except BindError:
                 self.transport.close()
                 raise
@@ -235,9 +245,10 @@ class Agent:
                 nursery.start_soon(self.transport.serve, self._on_frame)
                 nursery.start_soon(self._timer_loop)
                 nursery.start_soon(self._send_outbox)
-                serving = self._api_socket is not None
+                serving = self.control_plane is not None and self._api_socket is not None
                 if serving:
-                    await nursery.start(serve_api, self, self._api_socket)
+                    assert self.control_plane is not None and self._api_socket is not None
+                    await nursery.start(self.control_plane.serve, self, self._api_socket)
                 await self._resolve_and_join()
                 nursery.start_soon(self._seed_loop)
                 if self.settings.join_timeout > 0:

@@ -1,6 +1,6 @@
 """Small job functions for the tests, the demo and the benchmarks.
 
-Each is a ``CallTarget`` away: ``CallTarget("peer.samples:echo", {"a": 1})``.
+Each is a ``CallTarget`` away: ``CallTarget("peer.testing.samples:echo", {"a": 1})``.
 They are deterministic apart from the obvious (time, host name, pid). A
 function with a ``run`` parameter is given the run's ``RunContext``;
 ``run.attempt`` counts from 1.
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import trio
 
 if TYPE_CHECKING:
-    from peer.executor import RunContext
+    from peer.runtime.executor import RunContext
 
 
 def echo(**kwargs: Any) -> dict[str, Any]:

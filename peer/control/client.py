@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from membership.state import Address
-from peer.addresses import format_address
+from peer.runtime.addresses import format_address
 
 
 class ClientError(Exception):

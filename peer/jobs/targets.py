@@ -2,8 +2,8 @@
 
 These are values: they travel inside job definitions in the replicated jobs
 map, so every node runs the same target whichever owns the job. Parsing and
-validating them from a jobs file or the API is ``peer.jobdef``'s business;
-running them is ``peer.executor``'s.
+validating them from a jobs file or the API is ``peer.jobs.definition``'s business;
+running them is ``peer.runtime.executor``'s.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ members, in three ways:
    so writes spread as an epidemic. A delta too big for a packet is left to
    the digest sync.
 2. Digest sync. Every ``sync_interval`` (and at once when a node finds the
-   cluster, or lost members return: ``peer.core``), a node sends one
+   cluster, or lost members return: ``peer.core.node_core``), a node sends one
    random member a ``SyncProbe`` per map: the children of its
    digest tree's root (``crdt.digest``). The receiver compares them with its
    own, and for each differing child either descends (answers with that

@@ -23,7 +23,7 @@ Errors are {"error": "..."}: 400 for a bad request (a bad job definition
 says which job and field), 404 for an unknown job or run, 405 for the wrong
 method, 409 for sending to a finished run. Path parameters are single
 percent-encoded segments: run ids hold ``@`` and ``:``, which clients
-should quote (``peer.client.quote``).
+should quote (``peer.control.client.quote``).
 
 The API binds 127.0.0.1 by default: it can make the node leave and run
 code, so expose it only where that is wanted. The socket is bound before the
@@ -53,16 +53,16 @@ from prometheus_client.registry import Collector
 
 from membership.core import MembershipStats
 from membership.state import Address
-from peer.addresses import format_address, is_ipv6
-from peer.jobdef import JobError, JobSpec, parse_job
-from peer.replication import ReplicationStats
-from peer.runs import RunRecord, RunState, format_time
-from peer.scheduler import JobEntry, Role
-from peer.targets import CallTarget, CommandTarget, HttpTarget
-from peer.transport import BindError, TransportStats, bind_error_message
+from peer.runtime.addresses import format_address, is_ipv6
+from peer.jobs.definition import JobError, JobSpec, parse_job
+from peer.core.replication import ReplicationStats
+from peer.jobs.runs import RunRecord, RunState, format_time
+from peer.jobs.scheduler import JobEntry, Role
+from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget
+from peer.runtime.transport import BindError, TransportStats, bind_error_message
 
 if TYPE_CHECKING:
-    from peer.runtime import Agent
+    from peer.runtime.agent import Agent
 
 log = logging.getLogger("peer.api")
 
@@ -89,6 +89,16 @@ def bind_api_socket(addr: Address) -> socket.socket:
         sock.close()
         raise BindError(bind_error_message("api", addr, error, "--api")) from None
     return sock
+
+
+class HttpControlPlane:
+    """The control API as the agent's ``ControlPlane``."""
+
+    def bind(self, address: Address) -> socket.socket:
+        return bind_api_socket(address)
+
+    async def serve(self, agent: Agent, sock: socket.socket, *, task_status: trio.TaskStatus[None]) -> None:
+        await serve_api(agent, sock, task_status=task_status)
 
 
 async def serve_api(agent: Agent, sock: socket.socket, *, task_status: trio.TaskStatus[None]) -> None:

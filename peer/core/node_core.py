@@ -26,11 +26,11 @@ from membership.config import MembershipConfig
 from membership.core import Membership
 from membership.effects import Effect, Event
 from membership.state import Address, EventKind, Member, Status
-from peer.leases import NEW_LIFE_INCARNATION_GAP
-from peer.replication import ReplicationConfig, Replicator
-from peer.runs import precedence
-from peer.scheduler import JOBS, RUNS, Role, Scheduler, SchedulerConfig, SchedulerEffect
-from peer.scheduler import MAPS as SCHEDULER_MAPS
+from peer.jobs.leases import NEW_LIFE_INCARNATION_GAP
+from peer.core.replication import ReplicationConfig, Replicator
+from peer.jobs.runs import precedence
+from peer.jobs.scheduler import JOBS, RUNS, Role, Scheduler, SchedulerConfig, SchedulerEffect
+from peer.jobs.scheduler import MAPS as SCHEDULER_MAPS
 
 # Members a leaving node hands its writes to: enough that some are on its
 # side of a partition it may not know of yet (chaos seed 90).

@@ -2,7 +2,7 @@
 
 A key file holds one base64 key per line (16, 24, 32 or 64 bytes once
 decoded; ``#`` starts a comment). The first key signs, every key verifies:
-``peer.wire.Keyring``'s rotation, so a key is changed with no downtime by
+``peer.runtime.wire.Keyring``'s rotation, so a key is changed with no downtime by
 editing the files and restarting nodes one at a time (add the new key on a
 second line everywhere; move it first everywhere; remove the old one).
 ``PEER_KEY`` holds the same thing, keys separated by commas.
@@ -15,7 +15,7 @@ import binascii
 import secrets
 from collections.abc import Mapping
 
-from peer.wire import KEY_SIZES, Keyring
+from peer.runtime.wire import KEY_SIZES, Keyring
 
 KEY_ENV = "PEER_KEY"
 GENERATED_KEY_BYTES = 32

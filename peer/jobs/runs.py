@@ -22,7 +22,7 @@ node reads the same winner by one rule, ``PRECEDENCE`` below:
 
     a higher attempt wins; within an attempt, a later phase wins
     (pending < running < finished); between two running claims of one
-    attempt, the claimant ranking higher for the run wins (``peer.ring.rank``,
+    attempt, the claimant ranking higher for the run wins (``peer.jobs.ring.rank``,
     the same on every node whatever its view); then the later timestamp.
 
 So a result is never overwritten by a stale claim, a re-run (attempt + 1)
@@ -41,7 +41,7 @@ from typing import Any
 import attrs
 
 from crdt.ormap import Register
-from peer.ring import rank
+from peer.jobs.ring import rank
 
 
 class RunState(enum.Enum):

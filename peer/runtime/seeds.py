@@ -25,7 +25,7 @@ import attrs
 import trio
 
 from membership.state import Address
-from peer.addresses import AddressError, is_ip, normalize_ip, split_host_port
+from peer.runtime.addresses import AddressError, is_ip, normalize_ip, split_host_port
 
 DEFAULT_SEED_PORT = 7946
 DNS_PREFIX = "dns:"

@@ -25,7 +25,7 @@ import attrs
 import trio
 
 from membership.state import Address
-from peer.addresses import format_address, is_ipv6, is_wildcard
+from peer.runtime.addresses import format_address, is_ipv6, is_wildcard
 
 log = logging.getLogger("peer.transport")
 

@@ -9,7 +9,7 @@ one thing it lets through is ``trio.Cancelled``: the scheduler cancels a run
 that lost its claim or was replaced, and then every process the run started
 is killed and reaped before the cancellation carries on.
 
-Three kinds of target (``peer.targets``):
+Three kinds of target (``peer.jobs.targets``):
 
 - ``CallTarget``: ``package.module:function`` (imported once, in a worker
   thread so a slow import does not stall the node's heartbeats) or a name
@@ -60,7 +60,7 @@ import attrs
 import msgpack
 import trio
 
-from peer.targets import CallTarget, CommandTarget, HttpTarget, Target
+from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget, Target
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ the same keys as a JSON object (where ``null`` means "not given")::
 
     [[job]]
     id = "report"                   # [A-Za-z0-9][A-Za-z0-9_.-]{0,127}, unique
-    schedule = "*/5 * * * *"        # see peer.schedule; absent: a one-off job,
+    schedule = "*/5 * * * *"        # see peer.jobs.cron; absent: a one-off job,
                                     # run only when submitted
     timezone = "Europe/Paris"       # IANA name, default "UTC"; only with a schedule
     mode = "one"                    # "one": one owner runs each tick;
@@ -40,7 +40,7 @@ the same keys as a JSON object (where ``null`` means "not given")::
     paused = false
 
 Durations are a number of seconds or a string such as ``"500ms"``, ``"30s"``,
-``"5m"``, ``"1h30m"`` (``peer.schedule.parse_duration``). Unknown keys, wrong
+``"5m"``, ``"1h30m"`` (``peer.jobs.cron.parse_duration``). Unknown keys, wrong
 types and out-of-range values are refused with a ``JobError`` naming the file,
 the job, the key and the reason, on one line.
 
@@ -63,8 +63,8 @@ from urllib.parse import urlsplit
 import attrs
 import msgpack
 
-from peer.schedule import Schedule, check_timezone, parse_duration, parse_schedule
-from peer.targets import CallTarget, CommandTarget, HttpTarget, Target
+from peer.jobs.cron import Schedule, check_timezone, parse_duration, parse_schedule
+from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget, Target
 
 __all__ = [
     "HTTP_METHODS",

@@ -2,13 +2,13 @@
 
 Theory of operation
 -------------------
-A ``Node`` is a thin layer over ``peer.runtime.Agent``, the same driver the
+A ``Node`` is a thin layer over ``peer.runtime.agent.Agent``, the same driver the
 ``peer agent`` command runs: membership, the replicated maps and the
 scheduler are the agent's, and no scheduling decision is made here. What the
 layer adds is what a program needs to hold a node in its own process:
 
 - Settings as keyword arguments. Each goes through the converter
-  ``peer.settings`` uses for the TOML file, the environment and the flags,
+  ``peer.runtime.settings`` uses for the TOML file, the environment and the flags,
   so a bad value is the same one-line message, here a ``ConfigError`` naming
   the keyword (``bind: ...``). Nothing is read from the environment: the
   program decides. The control API is off unless ``api=`` is given.
@@ -34,7 +34,7 @@ layer adds is what a program needs to hold a node in its own process:
   node can be awaited on any other.
 
 A node is used from the trio thread it runs in. It never prints; it logs
-through ``logging`` (``peer.node``, ``peer.agent``, ``peer.scheduler``...),
+through ``logging`` (``peer.control.node``, ``peer.agent``, ``peer.jobs.scheduler``...),
 and leaves configuring handlers to the program.
 """
 
@@ -52,17 +52,18 @@ import attrs
 import trio
 
 from membership.state import Status
-from peer.addresses import format_address
-from peer.executor import Executor
-from peer.jobdef import JobError, JobSpec, parse_job
-from peer.keys import KeyringError, load_keyring, parse_keys
-from peer.replication import ReplicationConfig
-from peer.runs import RunRecord, RunState
-from peer.runtime import API_DRAIN_SECONDS, MAX_RESULT_BYTES, RUN_WAIT_RECHECK, Agent
-from peer.scheduler import Role, Scheduler, SchedulerConfig
-from peer.settings import CONVERTERS, ConfigError, Settings
-from peer.targets import CallTarget, CommandTarget, HttpTarget, Target
-from peer.wire import Keyring
+from peer.control.api import HttpControlPlane
+from peer.runtime.addresses import format_address
+from peer.runtime.executor import Executor
+from peer.jobs.definition import JobError, JobSpec, parse_job
+from peer.runtime.keys import KeyringError, load_keyring, parse_keys
+from peer.core.replication import ReplicationConfig
+from peer.jobs.runs import RunRecord, RunState
+from peer.runtime.agent import API_DRAIN_SECONDS, MAX_RESULT_BYTES, RUN_WAIT_RECHECK, Agent
+from peer.jobs.scheduler import Role, Scheduler, SchedulerConfig
+from peer.runtime.settings import CONVERTERS, ConfigError, Settings
+from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget, Target
+from peer.runtime.wire import Keyring
 
 __all__ = [
     "JobInfo",
@@ -190,7 +191,7 @@ class Node:
     the control API, so the ``peer`` CLI can talk to this node; default
     None: none), ``key`` (the cluster key(s): base64 text as ``peer keygen``
     prints, comma-separated for several, raw bytes, a list of either, or a
-    ``peer.wire.Keyring``) or ``key_file``, ``profile``, ``join_timeout``,
+    ``peer.runtime.wire.Keyring``) or ``key_file``, ``profile``, ``join_timeout``,
     ``dns_interval``, ``hosts_file``, ``drain_timeout``, ``load_factor``,
     ``membership`` (a mapping of membership timings). ``scheduler``, ``replication`` and
     ``executor`` take the configuration objects themselves (a
@@ -350,7 +351,7 @@ class Node:
             replication=self.replication_config,
             scheduler=self.scheduler_config,
             executor=self.executor,
-            control_api=self._serve_api,
+            control_plane=HttpControlPlane() if self._serve_api else None,
         )
         await agent.bind()  # BindError, before anything runs
         self._stopped = trio.Event()
@@ -434,7 +435,7 @@ class Node:
 
     @property
     def agent(self) -> Agent:
-        """The underlying ``peer.runtime.Agent`` (for what this layer does not offer)."""
+        """The underlying ``peer.runtime.agent.Agent`` (for what this layer does not offer)."""
         return self._require()
 
     @property

@@ -23,9 +23,9 @@ import attrs
 
 from membership.config import PROFILES, MembershipConfig, profile
 from membership.state import Address
-from peer.addresses import AddressError, parse_ip_address
-from peer.scheduler import SchedulerConfig
-from peer.seeds import parse_seed
+from peer.runtime.addresses import AddressError, parse_ip_address
+from peer.jobs.scheduler import SchedulerConfig
+from peer.runtime.seeds import parse_seed
 
 DEFAULT_PORT = 7946
 DEFAULT_API_PORT = 7947
@@ -156,9 +156,9 @@ class Settings:
     hosts_file: str | None = None
     log_format: str = "text"
     log_level: str = "info"
-    jobs: str | None = None  # a TOML jobs file (peer.jobdef) defined at start
+    jobs: str | None = None  # a TOML jobs file (peer.jobs.definition) defined at start
     drain_timeout: float = 30.0
-    load_factor: float | None = None  # bounded loads for job placement (peer.ring)
+    load_factor: float | None = None  # bounded loads for job placement (peer.jobs.ring)
     membership: dict[str, Any] = attrs.field(factory=dict)
 
     def scheduler_config(self) -> SchedulerConfig:

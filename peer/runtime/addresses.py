@@ -2,7 +2,7 @@
 
 Inside the node an address is ``(host, port)`` with ``host`` an IP literal
 (``membership.state.Address``); hostnames are resolved at the edge (seeds,
-``peer.seeds``) and never reach the protocol core.
+``peer.runtime.seeds``) and never reach the protocol core.
 """
 
 from __future__ import annotations

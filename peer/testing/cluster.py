@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 import attrs
 
 from membership.state import Address
-from peer.addresses import format_address
-from peer.client import ClientError, call, fetch
+from peer.runtime.addresses import format_address
+from peer.control.client import ClientError, call, fetch
 
 T = TypeVar("T")
 
@@ -41,7 +41,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A port free for both UDP and TCP on ``host`` right now, below the
     ephemeral range: a port from that range may be taken, while its agent
     is down, by another agent's outgoing connection, and the agent could
-    not restart on it (found by ``peer.chaos``)."""
+    not restart on it (found by ``peer.tools.chaos``)."""
     low = max(1024, min(_ephemeral_low(), 65536) - 12_000)
     high = max(low + 1, min(_ephemeral_low(), 65536) - 1)
     rng = random.Random()
@@ -224,7 +224,7 @@ class LocalCluster:
         seeds = list(seeds)
         if seeds:
             args += ["--seeds", ",".join(seeds)]
-        # The name the agent is given, also for the jobs it runs (peer.samples.journal).
+        # The name the agent is given, also for the jobs it runs (peer.testing.samples.journal).
         env = dict(self.env, PEER_NAME=name)
         key = key if key is not None else self.key
         if key:

@@ -1,13 +1,13 @@
-"""Chaos on real processes: ``python -m peer.chaos``.
+"""Chaos on real processes: ``python -m peer.tools.chaos``.
 
-    python -m peer.chaos [--nodes N] [--minutes M] [--seed S] [--heal S] [--json] [--keep DIR]
+    python -m peer.tools.chaos [--nodes N] [--minutes M] [--seed S] [--heal S] [--json] [--keep DIR]
 
 Theory of operation. ``run_chaos`` starts N ``peer agent`` processes on
 127.0.0.1 through ``LocalCluster`` (every PID tracked, everything killed on
 the way out, whatever happened), each with every other as a seed, so a
 restarted node can rejoin whichever nodes are down. They all get one jobs
 file: ``CRON_JOBS`` jobs in mode ``one`` and one in mode ``all``, each
-``@every 2s`` and calling ``peer.samples:journal``, which appends one line
+``@every 2s`` and calling ``peer.testing.samples:journal``, which appends one line
 per execution (run id, attempt, node, start time) to a journal file. The
 journal, never what the agents say, is the ground truth of what ran.
 
@@ -73,10 +73,10 @@ import attrs
 
 from membership.config import profile as membership_profile
 from membership.suspicion import Suspicion
-from peer.client import ClientError, api_path
-from peer.keys import generate_key
-from peer.localcluster import AgentProcess, LocalCluster, wait_for
-from peer.runs import tick_run_id
+from peer.control.client import ClientError, api_path
+from peer.runtime.keys import generate_key
+from peer.testing.cluster import AgentProcess, LocalCluster, wait_for
+from peer.jobs.runs import tick_run_id
 
 log = logging.getLogger("peer.chaos")
 
@@ -117,7 +117,7 @@ LOG_LINES = 12  # log lines quoted per run in a violation's evidence
 
 @attrs.frozen
 class JournalLine:
-    """One execution, as ``peer.samples.journal`` wrote it."""
+    """One execution, as ``peer.testing.samples.journal`` wrote it."""
 
     run: str
     attempt: int
@@ -166,7 +166,7 @@ def journal_job(job_id: str, path: Path, *, mode: str = "one", sleep: float = 0.
         "id": job_id,
         "schedule": "@every 2s",
         "mode": mode,
-        "call": "peer.samples:journal",
+        "call": "peer.testing.samples:journal",
         "kwargs": {"path": str(path), "sleep": sleep},
     }
 
@@ -489,7 +489,7 @@ class Chaos:
         if not candidates:
             return
         agent = self.submit_rng.choice(candidates)
-        body = {"id": f"oneoff-{len(self.oneoffs) + len(self.submit_errors):04d}", "call": "peer.samples:journal",
+        body = {"id": f"oneoff-{len(self.oneoffs) + len(self.submit_errors):04d}", "call": "peer.testing.samples:journal",
                 "kwargs": {"path": str(self.journal)}}
         at_ms = now_ms()
         try:
@@ -800,7 +800,7 @@ def run_chaos(
     jobs = [journal_job(f"chaos-{i}", journal) for i in range(CRON_JOBS)] + [journal_job(ALL_JOB, journal, mode="all")]
     jobs_file.write_text(toml_jobs(jobs))
     extra = ["--jobs", str(jobs_file), "--drain-timeout", str(DRAIN_TIMEOUT)]
-    log.info("peer.chaos: seed %d, %d nodes, %g minutes of chaos, %gs healed; workdir %s", seed, nodes, minutes, heal, workdir)
+    log.info("peer.tools.chaos: seed %d, %d nodes, %g minutes of chaos, %gs healed; workdir %s", seed, nodes, minutes, heal, workdir)
     with LocalCluster(workdir, profile=profile, key=generate_key(), extra_args=extra) as cluster:
         chaos = Chaos(cluster, journal, nodes=nodes, seed=seed, profile=profile)
         chaos.start()
@@ -835,7 +835,7 @@ def run_chaos(
 
 
 def repeat_command(nodes: int, minutes: float, seed: int, heal: float) -> str:
-    return shlex.join(["python", "-m", "peer.chaos", "--nodes", str(nodes), "--minutes", f"{minutes:g}",
+    return shlex.join(["python", "-m", "peer.tools.chaos", "--nodes", str(nodes), "--minutes", f"{minutes:g}",
                        "--seed", str(seed), "--heal", f"{heal:g}"])
 
 
@@ -865,7 +865,7 @@ def format_report(result: Mapping[str, Any]) -> str:
         for name in sorted(r["rss_kib"])
     )
     lines = [
-        (f"peer.chaos: seed {r['seed']}, {r['nodes']} nodes, {r['minutes']:g} min of chaos (survived "
+        (f"peer.tools.chaos: seed {r['seed']}, {r['nodes']} nodes, {r['minutes']:g} min of chaos (survived "
         f"{r['survived_minutes']:g}), {r['heal_seconds']:g}s healed, profile {r['profile']}; workdir {r['workdir']}"),
         f"actions: {counts}",
         *(f"  {describe(action)}" for action in r["actions"]["timeline"]),
@@ -891,7 +891,7 @@ def format_report(result: Mapping[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m peer.chaos", description="Chaos on real peer agents on 127.0.0.1.")
+    parser = argparse.ArgumentParser(prog="python -m peer.tools.chaos", description="Chaos on real peer agents on 127.0.0.1.")
     parser.add_argument("--nodes", type=int, default=5, help="agents to start (default 5, at least 3)")
     parser.add_argument("--minutes", type=float, default=1.0, help="minutes of chaos (default 1)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the random driver (default: a random one, printed)")
@@ -912,7 +912,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps(result, indent=1) if args.json else format_report(result))
     if result["violations"]:
         keep = "" if args.keep else " --keep DIR"  # to read the agents' logs and the journal afterwards
-        print(f"peer.chaos: {len(result['violations'])} violations; seed {seed}; repeat with: {result['command']}{keep}", file=sys.stderr)
+        print(f"peer.tools.chaos: {len(result['violations'])} violations; seed {seed}; repeat with: {result['command']}{keep}", file=sys.stderr)
         return 1
     return 0
 

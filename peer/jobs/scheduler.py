@@ -2,10 +2,10 @@
 
 Theory of operation
 -------------------
-Four replicated maps hold everything (``peer.replication``): ``jobs`` (job
+Four replicated maps hold everything (``peer.core.replication``): ``jobs`` (job
 id -> definition and the time it took effect), ``runs`` (run id -> record,
-``peer.runs``), ``updates`` (data sent to running runs) and ``leases``
-(job -> who walks its schedule, ``peer.leases``). Every node holds them all, so every node can answer for every job and run, and a
+``peer.jobs.runs``), ``updates`` (data sent to running runs) and ``leases``
+(job -> who walks its schedule, ``peer.jobs.leases``). Every node holds them all, so every node can answer for every job and run, and a
 node's death loses nothing that reached one other node.
 
 Ownership. A node is *eligible* to own work when it is live and says it is
@@ -13,7 +13,7 @@ Ownership. A node is *eligible* to own work when it is live and says it is
 seconds ``starting`` (catching up the maps, so it does not re-run what it has
 not heard of yet) and says ``draining`` when leaving. Cron jobs in mode
 ``one`` are placed on the eligible nodes by consistent hashing
-(``peer.ring``); a submitted run goes to its run id's owner on the ring; a
+(``peer.jobs.ring``); a submitted run goes to its run id's owner on the ring; a
 run of a job in mode ``all`` belongs to its node. Every node computes the
 same owners from the same view, so no leader hands work out.
 
@@ -23,7 +23,7 @@ So no node starts a run on its view alone; every start is backed by a
 token only one node holds, passed on explicitly:
 
 - A cron job in mode ``one`` is walked by the holder of its lease
-  (``peer.leases``): a live holder whose view moves the job elsewhere
+  (``peer.jobs.leases``): a live holder whose view moves the job elsewhere
   transfers the lease, with the last tick it handled, to the new owner,
   which goes on from there; only a gone holder's lease (failed, left, an
   ended life) is acquired, by the owner by view, which waits a handover
@@ -52,7 +52,7 @@ unfinished record (pending, a claim) waits ``gossip_hold`` (a second) for
 the outcome, so a short run spreads once, as its outcome. Should two claims meet
 anyway (a failover under disagreeing views, a partition), the runs map's
 precedence picks the same winner on every node and the loser cancels
-(``peer.runs``). Duplicates are counted, never hidden.
+(``peer.jobs.runs``). Duplicates are counted, never hidden.
 
 Failover. Every ``scan_interval`` (and on each view change) a node looks
 at the unfinished runs: a ``running`` record whose claimant is gone (dead,
@@ -95,10 +95,10 @@ import msgpack
 from crdt.hlc import Timestamp
 from crdt.ormap import Register
 from membership.state import Member, Status
-from peer.jobdef import JobError, JobSpec
-from peer.leases import ACQUIRE, TRANSFER, Lease, same_life
-from peer.ring import Ring
-from peer.runs import (
+from peer.jobs.definition import JobError, JobSpec
+from peer.jobs.leases import ACQUIRE, TRANSFER, Lease, same_life
+from peer.jobs.ring import Ring
+from peer.jobs.runs import (
     MAX_ERROR_CHARS,
     MAX_PROGRESS_BYTES,
     RunRecord,
@@ -647,7 +647,7 @@ class Scheduler:
 
     def _place(self, wall_ms: int) -> None:
         """Recompute who owns what, settle the leases of the jobs in mode
-        one (``peer.leases``), and start or stop walking schedules."""
+        one (``peer.jobs.leases``), and start or stop walking schedules."""
         self._placement_stale = False
         eligible = tuple(sorted(self._eligible()))
         unchanged = eligible == self._ring.members and not self._jobs_changed and self.role is self._placed_as
@@ -694,7 +694,7 @@ class Scheduler:
                     self._schedule_next(job_id)
 
     def _settle_lease(self, wall_ms: int, job_id: str) -> tuple[int, bool] | None:
-        """Apply the lease rules (``peer.leases``) to a job in mode one:
+        """Apply the lease rules (``peer.jobs.leases``) to a job in mode one:
         transfer it, acquire it, or wait for it. Where to start walking its
         schedule, if we walk it."""
         entry = self._jobs[job_id]

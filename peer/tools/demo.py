@@ -2,7 +2,7 @@
 
 Starts N ``peer agent`` processes on 127.0.0.1 with a fresh cluster key and
 one jobs file (``JOBS_TOML``: cron jobs in mode ``one`` calling
-``peer.samples``, one that fails once and is retried, a heartbeat in mode
+``peer.testing.samples``, one that fails once and is retried, a heartbeat in mode
 ``all``), and shows, from what the agents' control APIs answer:
 
 1. the cluster forming and a live table of which node owns and runs what
@@ -40,12 +40,12 @@ from typing import Any, TextIO
 
 import attrs
 
-from peer.api import target_document
-from peer.cli import format_table
-from peer.client import ClientError, api_path, call
-from peer.jobdef import JobSpec, load_jobs_file
-from peer.keys import generate_key
-from peer.localcluster import AgentProcess, LocalCluster, wait_for
+from peer.control.api import target_document
+from peer.control.text import format_table
+from peer.control.client import ClientError, api_path, call
+from peer.jobs.definition import JobSpec, load_jobs_file
+from peer.runtime.keys import generate_key
+from peer.testing.cluster import AgentProcess, LocalCluster, wait_for
 
 STEP_TIMEOUT = 60.0
 # How often the live table is redrawn on a terminal, and printed otherwise.
@@ -66,30 +66,30 @@ JOBS_TOML = """\
 [[job]]
 id = "report"
 schedule = "@every 2s"
-call = "peer.samples:tick"
+call = "peer.testing.samples:tick"
 kwargs = { work = 0.5 }         # seconds of work per run
 
 [[job]]
 id = "counter"
 schedule = "@every 2s"
-call = "peer.samples:tick"
+call = "peer.testing.samples:tick"
 
 [[job]]
 id = "digest"
 schedule = "@every 3s"
-call = "peer.samples:tick"
+call = "peer.testing.samples:tick"
 kwargs = { work = 0.3 }
 
 [[job]]
 id = "cleanup"
 schedule = "@every 3s"
-call = "peer.samples:tick"
+call = "peer.testing.samples:tick"
 kwargs = { work = 0.3 }
 
 [[job]]
 id = "flaky"                    # fails on its first attempt, every time
 schedule = "@every 4s"
-call = "peer.samples:flaky"
+call = "peer.testing.samples:flaky"
 kwargs = { fail_times = 1 }
 retries = 1
 backoff = "500ms"
@@ -98,7 +98,7 @@ backoff = "500ms"
 id = "heartbeat"                # every node runs each tick
 schedule = "@every 3s"
 mode = "all"
-call = "peer.samples:tick"
+call = "peer.testing.samples:tick"
 """
 
 
@@ -470,9 +470,9 @@ class Demo:
         submitter, sender, reader = self.agents[1], self.agents[2], self.agents[0]
         submits: list[tuple[str, dict[str, Any]]] = [
             ("the job counter, once, now", {"job": "counter"}),
-            ("peer.samples:total(numbers=[1, 2, 3, 4])", {"id": "sum", "call": "peer.samples:total", "kwargs": {"numbers": [1, 2, 3, 4]}}),
-            ("peer.samples:flaky(fail_times=1), retries 1", {"id": "flaky-once", "call": "peer.samples:flaky", "kwargs": {"fail_times": 1}, "retries": 1, "backoff": "200ms"}),
-            ("peer.samples:wait_for_update(), which waits for an update", {"id": "approval", "call": "peer.samples:wait_for_update", "timeout": "30s"}),
+            ("peer.testing.samples:total(numbers=[1, 2, 3, 4])", {"id": "sum", "call": "peer.testing.samples:total", "kwargs": {"numbers": [1, 2, 3, 4]}}),
+            ("peer.testing.samples:flaky(fail_times=1), retries 1", {"id": "flaky-once", "call": "peer.testing.samples:flaky", "kwargs": {"fail_times": 1}, "retries": 1, "backoff": "200ms"}),
+            ("peer.testing.samples:wait_for_update(), which waits for an update", {"id": "approval", "call": "peer.testing.samples:wait_for_update", "timeout": "30s"}),
         ]
         self.event(f"submit {len(submits)} one-off runs through {submitter.name} (POST /submit; `peer submit`):")
         run_ids = [call(submitter.api, "/submit", method="POST", body=body)["run"] for _, body in submits]
