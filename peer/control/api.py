@@ -561,24 +561,8 @@ def _short(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def job_owner(agent: Agent, spec: JobSpec) -> str | None:
-    """Who runs the job's ticks by this node's view: a node, ``all`` (mode
-    all), or None (no schedule, paused, or no eligible node)."""
-    if spec.schedule is None or spec.paused:
-        return None
-    if spec.mode == "all":
-        return "all"
-    return agent.scheduler.job_owner(spec.id)
-
-
-def next_tick(entry: JobEntry, now_ms: int) -> str | None:
-    schedule = entry.spec.schedule
-    if schedule is None or entry.spec.paused:
-        return None
-    try:
-        return format_time(schedule.next_after(max(now_ms, entry.since)))
-    except ValueError:  # past the last year a cron schedule is computed for
-        return None
+def _time_or_none(ms: int | None) -> str | None:
+    return None if ms is None else format_time(ms)
 
 
 def job_document(agent: Agent, entry: JobEntry, now_ms: int) -> dict[str, Any]:
@@ -592,8 +576,8 @@ def job_document(agent: Agent, entry: JobEntry, now_ms: int) -> dict[str, Any]:
         "target": target_document(spec.target),
         "paused": spec.paused,
         "tags": list(spec.tags),
-        "owner": job_owner(agent, spec),
-        "next_tick": next_tick(entry, now_ms),
+        "owner": agent.scheduler.runs_ticks_of(spec),
+        "next_tick": _time_or_none(entry.next_tick(now_ms)),
         "since": format_time(entry.since),
     }
 

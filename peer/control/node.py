@@ -60,7 +60,7 @@ from peer.runtime.keys import KeyringError, load_keyring, parse_keys
 from peer.core.replication import ReplicationConfig
 from peer.jobs.runs import RunRecord, RunState
 from peer.runtime.agent import API_DRAIN_SECONDS, MAX_RESULT_BYTES, RUN_WAIT_RECHECK, Agent
-from peer.jobs.scheduler import Role, Scheduler, SchedulerConfig
+from peer.jobs.scheduler import JobEntry, Role, Scheduler, SchedulerConfig
 from peer.runtime.settings import CONVERTERS, ConfigError, Settings
 from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget, Target
 from peer.runtime.wire import Keyring
@@ -545,7 +545,7 @@ class Node:
         """Every job defined in the cluster, by id (sorted), as this node sees it."""
         scheduler = self._require().scheduler
         now_ms = self._require().core.wall_ms()
-        return {job_id: _job_info(scheduler, entry.spec, entry.since, now_ms) for job_id, entry in sorted(scheduler.jobs().items())}
+        return {job_id: _job_info(scheduler, entry, now_ms) for job_id, entry in sorted(scheduler.jobs().items())}
 
     def job(self, job_id: str) -> JobInfo | None:
         return self.jobs().get(job_id)
@@ -887,13 +887,11 @@ def _utc(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
-def _job_info(scheduler: Scheduler, spec: JobSpec, since: int, now_ms: int) -> JobInfo:
-    owner: str | None = None
-    next_tick: datetime | None = None
-    if spec.schedule is not None and not spec.paused:
-        owner = "all" if spec.mode == "all" else scheduler.job_owner(spec.id)
-        try:
-            next_tick = _utc(spec.schedule.next_after(max(now_ms, since)))
-        except ValueError:  # past the last year a cron schedule is computed for
-            next_tick = None
-    return JobInfo(spec=spec, owner=owner, next_tick=next_tick, since=_utc(since))
+def _job_info(scheduler: Scheduler, entry: JobEntry, now_ms: int) -> JobInfo:
+    next_tick = entry.next_tick(now_ms)
+    return JobInfo(
+        spec=entry.spec,
+        owner=scheduler.runs_ticks_of(entry.spec),
+        next_tick=None if next_tick is None else _utc(next_tick),
+        since=_utc(entry.since),
+    )

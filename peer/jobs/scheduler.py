@@ -240,6 +240,18 @@ class JobEntry:
     spec: JobSpec
     since: int  # epoch ms the definition took effect: no tick before it is due
 
+    def next_tick(self, now_ms: int) -> int | None:
+        """Epoch ms of the job's next tick due after ``now_ms``; None for a
+        job with no schedule, a paused one, or past the last year a cron
+        schedule is computed for."""
+        schedule = self.spec.schedule
+        if schedule is None or self.spec.paused:
+            return None
+        try:
+            return schedule.next_after(max(now_ms, self.since))
+        except ValueError:
+            return None
+
 
 class Scheduler:
     def __init__(
@@ -590,6 +602,13 @@ class Scheduler:
     def job_owner(self, job_id: str) -> str | None:
         """Who runs the job's ticks (mode one), by this node's view."""
         return self._owners.get(job_id)
+
+    def runs_ticks_of(self, spec: JobSpec) -> str | None:
+        """Who runs the job's ticks by this node's view: a node, ``all``
+        (mode all), or None (no schedule, paused, or no eligible node)."""
+        if spec.schedule is None or spec.paused:
+            return None
+        return "all" if spec.mode == "all" else self.job_owner(spec.id)
 
     def record(self, run_id: str) -> RunRecord | None:
         register = self._store.get(RUNS, run_id)
