@@ -54,6 +54,7 @@ import msgpack
 from crdt.context import CausalContext, Dot
 from crdt.digest import DEPTH, ROOT, HashTree, Node, Scope, hash64, key_position
 from crdt.hlc import Timestamp
+from crdt.values import Fault, NotReplicable, replicated_form
 
 MAX_KEY_BYTES = 512
 MAX_VALUE_BYTES = 64 * 1024
@@ -151,14 +152,12 @@ def check_entry(key: str, value: Any) -> Any:
     if not isinstance(key, str) or not 0 < len(key.encode()) <= MAX_KEY_BYTES:
         raise ValueError(f"a key is a string of 1..{MAX_KEY_BYTES} bytes, got {key!r:.80}")
     try:
-        packed = msgpack.packb(value)
-    except (TypeError, ValueError, OverflowError) as error:
-        raise ValueError(f"value for {key!r} cannot be serialised: {error}") from None
-    if len(packed) > MAX_VALUE_BYTES:
-        raise ValueError(f"value for {key!r} is {len(packed)} bytes; the limit is {MAX_VALUE_BYTES}")
-    try:
-        return msgpack.unpackb(packed, strict_map_key=True)
-    except ValueError:
+        return replicated_form(value, MAX_VALUE_BYTES)
+    except NotReplicable as error:
+        if error.fault is Fault.UNSERIALISABLE:
+            raise ValueError(f"value for {key!r} cannot be serialised: {error.detail}") from None
+        if error.fault is Fault.TOO_LARGE:
+            raise ValueError(f"value for {key!r} is {error.size} bytes; the limit is {MAX_VALUE_BYTES}") from None
         raise ValueError(f"value for {key!r}: map keys must be strings or bytes") from None
 
 

@@ -172,6 +172,7 @@ def run_agent(args: argparse.Namespace) -> int:
     from peer.runtime.logs import configure
     from peer.control.api import HttpControlPlane
     from peer.runtime.agent import Agent, AgentError
+    from peer.runtime.exceptions import leaf_exceptions
 
     flags = {key: getattr(args, key) for _, key, _ in AGENT_OPTIONS}
     settings = load(flags, config_path=args.config)
@@ -182,7 +183,7 @@ def run_agent(args: argparse.Namespace) -> int:
     try:
         trio.run(_agent_main, agent)
     except BaseExceptionGroup as group:
-        error = _find(group, (AgentError, BindError))
+        error = next((leaf for leaf in leaf_exceptions(group) if isinstance(leaf, (AgentError, BindError))), None)
         if error is None:
             raise
         return _fail(str(error))
@@ -207,17 +208,6 @@ async def _leave_on_signal(agent: Any, nursery: trio.Nursery) -> None:
             if agent.leaving:
                 raise AgentError(f"{signal.Signals(signum).name} again while leaving: stopped before the leave was complete")
             nursery.start_soon(agent.leave)
-
-
-def _find(group: BaseExceptionGroup, types: tuple[type[BaseException], ...]) -> BaseException | None:
-    for error in group.exceptions:
-        if isinstance(error, types):
-            return error
-        if isinstance(error, BaseExceptionGroup):
-            found = _find(error, types)
-            if found is not None:
-                return found
-    return None
 
 
 # -- client commands ---------------------------------------------------------------

@@ -54,6 +54,7 @@ import trio
 from membership.state import Status
 from peer.control.api import HttpControlPlane
 from peer.runtime.addresses import format_address
+from peer.runtime.exceptions import leaf_exceptions
 from peer.runtime.executor import Executor
 from peer.jobs.definition import JobError, JobSpec, parse_job
 from peer.runtime.keys import KeyringError, load_keyring, parse_keys
@@ -365,9 +366,10 @@ class Node:
                 finally:
                     await self._exit(agent)
         except BaseExceptionGroup as group:
-            failure = _sole(group)
-            if failure is None:
+            leaves = leaf_exceptions(group)
+            if len(leaves) != 1:
                 raise
+            failure = leaves[0]
         finally:
             self._agent = None
             self._agent_scope = None
@@ -512,7 +514,7 @@ class Node:
         data = {**fields, **self._target_keys(target, kwargs, "schedule", fields), "id": job_id}
         if schedule is not None:
             data["schedule"] = schedule
-        spec = parse_job(_listed(data), where="schedule()")
+        spec = parse_job(_with_tags_as_list(data), where="schedule()")
         agent = self._require()
         await self._settled()
         return await agent.define_job(spec)
@@ -585,7 +587,7 @@ class Node:
         job_id = fields.pop("id", None)
         keys = self._target_keys(target, kwargs, where, fields)
         job_id = job_id or _default_id(keys.get("call") or _program(keys))
-        spec = parse_job(_listed({**fields, **keys, "id": job_id}), where=where)
+        spec = parse_job(_with_tags_as_list({**fields, **keys, "id": job_id}), where=where)
         return await self._require().submit(spec)
 
     async def trigger(self, job_id: str, /, **kwargs: Any) -> str:
@@ -813,16 +815,6 @@ def _keyring(key: str | bytes | Sequence[str | bytes] | Keyring | None, key_file
         raise ConfigError(f"key: {error}") from None
 
 
-def _sole(group: BaseExceptionGroup[Any]) -> BaseException | None:
-    """The one exception in a (nested) group, or None if there are several."""
-    error: BaseException = group
-    while isinstance(error, BaseExceptionGroup):
-        if len(error.exceptions) != 1:
-            return None
-        error = error.exceptions[0]
-    return error
-
-
 def _valid_function_name(name: str) -> bool:
     try:
         JobSpec(id="x", target=CallTarget(name), schedule=None)
@@ -860,7 +852,7 @@ def _program(keys: Mapping[str, Any]) -> str:
     return "http"
 
 
-def _listed(data: dict[str, Any]) -> dict[str, Any]:
+def _with_tags_as_list(data: dict[str, Any]) -> dict[str, Any]:
     """Tuples of tags as the list a job definition takes."""
     if isinstance(data.get("tags"), tuple):
         data["tags"] = list(data["tags"])

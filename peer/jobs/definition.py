@@ -136,7 +136,7 @@ def _rebuild_error(where: str, reason: str, job: str | None, field: str | None, 
     return JobError(where, reason, job=job, field=field, index=index)
 
 
-class _Bad(Exception):
+class _FieldError(Exception):
     """A field's problem, before we know where it is reported."""
 
     def __init__(self, field: str | None, reason: str) -> None:
@@ -152,7 +152,7 @@ def _check_plain(value: Any, field: str, depth: int = 0) -> None:
     """Plain data: str, int (64-bit), finite float, bool, None, lists, and
     dicts with str keys -- what msgpack and JSON both carry unchanged."""
     if depth > MAX_DEPTH:
-        raise _Bad(field, f"nested more than {MAX_DEPTH} levels deep")
+        raise _FieldError(field, f"nested more than {MAX_DEPTH} levels deep")
     if isinstance(value, str):
         _check_text(value, field)
         return
@@ -160,11 +160,11 @@ def _check_plain(value: Any, field: str, depth: int = 0) -> None:
         return
     if isinstance(value, int):
         if not -(2**63) <= value < 2**64:
-            raise _Bad(field, f"integer {value} does not fit in 64 bits")
+            raise _FieldError(field, f"integer {value} does not fit in 64 bits")
         return
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise _Bad(field, f"{value!r} is not a finite number")
+            raise _FieldError(field, f"{value!r} is not a finite number")
         return
     if isinstance(value, list):
         for item in value:
@@ -173,11 +173,11 @@ def _check_plain(value: Any, field: str, depth: int = 0) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise _Bad(field, f"keys must be strings, got {key!r}")
+                raise _FieldError(field, f"keys must be strings, got {key!r}")
             _check_text(key, field)
             _check_plain(item, field, depth + 1)
         return
-    raise _Bad(
+    raise _FieldError(
         field,
         f"{type(value).__name__} is not plain data (use str, int, float, bool, null, lists and tables)",
     )
@@ -188,7 +188,7 @@ def _check_text(value: str, field: str) -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise _Bad(field, f"{value!r} is not valid Unicode text (it holds a lone surrogate)") from None
+        raise _FieldError(field, f"{value!r} is not valid Unicode text (it holds a lone surrogate)") from None
 
 
 def _copy_plain(value: Any) -> Any:
@@ -201,7 +201,7 @@ def _copy_plain(value: Any) -> Any:
 
 def _check_string_map(value: Any, field: str) -> None:
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise _Bad(field, "expected a table of strings to strings")
+        raise _FieldError(field, "expected a table of strings to strings")
     for key, text in value.items():
         _check_text(key, field)
         _check_text(text, field)
@@ -213,39 +213,39 @@ def _check_target(target: Any) -> None:
         if not isinstance(function, str) or not (
             len(function) <= 256 and (_IMPORT_RE.fullmatch(function) or _NAME_RE.fullmatch(function))
         ):
-            raise _Bad(
+            raise _FieldError(
                 "call",
                 f"{function!r} is neither 'package.module:function' nor a registered name like 'report'",
             )
         if not isinstance(target.kwargs, dict):
-            raise _Bad("kwargs", "expected a table")
+            raise _FieldError("kwargs", "expected a table")
         _check_plain(dict(target.kwargs), "kwargs")
     elif isinstance(target, CommandTarget):
         argv = target.argv
         if not argv or not all(isinstance(arg, str) for arg in argv):
-            raise _Bad("command", "expected a non-empty list of strings")
+            raise _FieldError("command", "expected a non-empty list of strings")
         if not argv[0]:
-            raise _Bad("command", "the program name is empty")
+            raise _FieldError("command", "the program name is empty")
         if any("\x00" in arg for arg in argv):
-            raise _Bad("command", "contains a NUL character")
+            raise _FieldError("command", "contains a NUL character")
         for arg in argv:
             _check_text(arg, "command")
         if not isinstance(target.shell, bool):
-            raise _Bad("shell", f"expected true or false, got {target.shell!r}")
+            raise _FieldError("shell", f"expected true or false, got {target.shell!r}")
         if target.shell and len(argv) != 1:
-            raise _Bad("command", "with shell = true, the command is one string")
+            raise _FieldError("command", "with shell = true, the command is one string")
         _check_string_map(target.env, "env")
         for name, text in target.env.items():
             if not _ENV_NAME_RE.fullmatch(name) or "\x00" in text:
-                raise _Bad("env", f"{name!r} is not a valid environment variable")
+                raise _FieldError("env", f"{name!r} is not a valid environment variable")
         if target.cwd is not None:
             if not isinstance(target.cwd, str) or not target.cwd or "\x00" in target.cwd:
-                raise _Bad("cwd", f"expected a directory path, got {target.cwd!r}")
+                raise _FieldError("cwd", f"expected a directory path, got {target.cwd!r}")
             _check_text(target.cwd, "cwd")
     elif isinstance(target, HttpTarget):
         url = target.url
         if not isinstance(url, str):
-            raise _Bad("http.url", f"expected a string, got {url!r}")
+            raise _FieldError("http.url", f"expected a string, got {url!r}")
         try:
             parts = urlsplit(url)
             _ = parts.port  # a bad port raises ValueError
@@ -253,24 +253,24 @@ def _check_target(target: Any) -> None:
         except ValueError:
             valid = False
         if not valid or not url.isprintable() or " " in url or len(url) > 8192:
-            raise _Bad("http.url", f"{url!r} is not an http:// or https:// URL")
+            raise _FieldError("http.url", f"{url!r} is not an http:// or https:// URL")
         if target.method not in HTTP_METHODS:
-            raise _Bad("http.method", f"{target.method!r} is not one of {', '.join(HTTP_METHODS)}")
+            raise _FieldError("http.method", f"{target.method!r} is not one of {', '.join(HTTP_METHODS)}")
         _check_string_map(target.headers, "http.headers")
         for name, text in target.headers.items():
             if not _HEADER_NAME_RE.fullmatch(name) or any(c in text for c in "\r\n\x00"):
-                raise _Bad("http.headers", f"{name!r} is not a valid header")
+                raise _FieldError("http.headers", f"{name!r} is not a valid header")
         _check_plain(target.body, "http.body")
     else:
-        raise _Bad("target", f"expected a CallTarget, CommandTarget or HttpTarget, got {type(target).__name__}")
+        raise _FieldError("target", f"expected a CallTarget, CommandTarget or HttpTarget, got {type(target).__name__}")
 
 
 def _check_seconds(value: Any, field: str, *, low: float, high: float, low_open: bool = False) -> None:
     if not isinstance(value, float) or not math.isfinite(value):
-        raise _Bad(field, f"expected a number of seconds, got {value!r}")
+        raise _FieldError(field, f"expected a number of seconds, got {value!r}")
     if (value <= low if low_open else value < low) or value > high:
         low_text = f"> {_human(low)}" if low_open else f">= {_human(low)}"
-        raise _Bad(field, f"{_human(value)} is out of range (must be {low_text} and <= {_human(high)})")
+        raise _FieldError(field, f"{_human(value)} is out of range (must be {low_text} and <= {_human(high)})")
 
 
 def _human(seconds: float) -> str:
@@ -283,7 +283,7 @@ def _human(seconds: float) -> str:
 
 def _check_choice(value: Any, field: str, choices: tuple[str, ...]) -> None:
     if value not in choices or not isinstance(value, str):
-        raise _Bad(field, f"{value!r} is not one of {', '.join(choices)}")
+        raise _FieldError(field, f"{value!r} is not one of {', '.join(choices)}")
 
 
 def _float(value: Any) -> Any:
@@ -329,49 +329,49 @@ class JobSpec:
         job = self.id if isinstance(self.id, str) and _ID_RE.fullmatch(self.id) else None
         try:
             self._check()
-        except _Bad as bad:
+        except _FieldError as bad:
             raise JobError("job definition", bad.reason, job=job, field=bad.field) from None
 
     def _check(self) -> None:
         if not isinstance(self.id, str) or not _ID_RE.fullmatch(self.id):
-            raise _Bad("id", f"{self.id!r} is not a valid id (letters, digits, '_', '.', '-'; at most 128)")
+            raise _FieldError("id", f"{self.id!r} is not a valid id (letters, digits, '_', '.', '-'; at most 128)")
         _check_target(self.target)
         if self.schedule is not None and not isinstance(self.schedule, Schedule):
-            raise _Bad("schedule", f"expected a Schedule or None, got {type(self.schedule).__name__}")
+            raise _FieldError("schedule", f"expected a Schedule or None, got {type(self.schedule).__name__}")
         _check_choice(self.mode, "mode", MODES)
         if self.mode == "all" and self.schedule is None:
-            raise _Bad("mode", "mode 'all' needs a schedule (a job without one runs once, on one node, when submitted)")
+            raise _FieldError("mode", "mode 'all' needs a schedule (a job without one runs once, on one node, when submitted)")
         if self.timeout is not None:
             _check_seconds(self.timeout, "timeout", low=0.0, high=MAX_TIMEOUT, low_open=True)
         if isinstance(self.retries, bool) or not isinstance(self.retries, int):
-            raise _Bad("retries", f"expected a whole number, got {self.retries!r}")
+            raise _FieldError("retries", f"expected a whole number, got {self.retries!r}")
         if not 0 <= self.retries <= MAX_RETRIES:
-            raise _Bad("retries", f"{self.retries} is out of range (0..{MAX_RETRIES})")
+            raise _FieldError("retries", f"{self.retries} is out of range (0..{MAX_RETRIES})")
         _check_seconds(self.backoff, "backoff", low=0.0, high=MAX_SECONDS)
         _check_seconds(self.backoff_max, "backoff_max", low=0.0, high=MAX_SECONDS)
         if self.backoff_max < self.backoff:
-            raise _Bad("backoff_max", f"{_human(self.backoff_max)} is less than backoff ({_human(self.backoff)})")
+            raise _FieldError("backoff_max", f"{_human(self.backoff_max)} is less than backoff ({_human(self.backoff)})")
         _check_choice(self.overlap, "overlap", OVERLAPS)
         _check_choice(self.misfire, "misfire", MISFIRES)
         _check_seconds(self.grace, "grace", low=0.0, high=MAX_SECONDS)
         _check_seconds(self.result_ttl, "result_ttl", low=MIN_RESULT_TTL, high=MAX_SECONDS)
         if not isinstance(self.tags, tuple) or not all(isinstance(tag, str) for tag in self.tags):
-            raise _Bad("tags", "expected a list of strings")
+            raise _FieldError("tags", "expected a list of strings")
         if len(self.tags) > MAX_TAGS:
-            raise _Bad("tags", f"{len(self.tags)} tags, at most {MAX_TAGS}")
+            raise _FieldError("tags", f"{len(self.tags)} tags, at most {MAX_TAGS}")
         for tag in self.tags:
             if not tag or len(tag) > MAX_TAG_CHARS or not tag.isprintable() or not tag.strip():
-                raise _Bad("tags", f"{tag!r} is not a valid tag (1..{MAX_TAG_CHARS} printable characters)")
+                raise _FieldError("tags", f"{tag!r} is not a valid tag (1..{MAX_TAG_CHARS} printable characters)")
         if len(set(self.tags)) != len(self.tags):
-            raise _Bad("tags", "duplicate tags")
+            raise _FieldError("tags", "duplicate tags")
         if not isinstance(self.paused, bool):
-            raise _Bad("paused", f"expected true or false, got {self.paused!r}")
+            raise _FieldError("paused", f"expected true or false, got {self.paused!r}")
         try:
             size = len(msgpack.packb(self.to_wire()))
         except (ValueError, TypeError, OverflowError) as error:  # a check above should have caught it
-            raise _Bad(None, f"cannot be encoded: {error}") from None
+            raise _FieldError(None, f"cannot be encoded: {error}") from None
         if size > MAX_WIRE_BYTES:
-            raise _Bad(None, f"the definition is too large ({size} bytes encoded, at most {MAX_WIRE_BYTES})")
+            raise _FieldError(None, f"the definition is too large ({size} bytes encoded, at most {MAX_WIRE_BYTES})")
 
     def to_wire(self) -> dict[str, Any]:
         """A plain msgpack-able dict (a fresh copy); ``from_wire`` rebuilds an
@@ -405,7 +405,7 @@ class JobSpec:
             job = None
         try:
             return _from_wire(data)
-        except _Bad as bad:
+        except _FieldError as bad:
             raise JobError("wire", bad.reason, job=job, field=bad.field) from None
         except JobError as error:
             raise JobError("wire", error.reason, job=job, field=error.field) from None
@@ -447,28 +447,28 @@ def _target_to_wire(target: Target) -> dict[str, Any]:
 
 def _wire_keys(data: Any, expected: set[str], field: str | None) -> None:
     if not isinstance(data, dict):
-        raise _Bad(field, f"expected a map, got {type(data).__name__}")
+        raise _FieldError(field, f"expected a map, got {type(data).__name__}")
     missing = expected - data.keys()
     if missing:
-        raise _Bad(field, f"missing {', '.join(sorted(missing))}")
+        raise _FieldError(field, f"missing {', '.join(sorted(missing))}")
     extra = [key for key in data if key not in expected]
     if extra:
-        raise _Bad(field, f"unknown key {extra[0]!r}")
+        raise _FieldError(field, f"unknown key {extra[0]!r}")
 
 
 def _target_from_wire(data: Any) -> Target:
     if not isinstance(data, dict) or not isinstance(data.get("kind"), str) or data["kind"] not in _WIRE_TARGET_KEYS:
-        raise _Bad("target", "expected a map with kind call, command or http")
+        raise _FieldError("target", "expected a map with kind call, command or http")
     kind = data["kind"]
     _wire_keys(data, _WIRE_TARGET_KEYS[kind], "target")
     if kind == "call":
         if not isinstance(data["kwargs"], dict):
-            raise _Bad("kwargs", "expected a map")
+            raise _FieldError("kwargs", "expected a map")
         _check_plain(data["kwargs"], "kwargs")
         return CallTarget(function=data["function"], kwargs=_copy_plain(data["kwargs"]))
     if kind == "command":
         if not isinstance(data["argv"], list):
-            raise _Bad("command", "expected a list of strings")
+            raise _FieldError("command", "expected a list of strings")
         _check_string_map(data["env"], "env")
         return CommandTarget(argv=data["argv"], shell=data["shell"], env=data["env"], cwd=data["cwd"])
     _check_string_map(data["headers"], "http.headers")
@@ -484,24 +484,24 @@ _WIRE_KEYS = {
 
 def _from_wire(data: Any) -> JobSpec:
     if not isinstance(data, dict):
-        raise _Bad(None, f"expected a map, got {type(data).__name__}")
+        raise _FieldError(None, f"expected a map, got {type(data).__name__}")
     version = data.get("v")
     if type(version) is not int or version != WIRE_VERSION:
-        raise _Bad("v", f"unsupported wire version {version!r} (this peer reads {WIRE_VERSION})")
+        raise _FieldError("v", f"unsupported wire version {version!r} (this peer reads {WIRE_VERSION})")
     _wire_keys(data, _WIRE_KEYS, None)
     if not isinstance(data["tags"], list):
-        raise _Bad("tags", "expected a list of strings")
+        raise _FieldError("tags", "expected a list of strings")
     schedule: Schedule | None = None
     text, zone = data["schedule"], data["timezone"]
     if text is None:
         if zone is not None:
-            raise _Bad("timezone", "given without a schedule")
+            raise _FieldError("timezone", "given without a schedule")
     else:
         if not isinstance(text, str) or len(text) > 1024:
-            raise _Bad("schedule", "expected a string")
+            raise _FieldError("schedule", "expected a string")
         schedule = _schedule(text, zone)
         if schedule.text != text:
-            raise _Bad("schedule", f"{text!r} is not in normal form")
+            raise _FieldError("schedule", f"{text!r} is not in normal form")
     return JobSpec(
         id=data["id"],
         target=_target_from_wire(data["target"]),
@@ -532,21 +532,21 @@ _ONLY_WITH = {"kwargs": "call", "shell": "command", "env": "command", "cwd": "co
 _HTTP_KEYS = ("url", "method", "headers", "body")
 
 
-def _unknown(key: Any, known: tuple[str, ...], prefix: str = "") -> _Bad:
+def _unknown(key: Any, known: tuple[str, ...], prefix: str = "") -> _FieldError:
     close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
     hint = f" (did you mean {prefix + close[0]!r}?)" if close else f"; known keys: {', '.join(known)}"
-    return _Bad(f"{prefix}{key}", f"unknown key{hint}")
+    return _FieldError(f"{prefix}{key}", f"unknown key{hint}")
 
 
 def _user_string(value: Any, field: str) -> str:
     if not isinstance(value, str):
-        raise _Bad(field, f"expected a string, got {_describe(value)}")
+        raise _FieldError(field, f"expected a string, got {_describe(value)}")
     return value
 
 
 def _user_bool(value: Any, field: str) -> bool:
     if not isinstance(value, bool):
-        raise _Bad(field, f"expected true or false, got {_describe(value)}")
+        raise _FieldError(field, f"expected true or false, got {_describe(value)}")
     return value
 
 
@@ -554,7 +554,7 @@ def _user_duration(value: Any, field: str) -> float:
     try:
         return parse_duration(value)
     except ValueError as error:
-        raise _Bad(field, str(error)) from None
+        raise _FieldError(field, str(error)) from None
 
 
 def _describe(value: Any) -> str:
@@ -565,17 +565,17 @@ def _describe(value: Any) -> str:
 def _user_target(data: Mapping[str, Any]) -> Target:
     given = [key for key in _TARGET_KEYS if key in data]
     if not given:
-        raise _Bad("call", "missing: a job needs exactly one target, 'call', 'command' or 'http'")
+        raise _FieldError("call", "missing: a job needs exactly one target, 'call', 'command' or 'http'")
     if len(given) > 1:
-        raise _Bad(given[1], f"a job has exactly one target, and {given[0]!r} is also given")
+        raise _FieldError(given[1], f"a job has exactly one target, and {given[0]!r} is also given")
     kind = given[0]
     for key, needs in _ONLY_WITH.items():
         if key in data and needs != kind:
-            raise _Bad(key, f"only used with {needs!r}")
+            raise _FieldError(key, f"only used with {needs!r}")
     if kind == "call":
         kwargs = data.get("kwargs", {})
         if not isinstance(kwargs, dict):
-            raise _Bad("kwargs", f"expected a table, got {_describe(kwargs)}")
+            raise _FieldError("kwargs", f"expected a table, got {_describe(kwargs)}")
         _check_plain(kwargs, "kwargs")
         return CallTarget(function=_user_string(data["call"], "call"), kwargs=_copy_plain(kwargs))
     if kind == "command":
@@ -588,15 +588,15 @@ def _user_target(data: Mapping[str, Any]) -> Target:
                 try:
                     argv = shlex.split(command)
                 except ValueError as error:
-                    raise _Bad("command", f"cannot split {command!r}: {error}") from None
+                    raise _FieldError("command", f"cannot split {command!r}: {error}") from None
         elif isinstance(command, list) and all(isinstance(arg, str) for arg in command):
             if shell:
-                raise _Bad("command", "with shell = true, give the command as one string")
+                raise _FieldError("command", "with shell = true, give the command as one string")
             argv = list(command)
         else:
-            raise _Bad("command", f"expected a string or a list of strings, got {_describe(command)}")
+            raise _FieldError("command", f"expected a string or a list of strings, got {_describe(command)}")
         if not argv:
-            raise _Bad("command", "is empty")
+            raise _FieldError("command", "is empty")
         env = data.get("env", {})
         _check_string_map(env, "env")
         cwd = data.get("cwd")
@@ -605,12 +605,12 @@ def _user_target(data: Mapping[str, Any]) -> Target:
         return CommandTarget(argv=argv, shell=shell, env=dict(env), cwd=cwd)
     http = data["http"]
     if not isinstance(http, dict):
-        raise _Bad("http", f"expected a table with url, method, headers, body, got {_describe(http)}")
+        raise _FieldError("http", f"expected a table with url, method, headers, body, got {_describe(http)}")
     for key in http:
         if key not in _HTTP_KEYS:
             raise _unknown(key, _HTTP_KEYS, "http.")
     if "url" not in http:
-        raise _Bad("http.url", "missing")
+        raise _FieldError("http.url", "missing")
     method = _user_string(http.get("method", "POST"), "http.method").upper()
     headers = http.get("headers", {})
     _check_string_map(headers, "http.headers")
@@ -622,15 +622,15 @@ def _user_target(data: Mapping[str, Any]) -> Target:
 
 
 def _schedule(text: str, zone: Any) -> Schedule:
-    """A schedule in its timezone; ``_Bad`` naming whichever is wrong."""
+    """A schedule in its timezone; ``_FieldError`` naming whichever is wrong."""
     try:
         check_timezone(zone)
     except ValueError as error:
-        raise _Bad("timezone", str(error)) from None
+        raise _FieldError("timezone", str(error)) from None
     try:
         return parse_schedule(text, zone)
     except ValueError as error:
-        raise _Bad("schedule", str(error)) from None
+        raise _FieldError("schedule", str(error)) from None
 
 
 def _user_job(data: Mapping[str, Any]) -> JobSpec:
@@ -643,7 +643,7 @@ def _user_job(data: Mapping[str, Any]) -> JobSpec:
         text = _user_string(data["schedule"], "schedule")
         schedule = _schedule(text, data.get("timezone", "UTC"))
     elif "timezone" in data:
-        raise _Bad("timezone", "only used with a schedule (this job has none)")
+        raise _FieldError("timezone", "only used with a schedule (this job has none)")
     values: dict[str, Any] = {}
     for key in ("mode", "overlap", "misfire"):
         if key in data:
@@ -656,12 +656,12 @@ def _user_job(data: Mapping[str, Any]) -> JobSpec:
     if "retries" in data:
         retries = data["retries"]
         if isinstance(retries, bool) or not isinstance(retries, int):
-            raise _Bad("retries", f"expected a whole number, got {_describe(retries)}")
+            raise _FieldError("retries", f"expected a whole number, got {_describe(retries)}")
         values["retries"] = retries
     if "tags" in data:
         tags = data["tags"]
         if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
-            raise _Bad("tags", f"expected a list of strings, got {_describe(tags)}")
+            raise _FieldError("tags", f"expected a list of strings, got {_describe(tags)}")
         values["tags"] = tuple(tags)
     if "paused" in data:
         values["paused"] = _user_bool(data["paused"], "paused")
@@ -690,7 +690,7 @@ def parse_job(data: Mapping[str, Any], *, where: str, index: int | None = None) 
         )
     try:
         return _user_job(data)
-    except _Bad as bad:
+    except _FieldError as bad:
         raise JobError(where, bad.reason, job=job_id, field=bad.field) from None
     except JobError as error:
         raise JobError(where, error.reason, job=job_id, field=error.field) from None

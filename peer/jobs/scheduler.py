@@ -90,10 +90,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
-import msgpack
 
 from crdt.hlc import Timestamp
 from crdt.ormap import Register
+from crdt.values import NotReplicable, replicated_form
 from membership.state import Member, Status
 from peer.jobs.definition import JobError, JobSpec
 from peer.jobs.leases import ACQUIRE, TRANSFER, Lease, same_life
@@ -450,9 +450,8 @@ class Scheduler:
         if execution is None:
             return
         try:
-            packed = msgpack.packb(value)
-            value = msgpack.unpackb(packed) if len(packed) <= MAX_PROGRESS_BYTES else repr(value)[:200]
-        except (TypeError, ValueError, OverflowError):  # not plain data: show what it was
+            value = replicated_form(value, MAX_PROGRESS_BYTES)
+        except NotReplicable:  # not plain data, or too much: show what it was
             value = repr(value)[:200]
         execution.record = execution.record.evolve(progress=value)
         if execution.progress_due is None:

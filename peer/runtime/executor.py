@@ -60,7 +60,9 @@ import attrs
 import msgpack
 import trio
 
+from crdt.values import Fault, NotReplicable, replicated_form
 from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget, Target
+from peer.runtime.exceptions import leaf_exceptions
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +151,7 @@ class RunContext:
         """Report progress. ``value`` must be plain msgpack data (at most
         the result size limit); otherwise ``ValueError`` here, in the job,
         rather than a surprise later. Dropped once the run is over."""
-        value = _plain(value, self._max_progress_bytes, "progress value", ValueError)
+        value = _replicable(value, self._max_progress_bytes, "progress value", ValueError)
         if self._on_trio_thread():
             self._deliver_progress(value)
             return
@@ -348,7 +350,7 @@ class Executor:
             # are promised a bare trio.Cancelled.
             _, rest = group.split(trio.Cancelled)
             if rest is None:
-                raise _first_leaf(group) from None
+                raise leaf_exceptions(group)[0] from None
             raise
         finally:
             context._close()
@@ -391,9 +393,9 @@ class Executor:
             if resolved.is_async:
                 value = await resolved.function(**kwargs)
             else:
-                # Boxed, because trio refuses a coroutine back from a thread.
+                # Wrapped in a list, because trio refuses a coroutine returned from a thread.
                 [value] = await trio.to_thread.run_sync(
-                    _boxed, functools.partial(resolved.function, **kwargs),
+                    _in_a_list, functools.partial(resolved.function, **kwargs),
                     abandon_on_cancel=True,
                     limiter=self._threads(),
                 )
@@ -403,7 +405,7 @@ class Executor:
         # SystemExit too: a job's sys.exit() must not end the node.
         except (Exception, SystemExit) as error:  # noqa: BLE001 - every job failure is an outcome
             raise _Failure(_describe_exception(error)) from None
-        return _plain(value, self.max_result_bytes, "result", _Failure)
+        return _replicable(value, self.max_result_bytes, "result", _Failure)
 
     async def _resolve(self, name: str) -> _Resolved:
         resolved = self._resolved.get(name)
@@ -504,7 +506,7 @@ class Executor:
                     await stream.aclose()
         code = process.returncode
         assert code is not None
-        result = _plain(
+        result = _replicable(
             _command_result(code, stdout.data(), stderr.data(), self.max_result_bytes),
             self.max_result_bytes,
             "result",
@@ -541,11 +543,11 @@ class Executor:
         body = _http_body(response, self.max_output_bytes)
         result: dict[str, Any] = {"status": response.status, "body": body}
         try:
-            result = _plain(result, self.max_result_bytes, "result", _Failure)
+            result = _replicable(result, self.max_result_bytes, "result", _Failure)
         except _Failure:
             # Parsed JSON too big (or with huge numbers): fall back to text.
             text = _head_text(response.text(), max(0, self.max_result_bytes - 64))
-            result = _plain({"status": response.status, "body": text}, self.max_result_bytes, "result", _Failure)
+            result = _replicable({"status": response.status, "body": text}, self.max_result_bytes, "result", _Failure)
         if 200 <= response.status < 300:
             return result
         raise _Failure(_bounded(f"HTTP {response.status} {response.reason}".rstrip()), result)
@@ -569,22 +571,20 @@ def _describe_callable(function: Callable[..., Any]) -> _Resolved:
     return _Resolved(function=function, is_async=is_async, wants_run=wants_run, signature=signature)
 
 
-def _boxed(function: Callable[[], Any]) -> list[Any]:
+def _in_a_list(function: Callable[[], Any]) -> list[Any]:
     return [function()]
 
 
-def _plain(value: Any, limit: float, what: str, error: Callable[[str], Exception]) -> Any:
-    """``value`` as every replica will read it, or ``error(reason)``."""
+def _replicable(value: Any, limit: float, what: str, error: Callable[[str], Exception]) -> Any:
+    """``value`` as every replica will read it (``crdt.values``), or ``error(reason)``."""
     try:
-        packed = msgpack.packb(value)
-    except (TypeError, ValueError, OverflowError):
+        return replicated_form(value, limit)
+    except NotReplicable as fault:
+        if fault.fault is Fault.TOO_LARGE:
+            raise error(f"{what} is {fault.size} bytes, over the limit of {limit}") from None
+        if fault.fault is Fault.MAP_KEY:
+            raise error(f"{what} is not serialisable: a map key is not a string") from None
         raise error(f"{what} is not serialisable: {_unpackable(value)}") from None
-    if len(packed) > limit:
-        raise error(f"{what} is {len(packed)} bytes, over the limit of {limit}")
-    try:
-        return msgpack.unpackb(packed, strict_map_key=True)
-    except ValueError:
-        raise error(f"{what} is not serialisable: a map key is not a string") from None
 
 
 def _unpackable(value: Any) -> str:
@@ -645,13 +645,6 @@ def _bounded(headline: str, tail: str = "") -> str:
     if len(tail.encode()) > room:
         tail = "…" + _tail_text(tail, room - 3)
     return f"{headline}\n{tail}"
-
-
-def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
-    error: BaseException = group
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
 
 
 # -- commands -----------------------------------------------------------------
