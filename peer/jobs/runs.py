@@ -9,11 +9,15 @@ run of a job in mode ``all``; a submitted one-off is ``job@<submit time>-<random
 So two nodes that both think they own a tick write to the same key, and the
 conflict is visible instead of becoming two runs.
 
-A run's record moves through these states::
+A run's record moves through these states, by the events of ``TRANSITIONS``
+(the one table of what may follow what; ``advance`` is the one way a
+record changes state)::
 
-    pending --claim--> running --finish--> succeeded | failed | cancelled
-       ^                  |                                      | lost
-       '--retry/handback--'        (a tick never started: missed | skipped)
+    pending --claim--> running --succeed/fail/cancel/lose--> succeeded | failed | cancelled | lost
+       ^  |               |  ^
+       |  |               |  '-- claim (a takeover: attempt + 1)
+       '--+-retry/hand-back'
+          '--miss/skip/lose--> missed | skipped | lost  (never started)
 
 Every state change is a new write of the whole record. Two writes made
 without seeing each other (two claims after a membership change, a claim
@@ -74,6 +78,63 @@ PHASE: Mapping[RunState, int] = {
     RunState.MISSED: FINISHED,
     RunState.SKIPPED: FINISHED,
 }
+
+class RunEvent(enum.Enum):
+    """What happens to a run, as the scheduler decides it."""
+
+    CLAIM = "claim"  # its owner starts it (a pending run, a tick, or a takeover of a failed claimant's)
+    SUCCEED = "succeed"
+    FAIL = "fail"  # after its last attempt
+    RETRY = "retry"  # failed with attempts left: pending again, attempt + 1
+    HAND_BACK = "hand back"  # its claimant leaves or has restarted: pending again, attempt + 1
+    CANCEL = "cancel"  # replaced by a newer tick (overlap policy replace)
+    LOSE = "lose"  # its job was removed, its node left or failed, or it failed over too often
+    MISS = "miss"  # a tick found later than its grace (misfire policy)
+    SKIP = "skip"  # a tick due while the previous one still runs (overlap policy forbid)
+
+
+@attrs.frozen
+class Transition:
+    sources: frozenset[RunState]  # the states the event may happen in
+    target: RunState
+    stamp: str | None = None  # the field that takes the time of the event
+    clears: tuple[str, ...] = ()  # fields the new state leaves empty
+    next_attempt: bool = False
+
+
+_UNFINISHED = frozenset({RunState.PENDING, RunState.RUNNING})
+TRANSITIONS: Mapping[RunEvent, Transition] = {
+    RunEvent.CLAIM: Transition(_UNFINISHED, RunState.RUNNING, "started", ("finished", "progress", "not_before")),
+    RunEvent.SUCCEED: Transition(frozenset({RunState.RUNNING}), RunState.SUCCEEDED, "finished", ("error",)),
+    RunEvent.FAIL: Transition(frozenset({RunState.RUNNING}), RunState.FAILED, "finished"),
+    RunEvent.RETRY: Transition(frozenset({RunState.RUNNING}), RunState.PENDING, None, ("started", "progress"), next_attempt=True),
+    RunEvent.HAND_BACK: Transition(frozenset({RunState.RUNNING}), RunState.PENDING, None, ("started",), next_attempt=True),
+    RunEvent.CANCEL: Transition(frozenset({RunState.RUNNING}), RunState.CANCELLED, "finished"),
+    RunEvent.LOSE: Transition(_UNFINISHED, RunState.LOST, "finished"),
+    RunEvent.MISS: Transition(frozenset({RunState.PENDING}), RunState.MISSED, "finished"),
+    RunEvent.SKIP: Transition(frozenset({RunState.PENDING}), RunState.SKIPPED, "finished"),
+}
+
+
+class TransitionError(Exception):
+    """A transition the table does not allow: a bug in the scheduler."""
+
+
+def advance(record: RunRecord, event: RunEvent, wall_ms: int, **changes: Any) -> RunRecord:
+    """The record after ``event`` at ``wall_ms``: the table's target state,
+    its stamp and cleared fields, attempt + 1 where it says so, then
+    ``changes`` (what the caller knows: a result, an error, a new attempt)."""
+    transition = TRANSITIONS[event]
+    if record.state not in transition.sources:
+        allowed = ", ".join(sorted(state.value for state in transition.sources))
+        raise TransitionError(f"{record.id}: cannot {event.value} a {record.state.value} run (only {allowed})")
+    fields: dict[str, Any] = {field: None for field in transition.clears}
+    if transition.stamp is not None:
+        fields[transition.stamp] = wall_ms
+    if transition.next_attempt:
+        fields["attempt"] = record.attempt + 1
+    return attrs.evolve(record, state=transition.target, **{**fields, **changes})
+
 
 # Bounds on what a record carries, so that it fits a replicated value.
 MAX_ERROR_CHARS = 4000

@@ -101,8 +101,10 @@ from peer.jobs.ring import Ring
 from peer.jobs.runs import (
     MAX_ERROR_CHARS,
     MAX_PROGRESS_BYTES,
+    RunEvent,
     RunRecord,
     RunState,
+    advance,
     reader_key,
     reader_of,
     run_of_update,
@@ -469,22 +471,19 @@ class Scheduler:
         readers = self._readers(run_id)  # before the outcome's write forgets them
         if ok:
             self.stats.runs_succeeded += 1
-            finished = record.evolve(state=RunState.SUCCEEDED, finished=wall_ms, result=result, error=None)
+            finished = advance(record, RunEvent.SUCCEED, wall_ms, result=result)
             self._write(finished, spec)
             self._back_up(finished, also=readers)
         elif attempt <= spec.retries:  # a draining node too: the retry goes to the next owner
             self.stats.retries += 1
             retry_at = wall_ms + round(spec.retry_delay(attempt + 1) * 1000)
             self._assign(
-                record.evolve(
-                    state=RunState.PENDING, attempt=attempt + 1, not_before=retry_at,
-                    started=None, progress=None, result=result, error=_bounded(error),
-                ),
+                advance(record, RunEvent.RETRY, wall_ms, not_before=retry_at, result=result, error=_bounded(error)),
                 spec,
             )
         else:
             self.stats.runs_failed += 1
-            failed = record.evolve(state=RunState.FAILED, finished=wall_ms, result=result, error=_bounded(error))
+            failed = advance(record, RunEvent.FAIL, wall_ms, result=result, error=_bounded(error))
             self._write(failed, spec)
             self._back_up(failed, also=readers)
 
@@ -908,7 +907,7 @@ class Scheduler:
                 reason = f"late by {(wall_ms - tick) / 1000:.1f} s, over the grace of {spec.grace:g} s"
                 if spec.misfire == "once":
                     reason += "; a later tick runs instead"
-                self._write(record.evolve(state=RunState.MISSED, finished=wall_ms, error=reason), spec)
+                self._write(advance(record, RunEvent.MISS, wall_ms, error=reason), spec)
                 return
         # Runs still going: a dead owner's claim is not one (its run will be
         # re-run), nor a pending retry or hand-back.
@@ -925,7 +924,7 @@ class Scheduler:
         if previous and spec.overlap == "forbid":
             self.stats.ticks_skipped += 1
             reason = f"{previous[0].id} was still running"
-            self._write(record.evolve(state=RunState.SKIPPED, finished=wall_ms, error=reason), spec)
+            self._write(advance(record, RunEvent.SKIP, wall_ms, error=reason), spec)
             return
         if spec.overlap == "replace":
             for old in previous:
@@ -1017,7 +1016,7 @@ class Scheduler:
     def _start_pending(self, wall_ms: int, record: RunRecord, attempt: int) -> None:
         spec = self._spec_of(record)
         if spec is None:
-            self._write(record.evolve(state=RunState.LOST, finished=wall_ms, error="its job was removed"), None)
+            self._write(advance(record, RunEvent.LOSE, wall_ms, error="its job was removed"), None)
         else:
             self._start(wall_ms, record, spec, attempt=attempt)
 
@@ -1061,13 +1060,13 @@ class Scheduler:
                 return
             self.stats.lost += 1
             error = f"its node {record.node} failed"
-            self._write(record.evolve(state=RunState.LOST, finished=wall_ms, error=error), self._spec_of(record))
+            self._write(advance(record, RunEvent.LOSE, wall_ms, error=error), self._spec_of(record))
             return
         if owner != self.name:
             if record.owner == self.name:
                 # Claimed by a previous life of ours, and someone else's now.
                 error = f"handed back by {self.name}, which restarted while running it"
-                self._assign(record.evolve(state=RunState.PENDING, attempt=record.attempt + 1, started=None, error=error), self._spec_of(record))
+                self._assign(advance(record, RunEvent.HAND_BACK, wall_ms, error=error), self._spec_of(record))
             return
         if self._old_owner_may_claim(wall_ms, record):
             return
@@ -1075,17 +1074,14 @@ class Scheduler:
         if spec is None or record.attempt > spec.retries + self.config.max_failovers:
             self.stats.lost += 1
             error = "its job was removed" if spec is None else f"its owner {record.owner} failed on attempt {record.attempt}"
-            self._write(record.evolve(state=RunState.LOST, finished=wall_ms, error=error), spec)
+            self._write(advance(record, RunEvent.LOSE, wall_ms, error=error), spec)
             return
         self.stats.failovers += 1
         log.info("re-running %s (attempt %d): its owner %s failed", record.id, record.attempt + 1, record.owner)
         self._start(wall_ms, record, spec, attempt=record.attempt + 1, takeover=True)
 
     def _start(self, wall_ms: int, record: RunRecord, spec: JobSpec, *, attempt: int, takeover: bool = False) -> None:
-        claim = record.evolve(
-            state=RunState.RUNNING, attempt=attempt, owner=self.name, started=wall_ms,
-            finished=None, progress=None, not_before=None,
-        )
+        claim = advance(record, RunEvent.CLAIM, wall_ms, attempt=attempt, owner=self.name)
         self.stats.runs_started += 1
         self._running[record.id] = Execution(claim, spec, progress_written=wall_ms)
         self._write(claim, spec)
@@ -1101,7 +1097,7 @@ class Scheduler:
         execution = self._running.pop(record.id, None)
         if execution is not None:
             self._effects.append(CancelRun(record.id, execution.record.attempt, reason))
-        self._write(record.evolve(state=RunState.CANCELLED, finished=wall_ms, error=reason), spec)
+        self._write(advance(record, RunEvent.CANCEL, wall_ms, error=reason), spec)
 
     def _hand_back(self, wall_ms: int) -> None:
         """The drain deadline passed: give the runs still going to their
@@ -1113,10 +1109,10 @@ class Scheduler:
             self._effects.append(CancelRun(run_id, record.attempt, "the node is leaving"))
             self.stats.handed_back += 1
             if record.node is not None:
-                self._write(record.evolve(state=RunState.LOST, finished=wall_ms, error="its node left"), spec)
+                self._write(advance(record, RunEvent.LOSE, wall_ms, error="its node left"), spec)
             else:
                 error = f"handed back by {self.name}, leaving"
-                self._assign(record.evolve(state=RunState.PENDING, attempt=record.attempt + 1, started=None, error=error), spec)
+                self._assign(advance(record, RunEvent.HAND_BACK, wall_ms, error=error), spec)
 
     def _find_late(self, wall_ms: int) -> None:
         """Jobs whose last tick due beyond its grace has no record: no
