@@ -1,29 +1,28 @@
 """The control API: local HTTP/JSON, served by hypercorn's trio worker.
 
-Routes (JSON in and out unless said otherwise; documented in README.md):
+What it is: each node's door for operators and programs. It reads the node
+(health, readiness, members, status, Prometheus metrics), defines, pauses and
+removes jobs, submits runs, reads their records and sends running ones
+updates. README.md's "The control API" documents every route and answer;
+``ControlApi.__init__`` holds the same table.
 
-    GET    /health               200 {"status": "ok", "ready": bool}: the process serves (liveness)
-    GET    /health/ready         200 when part of a cluster, not leaving and the scheduler ready, else 503 (readiness)
-    GET    /metrics              Prometheus text format
-    GET    /members              this node's view: every member with address, status, incarnation
-    GET    /status               the node itself, member counts, counters, the scheduler's state
-    POST   /leave                leave gracefully; answers once the leave has been gossiped
+How a request flows: hypercorn calls ``ControlApi``, which refuses a path
+that is not UTF-8, rewrites the path so that Starlette routes it segment by
+segment (``_routing_path``: a path parameter is one percent-encoded segment,
+an encoded ``/`` stays inside it; run ids hold ``@`` and ``:``, which clients
+quote with ``peer.control.client.quote``) and caps the body it receives.
+Starlette picks the route by path and method; the route's endpoint reads the
+whole body, then its handler answers with an ``IndentedJSONResponse``. Every
+error is ``{"error": "..."}``: a handler raises Starlette's ``HTTPException``
+(400 for a bad request, 404 for an unknown job or run, 409 for sending to a
+finished run) or a ``JobError`` (a 400 naming the job and field); routing
+answers 404 for an unknown path and 405, with ``Allow``, for a wrong method;
+the body cap, 413; a bug in a handler is logged and answered 500.
 
-    GET    /jobs                 every job defined, with its owner and next tick
-    POST   /jobs                 define or redefine a job (body: one definition, or {"jobs": [...]})
-    GET    /jobs/{id}            one job: its definition, owner, next tick and latest runs
-    DELETE /jobs/{id}            remove a job (its runs' records stay until they expire)
-    POST   /jobs/{id}/pause      stop a job's ticks; POST /jobs/{id}/resume starts them again
-    POST   /submit               run once: {"job": ID, "kwargs": {...}} or a one-off definition
-    GET    /runs                 run records, newest first; ?job=ID&state=S[,S...]&limit=N
-    GET    /runs/{run}           one run's record; ?wait=SECONDS waits until it has finished
-    POST   /runs/{run}/send      send {"data": ...} to a running (or pending) run
-
-Errors are {"error": "..."}: 400 for a bad request (a bad job definition
-says which job and field), 404 for an unknown job or run, 405 for the wrong
-method, 409 for sending to a finished run. Path parameters are single
-percent-encoded segments: run ids hold ``@`` and ``:``, which clients
-should quote (``peer.control.client.quote``).
+Why Starlette: routing, query and body parsing and error answers through
+exception handlers are what it does, so this module keeps only what is the
+API's own. It runs on anyio, so on trio under hypercorn. It needs no
+middleware: the one step before routing is ``ControlApi.__call__``.
 
 The API binds 127.0.0.1 by default: it can make the node leave and run
 code, so expose it only where that is wanted. The socket is bound before the
@@ -39,7 +38,7 @@ import shlex
 import socket
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
@@ -50,15 +49,21 @@ from hypercorn.trio import serve
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Match, Route
+from starlette.types import Message, Receive, Scope, Send
 
 from membership.core import MembershipStats
 from membership.state import Address
-from peer.runtime.addresses import format_address, is_ipv6
-from peer.jobs.definition import JobError, JobSpec, parse_job
 from peer.core.replication import ReplicationStats
+from peer.jobs.definition import JobError, JobSpec, parse_job
 from peer.jobs.runs import RunRecord, RunState, format_time
 from peer.jobs.scheduler import JobEntry, Role
 from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget
+from peer.runtime.addresses import format_address, is_ipv6
 from peer.runtime.transport import BindError, TransportStats, bind_error_message
 
 if TYPE_CHECKING:
@@ -66,10 +71,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("peer.api")
 
-JSON = b"application/json"
-PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
-Response = tuple[int, bytes, bytes]  # status, content type, body
+# The most a request body may hold: job definitions and updates are small.
+MAX_BODY_BYTES = 1 << 20
+# The longest ``GET /runs/{run}?wait=`` a request may ask for.
+MAX_WAIT_SECONDS = 300.0
+# ``GET /runs`` answers at most this many records unless ``limit`` says otherwise.
+DEFAULT_RUNS_LIMIT = 100
+# ``GET /jobs/{id}`` lists the job's latest runs, at most this many.
+JOB_RUNS = 20
+# The scope key holding the path as the client asked for it (decoded, as the
+# server gave it): Starlette routes on ``_routing_path``, error messages and
+# logs name this one.
+ASKED_PATH = "peer.asked_path"
+
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 def peer_version() -> str:
@@ -116,87 +133,32 @@ async def serve_api(agent: Agent, sock: socket.socket, *, task_status: trio.Task
         agent.api_drained()
 
 
-class HttpError(Exception):
-    """An answer other than 200, raised by a handler: ``{"error": message}``."""
+class IndentedJSONResponse(JSONResponse):
+    """JSON as the API writes it: indented by one, ASCII, a newline at the
+    end; data JSON cannot take (bytes from msgpack) made text first."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-# The most a request body may hold: job definitions and updates are small.
-MAX_BODY_BYTES = 1 << 20
-# The longest ``GET /runs/{run}?wait=`` a request may ask for.
-MAX_WAIT_SECONDS = 300.0
-# ``GET /runs`` answers at most this many records unless ``limit`` says otherwise.
-DEFAULT_RUNS_LIMIT = 100
-# ``GET /jobs/{id}`` lists the job's latest runs, at most this many.
-JOB_RUNS = 20
-
-
-@attrs.frozen
-class Request:
-    method: str
-    path: str
-    params: dict[str, str]  # the pattern's ``{name}`` segments, percent-decoded
-    query: dict[str, str]  # the last value of each query parameter
-    body: bytes
-
-    def json(self) -> Any:
-        """The body as JSON; ``HttpError(400)`` unless it is."""
-        if not self.body.strip():
-            raise HttpError(400, "the request needs a JSON body")
+    def render(self, content: Any) -> bytes:
         try:
-            return json.loads(self.body)
-        except ValueError as error:
-            raise HttpError(400, f"the body is not JSON: {error}") from None
-
-    def json_object(self) -> dict[str, Any]:
-        document = self.json()
-        if not isinstance(document, dict):
-            raise HttpError(400, f"the body must be a JSON object, not {type(document).__name__}")
-        return document
+            text = json.dumps(content, indent=1)
+        except (TypeError, ValueError):
+            text = json.dumps(_json_compatible(content), indent=1, default=repr)
+        return text.encode() + b"\n"
 
 
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-def _segments(raw_path: bytes) -> list[str] | None:
-    """A path's segments, each percent-decoded on its own (so an encoded
-    ``/`` stays inside its segment); None if one is not UTF-8."""
-    path = raw_path.split(b"?", 1)[0]
-    if path.endswith(b"/"):
-        path = path[:-1]
-    try:
-        return [urllib.parse.unquote_to_bytes(part).decode("utf-8") for part in path.split(b"/")[1:]]
-    except UnicodeDecodeError:
-        return None
-
-
-def _match(pattern: tuple[str, ...], segments: list[str]) -> dict[str, str] | None:
-    if len(pattern) != len(segments):
-        return None
-    params: dict[str, str] = {}
-    for part, segment in zip(pattern, segments):
-        if part.startswith("{") and part.endswith("}"):
-            if not segment:
-                return None
-            params[part[1:-1]] = segment
-        elif part != segment:
-            return None
-    return params
+def _error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    """The API's error answer: ``{"error": message}``."""
+    return IndentedJSONResponse({"error": message}, status, headers)
 
 
 class ControlApi:
-    """A minimal ASGI application: a table of routes, JSON answers."""
+    """The ASGI application: the API's handlers, routed by Starlette."""
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(AgentCollector(agent))
         self.registry.register(ProcessCollector(registry=None))
-        # (method, path pattern, handler); a ``{name}`` segment matches any one segment.
+        # One method a route: a path's routes, in this order, make a 405's Allow.
         table: list[tuple[str, str, Handler]] = [
             ("GET", "/health", self.health),
             ("GET", "/health/ready", self.ready),
@@ -215,127 +177,111 @@ class ControlApi:
             ("GET", "/runs/{run}", self.show_run),
             ("POST", "/runs/{run}/send", self.send),
         ]
-        self.routes = [(method, tuple(pattern.split("/")[1:]), handler) for method, pattern, handler in table]
+        # Each endpoint reads the body, then runs its handler; a bug is a 500.
+        self.routes = [Route(path, _endpoint_for(handler), methods=[method]) for method, path, handler in table]
+        self.app = Starlette(
+            routes=self.routes,
+            exception_handlers={
+                405: self.answer_wrong_method,
+                HTTPException: _answer_http_exception,
+                JobError: _answer_job_error,
+            },
+        )
+        # ``_routing_path`` has already dropped a trailing slash: a path that
+        # still matches no route is unknown, not one to redirect.
+        self.app.router.redirect_slashes = False
+        # Its 404 names the path, where Starlette's says "Not Found".
+        self.app.router.default = _no_such_resource
 
-    def route(self, method: str, segments: list[str]) -> tuple[Handler | None, dict[str, str], list[str]]:
-        """The handler for a request and its parameters, or (None, {}, the
-        methods the path allows: empty for an unknown path)."""
-        allowed: list[str] = []
-        for route_method, pattern, handler in self.routes:
-            params = _match(pattern, segments)
-            if params is None:
-                continue
-            if route_method == method or (method == "HEAD" and route_method == "GET"):
-                return handler, params, []
-            allowed.append(route_method)
-        return None, {}, allowed
-
-    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Hands Starlette a request whose path it can route segment by
+        segment (``_routing_path``) and whose body stops at ``MAX_BODY_BYTES``."""
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
+            await self.app(scope, receive, send)  # Starlette answers hypercorn's startup and shutdown
             return
-        headers: list[tuple[bytes, bytes]] = []
-        status, content_type, body = await self._answer(scope, receive, headers)
-        headers += [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
-
-    async def _answer(self, scope: dict[str, Any], receive: Callable[..., Any], headers: list[tuple[bytes, bytes]]) -> Response:
+        if scope["type"] != "http":
+            return  # no websocket routes: hypercorn refuses the handshake
         path: str = scope["path"]
         raw_path = scope.get("raw_path") or urllib.parse.quote(path).encode()
-        segments = _segments(raw_path)
-        if segments is None:
-            return _json(400, {"error": f"the path is not UTF-8 once decoded: {path}"})
-        handler, params, allowed = self.route(scope["method"], segments)
-        if handler is None:
-            if not allowed:
-                return _json(404, {"error": f"no such resource: {path}"})
-            headers.append((b"allow", ", ".join(allowed).encode()))
-            return _json(405, {"error": f"use {' or '.join(allowed)} for {path}"})
-        body = await _read_body(receive)
-        if body is None:
-            return _json(413, {"error": f"the body is over {MAX_BODY_BYTES} bytes"})
-        query = {
-            name: values[-1]
-            for name, values in urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True).items()
-        }
-        request = Request(scope["method"], path, params, query, body)
-        try:
-            return await handler(request)
-        except HttpError as error:
-            return _json(error.status, {"error": error.message})
-        except JobError as error:
-            return _json(400, {"error": str(error)})
-        except Exception:  # a bug in a handler must not take the node down
-            log.exception("control API handler failed for %s %s", scope["method"], path)
-            return _json(500, {"error": "internal error; see the agent's log"})
+        routing_path = _routing_path(raw_path)
+        if routing_path is None:
+            await _error_response(400, f"the path is not UTF-8 once decoded: {path}")(scope, receive, send)
+            return
+        scope = {**scope, "path": routing_path, ASKED_PATH: path}
+        await self.app(scope, _receive_at_most(receive, MAX_BODY_BYTES), send)
+
+    async def answer_wrong_method(self, request: Request, error: Exception) -> Response:
+        # Starlette's own 405 allows the methods of the first route on the
+        # path, HEAD among them; the API's allows those of all its routes.
+        allowed = [
+            method
+            for route in self.routes
+            if route.matches(request.scope)[0] is not Match.NONE
+            for method in sorted(route.methods or ())
+            if method != "HEAD"
+        ]
+        message = f"use {' or '.join(allowed)} for {request.scope[ASKED_PATH]}"
+        return _error_response(405, message, {"Allow": ", ".join(allowed)})
 
     # -- the node ---------------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
-        return _json(200, {"status": "ok", "ready": self.agent.ready})
+        return IndentedJSONResponse({"status": "ok", "ready": self.agent.ready})
 
     async def ready(self, request: Request) -> Response:
         ready = self.agent.ready
-        return _json(200 if ready else 503, {"ready": ready, "leaving": self.agent.leaving})
+        return IndentedJSONResponse({"ready": ready, "leaving": self.agent.leaving}, 200 if ready else 503)
 
     async def metrics(self, request: Request) -> Response:
-        return 200, PROMETHEUS, generate_latest(self.registry)
+        return Response(generate_latest(self.registry), media_type=PROMETHEUS)
 
     async def members(self, request: Request) -> Response:
-        return _json(200, members_document(self.agent))
+        return IndentedJSONResponse(members_document(self.agent))
 
     async def status(self, request: Request) -> Response:
-        return _json(200, status_document(self.agent))
+        return IndentedJSONResponse(status_document(self.agent))
 
     async def leave(self, request: Request) -> Response:
         await self.agent.leave()
-        return _json(200, {"left": True, "name": self.agent.name})
+        return IndentedJSONResponse({"left": True, "name": self.agent.name})
 
     # -- jobs -------------------------------------------------------------------------
 
-    def _entry(self, job_id: str) -> JobEntry:
+    def _job_entry_or_404(self, job_id: str) -> JobEntry:
         entry = self.agent.scheduler.jobs().get(job_id)
         if entry is None:
-            raise HttpError(404, f"no such job: {job_id}")
+            raise HTTPException(404, f"no such job: {job_id}")
         return entry
 
     async def list_jobs(self, request: Request) -> Response:
         now = self.agent.core.wall_ms()
         jobs = sorted(self.agent.scheduler.jobs().values(), key=lambda entry: entry.spec.id)
-        return _json(200, {"jobs": [job_document(self.agent, entry, now) for entry in jobs]})
+        return IndentedJSONResponse({"jobs": [job_document(self.agent, entry, now) for entry in jobs]})
 
     async def define_jobs(self, request: Request) -> Response:
-        document = request.json_object()
+        document = await _json_object_body(request)
         if "jobs" not in document:
             spec = parse_job(document, where="request")
-            return _json(200, {"id": spec.id, "changed": await self.agent.define_job(spec)})
+            return IndentedJSONResponse({"id": spec.id, "changed": await self.agent.define_job(spec)})
         items = document["jobs"]
         if set(document) != {"jobs"}:
             extra = ", ".join(sorted(set(document) - {"jobs"}))
-            raise HttpError(400, f'request: a body with "jobs" holds nothing else (found {extra})')
+            raise HTTPException(400, f'request: a body with "jobs" holds nothing else (found {extra})')
         if not isinstance(items, list) or not items:
-            raise HttpError(400, 'request: "jobs" must be a non-empty list of job definitions')
+            raise HTTPException(400, 'request: "jobs" must be a non-empty list of job definitions')
         specs: list[JobSpec] = []
         for number, item in enumerate(items, start=1):
             spec = parse_job(item, where="request", index=number)
             if any(other.id == spec.id for other in specs):
-                raise HttpError(400, f"request: job {spec.id!r}: id: defined twice in this request")
+                raise HTTPException(400, f"request: job {spec.id!r}: id: defined twice in this request")
             specs.append(spec)
         # Every definition is valid: define them all.
         answers = [{"id": spec.id, "changed": await self.agent.define_job(spec)} for spec in specs]
-        return _json(200, {"jobs": answers})
+        return IndentedJSONResponse({"jobs": answers})
 
     async def show_job(self, request: Request) -> Response:
-        job_id = request.params["id"]
-        entry = self._entry(job_id)
+        job_id = _path_parameter(request, "id")
+        entry = self._job_entry_or_404(job_id)
         now = self.agent.core.wall_ms()
         runs = sorted((r for r in self.agent.scheduler.records() if r.job == job_id), key=_newest_first)
         summary = job_document(self.agent, entry, now)
@@ -349,129 +295,204 @@ class ControlApi:
             "next_tick": summary["next_tick"],
             "runs": [run_document(record) for record in runs[:JOB_RUNS]],
         }
-        return _json(200, document)
+        return IndentedJSONResponse(document)
 
     async def remove_job(self, request: Request) -> Response:
-        job_id = request.params["id"]
-        self._entry(job_id)
+        job_id = _path_parameter(request, "id")
+        self._job_entry_or_404(job_id)
         removed = await self.agent.remove_job(job_id)
-        return _json(200, {"id": job_id, "removed": removed})
+        return IndentedJSONResponse({"id": job_id, "removed": removed})
 
     async def pause_job(self, request: Request) -> Response:
-        return await self._pause(request.params["id"], True)
+        return await self._set_paused(_path_parameter(request, "id"), True)
 
     async def resume_job(self, request: Request) -> Response:
-        return await self._pause(request.params["id"], False)
+        return await self._set_paused(_path_parameter(request, "id"), False)
 
-    async def _pause(self, job_id: str, paused: bool) -> Response:
+    async def _set_paused(self, job_id: str, paused: bool) -> Response:
         try:
             spec = await self.agent.pause_job(job_id, paused)
         except KeyError:
-            raise HttpError(404, f"no such job: {job_id}") from None
-        return _json(200, {"id": job_id, "paused": spec.paused})
+            raise HTTPException(404, f"no such job: {job_id}") from None
+        return IndentedJSONResponse({"id": job_id, "paused": spec.paused})
 
     # -- runs -------------------------------------------------------------------------
 
     async def submit(self, request: Request) -> Response:
-        document = request.json_object()
+        document = await _json_object_body(request)
         if "job" in document:
             spec = self._existing_job_spec(document)
         else:
             if document.get("id") is None:
-                raise HttpError(
+                raise HTTPException(
                     400, 'request: id: missing (a one-off job needs an id, which names its run; or give {"job": ID} to run a defined job)'
                 )
             spec = parse_job(document, where="request")
             if spec.schedule is not None:
-                raise HttpError(
+                raise HTTPException(
                     400, f"request: job {spec.id!r}: schedule: a submitted job runs once; define scheduled jobs with POST /jobs"
                 )
         run_id = await self.agent.submit(spec)
-        return _json(200, {"run": run_id, "job": spec.id})
+        return IndentedJSONResponse({"run": run_id, "job": spec.id})
 
     def _existing_job_spec(self, document: dict[str, Any]) -> JobSpec:
         extra = set(document) - {"job", "kwargs"}
         if extra:
-            raise HttpError(400, f'request: with "job" a submit takes only "kwargs" (found {", ".join(sorted(extra))})')
+            raise HTTPException(400, f'request: with "job" a submit takes only "kwargs" (found {", ".join(sorted(extra))})')
         job_id = document["job"]
         if not isinstance(job_id, str):
-            raise HttpError(400, 'request: "job" must be a job id (a string)')
-        spec = self._entry(job_id).spec
+            raise HTTPException(400, 'request: "job" must be a job id (a string)')
+        spec = self._job_entry_or_404(job_id).spec
         kwargs = document.get("kwargs")
         if kwargs is None:
             return spec
         if not isinstance(kwargs, dict):
-            raise HttpError(400, 'request: "kwargs" must be an object')
+            raise HTTPException(400, 'request: "kwargs" must be an object')
         if not isinstance(spec.target, CallTarget):
-            raise HttpError(400, f"request: job {job_id!r}: kwargs: only a call target takes kwargs")
+            raise HTTPException(400, f"request: job {job_id!r}: kwargs: only a call target takes kwargs")
         target = attrs.evolve(spec.target, kwargs={**spec.target.kwargs, **kwargs})
         return attrs.evolve(spec, target=target)
 
     async def list_runs(self, request: Request) -> Response:
-        job = request.query.get("job") or None
-        states = _states(request.query.get("state", ""))
-        limit = _bounded_int(request.query.get("limit"), "limit", default=DEFAULT_RUNS_LIMIT)
+        query = request.query_params
+        job = query.get("job") or None
+        states = _run_states(query.get("state", ""))
+        limit = _positive_int(query.get("limit"), "limit", default=DEFAULT_RUNS_LIMIT)
         records = [
             record
             for record in self.agent.scheduler.records()
             if (job is None or record.job == job) and (states is None or record.state in states)
         ]
         records.sort(key=_newest_first)
-        return _json(200, {"runs": [run_document(record) for record in records[:limit]], "total": len(records)})
+        return IndentedJSONResponse({"runs": [run_document(record) for record in records[:limit]], "total": len(records)})
 
     async def show_run(self, request: Request) -> Response:
-        run_id = request.params["run"]
-        wait = request.query.get("wait")
+        run_id = _path_parameter(request, "run")
+        wait = request.query_params.get("wait")
         if wait is None:
             record = self.agent.scheduler.record(run_id)
         else:
-            seconds = _seconds(wait, "wait", MAX_WAIT_SECONDS)
+            seconds = _seconds_at_most(wait, "wait", MAX_WAIT_SECONDS)
             record = await self.agent.wait_for_run(run_id, seconds)
         if record is None:
-            raise HttpError(404, f"no such run: {run_id}")
-        return _json(200, run_document(record))
+            raise HTTPException(404, f"no such run: {run_id}")
+        return IndentedJSONResponse(run_document(record))
 
     async def send(self, request: Request) -> Response:
-        run_id = request.params["run"]
-        document = request.json_object()
+        run_id = _path_parameter(request, "run")
+        document = await _json_object_body(request)
         if "data" not in document:
-            raise HttpError(400, 'request: the body is {"data": ...}, the update to send')
-        self._unfinished_run(run_id)
+            raise HTTPException(400, 'request: the body is {"data": ...}, the update to send')
+        self._check_run_unfinished(run_id)
         try:
             await self.agent.send(run_id, document["data"])
         except KeyError:
-            raise HttpError(404, f"no such run: {run_id}") from None
+            raise HTTPException(404, f"no such run: {run_id}") from None
         except ValueError as error:
-            self._unfinished_run(run_id)  # it finished meanwhile: 409; else the data was refused
-            raise HttpError(400, f"cannot send to {run_id}: {error}") from None
-        return _json(200, {"sent": True, "run": run_id})
+            self._check_run_unfinished(run_id)  # it finished meanwhile: 409; else the data was refused
+            raise HTTPException(400, f"cannot send to {run_id}: {error}") from None
+        return IndentedJSONResponse({"sent": True, "run": run_id})
 
-    def _unfinished_run(self, run_id: str) -> None:
+    def _check_run_unfinished(self, run_id: str) -> None:
+        """404 for an unknown run, 409 for a finished one."""
         record = self.agent.scheduler.record(run_id)
         if record is None:
-            raise HttpError(404, f"no such run: {run_id}")
+            raise HTTPException(404, f"no such run: {run_id}")
         if record.state.finished:
-            raise HttpError(409, f"run {run_id} has finished ({record.state.value}): nothing reads updates any more")
+            raise HTTPException(409, f"run {run_id} has finished ({record.state.value}): nothing reads updates any more")
 
 
-async def _read_body(receive: Callable[..., Any]) -> bytes | None:
-    """The request's body; None once it is over ``MAX_BODY_BYTES``."""
-    chunks: list[bytes] = []
+# -- from a request and back: the glue around Starlette ----------------------------------
+
+
+def _routing_path(raw_path: bytes) -> str | None:
+    """The path Starlette routes on: each segment percent-decoded on its own,
+    with a ``/`` or ``%`` inside one escaped again (so ``/jobs/a%2Fpause`` is
+    job ``a/pause``, not a longer path; ``_path_parameter`` decodes it), and
+    no trailing slash (``/jobs/`` is ``/jobs``). None if a segment is not
+    UTF-8 once decoded."""
+    path = raw_path.split(b"?", 1)[0]  # some servers leave the query in
+    if path.endswith(b"/"):
+        path = path[:-1]
+    try:
+        segments = [urllib.parse.unquote_to_bytes(part).decode("utf-8") for part in path.split(b"/")[1:]]
+    except UnicodeDecodeError:
+        return None
+    return "".join("/" + segment.replace("%", "%25").replace("/", "%2F") for segment in segments)
+
+
+def _path_parameter(request: Request, name: str) -> str:
+    """A ``{name}`` segment of the route, as the client meant it."""
+    return urllib.parse.unquote(request.path_params[name])
+
+
+def _receive_at_most(receive: Receive, limit: int) -> Receive:
+    """``receive``, raising a 413 once the body has gone over ``limit`` bytes."""
     size = 0
-    while True:
+
+    async def receive_within_limit() -> Message:
+        nonlocal size
         message = await receive()
-        if message["type"] != "http.request":
-            return b"".join(chunks)  # the client went away
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            if size > limit:
+                raise HTTPException(413, f"the body is over {limit} bytes")
+        return message
+
+    return receive_within_limit
 
 
-def _states(text: str) -> frozenset[RunState] | None:
+def _endpoint_for(handler: Handler) -> Handler:
+    """``handler`` as a route's endpoint: the body read first, a bug a 500."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            # Read whether the handler wants it or not: a body over the limit
+            # is a 413 on every route.
+            await request.body()
+        except ClientDisconnect:
+            return _error_response(400, "the client went away before the body's end")
+        try:
+            return await handler(request)
+        except (HTTPException, JobError):
+            raise  # answered by the application's exception handlers
+        except Exception:  # a bug in a handler must not take the node down
+            # Answered here rather than by a Starlette handler for Exception,
+            # which would raise it on to hypercorn to log a second time.
+            log.exception("control API handler failed for %s %s", request.method, request.scope[ASKED_PATH])
+            return _error_response(500, "internal error; see the agent's log")
+
+    return endpoint
+
+
+async def _no_such_resource(scope: Scope, receive: Receive, send: Send) -> None:
+    raise HTTPException(404, f"no such resource: {scope[ASKED_PATH]}")
+
+
+async def _answer_http_exception(request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)
+    return _error_response(error.status_code, error.detail, error.headers)
+
+
+async def _answer_job_error(request: Request, error: Exception) -> Response:
+    return _error_response(400, str(error))
+
+
+async def _json_object_body(request: Request) -> dict[str, Any]:
+    """The body as a JSON object; a 400 unless it is one."""
+    if not (await request.body()).strip():
+        raise HTTPException(400, "the request needs a JSON body")
+    try:
+        document = await request.json()
+    except ValueError as error:
+        raise HTTPException(400, f"the body is not JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise HTTPException(400, f"the body must be a JSON object, not {type(document).__name__}")
+    return document
+
+
+def _run_states(text: str) -> frozenset[RunState] | None:
+    """The states of ``?state=S[,S...]``; None, for any state, when empty."""
     if not text:
         return None
     states = set()
@@ -480,29 +501,29 @@ def _states(text: str) -> frozenset[RunState] | None:
             states.add(RunState(name.strip()))
         except ValueError:
             known = ", ".join(state.value for state in RunState)
-            raise HttpError(400, f"state: unknown run state {name!r} (known: {known})") from None
+            raise HTTPException(400, f"state: unknown run state {name!r} (known: {known})") from None
     return frozenset(states)
 
 
-def _bounded_int(text: str | None, name: str, *, default: int) -> int:
+def _positive_int(text: str | None, name: str, *, default: int) -> int:
     if text is None or text == "":
         return default
     try:
         value = int(text)
     except ValueError:
-        raise HttpError(400, f"{name}: expected a whole number, got {text!r}") from None
+        raise HTTPException(400, f"{name}: expected a whole number, got {text!r}") from None
     if value < 1:
-        raise HttpError(400, f"{name}: must be at least 1, got {value}")
+        raise HTTPException(400, f"{name}: must be at least 1, got {value}")
     return value
 
 
-def _seconds(text: str, name: str, maximum: float) -> float:
+def _seconds_at_most(text: str, name: str, maximum: float) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise HttpError(400, f"{name}: expected seconds, got {text!r}") from None
+        raise HTTPException(400, f"{name}: expected seconds, got {text!r}") from None
     if not 0 <= value <= maximum:  # also refuses nan
-        raise HttpError(400, f"{name}: must be between 0 and {maximum:g} seconds, got {text}")
+        raise HTTPException(400, f"{name}: must be between 0 and {maximum:g} seconds, got {text}")
     return value
 
 
@@ -511,23 +532,15 @@ def _newest_first(record: RunRecord) -> tuple[int, str]:
     return (-(record.created or record.tick or 0), record.id)
 
 
-def _plain(value: Any) -> Any:
+def _json_compatible(value: Any) -> Any:
     """Data from the maps as JSON can take it (msgpack allows bytes)."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "backslashreplace")
     if isinstance(value, dict):
-        return {str(_plain(key)): _plain(item) for key, item in value.items()}
+        return {str(_json_compatible(key)): _json_compatible(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [_json_compatible(item) for item in value]
     return value
-
-
-def _json(status: int, document: dict[str, Any]) -> Response:
-    try:
-        text = json.dumps(document, indent=1)
-    except (TypeError, ValueError):
-        text = json.dumps(_plain(document), indent=1, default=repr)
-    return status, JSON, text.encode() + b"\n"
 
 
 # -- documents ----------------------------------------------------------------------------
@@ -548,20 +561,20 @@ def target_document(target: Any) -> dict[str, str]:
     one-line summary."""
     if isinstance(target, CallTarget):
         arguments = ", ".join(f"{name}={value!r}" for name, value in target.kwargs.items())
-        return {"kind": "call", "summary": _short(f"{target.function}({arguments})")}
+        return {"kind": "call", "summary": _shortened(f"{target.function}({arguments})")}
     if isinstance(target, CommandTarget):
         command = target.argv[0] if target.shell and target.argv else shlex.join(target.argv)
-        return {"kind": "command", "summary": _short(command)}
+        return {"kind": "command", "summary": _shortened(command)}
     if isinstance(target, HttpTarget):
-        return {"kind": "http", "summary": _short(f"{target.method} {target.url}")}
-    return {"kind": type(target).__name__.lower(), "summary": _short(repr(target))}
+        return {"kind": "http", "summary": _shortened(f"{target.method} {target.url}")}
+    return {"kind": type(target).__name__.lower(), "summary": _shortened(repr(target))}
 
 
-def _short(text: str, limit: int = 120) -> str:
+def _shortened(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _time_or_none(ms: int | None) -> str | None:
+def _format_time_or_none(ms: int | None) -> str | None:
     return None if ms is None else format_time(ms)
 
 
@@ -577,7 +590,7 @@ def job_document(agent: Agent, entry: JobEntry, now_ms: int) -> dict[str, Any]:
         "paused": spec.paused,
         "tags": list(spec.tags),
         "owner": agent.scheduler.runs_ticks_of(spec),
-        "next_tick": _time_or_none(entry.next_tick(now_ms)),
+        "next_tick": _format_time_or_none(entry.next_tick(now_ms)),
         "since": format_time(entry.since),
     }
 
