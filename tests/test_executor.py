@@ -4,6 +4,7 @@ local server."""
 
 from __future__ import annotations
 
+import functools
 import http.server
 import json
 import os
@@ -579,3 +580,55 @@ async def test_http_timeout() -> None:
         port = listener.getsockname()[1]
         outcome, _ = await execute(HttpTarget(f"http://127.0.0.1:{port}/", method="GET"), timeout=0.3)
     assert outcome == Outcome(ok=False, timed_out=True, error="timed out after 0.3 s")
+
+
+@pytest.mark.parametrize("ending", ["cancelled", "timed out"])
+async def test_http_run_that_ends_closes_its_connection(ending: str) -> None:
+    # A server that reads the request and never answers: only the client
+    # going away ends the connection. An abandoned request (urllib in a
+    # worker thread) would keep it open until its socket timed out.
+    connected = trio.Event()
+    closed = trio.Event()
+    run_ended = trio.Event()
+    outcomes: list[Outcome] = []
+
+    async def silent(stream: trio.SocketStream) -> None:
+        connected.set()
+        try:
+            while await stream.receive_some():
+                pass
+        except trio.BrokenResourceError:
+            pass  # a reset is a close too
+        closed.set()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            try:
+                listeners = await nursery.start(functools.partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+                port = listeners[0].socket.getsockname()[1]
+                run_scope = trio.CancelScope()
+
+                async def run() -> None:
+                    try:
+                        with run_scope:
+                            target = HttpTarget(f"http://127.0.0.1:{port}/", method="GET")
+                            outcome, _ = await execute(target, timeout=0.5 if ending == "timed out" else 30.0)
+                            outcomes.append(outcome)
+                    finally:
+                        run_ended.set()
+
+                nursery.start_soon(run)
+                await connected.wait()
+                if ending == "cancelled":
+                    run_scope.cancel()
+                else:
+                    await run_ended.wait()
+                with trio.fail_after(1):
+                    await closed.wait()
+                    await run_ended.wait()
+            finally:
+                nursery.cancel_scope.cancel()
+    if ending == "cancelled":
+        assert run_scope.cancelled_caught and outcomes == []
+    else:
+        assert outcomes == [Outcome(ok=False, timed_out=True, error="timed out after 0.5 s")]

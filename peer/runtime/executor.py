@@ -22,7 +22,17 @@ Three kinds of target (``peer.jobs.targets``):
   process group also kills whatever it started. Updates are written to its
   stdin one per line, ``PEER-PROGRESS <json>`` lines on its stdout are
   progress, and the tails of stdout and stderr make its result.
-- ``HttpTarget``: one request with urllib in a worker thread; 2xx is success.
+- ``HttpTarget``: one request with httpx on trio, so a cancelled or timed-out
+  run closes its connection at once (the server sees the client go). A
+  client per request, as the executor has no close hook and may serve
+  several trio runs. 2xx is success, with result ``{"status", "body"}``
+  (parsed JSON when the answer is JSON and whole, else the head of the
+  text); any other status is a failure carrying that result. Redirects are
+  followed as urllib followed them: all of 301/302/303/307/308 for GET and
+  HEAD (a HEAD stays one, where urllib sent a GET), 301/302/303 for POST
+  (sent again as a GET without the body), none for other methods, at most
+  10, and only to http and https URLs; a redirect not followed is the
+  answer.
 
 Whatever a run returns must be plain msgpack data (map keys strings or
 bytes, as the replicated maps require) and at most ``max_result_bytes``
@@ -36,8 +46,9 @@ leaves back-pressure to the sender's channel instead of dropping updates.
 from __future__ import annotations
 
 import collections
+import email.message
+import errno
 import functools
-import http.client
 import importlib
 import inspect
 import json
@@ -45,18 +56,18 @@ import logging
 import math
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
 import time
 import traceback
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
+import httpx
 import msgpack
 import trio
 
@@ -290,9 +301,9 @@ class Executor:
     whose function has no colon. ``max_result_bytes`` bounds a result (and
     a progress value) packed; ``max_output_bytes`` bounds each of a
     command's stdout and stderr (the tail is kept) and an HTTP body (the
-    head is kept). ``http_timeout`` is the socket timeout of HTTP requests
-    in runs that have no timeout, so a silent server cannot hold a thread
-    for ever.
+    head is kept). ``http_timeout`` is the connect, read and write timeout
+    of HTTP requests in runs that have no timeout, so a silent server
+    cannot hold a run for ever.
     """
 
     def __init__(
@@ -529,17 +540,10 @@ class Executor:
     async def _http(self, target: HttpTarget, timeout: float | None) -> Any:
         scheme = urllib.parse.urlsplit(target.url).scheme.lower()
         if scheme not in ("http", "https"):
-            # urllib would happily read file:// and ftp:// URLs.
+            # httpx refuses these too, but without saying which schemes it takes.
             raise _Failure(f"unsupported URL scheme {scheme!r} in {target.url!r}: only http and https")
-        socket_timeout = self.http_timeout if timeout is None else timeout
-        response = await trio.to_thread.run_sync(
-            _http_exchange,
-            target,
-            socket_timeout,
-            self.max_output_bytes,
-            abandon_on_cancel=True,
-            limiter=self._threads(),
-        )
+        request_timeout = self.http_timeout if timeout is None else timeout
+        response = await _http_exchange(target, request_timeout, self.max_output_bytes)
         body = _http_body(response, self.max_output_bytes)
         result: dict[str, Any] = {"status": response.status, "body": body}
         try:
@@ -813,39 +817,103 @@ class _Response:
             return self.data.decode("utf-8", errors="replace")
 
 
-def _http_exchange(target: HttpTarget, timeout: float, limit: int) -> _Response:
-    """One request, in a worker thread. Error answers are answers."""
-    headers = dict(target.headers)
+# The redirects urllib followed, by method; httpx on its own would follow
+# every one, and send a POST's body again on 307 and 308.
+_REDIRECTS_FOLLOWED: dict[str, frozenset[int]] = {
+    "GET": frozenset({301, 302, 303, 307, 308}),
+    "HEAD": frozenset({301, 302, 303, 307, 308}),
+    "POST": frozenset({301, 302, 303}),
+}
+MAX_REDIRECTS = 10
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """The system's trust store, as urllib used (httpx's own default is
+    certifi's). Built once, as loading it takes tens of milliseconds, and
+    shared: unlike a client, a context belongs to no trio run."""
+    return ssl.create_default_context()
+
+
+async def _http_exchange(target: HttpTarget, timeout: float, limit: int) -> _Response:
+    """One request, following redirects as urllib did. Error answers are
+    answers. On cancellation the client's connection closes on the way
+    out, so the server sees the request abandoned."""
     data = None
     if target.body is not None:
         try:
             data = json.dumps(target.body).encode()
         except (TypeError, ValueError) as error:
             raise _Failure(_bounded(f"request body is not JSON: {_headline(error)}")) from None
-        if not any(name.lower() == "content-type" for name in headers):
-            headers["Content-Type"] = "application/json"
-    request = urllib.request.Request(target.url, data=data, headers=headers, method=target.method.upper())
     try:
-        try:
-            response = urllib.request.urlopen(request, timeout=timeout)
-        except urllib.error.HTTPError as error:
-            response = error  # 4xx and 5xx: still an answer, with a body
-        with response:
-            return _Response(
-                status=response.status,
-                reason=str(response.reason or ""),
-                content_type=response.headers.get_content_type(),
-                charset=response.headers.get_content_charset() or "utf-8",
-                data=response.read(limit + 1),
-            )
-    except urllib.error.URLError as error:
-        reason = error.reason
-        text = reason.strerror if isinstance(reason, OSError) and reason.strerror else str(reason)
-        raise _Failure(_bounded(f"cannot reach {target.url}: {text}")) from None
-    except TimeoutError:
+        # No compression unless the target asks, as with urllib: the size
+        # limit then counts what the server sent, and a small compressed
+        # answer cannot inflate in memory past it.
+        headers = httpx.Headers({"Accept-Encoding": "identity"})
+        headers.update(target.headers)
+        if data is not None and "Content-Type" not in headers:
+            headers["Content-Type"] = "application/json"
+        # A client of its own: a client's connections belong to the trio run
+        # that opened them, and an executor may serve several runs with no
+        # hook to close a shared client (urllib connected per request too).
+        async with httpx.AsyncClient(verify=_tls_context(), timeout=timeout) as client:
+            request = client.build_request(target.method.upper(), target.url, headers=headers, content=data)
+            redirects = 0
+            while True:
+                response = await client.send(request, stream=True)
+                try:
+                    following = _redirect(request, response) if redirects < MAX_REDIRECTS else None
+                    if following is None:
+                        return await _read_response(response, limit)
+                finally:
+                    await response.aclose()
+                request = following
+                redirects += 1
+    except httpx.ConnectTimeout:
+        raise _Failure(f"cannot reach {target.url}: timed out") from None
+    except httpx.TimeoutException:
         raise _Failure(f"no response from {target.url} within {timeout:g} s") from None
-    except (OSError, http.client.HTTPException, ValueError) as error:
+    except httpx.ConnectError as error:
+        raise _Failure(_bounded(f"cannot reach {target.url}: {_os_reason(error)}")) from None
+    except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as error:
         raise _Failure(_bounded(f"HTTP request to {target.url} failed: {_headline(error)}")) from None
+
+
+def _redirect(request: httpx.Request, response: httpx.Response) -> httpx.Request | None:
+    """The request that follows ``response``, or None when urllib would
+    not have followed it."""
+    following = response.next_request
+    if (
+        following is None
+        or response.status_code not in _REDIRECTS_FOLLOWED.get(request.method, ())
+        or following.url.scheme not in ("http", "https")
+    ):
+        return None
+    if following.method != request.method:
+        # Turned into a GET without the body: its type goes with it.
+        following.headers.pop("Content-Type", None)
+    return following
+
+
+async def _read_response(response: httpx.Response, limit: int) -> _Response:
+    """The status and at most ``limit`` + 1 bytes of the body (decompressed
+    when the target asked for compression)."""
+    data = bytearray()
+    async for chunk in response.aiter_bytes():
+        data += chunk
+        if len(data) > limit:
+            break
+    # Parsed as urllib parsed it: no type means text/plain.
+    header = email.message.Message()
+    if "Content-Type" in response.headers:
+        header["Content-Type"] = response.headers["Content-Type"]
+    return _Response(
+        status=response.status_code,
+        reason=response.reason_phrase,
+        content_type=header.get_content_type(),
+        charset=header.get_content_charset() or "utf-8",
+        data=bytes(data[: limit + 1]),
+    )
 
 
 def _http_body(response: _Response, limit: int) -> Any:
@@ -859,3 +927,22 @@ def _http_body(response: _Response, limit: int) -> Any:
         except ValueError:
             pass
     return _head_text(response.text(), limit)
+
+
+def _os_reason(error: BaseException) -> str:
+    """What the OS said ("Connection refused", "Name or service not
+    known"), found inside the wrappers of httpx, httpcore and trio (which
+    groups one error per address tried, each with the address in its text)."""
+    reason = str(error)
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            # A known errno's own words, without trio's "Error connecting to ...";
+            # DNS errors (negative codes) keep theirs.
+            code = cause.errno
+            reason = os.strerror(code) if code is not None and code in errno.errorcode else cause.strerror
+        if isinstance(cause, BaseExceptionGroup):
+            cause = leaf_exceptions(cause)[0]
+        else:
+            cause = cause.__cause__ or cause.__context__
+    return reason
