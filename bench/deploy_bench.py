@@ -92,11 +92,11 @@ from typing import Any
 import crdt
 import membership
 import peer
-from peer.tools.chaos import FINISHED, JournalLine, duplicates, iso_ms, read_journal, ticks_between, toml_jobs
 from peer.control.client import ClientError, api_path
+from peer.jobs.runs import tick_run_id
 from peer.runtime.keys import generate_key
 from peer.testing.cluster import AgentProcess, LocalCluster, wait_for
-from peer.jobs.runs import tick_run_id
+from peer.tools.chaos import FINISHED, JournalLine, duplicates, iso_ms, read_journal, ticks_between, toml_jobs
 
 log = logging.getLogger("deploy_bench")
 PEER_SOURCE = Path(peer.__file__).parent  # the agents run ``python -m peer`` from the same place
@@ -487,6 +487,7 @@ class Deploy:
             readers = self.up_agents()
             for index, oneoff in enumerate(waiting):
                 if readers:
+                    assert oneoff.run is not None  # waiting holds acknowledged one-offs only
                     oneoff.state = run_state(readers[index % len(readers)], oneoff.run) or oneoff.state
             waiting = [oneoff for oneoff in waiting if oneoff.state not in FINISHED]
             if not waiting or time.monotonic() >= deadline:
@@ -616,9 +617,11 @@ def source_stamps() -> dict[str, float]:
     """The modification time of every source file the agents import: if one
     changes during a rep, agents started later run other code than the
     first ones, and the figures mix versions."""
-    return {str(path): path.stat().st_mtime
-            for package in (peer, membership, crdt)
-            for path in Path(package.__file__).parent.rglob("*.py")}
+    stamps: dict[str, float] = {}
+    for package in (peer, membership, crdt):
+        assert package.__file__ is not None  # regular packages (with an __init__.py), not namespace ones
+        stamps.update({str(path): path.stat().st_mtime for path in Path(package.__file__).parent.rglob("*.py")})
+    return stamps
 
 
 class StartFailed(Exception):
@@ -631,9 +634,13 @@ def run_rep(rep: int, nodes: int, seed: int, workdir: Path) -> dict[str, Any]:
     workdir.mkdir(parents=True)
     journal = workdir / "journal.txt"
     jobs_file = workdir / "jobs.toml"
-    jobs = [{"id": job, "schedule": "@every 1s", "mode": "one", "call": "peer.testing.samples:journal", "kwargs": {"path": str(journal)}}
-            for job in ONE_JOBS]
-    jobs.append({"id": ALL_JOB, "schedule": "@every 1s", "mode": "all", "call": "peer.testing.samples:journal", "kwargs": {"path": str(journal)}})
+    jobs = [
+        {"id": job, "schedule": "@every 1s", "mode": "one", "call": "peer.testing.samples:journal", "kwargs": {"path": str(journal)}}
+        for job in ONE_JOBS
+    ]
+    jobs.append(
+        {"id": ALL_JOB, "schedule": "@every 1s", "mode": "all", "call": "peer.testing.samples:journal", "kwargs": {"path": str(journal)}}
+    )
     jobs_file.write_text(toml_jobs(jobs))
     extra = ["--jobs", str(jobs_file), "--drain-timeout", str(DRAIN_TIMEOUT)]
     sources = source_stamps()
@@ -666,7 +673,9 @@ def run_rep(rep: int, nodes: int, seed: int, workdir: Path) -> dict[str, Any]:
         "exits": [dataclasses.asdict(exit) for exit in deploy.exits],
         "nonzero_exits": [dataclasses.asdict(exit) for exit in deploy.exits if exit.code != 0],
         "problems": deploy.problems,
-        "updates_not_sent": [oneoff.run for oneoff in deploy.oneoffs if oneoff.long and oneoff.run and not (oneoff.send or "").startswith("sent")],
+        "updates_not_sent": [
+            oneoff.run for oneoff in deploy.oneoffs if oneoff.long and oneoff.run and not (oneoff.send or "").startswith("sent")
+        ],
         "oneoffs": [dataclasses.asdict(oneoff) for oneoff in deploy.oneoffs],
         "events": deploy.events,
     }

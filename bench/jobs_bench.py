@@ -103,9 +103,9 @@ from pathlib import Path
 from typing import Any
 
 from peer.control.client import ClientError, api_path
+from peer.jobs.runs import tick_run_id
 from peer.runtime.keys import generate_key
 from peer.testing.cluster import AgentProcess, LocalCluster, wait_for
-from peer.jobs.runs import tick_run_id
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -448,8 +448,8 @@ def _throughput(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 print(f"    owners {batch['owners']}; submit->started by owner (median, p95 ms): "
                       + ", ".join(f"{o} {fmt(m, 0)}/{fmt(q, 0)}" for o, (m, q) in batch["start_ms_by_owner"].items())
                       + f"; not succeeded {batch['not_succeeded']}, submit errors {batch['errors']}", flush=True)
-                print("    " + "; ".join(f"{name}: " + ", ".join(f"{k} {v}" for k, v in c.items()) for name, c in batch["counters"].items()),
-                      flush=True)
+                counters = "; ".join(f"{name}: " + ", ".join(f"{k} {v}" for k, v in c.items()) for name, c in batch["counters"].items())
+                print("    " + counters, flush=True)
             time.sleep(2.0)
         idle_after = _sequential(args, agents, job="idle-after")
         load = load_note()
@@ -469,7 +469,9 @@ def _throughput(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return result
 
 
-def _watch(agents: list[AgentProcess], run_id: str, sent_ms: float, answered_ms: float, out: list[dict[str, Any]]) -> list[threading.Thread]:
+def _watch(
+    agents: list[AgentProcess], run_id: str, sent_ms: float, answered_ms: float, out: list[dict[str, Any]]
+) -> list[threading.Thread]:
     """One waiter per agent for ``run_id``'s result; appends a summary to ``out``."""
     seen: dict[str, float | None] = {}
 

@@ -15,7 +15,7 @@ oversized keys or values, entries outside their sync scope. Tags start at
 from __future__ import annotations
 
 import sys
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import attrs
 import msgpack
@@ -245,7 +245,7 @@ class SyncEntries:
         return cls(_name(f[1], "entries.map"), _addr(f[2], "entries.reply_to"), scope, entries, context_from_wire(f[5]))
 
 
-ReplicationMessage = Union[DeltaGossip, SyncProbe, SyncEntries]
+ReplicationMessage = DeltaGossip | SyncProbe | SyncEntries
 MESSAGE_TYPES: dict[int, type[ReplicationMessage]] = {cls.TAG: cls for cls in (DeltaGossip, SyncProbe, SyncEntries)}
 
 

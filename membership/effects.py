@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Union
-
 import attrs
 
 from membership.messages import Message
@@ -31,4 +29,4 @@ class Event:
     source: str | None = None
 
 
-Effect = Union[Send, Event]
+Effect = Send | Event

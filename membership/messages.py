@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import attrs
 import msgpack
@@ -313,8 +313,8 @@ class StateDigest:
         return cls(_name(f[1], "digest.sender"), _addr(f[2], f[3], "digest.reply_to"), _uint64(f[4], "digest.checksum"))
 
 
-Claim = Union[Alive, Suspect, Dead, Left]
-Message = Union[Ping, Ack, Nack, PingReq, Alive, Suspect, Dead, Left, PushPull, StateDigest]
+Claim = Alive | Suspect | Dead | Left
+Message = Ping | Ack | Nack | PingReq | Alive | Suspect | Dead | Left | PushPull | StateDigest
 
 MESSAGE_TYPES: dict[int, type[Message]] = {
     cls.TAG: cls for cls in (Ping, Ack, Nack, PingReq, Alive, Suspect, Dead, Left, PushPull, StateDigest)

@@ -19,8 +19,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from peer.runtime.executor import Executor, RunContext
-    from peer.jobs.definition import JobError, JobSpec
     from peer.control.node import (
         JobInfo,
         MemberInfo,
@@ -30,11 +28,13 @@ if TYPE_CHECKING:
         UnknownJob,
         UnknownRun,
     )
+    from peer.jobs.definition import JobError, JobSpec
     from peer.jobs.runs import RunRecord, RunState
-    from peer.runtime.agent import AgentError, JoinFailed
     from peer.jobs.scheduler import SchedulerConfig
-    from peer.runtime.settings import ConfigError
     from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget
+    from peer.runtime.agent import AgentError, JoinFailed
+    from peer.runtime.executor import Executor, RunContext
+    from peer.runtime.settings import ConfigError
     from peer.runtime.transport import BindError
 
 _EXPORTS = {

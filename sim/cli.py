@@ -138,8 +138,12 @@ def _parser() -> argparse.ArgumentParser:
         help="from AT, restart every node running then (by index), or these in this order, one after another: "
         "each once the previous one is back and its scheduler ready, plus --rolling-gap; may repeat",
     )
-    a.add_argument("--rolling-gap", type=float, default=2.0, metavar="S", help="seconds between a node ready and the next restart (default 2)")
-    a.add_argument("--restart-delay", type=float, default=0.5, metavar="S", help="seconds from a process's exit to its new start (default 0.5)")
+    a.add_argument(
+        "--rolling-gap", type=float, default=2.0, metavar="S", help="seconds between a node ready and the next restart (default 2)"
+    )
+    a.add_argument(
+        "--restart-delay", type=float, default=0.5, metavar="S", help="seconds from a process's exit to its new start (default 0.5)"
+    )
     a.add_argument(
         "--scale-up",
         action="append",
@@ -154,7 +158,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="K@AT",
         help="K running nodes leave gracefully at AT for good (highest index first, seeds last); may repeat",
     )
-    a.add_argument("--ready-oneoffs", type=int, default=0, metavar="K", help="one-offs submitted through a node each time its scheduler turns ready")
+    a.add_argument(
+        "--ready-oneoffs", type=int, default=0, metavar="K", help="one-offs submitted through a node each time its scheduler turns ready"
+    )
     a.add_argument(
         "--all-ready-oneoffs",
         type=int,

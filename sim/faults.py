@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from typing import Protocol, Union
+from typing import Protocol
 
 import attrs
 
@@ -45,7 +45,7 @@ class World(Protocol):
 
     def step_clock(self, index: int, seconds: float) -> None: ...
 
-    def restart(self, index: int, delay: float) -> None: ...
+    def restart(self, index: int, delay: float) -> bool: ...  # False if the node was not up to restart
 
     def rolling_restart(self, nodes: tuple[int, ...] | None, gap: float, delay: float) -> None: ...
 
@@ -265,7 +265,10 @@ class Restart(_NodesAt):
         return self.at + self.delay
 
     def _action(self, world: World) -> Callable[[int], None]:
-        return lambda index: world.restart(index, self.delay)
+        def restart(index: int) -> None:
+            world.restart(index, self.delay)  # a node not up then is skipped
+
+        return restart
 
 
 def _order(values: Iterable[int] | None) -> tuple[int, ...] | None:
@@ -375,9 +378,9 @@ class Degrade:
         return False  # loss must not cause false failures: that is what is tested
 
 
-Fault = Union[
-    Partition, Crash, Pause, Clog, Join, Leave, Degrade, ClockStep, Restart, RollingRestart, ScaleUp, ScaleDown, Kill
-]
+Fault = (
+    Partition | Crash | Pause | Clog | Join | Leave | Degrade | ClockStep | Restart | RollingRestart | ScaleUp | ScaleDown | Kill
+)
 
 _GROUP = r"(?:\d+(?:-\d+)?)(?:,\d+(?:-\d+)?)*"
 _PARTITION = re.compile(rf"^(?P<a>{_GROUP})(?P<op>[|>])(?P<b>{_GROUP})@(?P<start>[\d.]+)\+(?P<duration>[\d.]+)$")

@@ -264,7 +264,11 @@ class MembershipRun:
         while order:
             index, rest = order[0], order[1:]
             if self.restart(index, delay):
-                self._when_ready(index, lambda: self.at(self.sim.now + gap, self._roll, rest, gap, delay, began))
+
+                def next_turn(rest: list[int] = rest) -> None:
+                    self.at(self.sim.now + gap, self._roll, rest, gap, delay, began)
+
+                self._when_ready(index, next_turn)
                 return
             order = rest
         self.roll_ends[began] = self.sim.now  # the deploy is over: a checker's fault window closes here

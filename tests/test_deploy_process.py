@@ -18,10 +18,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from peer.tools.chaos import read_journal, ticks_between, toml_jobs
 from peer.control.client import ClientError, api_path
 from peer.runtime.keys import generate_key
 from peer.testing.cluster import AgentProcess, LocalCluster, wait_for
+from peer.tools.chaos import read_journal, ticks_between, toml_jobs
 
 TIMEOUT = 60.0  # generous: the machines running CI are shared and slow
 EVERY_MS = 1000
@@ -34,10 +34,24 @@ MARGIN_MS = 3000
 def start_cluster(cluster: LocalCluster, journal: Path, workdir: Path) -> list[AgentProcess]:
     """Four agents, each with the others as seeds, all with one jobs file."""
     jobs = [
-        {"id": f"tick-{i}", "schedule": "@every 1s", "mode": "one", "call": "peer.testing.samples:journal", "kwargs": {"path": str(journal)}}
+        {
+            "id": f"tick-{i}",
+            "schedule": "@every 1s",
+            "mode": "one",
+            "call": "peer.testing.samples:journal",
+            "kwargs": {"path": str(journal)},
+        }
         for i in range(3)
     ]
-    jobs.append({"id": "everywhere", "schedule": "@every 1s", "mode": "all", "call": "peer.testing.samples:journal", "kwargs": {"path": str(journal)}})
+    jobs.append(
+        {
+            "id": "everywhere",
+            "schedule": "@every 1s",
+            "mode": "all",
+            "call": "peer.testing.samples:journal",
+            "kwargs": {"path": str(journal)},
+        }
+    )
     jobs_file = workdir / "jobs.toml"
     jobs_file.write_text(toml_jobs(jobs))
     agents = cluster.add_mesh(NODES, extra_args=["--jobs", str(jobs_file), "--drain-timeout", "10"])
@@ -66,7 +80,9 @@ def test_a_rolling_restart_runs_every_tick_once_and_misses_none(tmp_path: Path) 
     lines = read_journal(journal)
     runs = Counter(line.run for line in lines)
     twice = sorted(run for run, count in runs.items() if count > 1)
-    assert not twice, f"run more than once: {twice}\n" + "\n".join(f"{l.run} {l.attempt} {l.node} {l.start_ms}" for l in lines if l.run in twice)
+    assert not twice, f"run more than once: {twice}\n" + "\n".join(
+        f"{line.run} {line.attempt} {line.node} {line.start_ms}" for line in lines if line.run in twice
+    )
     owed = [
         f"tick-{i}@{tick}"
         for i in range(3)
@@ -117,7 +133,13 @@ def test_an_agent_with_no_seed_restarted_comes_back_into_its_cluster_not_beside_
     agent counts all three in its ring at the end."""
     journal = tmp_path / "journal"
     jobs = [
-        {"id": f"tick-{i}", "schedule": "@every 1s", "mode": "one", "call": "peer.testing.samples:journal", "kwargs": {"path": str(journal)}}
+        {
+            "id": f"tick-{i}",
+            "schedule": "@every 1s",
+            "mode": "one",
+            "call": "peer.testing.samples:journal",
+            "kwargs": {"path": str(journal)},
+        }
         for i in range(3)
     ]
     jobs_file = tmp_path / "jobs.toml"
@@ -149,5 +171,7 @@ def test_an_agent_with_no_seed_restarted_comes_back_into_its_cluster_not_beside_
         return first_start.node == first.name and first_start.start_ms <= killed_ms and second.attempt > first_start.attempt
 
     twice = sorted(run for run, count in runs.items() if count > 1 and not (count == 2 and rerun_after_the_kill(run)))
-    assert not twice, f"run more than once: {twice}\n" + "\n".join(f"{l.run} {l.attempt} {l.node} {l.start_ms}" for l in lines if l.run in twice)
+    assert not twice, f"run more than once: {twice}\n" + "\n".join(
+        f"{line.run} {line.attempt} {line.node} {line.start_ms}" for line in lines if line.run in twice
+    )
     assert eligible == {agent.name: 3 for agent in agents}, eligible

@@ -18,8 +18,8 @@ import msgpack
 import pytest
 import trio
 
-from peer.runtime.executor import MAX_ERROR_BYTES, Executor, Outcome, RunContext
 from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget
+from peer.runtime.executor import MAX_ERROR_BYTES, Executor, Outcome, RunContext
 
 PYTHON = sys.executable
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from peer.jobs.definition import MAX_WIRE_BYTES, JobError, JobSpec, load_jobs_file, parse_job
 from peer.jobs.cron import parse_schedule
+from peer.jobs.definition import MAX_WIRE_BYTES, JobError, JobSpec, load_jobs_file, parse_job
 from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget
 
 FULL: dict[str, Any] = {

@@ -16,12 +16,11 @@ import attrs
 import pytest
 import trio
 
-from peer.control.api import _SCHEDULER_HELP
+from peer.control.api import _SCHEDULER_HELP, HttpControlPlane
 from peer.control.cli import main
 from peer.control.client import ClientError, api_path, call, fetch
-from peer.control.api import HttpControlPlane
-from peer.runtime.agent import Agent
 from peer.jobs.scheduler import SchedulerConfig, SchedulerStats
+from peer.runtime.agent import Agent
 from peer.runtime.settings import Settings
 
 FAST = {"probe_interval": 0.2, "probe_timeout": 0.1, "gossip_interval": 0.05}

@@ -32,6 +32,9 @@ from typing import Any
 import attrs
 import pytest
 
+from peer.control.client import ClientError, api_path
+from peer.runtime.keys import generate_key
+from peer.testing.cluster import AgentProcess, LocalCluster, wait_for
 from peer.tools.chaos import (
     JournalLine,
     iso_ms,
@@ -40,9 +43,6 @@ from peer.tools.chaos import (
     ticks_between,
     toml_jobs,
 )
-from peer.control.client import ClientError, api_path
-from peer.runtime.keys import generate_key
-from peer.testing.cluster import AgentProcess, LocalCluster, wait_for
 
 TIMEOUT = 30.0  # generous: the machines running CI are shared and slow
 # The membership timings (see the module's docstring).
@@ -270,7 +270,7 @@ def test_one_off_runs_submitted_sent_to_and_read_through_different_nodes_survive
         assert len(set(batch1)) == 10
         for i, run_id in enumerate(batch1):
             if i == 0:
-                wait_for(lambda: run_id in records(b, [run_id]), TIMEOUT, f"{b.name} to know {run_id}")
+                wait_for(lambda run_id=run_id: run_id in records(b, [run_id]), TIMEOUT, f"{b.name} to know {run_id}")
                 for n in range(2):
                     sent = b.cli("send", run_id, json.dumps({"run": i, "n": n}))
                     assert sent.returncode == 0 and sent.stdout.strip() == f"sent to {run_id}", sent.stderr

@@ -12,7 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("membership", "crdt", "peer.jobs", "peer.core", "peer.runtime", "peer.control", "peer.testing", "peer.tools", "peer")
 SANS_IO = ("membership", "crdt", "peer.jobs", "peer.core")
 # What a sans-IO module may not import: the clock, I/O, threads, event loops.
-FORBIDDEN_IN_SANS_IO = ("time", "socket", "select", "selectors", "subprocess", "asyncio", "trio", "urllib.request", "http.client", "httpx", "os")
+FORBIDDEN_IN_SANS_IO = (
+    "time", "socket", "select", "selectors", "subprocess", "asyncio", "trio", "urllib.request", "http.client", "httpx", "os"
+)
 # Calls that read the clock or draw global randomness.
 FORBIDDEN_CALLS = {
     ("datetime", "now"), ("datetime", "utcnow"), ("datetime", "today"), ("date", "today"),

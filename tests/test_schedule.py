@@ -133,7 +133,9 @@ def test_parse_schedule_refuses_non_strings() -> None:
 @given(
     text=st.one_of(
         st.text(alphabet="0123456789*/-,LW#? @HRhr", max_size=30),
-        st.lists(st.text(alphabet="0123456789*/-,LW#?abcdefghijklmnoprstuvwxyz", min_size=1, max_size=6), min_size=5, max_size=6).map(" ".join),
+        st.lists(
+            st.text(alphabet="0123456789*/-,LW#?abcdefghijklmnoprstuvwxyz", min_size=1, max_size=6), min_size=5, max_size=6
+        ).map(" ".join),
         st.text(max_size=20).map(lambda tail: "@every " + tail),
     )
 )
@@ -326,16 +328,28 @@ DST_CASES = [
     ("30 * * * *", "Europe/Paris", ms(2026, 3, 28, 23), [ms(2026, 3, 28, 23, 30), ms(2026, 3, 29, 0, 30), ms(2026, 3, 29, 1, 30)]),
     # a time-of-day job in the repeated hour runs once, at the first occurrence
     ("30 2 * * *", "Europe/Paris", ms(2026, 10, 24), [ms(2026, 10, 24, 0, 30), ms(2026, 10, 25, 0, 30), ms(2026, 10, 26, 1, 30)]),
-    ("*/20 2 * * *", "Europe/Paris", ms(2026, 10, 24, 12), [ms(2026, 10, 25, 0), ms(2026, 10, 25, 0, 20), ms(2026, 10, 25, 0, 40), ms(2026, 10, 26, 1)]),
+    (
+        "*/20 2 * * *", "Europe/Paris", ms(2026, 10, 24, 12),
+        [ms(2026, 10, 25, 0), ms(2026, 10, 25, 0, 20), ms(2026, 10, 25, 0, 40), ms(2026, 10, 26, 1)],
+    ),
     # a periodic job keeps its rhythm in real time through the repeated hour
-    ("30 * * * *", "Europe/Paris", ms(2026, 10, 24, 23), [ms(2026, 10, 24, 23, 30), ms(2026, 10, 25, 0, 30), ms(2026, 10, 25, 1, 30), ms(2026, 10, 25, 2, 30)]),
-    ("*/30 * * * * ", "Europe/Paris", ms(2026, 10, 25, 0, 10), [ms(2026, 10, 25, 0, 30), ms(2026, 10, 25, 1), ms(2026, 10, 25, 1, 30), ms(2026, 10, 25, 2)]),
+    (
+        "30 * * * *", "Europe/Paris", ms(2026, 10, 24, 23),
+        [ms(2026, 10, 24, 23, 30), ms(2026, 10, 25, 0, 30), ms(2026, 10, 25, 1, 30), ms(2026, 10, 25, 2, 30)],
+    ),
+    (
+        "*/30 * * * * ", "Europe/Paris", ms(2026, 10, 25, 0, 10),
+        [ms(2026, 10, 25, 0, 30), ms(2026, 10, 25, 1), ms(2026, 10, 25, 1, 30), ms(2026, 10, 25, 2)],
+    ),
     ("0 * * * * *", "Europe/Paris", ms(2026, 10, 25, 0, 58, 30), [ms(2026, 10, 25, 0, 59), ms(2026, 10, 25, 1, 0), ms(2026, 10, 25, 1, 1)]),
     ("30 2 * * *", "America/New_York", ms(2026, 3, 7), [ms(2026, 3, 7, 7, 30), ms(2026, 3, 8, 7), ms(2026, 3, 9, 6, 30)]),
     ("30 * * * *", "America/New_York", ms(2026, 3, 8, 5), [ms(2026, 3, 8, 5, 30), ms(2026, 3, 8, 6, 30), ms(2026, 3, 8, 7, 30)]),
     ("30 1 * * *", "America/New_York", ms(2026, 10, 31), [ms(2026, 10, 31, 5, 30), ms(2026, 11, 1, 5, 30), ms(2026, 11, 2, 6, 30)]),
     ("30 2 * * *", "America/New_York", ms(2026, 10, 31), [ms(2026, 10, 31, 6, 30), ms(2026, 11, 1, 7, 30), ms(2026, 11, 2, 7, 30)]),
-    ("*/30 * * * *", "America/New_York", ms(2026, 11, 1, 4, 50), [ms(2026, 11, 1, 5), ms(2026, 11, 1, 5, 30), ms(2026, 11, 1, 6), ms(2026, 11, 1, 6, 30), ms(2026, 11, 1, 7)]),
+    (
+        "*/30 * * * *", "America/New_York", ms(2026, 11, 1, 4, 50),
+        [ms(2026, 11, 1, 5), ms(2026, 11, 1, 5, 30), ms(2026, 11, 1, 6), ms(2026, 11, 1, 6, 30), ms(2026, 11, 1, 7)],
+    ),
 ]  # fmt: skip
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from membership import MembershipConfig, Status
 from sim.faults import ClockStep, Clog, Crash, Degrade, Join, Leave, Partition, Pause
-from sim.membership_scenario import MembershipRun, MembershipResult, MembershipScenario, run_membership
+from sim.membership_scenario import MembershipResult, MembershipRun, MembershipScenario, run_membership
 
 SEEDS = [1, 2, 3]
 N = 20

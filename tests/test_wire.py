@@ -11,7 +11,7 @@ from crdt.hlc import Timestamp
 from crdt.messages import DeltaGossip
 from crdt.ormap import ORMap
 from membership.messages import ENVELOPE_RESERVE, Ack, Alive, Ping
-from peer.runtime.wire import MAC_SIZE, VERSION, Codec, DropReason, Dropped, FrameTooLarge, Keyring
+from peer.runtime.wire import MAC_SIZE, VERSION, Codec, Dropped, DropReason, FrameTooLarge, Keyring
 from tests.strategies import messages
 
 K1, K2, K3 = b"1" * 32, b"2" * 32, b"3" * 16

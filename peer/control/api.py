@@ -741,7 +741,9 @@ class AgentCollector(Collector):
         for status, count in agent.member_counts().items():
             members.add_metric([status], count)
         yield members
-        yield GaugeMetricFamily("peer_ready", "1 when part of a cluster, not leaving, and the scheduler ready (caught up)", value=int(agent.ready))
+        yield GaugeMetricFamily(
+            "peer_ready", "1 when part of a cluster, not leaving, and the scheduler ready (caught up)", value=int(agent.ready)
+        )
         yield GaugeMetricFamily("peer_leaving", "1 while leaving gracefully", value=int(agent.leaving))
         yield GaugeMetricFamily("peer_cluster_key", "1 when frames are authenticated with a key", value=int(agent.keyed))
         yield GaugeMetricFamily(

@@ -33,8 +33,8 @@ from typing import Any
 
 import trio
 
-from peer.control.text import format_table
 from peer.control.client import ClientError, api_path, call
+from peer.control.text import format_table
 from peer.jobs.definition import JobError, load_jobs_file, parse_job
 from peer.runtime.keys import KeyringError, generate_key, load_keyring
 from peer.runtime.settings import ConfigError, Settings, load
@@ -125,7 +125,9 @@ def _parser(tools: Sequence[AddCommand] = ()) -> argparse.ArgumentParser:
     target.add_argument("--call", metavar="MOD:FN", help="run this Python function (package.module:function)")
     target.add_argument("--command", dest="command_line", metavar="CMD", help="run this command line (split like a shell would)")
     submit_parser.add_argument("--kwargs", metavar="JSON", help="keyword arguments for the function, a JSON object")
-    submit_parser.add_argument("--id", metavar="NAME", help="the one-off job's id, which names its run (default: the function or program name)")
+    submit_parser.add_argument(
+        "--id", metavar="NAME", help="the one-off job's id, which names its run (default: the function or program name)"
+    )
     submit_parser.add_argument("--timeout", metavar="S", help="seconds (or 30s, 5m...) before the run is stopped")
     submit_parser.add_argument("--retries", metavar="N", type=int, help="extra attempts after a failure")
     _client_options(submit_parser, json_flag=True)
@@ -169,10 +171,10 @@ def _parser(tools: Sequence[AddCommand] = ()) -> argparse.ArgumentParser:
 
 
 def run_agent(args: argparse.Namespace) -> int:
-    from peer.runtime.logs import configure
     from peer.control.api import HttpControlPlane
     from peer.runtime.agent import Agent, AgentError
     from peer.runtime.exceptions import leaf_exceptions
+    from peer.runtime.logs import configure
 
     flags = {key: getattr(args, key) for _, key, _ in AGENT_OPTIONS}
     settings = load(flags, config_path=args.config)
@@ -449,7 +451,9 @@ def _json_object(text: str, flag: str) -> dict[str, Any]:
 def submit(args: argparse.Namespace) -> int:
     given = [what for what, value in (("JOB", args.job), ("--call", args.call), ("--command", args.command_line)) if value]
     if len(given) != 1:
-        raise UsageError("give one of JOB (a defined job), --call MOD:FN or --command CMD" + (f"; got {' and '.join(given)}" if given else ""))
+        raise UsageError(
+            "give one of JOB (a defined job), --call MOD:FN or --command CMD" + (f"; got {' and '.join(given)}" if given else "")
+        )
     kwargs = None if args.kwargs is None else _json_object(args.kwargs, "--kwargs")
     if args.job:
         extra = [flag for flag, value in (("--id", args.id), ("--timeout", args.timeout), ("--retries", args.retries)) if value is not None]

@@ -53,17 +53,17 @@ import trio
 
 from membership.state import Status
 from peer.control.api import HttpControlPlane
+from peer.core.replication import ReplicationConfig
+from peer.jobs.definition import JobError, JobSpec, parse_job
+from peer.jobs.runs import RunRecord, RunState
+from peer.jobs.scheduler import JobEntry, Role, Scheduler, SchedulerConfig
+from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget, Target
 from peer.runtime.addresses import format_address
+from peer.runtime.agent import API_DRAIN_SECONDS, MAX_RESULT_BYTES, RUN_WAIT_RECHECK, Agent
 from peer.runtime.exceptions import leaf_exceptions
 from peer.runtime.executor import Executor
-from peer.jobs.definition import JobError, JobSpec, parse_job
 from peer.runtime.keys import KeyringError, load_keyring, parse_keys
-from peer.core.replication import ReplicationConfig
-from peer.jobs.runs import RunRecord, RunState
-from peer.runtime.agent import API_DRAIN_SECONDS, MAX_RESULT_BYTES, RUN_WAIT_RECHECK, Agent
-from peer.jobs.scheduler import JobEntry, Role, Scheduler, SchedulerConfig
 from peer.runtime.settings import CONVERTERS, ConfigError, Settings
-from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget, Target
 from peer.runtime.wire import Keyring
 
 __all__ = [
@@ -742,7 +742,9 @@ class Node:
                 )
             name = found
         else:
-            raise TypeError(f"a target is a registered function, its name, 'package.module:function' or a Target, got {type(target).__name__}")
+            raise TypeError(
+                f"a target is a registered function, its name, 'package.module:function' or a Target, got {type(target).__name__}"
+            )
         return {"call": name, "kwargs": dict(kwargs or {})}
 
     def _name_of(self, function: Callable[..., Any]) -> str | None:

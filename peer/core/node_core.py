@@ -26,8 +26,8 @@ from membership.config import MembershipConfig
 from membership.core import Membership
 from membership.effects import Effect, Event
 from membership.state import Address, EventKind, Member, Status
-from peer.jobs.leases import NEW_LIFE_INCARNATION_GAP
 from peer.core.replication import ReplicationConfig, Replicator
+from peer.jobs.leases import NEW_LIFE_INCARNATION_GAP
 from peer.jobs.runs import precedence
 from peer.jobs.scheduler import JOBS, RUNS, Role, Scheduler, SchedulerConfig, SchedulerEffect
 from peer.jobs.scheduler import MAPS as SCHEDULER_MAPS

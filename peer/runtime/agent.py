@@ -37,19 +37,19 @@ import attrs
 import trio
 
 from membership.core import Membership
-from peer.core.node_core import NodeCore
-from peer.core.replication import ReplicationConfig
 from membership.effects import Event, Send
 from membership.state import Address, EventKind, Status
-from peer.runtime.executor import Executor, Outcome
+from peer.core.node_core import NodeCore
+from peer.core.replication import ReplicationConfig
 from peer.jobs.definition import JobSpec
 from peer.jobs.runs import RunRecord
 from peer.jobs.scheduler import CancelRun, DeliverUpdate, Role, Scheduler, SchedulerConfig, StartRun
 from peer.runtime.addresses import format_address, is_ip, is_ipv6, is_wildcard
+from peer.runtime.executor import Executor, Outcome
 from peer.runtime.seeds import Lookup, SeedResolver, parse_seed, system_lookup
 from peer.runtime.settings import Settings
 from peer.runtime.transport import BindError, Transport
-from peer.runtime.wire import Codec, DropReason, Dropped, FrameTooLarge, Keyring
+from peer.runtime.wire import Codec, Dropped, DropReason, FrameTooLarge, Keyring
 
 log = logging.getLogger("peer.agent")
 

@@ -23,8 +23,8 @@ import attrs
 
 from membership.config import PROFILES, MembershipConfig, profile
 from membership.state import Address
-from peer.runtime.addresses import AddressError, parse_ip_address
 from peer.jobs.scheduler import SchedulerConfig
+from peer.runtime.addresses import AddressError, parse_ip_address
 from peer.runtime.seeds import parse_seed
 
 DEFAULT_PORT = 7946

@@ -41,8 +41,8 @@ from typing import Any, TextIO
 import attrs
 
 from peer.control.api import target_document
-from peer.control.text import format_table
 from peer.control.client import ClientError, api_path, call
+from peer.control.text import format_table
 from peer.jobs.definition import JobSpec, load_jobs_file
 from peer.runtime.keys import generate_key
 from peer.testing.cluster import AgentProcess, LocalCluster, wait_for
@@ -470,9 +470,18 @@ class Demo:
         submitter, sender, reader = self.agents[1], self.agents[2], self.agents[0]
         submits: list[tuple[str, dict[str, Any]]] = [
             ("the job counter, once, now", {"job": "counter"}),
-            ("peer.testing.samples:total(numbers=[1, 2, 3, 4])", {"id": "sum", "call": "peer.testing.samples:total", "kwargs": {"numbers": [1, 2, 3, 4]}}),
-            ("peer.testing.samples:flaky(fail_times=1), retries 1", {"id": "flaky-once", "call": "peer.testing.samples:flaky", "kwargs": {"fail_times": 1}, "retries": 1, "backoff": "200ms"}),
-            ("peer.testing.samples:wait_for_update(), which waits for an update", {"id": "approval", "call": "peer.testing.samples:wait_for_update", "timeout": "30s"}),
+            (
+                "peer.testing.samples:total(numbers=[1, 2, 3, 4])",
+                {"id": "sum", "call": "peer.testing.samples:total", "kwargs": {"numbers": [1, 2, 3, 4]}},
+            ),
+            (
+                "peer.testing.samples:flaky(fail_times=1), retries 1",
+                {"id": "flaky-once", "call": "peer.testing.samples:flaky", "kwargs": {"fail_times": 1}, "retries": 1, "backoff": "200ms"},
+            ),
+            (
+                "peer.testing.samples:wait_for_update(), which waits for an update",
+                {"id": "approval", "call": "peer.testing.samples:wait_for_update", "timeout": "30s"},
+            ),
         ]
         self.event(f"submit {len(submits)} one-off runs through {submitter.name} (POST /submit; `peer submit`):")
         run_ids = [call(submitter.api, "/submit", method="POST", body=body)["run"] for _, body in submits]
@@ -564,7 +573,11 @@ class Demo:
             delay = record["started"] / 1000 - since
             delays.append(delay)
             tick = record.get("tick")
-            late = f"the tick of {self.t(tick / 1000)}, started {(record['started'] - tick) / 1000:.1f}s after it" if tick else "a submitted run"
+            late = (
+                f"the tick of {self.t(tick / 1000)}, started {(record['started'] - tick) / 1000:.1f}s after it"
+                if tick
+                else "a submitted run"
+            )
             self.say(f"    {job.ljust(width)}  on {record['owner']}, {delay:.1f}s after the {what} ({late})")
         return delays
 
