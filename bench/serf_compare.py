@@ -93,6 +93,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peer.testing.processes import Ports, Processes, send_signal, wait
+
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -103,80 +105,19 @@ VIEW_AFTER = {"joined": UP, "alive": UP, "updated": UP, "suspect": UP, "failed":
 
 
 # --------------------------------------------------------------------------
-# Processes: every one tracked, every one killed at the end.
+# Processes and ports: ``peer.testing.processes`` (main makes the one
+# ``Processes`` every process is started through).
 
 
-class Processes:
-    """Every child process this script starts, so that all of them die with it."""
-
-    def __init__(self) -> None:
-        self._all: list[subprocess.Popen[Any]] = []
-        self._lock = threading.Lock()
-
-    def spawn(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        # A session of its own: a Ctrl-C in the terminal reaches this script
-        # only, not the agents (a SIGINT would make a Serf agent leave).
-        proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
-        with self._lock:
-            self._all.append(proc)
-        return proc
-
-    def run(self, argv: list[str], timeout: float) -> str | None:
-        """Run a short command; its stdout, or None on failure or timeout."""
-        proc = self.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            kill(proc)
-            return None
-        return out if proc.returncode == 0 else None
-
-    def kill_all(self) -> None:
-        with self._lock:
-            procs, self._all = self._all, []
-        for proc in procs:
-            kill(proc)
-
-
-def kill(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        try:
-            os.kill(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+def run_command(procs: Processes, argv: list[str], timeout: float) -> str | None:
+    """Run a short command; its stdout, or None on failure or timeout."""
+    proc = procs.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        proc.wait(timeout=5)
+        out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        pass
-
-
-# --------------------------------------------------------------------------
-# Ports.
-
-
-def port_free(port: int) -> bool:
-    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        with socket.socket(socket.AF_INET, kind) as sock:
-            try:
-                sock.bind((HOST, port))
-            except OSError:
-                return False
-    return True
-
-
-class PortRange:
-    """Hands out free ports upward from ``start``, never the same one twice,
-    so that each run has fresh ports (no lingering sockets of the previous)."""
-
-    def __init__(self, start: int, stop: int) -> None:
-        self.next, self.stop = start, stop
-
-    def take(self) -> int:
-        while self.next < self.stop:
-            port, self.next = self.next, self.next + 1
-            if port_free(port):
-                return port
-        raise SystemExit(f"no free port left below {self.stop}")
+        procs.kill(proc)
+        return None
+    return out if proc.returncode == 0 else None
 
 
 # --------------------------------------------------------------------------
@@ -332,8 +273,8 @@ class Serf(System):
             return False
 
     def members(self, agent: Agent, procs: Processes) -> dict[str, str] | None:
-        out = procs.run([self.binary, "members", "-rpc-addr", f"{HOST}:{agent.control_port}", "-format", "json"],
-                        timeout=10)
+        out = run_command(procs, [self.binary, "members", "-rpc-addr", f"{HOST}:{agent.control_port}", "-format", "json"],
+                          timeout=10)
         if out is None:
             return None
         return {m["name"]: self.STATUS.get(m["status"], m["status"]) for m in json.loads(out)["members"]}
@@ -418,7 +359,7 @@ class Peer(System):
 class Cluster:
     """N agents of one system, their output readers and their event log."""
 
-    def __init__(self, system: System, size: int, ports: PortRange, procs: Processes, log_dir: Path) -> None:
+    def __init__(self, system: System, size: int, ports: Ports, procs: Processes, log_dir: Path) -> None:
         self.system, self.procs, self.log_dir = system, procs, log_dir
         self.agents = [Agent(i, f"{system.prefix}{i}", ports.take(), ports.take()) for i in range(size)]
         self.log = EventLog()
@@ -460,7 +401,7 @@ class Cluster:
     def stop(self) -> None:
         for agent in self.agents:
             if agent.proc is not None:
-                kill(agent.proc)
+                self.procs.kill(agent.proc)
                 agent.running = False
         for agent in self.agents:
             if agent.reader is not None:
@@ -603,7 +544,7 @@ def log_progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_once(system: System, size: int, rep: int, settings: RunSettings, ports: PortRange, procs: Processes,
+def run_once(system: System, size: int, rep: int, settings: RunSettings, ports: Ports, procs: Processes,
              log_dir: Path, rng: random.Random) -> dict[str, Any]:
     cluster = Cluster(system, size, ports, procs, log_dir / f"{system.name.lower()}-n{size}-r{rep}")
     result: dict[str, Any] = {"system": system.name, "n": size, "rep": rep,
@@ -653,7 +594,7 @@ def run_once(system: System, size: int, rep: int, settings: RunSettings, ports: 
             observers.remove(victim)
             t_kill = time.time()
             assert victim.proc is not None
-            os.kill(victim.proc.pid, signal.SIGKILL)
+            send_signal(victim.proc, signal.SIGKILL)
             victim.running = False
             cluster.log.wait(lambda: all(cluster.log.view(o.name, victim.name) in (FAILED, LEFT) for o in observers),
                              settings.timeout)
@@ -678,10 +619,7 @@ def run_once(system: System, size: int, rep: int, settings: RunSettings, ports: 
         gone_s, all_left_s, failed, missing = leave_outcome(cluster.log.snapshot(), leaver.name,
                                                             [o.name for o in observers], t_leave)
         assert leaver.proc is not None
-        try:
-            code: int | None = leaver.proc.wait(timeout=settings.timeout)
-        except subprocess.TimeoutExpired:
-            code = None
+        code = wait(leaver.proc, settings.timeout)
         leaver.running = False
         result.update(left=leaver.name, leave_s=gone_s, leave_all_left_s=all_left_s, leave_reported_failed=failed,
                       leave_unseen=missing,
@@ -923,12 +861,14 @@ def main() -> None:
                 systems.append(candidate)
     if not systems:
         raise SystemExit("nothing to run")
-    ports = {"Serf": PortRange(17000, 27000), "peer": PortRange(27000, 32768)}
+    ports = {"Serf": Ports(17000, 27000), "peer": Ports(27000, 32768)}
     settings = RunSettings(args.timeout, args.join_timeout, args.settle, args.kills, args.idle_seconds, args.load_seconds,
                            args.load_tail)
     rng = random.Random(args.seed)
     log_dir = Path(tempfile.mkdtemp(prefix="serf_compare-"))
-    procs = Processes()
+    # Every process in a session of its own: a Ctrl-C in the terminal reaches
+    # this script only, not the agents (a SIGINT would make a Serf agent leave).
+    procs = Processes(new_session=True, reap_timeout=5.0)
     runs: list[dict[str, Any]] = []
     started = time.monotonic()
     version = code_version()
@@ -943,7 +883,7 @@ def main() -> None:
                 for system in systems:
                     try:
                         result = run_once(system, size, rep, settings, ports[system.name], procs, log_dir, rng)
-                    except RuntimeError as error:
+                    except (RuntimeError, OSError) as error:  # OSError: no free port left in the range
                         raise SystemExit(f"{error}\n(logs kept in {log_dir})") from None
                     runs.append(result)
                     log_progress(describe(result))

@@ -92,6 +92,16 @@ class MembershipConfig:
         scale = max(1.0, math.log10(max(1, cluster_size)))
         return self.suspicion_mult * scale * self.probe_interval
 
+    def suspicion_max_timeout(self, cluster_size: int) -> float:
+        """What a suspicion's timer starts at, before any confirmation."""
+        return self.suspicion_max_timeout_mult * self.suspicion_min_timeout(cluster_size)
+
+    def suspicion_confirmations(self, cluster_size: int) -> int:
+        """Independent confirmations that shrink a suspicion's timer to its
+        minimum; none where too few other members are left to give them."""
+        expected = self.suspicion_mult - 2
+        return 0 if cluster_size - 2 < expected else expected
+
     def push_pull_period(self, cluster_size: int) -> float:
         if cluster_size <= 32:
             return self.push_pull_interval

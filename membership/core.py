@@ -541,13 +541,7 @@ class Membership:
     # Suspicion (Lifeguard).
 
     def _start_suspicion(self, now: float, member: Member, accuser: str) -> None:
-        n = self.live_count
-        k = self.config.suspicion_mult - 2
-        if n - 2 < k:
-            k = 0  # too few members to expect independent confirmations
-        min_timeout = self.config.suspicion_min_timeout(n)
-        max_timeout = self.config.suspicion_max_timeout_mult * min_timeout
-        suspicion = Suspicion.start(member.incarnation, accuser, now, min_timeout, max_timeout, k)
+        suspicion = Suspicion.for_cluster(self.config, self.live_count, member.incarnation, accuser, now)
         self._suspicions[member.name] = suspicion
         self._timers.schedule(("suspicion", member.name), suspicion.deadline())
 

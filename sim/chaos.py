@@ -108,6 +108,7 @@ from typing import Any
 
 import attrs
 
+from membership.suspicion import detection_bound
 from peer.core.replication import ReplicationConfig
 from peer.jobs.runs import RunState
 from peer.jobs.scheduler import MAPS
@@ -859,10 +860,14 @@ class _Checker:
 
     @property
     def detection_bound(self) -> float:
-        """The longest suspicion, and time for a few probe rounds (slowed by
-        Lifeguard's local health when the network is bad) to start it."""
-        config, n = self.run.config, self.run.scenario.slots
-        return config.suspicion_max_timeout_mult * config.suspicion_min_timeout(n) + 2 * n * config.probe_interval
+        """``membership.suspicion.detection_bound`` for a cluster of as many
+        members as the run has slots (its nodes and those scaled up). The run
+        does not follow who could confirm a suspicion, so none is counted:
+        the longest suspicion. And a probe round is taken as long as the
+        slots, not one shorter: slack kept for Lifeguard's local health,
+        which slows probing when the network is bad."""
+        n = self.run.scenario.slots
+        return detection_bound(self.run.config, n, round_probes=n)
 
     def _down_until(self, index: int, when: float) -> float:
         """When the node crashed at ``when`` was up again (a new life)."""

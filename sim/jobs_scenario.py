@@ -33,10 +33,11 @@ truth the run measures:
   well after it;
 - ``ticks_run``: those with a successful execution; ``missed`` the rest;
 - ``duplicates``: executions that started while another execution of the
-  same run was going on, or after one had succeeded (a re-run after its
-  first execution's node crashed, or after a failed attempt, is not one;
-  nor is one after a success that died with its node before any other
-  node knew of it: ``reruns_after_lost_success``);
+  same run was going on, or after one had succeeded, by the one rule of
+  ``peer.jobs.executions`` (a re-run after its first execution's node
+  crashed, or after a failed attempt, is not one; nor is one after a
+  success that died with its node before any other node knew of it:
+  ``reruns_after_lost_success``);
 - ``same_attempt_starts``: executions of a run with an attempt an earlier
   execution of it had already started with (two claims of one attempt:
   never legitimate, as a re-run takes attempt + 1, even when the loser was
@@ -65,6 +66,7 @@ import attrs
 
 from membership.effects import Event
 from peer.jobs.definition import JobSpec
+from peer.jobs.executions import Execution, find_duplicates
 from peer.core.replication import ReplicationConfig
 from peer.jobs.runs import RunRecord, RunState, tick_run_id
 from peer.jobs.cron import parse_schedule
@@ -727,19 +729,14 @@ class JobsRun(MembershipRun):
         return missing, checked
 
     def duplicate_executions(self) -> list[_Execution]:
-        """Executions that started while another execution of the same run
-        was going on, or after one had succeeded (unless that success died
-        with its node before any other node knew of it)."""
-        duplicates = []
-        for executions in self._executions.values():
-            ordered = sorted(executions, key=lambda e: e.start)
-            for i, execution in enumerate(ordered):
-                if any(
-                    earlier.end is None or earlier.end > execution.start or (earlier.ok and not earlier.success_lost)
-                    for earlier in ordered[:i]
-                ):
-                    duplicates.append(execution)
-        return duplicates
+        """The duplicates among the executions, by ``peer.jobs.executions``
+        (the rule the real-process chaos harness counts by too): those that
+        started while another execution of the same run was going on, or
+        after one had succeeded (unless that success died with its node
+        before any other node knew of it)."""
+        executions = [e for of_run in self._executions.values() for e in of_run]
+        found = find_duplicates([Execution(e.run_id, e.start, e.end, e.ok, e.success_lost) for e in executions])
+        return [executions[index] for index, _ in found]
 
     def same_attempt_starts(self) -> list[_Execution]:
         """Executions that started an attempt of their run that an earlier

@@ -1,6 +1,7 @@
 """Real ``peer agent`` processes on 127.0.0.1: join, crash, leave, restart,
-keys, DNS seeds, the CLI. Every process is started through ``LocalCluster``,
-which kills what still runs by PID when the test ends, passed or failed."""
+keys, DNS seeds, the CLI. Every process is started through ``LocalCluster``
+or a ``Processes``, which kill what still runs by PID when the test ends,
+passed or failed."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from peer.runtime.keys import generate_key
-from peer.testing.cluster import AgentProcess, LocalCluster, free_port, wait_for
+from peer.testing.cluster import AgentProcess, LocalCluster, wait_for
+from peer.testing.processes import Processes, free_port
 
 TIMEOUT = 30.0  # generous: the machines running CI are shared and slow
 
@@ -156,28 +158,27 @@ def test_cli_json_documents_and_leave(cluster: LocalCluster) -> None:
 
 
 def test_errors_a_person_can_act_on(tmp_path: Path) -> None:
-    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    taken.bind(("127.0.0.1", 0))
     bad_key = tmp_path / "bad.key"
     bad_key.write_text("this is not a key\n")
     config = tmp_path / "peer.toml"
     config.write_text('profile = "fast"\n')
     api = f"127.0.0.1:{free_port()}"
-    cases = {
-        "port in use": (["--bind", "127.0.0.1:%d" % taken.getsockname()[1]], "the port is in use"),
-        "bad key file": (["--key-file", str(bad_key)], f"key file {bad_key} line 1: not base64"),
-        "bad config": (["--config", str(config)], f"{config}: profile: 'fast' is not one of lan, wan, local"),
-        "unreachable seed": (
-            ["--bind", "127.0.0.1:0", "--seeds", f"127.0.0.1:{free_port()}", "--join-timeout", "1"],
-            "no seed answered within 1s",
-        ),
-        "no agent": (None, "no agent answers at"),
-    }
-    running: dict[str, subprocess.Popen[str]] = {}
-    try:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken, Processes() as processes:
+        taken.bind(("127.0.0.1", 0))
+        cases = {
+            "port in use": (["--bind", "127.0.0.1:%d" % taken.getsockname()[1]], "the port is in use"),
+            "bad key file": (["--key-file", str(bad_key)], f"key file {bad_key} line 1: not base64"),
+            "bad config": (["--config", str(config)], f"{config}: profile: 'fast' is not one of lan, wan, local"),
+            "unreachable seed": (
+                ["--bind", "127.0.0.1:0", "--seeds", f"127.0.0.1:{free_port()}", "--join-timeout", "1"],
+                "no seed answered within 1s",
+            ),
+            "no agent": (None, "no agent answers at"),
+        }
+        running: dict[str, subprocess.Popen[str]] = {}
         for case, (args, _) in cases.items():
             command = ["members", "--api", api] if args is None else ["agent", "--name", "x", "--api", "127.0.0.1:0", *args]
-            running[case] = subprocess.Popen(
+            running[case] = processes.spawn(
                 [sys.executable, "-m", "peer", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
         for case, (_, expected) in cases.items():
@@ -185,8 +186,3 @@ def test_errors_a_person_can_act_on(tmp_path: Path) -> None:
             errors = [line for line in stderr.splitlines() if line.startswith("peer: error:")]
             assert running[case].returncode == 1, (case, stderr)
             assert len(errors) == 1 and expected in errors[0], (case, stderr)
-    finally:
-        taken.close()
-        for process in running.values():
-            process.kill()
-            process.wait()

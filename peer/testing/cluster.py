@@ -2,17 +2,15 @@
 
 Used by ``peer demo``, by the real-process tests and by the benchmarks: one
 way to start agents on free ports, ask them what they see, kill, stop and
-restart them, and never leave one behind. Every process is tracked by PID;
-``close()`` (also on leaving the ``with`` block, whatever happened) kills
-whatever still runs.
+restart them, and never leave one behind. Every process is tracked by PID
+(``peer.testing.processes``, which also picks the ports); ``close()`` (also
+on leaving the ``with`` block, whatever happened) kills whatever still runs.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,36 +23,11 @@ import attrs
 from membership.state import Address
 from peer.runtime.addresses import format_address
 from peer.control.client import ClientError, call, fetch
+from peer.testing.processes import Ports, Processes, free_port, is_running, kill, send_signal, wait
+
+__all__ = ["AgentProcess", "LocalCluster", "free_port", "wait_for"]  # free_port: callers import it from here too
 
 T = TypeVar("T")
-
-
-def _ephemeral_low() -> int:
-    """The lowest port the kernel hands out for outgoing connections."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on ``host`` right now, below the
-    ephemeral range: a port from that range may be taken, while its agent
-    is down, by another agent's outgoing connection, and the agent could
-    not restart on it (found by ``peer.tools.chaos``)."""
-    low = max(1024, min(_ephemeral_low(), 65536) - 12_000)
-    high = max(low + 1, min(_ephemeral_low(), 65536) - 1)
-    rng = random.Random()
-    for _attempt in range(200):
-        port = rng.randrange(low, high)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            try:
-                udp.bind((host, port))
-                tcp.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise OSError(f"no port free for both UDP and TCP on {host} in {low}-{high}")
 
 
 @attrs.define
@@ -67,6 +40,7 @@ class AgentProcess:
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    processes: Processes = attrs.Factory(Processes)  # every life's process, killed on the way out
 
     @property
     def pid(self) -> int:
@@ -75,7 +49,7 @@ class AgentProcess:
 
     @property
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return is_running(self.process)
 
     @property
     def addr(self) -> str:
@@ -86,7 +60,7 @@ class AgentProcess:
         self.starts += 1
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         try:
-            self.process = subprocess.Popen(
+            self.process = self.processes.spawn(
                 [sys.executable, "-m", "peer", "agent", *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -97,23 +71,18 @@ class AgentProcess:
             log.close()
 
     def signal(self, signum: int) -> None:
-        if self.running:
-            os.kill(self.pid, signum)
+        if self.process is not None:
+            send_signal(self.process, signum)
 
     def wait(self, timeout: float) -> int | None:
         """The exit code, or None if still running after ``timeout``."""
         assert self.process is not None
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
+        return wait(self.process, timeout)
 
     def kill(self) -> None:
         """SIGKILL and reap: the crash of a server."""
-        if self.running:
-            os.kill(self.pid, signal.SIGKILL)
         if self.process is not None:
-            self.process.wait()
+            kill(self.process)
 
     @property
     def api_addr(self) -> str:
@@ -182,16 +151,10 @@ class LocalCluster:
         self.env.pop("PEER_KEY", None)
         self.env.pop("PEER_CONFIG", None)
         self.agents: dict[str, AgentProcess] = {}
-        # Ports handed out, bound yet or not: a port free now may be one we
-        # gave an agent that has not bound it yet (CI once saw node-0's API
-        # port taken by node-1's, and node-0 exit 1).
-        self._issued: set[int] = set()
-
-    def _free_port(self, host: str) -> int:
-        while (port := free_port(host)) in self._issued:
-            pass
-        self._issued.add(port)
-        return port
+        self.processes = Processes()
+        # Never the same port twice, bound yet or not (CI once saw node-0's
+        # API port taken by node-1's, and node-0 exit 1).
+        self.ports = Ports()
 
     def __enter__(self) -> LocalCluster:
         return self
@@ -214,9 +177,9 @@ class LocalCluster:
         name = name or f"{self.prefix}{len(self.agents)}"
         host = host or self.host
         if port is not None:
-            self._issued.add(port)
-        bind = (host, port or self._free_port(host))
-        api = (self.host, self._free_port(self.host))
+            self.ports.claim(port)
+        bind = (host, port or self.ports.take(host))
+        api = (self.host, self.ports.take(self.host))
         if seeds is None:
             seeds = [first.addr for first in list(self.agents.values())[:1]]
         args = ["--name", name, "--bind", format_address(bind), "--api", format_address(api)]
@@ -229,7 +192,9 @@ class LocalCluster:
         key = key if key is not None else self.key
         if key:
             env["PEER_KEY"] = key
-        agent = AgentProcess(name, bind, api, args + self.extra_args + list(extra_args), self.workdir / f"{name}.log", env)
+        agent = AgentProcess(
+            name, bind, api, args + self.extra_args + list(extra_args), self.workdir / f"{name}.log", env, processes=self.processes
+        )
         self.agents[name] = agent
         if start:
             agent.start()
@@ -239,7 +204,7 @@ class LocalCluster:
         """Start ``count`` agents named ``{prefix}{i}`` on ports picked up
         front, each with all the others as seeds (as a deploy gives every
         replica the same list), so that any of them can restart alone."""
-        ports = [self._free_port(self.host) for _ in range(count)]
+        ports = [self.ports.take(self.host) for _ in range(count)]
         addresses = [format_address((self.host, port)) for port in ports]
         return [
             self.add(
@@ -277,8 +242,7 @@ class LocalCluster:
         )
 
     def close(self) -> None:
-        for agent in self.agents.values():
-            agent.kill()
+        self.processes.kill_all()
 
 
 def _answers(agent: AgentProcess) -> bool:

@@ -41,12 +41,13 @@ Three phases, each bounded in time:
    a graceful stop of every agent at once). Memory (RSS) and run-record
    counts are recorded, not judged.
 
-Duplicates follow ``sim/jobs_scenario.py``: an execution that started while
-another execution of the same run was going on, or after one had succeeded.
-The journal records starts only and a journal run returns at once, so an
-earlier execution counts as going on or succeeded unless its node was
-killed between its start and the later one's (it may have died before
-finishing: a re-run then is the design's failover, not a duplicate).
+Duplicates follow ``peer.jobs.executions``, as the simulator's do: an
+execution that started while another execution of the same run was going
+on, or after one had succeeded. The journal records starts only and a
+journal run returns at once, so an earlier execution counts as going on or
+succeeded unless its node was killed between its start and the later one's
+(it may have died before finishing: a re-run then is the design's failover,
+not a duplicate).
 
 The same seed gives the same draws. Which node is free when depends on
 timing, so a replay is close to the original run, not identical.
@@ -72,10 +73,11 @@ from typing import Any
 import attrs
 
 from membership.config import profile as membership_profile
-from membership.suspicion import Suspicion
+from membership.suspicion import detection_bound as membership_detection_bound
 from peer.control.client import ClientError, api_path
 from peer.runtime.keys import generate_key
 from peer.testing.cluster import AgentProcess, LocalCluster, wait_for
+from peer.jobs.executions import Execution, find_duplicates
 from peer.jobs.runs import tick_run_id
 
 log = logging.getLogger("peer.chaos")
@@ -187,39 +189,28 @@ def duplicates(lines: Iterable[JournalLine], deaths: Mapping[str, Sequence[int]]
     """(duplicate, an earlier execution it duplicates), per the module's
     definition; ``deaths``: node -> epoch ms at which a process of it was
     killed (or found dead)."""
-    by_run: dict[str, list[JournalLine]] = defaultdict(list)
-    for line in lines:
-        by_run[line.run].append(line)
-    found = []
-    for executions in by_run.values():
-        ordered = sorted(executions, key=lambda line: line.start_ms)
-        for index, line in enumerate(ordered):
-            for earlier in ordered[:index]:
-                cut_short = any(earlier.start_ms <= death <= line.start_ms for death in deaths.get(earlier.node, ()))
-                if not cut_short:
-                    found.append((line, earlier))
-                    break
-    return found
+    lines = list(lines)
+    found = find_duplicates([journal_execution(line, deaths.get(line.node, ())) for line in lines])
+    return [(lines[index], lines[earlier]) for index, earlier in found]
+
+
+def journal_execution(line: JournalLine, deaths: Iterable[int]) -> Execution:
+    """A journal line as ``peer.jobs.executions`` judges executions. The
+    journal has starts only: an execution whose node was killed after it
+    started may have been cut short, so it counts as going on until that
+    kill and as no success; otherwise it returned, successfully, at once."""
+    killed = min((death for death in deaths if death >= line.start_ms), default=None)
+    if killed is None:
+        return Execution(line.run, line.start_ms, end=line.start_ms, succeeded=True)
+    return Execution(line.run, line.start_ms, end=killed)
 
 
 def detection_bound(profile: str, members: int, observers: int) -> float:
     """How long ``observers`` live nodes of a cluster of ``members`` may take
-    to declare a killed one dead, by the profile's timings. Each probes the
-    members in a shuffled round of ``members - 1`` probe intervals, so its
-    next probe of the killed one may be up to two rounds away; that is when
-    the first suspects it and the last confirms. Then Lifeguard's suspicion
-    timeout, shortened by as many confirmations as the other observers can
-    give; plus ``DETECT_SLACK``."""
-    config = membership_profile(profile)
-    # As ``membership.core`` starts a suspicion (counting the killed node as live).
-    expected = config.suspicion_mult - 2
-    if members - 2 < expected:
-        expected = 0
-    shortest = config.suspicion_min_timeout(members)
-    suspicion = Suspicion.start(0, "first", 0.0, shortest, config.suspicion_max_timeout_mult * shortest, expected)
-    for other in range(observers - 1):
-        suspicion.confirm(f"observer-{other}")
-    return 2 * (members - 1) * config.probe_interval + suspicion.timeout() + DETECT_SLACK
+    to declare a killed one dead: ``membership.suspicion.detection_bound``
+    by the profile's timings (the killed node counted as a member), plus
+    ``DETECT_SLACK``."""
+    return membership_detection_bound(membership_profile(profile), members, observers) + DETECT_SLACK
 
 
 # -- what the driver did -----------------------------------------------------------------
