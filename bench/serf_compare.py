@@ -596,8 +596,11 @@ def run_once(system: System, size: int, rep: int, settings: RunSettings, ports: 
             assert victim.proc is not None
             send_signal(victim.proc, signal.SIGKILL)
             victim.running = False
-            cluster.log.wait(lambda: all(cluster.log.view(o.name, victim.name) in (FAILED, LEFT) for o in observers),
-                             settings.timeout)
+
+            def all_see_it_gone(victim: Agent = victim, observers: list[Agent] = observers) -> bool:
+                return all(cluster.log.view(o.name, victim.name) in (FAILED, LEFT) for o in observers)
+
+            cluster.log.wait(all_see_it_gone, settings.timeout)
             events = cluster.log.snapshot()
             first_s, last_s, missing = detection(events, victim.name, [o.name for o in observers], t_kill)
             result["killed"].append(victim.name)
@@ -651,7 +654,7 @@ def run_once(system: System, size: int, rep: int, settings: RunSettings, ports: 
 
 
 def describe(r: dict[str, Any]) -> str:
-    kills = ", ".join(f"{name} {show(s)}/{show(f)}/{show(l)}" for name, s, f, l in
+    kills = ", ".join(f"{name} {show(s)}/{show(f)}/{show(last)}" for name, s, f, last in
                       zip(r["killed"], r["kill_suspect_s"], r["kill_first_s"], r["kill_last_s"]))
     checksums = "" if r["distinct_checksums"] is None else f", {r['distinct_checksums']} distinct checksums"
     return (f"{r['system']:>4} N={r['n']} rep {r['rep']}: join {show(r['join_s'])} s"

@@ -853,7 +853,10 @@ class _Checker:
                 continue  # every node that saw it go has since restarted or left: nobody owes a word
             if detected is None or detected > bound:
                 took = "never" if detected is None else f"after {detected:.1f} s"
-                self.fail("crash_detected", f"{run.nodes[index].name} crashed at {when:.2f} s, declared failed by all {took} (bound {bound:.0f} s)")
+                self.fail(
+                    "crash_detected",
+                    f"{run.nodes[index].name} crashed at {when:.2f} s, declared failed by all {took} (bound {bound:.0f} s)",
+                )
             else:
                 worst = max(worst or 0.0, detected)
         self.figures["detection_max_seconds"] = None if worst is None else round(worst, 3)
@@ -909,7 +912,10 @@ class _Checker:
         self.figures["duplicates_in_graceful"] = len(graceful)
         for e in graceful[:5]:
             kinds = ",".join(self.faults_around(e.start))
-            self.fail("duplicate_in_graceful", f"{e.run_id} attempt {e.attempt} ran again on {run.nodes[e.node].name} at {e.start:.2f} s, around {kinds} only")
+            self.fail(
+                "duplicate_in_graceful",
+                f"{e.run_id} attempt {e.attempt} ran again on {run.nodes[e.node].name} at {e.start:.2f} s, around {kinds} only",
+            )
         self._same_attempt()
         self._oneoffs()
         self._results_everywhere()

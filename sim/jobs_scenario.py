@@ -60,16 +60,17 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
 from membership.effects import Event
+from peer.core.replication import ReplicationConfig
+from peer.jobs.cron import parse_schedule
 from peer.jobs.definition import JobSpec
 from peer.jobs.executions import Execution, find_duplicates
-from peer.core.replication import ReplicationConfig
 from peer.jobs.runs import RunRecord, RunState, tick_run_id
-from peer.jobs.cron import parse_schedule
 from peer.jobs.scheduler import CancelRun, DeliverUpdate, Role, Scheduler, SchedulerConfig, StartRun
 from peer.jobs.targets import CallTarget
 from sim.clock import WALL_EPOCH
@@ -87,6 +88,14 @@ RESULT_SETTLE = 5.0
 # this often, for this long.
 UPDATE_RETRY = 0.5
 UPDATE_PATIENCE = 30.0
+
+
+def _seconds_range(value: Sequence[Any]) -> tuple[float, float]:
+    return float(value[0]), float(value[1])
+
+
+def _count_range(value: Sequence[Any]) -> tuple[int, int]:
+    return int(value[0]), int(value[1])
 
 
 @attrs.frozen
@@ -109,8 +118,8 @@ class JobsScenario(MembershipScenario):
     # Long one-offs: each runs ``long_seconds`` and finishes only once it
     # was delivered the ``long_updates`` updates sent to it through random nodes.
     long_oneoffs: int = 0
-    long_seconds: tuple[float, float] = attrs.field(default=(2.0, 8.0), converter=lambda v: (float(v[0]), float(v[1])))
-    long_updates: tuple[int, int] = attrs.field(default=(1, 3), converter=lambda v: (int(v[0]), int(v[1])))
+    long_seconds: tuple[float, float] = attrs.field(default=(2.0, 8.0), converter=_seconds_range)
+    long_updates: tuple[int, int] = attrs.field(default=(1, 3), converter=_count_range)
 
 
 def churn_faults(scenario: JobsScenario) -> list[Fault]:
@@ -151,7 +160,7 @@ class _Execution:
     ok: bool = False
     success_lost: bool = False  # no other node knew of the success when its node's life ended
     claim_lost: bool = False  # its node died running it, and no other node knew of its claim
-    updates: set[int] = attrs.Factory(set)  # a long run's updates delivered to it
+    updates: set[int | None] = attrs.Factory(set)  # a long run's updates delivered to it (their numbers)
     work_done: bool = False  # a long run's work is done: it waits for its updates
 
 
@@ -389,11 +398,11 @@ class JobsRun(MembershipRun):
             self.sim.at(self.sim.now + work, self._finish, execution)
             self.run_started(node.index)
         elif isinstance(event, DeliverUpdate):
-            execution = self._open.get((node.index, event.run_id, event.attempt))
-            if execution is not None and isinstance(event.data, dict):
-                execution.updates.add(event.data.get("n"))
-                if execution.work_done and len(execution.updates) >= self._updates_due(event.run_id):
-                    self.sim.at(self.sim.now, self._finish, execution)  # not within the core's call
+            receiver = self._open.get((node.index, event.run_id, event.attempt))
+            if receiver is not None and isinstance(event.data, dict):
+                receiver.updates.add(event.data.get("n"))
+                if receiver.work_done and len(receiver.updates) >= self._updates_due(event.run_id):
+                    self.sim.at(self.sim.now, self._finish, receiver)  # not within the core's call
         elif isinstance(event, CancelRun):
             key = (node.index, event.run_id, event.attempt)
             if key in self._open:
@@ -466,7 +475,11 @@ class JobsRun(MembershipRun):
         ]
 
         # Updates acknowledged by this node: did they get out before it died?
-        sent_here = [(run_id, n, key) for (run_id, n), (key, index, boots) in self._update_keys.items() if (index, boots) == (node.index, node.boots)]
+        sent_here = [
+            (run_id, n, key)
+            for (run_id, n), (key, index, boots) in self._update_keys.items()
+            if (index, boots) == (node.index, node.boots)
+        ]
 
         def check() -> None:
             others = [scheduler_of(n.core) for n in self.nodes if n is not node and n.running and n.core is not None]
@@ -689,8 +702,15 @@ class JobsRun(MembershipRun):
                 excused += 1
                 continue
             states = Counter(r.state.value if r is not None else "none" for r in records)
-            ran = [f"{self.nodes[e.node].name}#{e.boots} attempt {e.attempt} {e.start:.2f}-" + ("" if e.end is None else f"{e.end:.2f}") + (" ok" if e.ok else "") for e in executions]
-            updates = f", {len(executions[-1].updates) if executions else 0} of {self._updates_due(run_id)} updates" if run_id in self._long else ""
+            ran = [
+                f"{self.nodes[e.node].name}#{e.boots} attempt {e.attempt} {e.start:.2f}-"
+                + ("" if e.end is None else f"{e.end:.2f}")
+                + (" ok" if e.ok else "")
+                for e in executions
+            ]
+            updates = ""
+            if run_id in self._long:
+                updates = f", {len(executions[-1].updates) if executions else 0} of {self._updates_due(run_id)} updates"
             unfinished.append(f"{run_id} (submitted {submitted:.2f}): {dict(states)}; ran {ran or 'never'}{updates}")
         return unfinished, excused
 
@@ -717,14 +737,15 @@ class JobsRun(MembershipRun):
         missing, checked = [], 0
         for run_id, executions in sorted(self._executions.items()):
             done = [e for e in executions if e.ok and not e.success_lost and e.end is not None]
-            if not done or not any(kept_since < e.end <= now - settle for e in done):
+            ends = [e.end for e in done if e.end is not None]
+            if not ends or not any(kept_since < end <= now - settle for end in ends):
                 continue
             for node in owing:
                 checked += 1
                 record = scheduler_of(node.core).record(run_id)
                 if record is None or record.state is not RunState.SUCCEEDED:
                     state = "nothing" if record is None else f"{record.state.value} (attempt {record.attempt})"
-                    first = min(done, key=lambda e: e.end)
+                    first = min(done, key=lambda e: e.end or 0.0)
                     missing.append(f"{run_id} (succeeded on {self.nodes[first.node].name} at {first.end:.2f}): {node.name} holds {state}")
         return missing, checked
 

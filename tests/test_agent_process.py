@@ -166,7 +166,7 @@ def test_errors_a_person_can_act_on(tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken, Processes() as processes:
         taken.bind(("127.0.0.1", 0))
         cases = {
-            "port in use": (["--bind", "127.0.0.1:%d" % taken.getsockname()[1]], "the port is in use"),
+            "port in use": (["--bind", f"127.0.0.1:{taken.getsockname()[1]}"], "the port is in use"),
             "bad key file": (["--key-file", str(bad_key)], f"key file {bad_key} line 1: not base64"),
             "bad config": (["--config", str(config)], f"{config}: profile: 'fast' is not one of lan, wan, local"),
             "unreachable seed": (

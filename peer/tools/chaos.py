@@ -75,10 +75,10 @@ import attrs
 from membership.config import profile as membership_profile
 from membership.suspicion import detection_bound as membership_detection_bound
 from peer.control.client import ClientError, api_path
-from peer.runtime.keys import generate_key
-from peer.testing.cluster import AgentProcess, LocalCluster, wait_for
 from peer.jobs.executions import Execution, find_duplicates
 from peer.jobs.runs import tick_run_id
+from peer.runtime.keys import generate_key
+from peer.testing.cluster import AgentProcess, LocalCluster, wait_for
 
 log = logging.getLogger("peer.chaos")
 
@@ -446,7 +446,9 @@ class Chaos:
             self.deaths[name].append(now_ms())
             action = Action("died", name, self.t(now), DIED_DOWN, exited=self.t(now), exit_code=agent.process.returncode)
             self.actions.append(action)
-            self.violation(f"exits: {name} exited on its own with {agent.process.returncode} at about t+{action.at:.1f}s\n" + log_tail(agent))
+            self.violation(
+                f"exits: {name} exited on its own with {agent.process.returncode} at about t+{action.at:.1f}s\n" + log_tail(agent)
+            )
             self.disturbed[name] = Disturbance(action, agent, "down", now + DIED_DOWN)
 
     def watch_views(self, now: float) -> None:
@@ -903,7 +905,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps(result, indent=1) if args.json else format_report(result))
     if result["violations"]:
         keep = "" if args.keep else " --keep DIR"  # to read the agents' logs and the journal afterwards
-        print(f"peer.tools.chaos: {len(result['violations'])} violations; seed {seed}; repeat with: {result['command']}{keep}", file=sys.stderr)
+        print(
+            f"peer.tools.chaos: {len(result['violations'])} violations; seed {seed}; repeat with: {result['command']}{keep}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
