@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from crdt.hlc import HLC, Timestamp
 from crdt.ormap import ORMap, Register
 from membership.state import Member, Status
+from peer.jobs.cron import parse_schedule
 from peer.jobs.definition import JobSpec
 from peer.jobs.ring import Ring, rank
 from peer.jobs.runs import RunRecord, RunState, precedence, reader_key, tick_run_id
-from peer.jobs.cron import parse_schedule
 from peer.jobs.scheduler import (
     JOBS,
     LEASES,
@@ -390,7 +390,7 @@ def test_an_outcome_goes_straight_to_the_submitter_and_to_every_reader() -> None
     submitter, reader = other("sub"), other("reader")
 
     def successor(run_id: str) -> str:
-        return next(n for n in node.scheduler._ring.preference(run_id, 2) if n != "me")
+        return next(n for n in node.scheduler._placement.ring.preference(run_id, 2) if n != "me")
 
     # Submits until one is placed on us, with a successor that is neither
     # the submitter nor the reader (the ring decides, by run id).
@@ -548,11 +548,12 @@ def test_a_claim_of_a_restarted_node_is_handed_on_while_its_grace_runs_then_reru
     node.maps.merge_from(other, RUNS, "once@2")
     node.advance(T0 + 100)
     # "other" comes back as a new life (a new incarnation: its boot time).
-    node.scheduler.set_view(T0 + 100, [member("me"), Member("other", ("127.0.0.1", 2), T0 + 50, Status.ALIVE, Role.READY.meta), member("x")])
+    reborn = Member("other", ("127.0.0.1", 2), T0 + 50, Status.ALIVE, Role.READY.meta)
+    node.scheduler.set_view(T0 + 100, [member("me"), reborn, member("x")])
     node.maps.pushed.clear()
     node.advance(T0 + 4_000)
     # Ours by the ring (me, then x, then other): handed to x, once.
-    assert node.scheduler._ring.preference("once@2", 3) == ["me", "x", "other"]
+    assert node.scheduler._placement.ring.preference("once@2", 3) == ["me", "x", "other"]
     assert [p for p in node.maps.pushed if p[1] == "once@2"] == [(RUNS, "once@2", ("x",))]
     assert not node.take(StartRun)
     node.advance(T0 + 6_000)
