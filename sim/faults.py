@@ -187,11 +187,10 @@ class Clog:
         return x in self.nodes or y in self.nodes
 
 
-@attrs.frozen
-class _NodesAt:
-    """Something that happens to ``nodes`` at one moment."""
+class _AtOneMoment:
+    """A fault of one moment, ``at``: it starts and ends then, and no pair
+    of nodes has cause to take the other for failed because of it."""
 
-    nodes: frozenset[int] = attrs.field(converter=_indices)
     at: float
 
     @property
@@ -202,6 +201,17 @@ class _NodesAt:
     def end(self) -> float:
         return self.at
 
+    def disturbs(self, x: int, y: int) -> bool:
+        return False
+
+
+@attrs.frozen
+class _NodesAt(_AtOneMoment):
+    """Something that happens to ``nodes`` at one moment."""
+
+    nodes: frozenset[int] = attrs.field(converter=_indices)
+    at: float
+
     def schedule(self, world: World) -> None:
         action = self._action(world)
         for index in sorted(self.nodes):
@@ -209,9 +219,6 @@ class _NodesAt:
 
     def _action(self, world: World) -> Callable[[int], None]:
         raise NotImplementedError
-
-    def disturbs(self, x: int, y: int) -> bool:
-        return False
 
 
 @attrs.frozen
@@ -306,30 +313,19 @@ class RollingRestart:
 
 
 @attrs.frozen
-class ScaleUp:
+class ScaleUp(_AtOneMoment):
     """``count`` more nodes start at ``at``: spare slots of the scenario
     (indices from ``nodes`` on), which stay stopped until then."""
 
     count: int
     at: float
 
-    @property
-    def start(self) -> float:
-        return self.at
-
-    @property
-    def end(self) -> float:
-        return self.at
-
     def schedule(self, world: World) -> None:
         world.at(self.at, world.scale_up, self.count)
 
-    def disturbs(self, x: int, y: int) -> bool:
-        return False
-
 
 @attrs.frozen
-class ScaleDown:
+class ScaleDown(_AtOneMoment):
     """``count`` running nodes leave gracefully at ``at`` and do not come
     back: the highest indices first, seed nodes last (as a StatefulSet
     scales down)."""
@@ -337,19 +333,8 @@ class ScaleDown:
     count: int
     at: float
 
-    @property
-    def start(self) -> float:
-        return self.at
-
-    @property
-    def end(self) -> float:
-        return self.at
-
     def schedule(self, world: World) -> None:
         world.at(self.at, world.scale_down, self.count)
-
-    def disturbs(self, x: int, y: int) -> bool:
-        return False
 
 
 @attrs.frozen

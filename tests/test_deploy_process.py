@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from peer.control.client import ClientError, api_path
 from peer.runtime.keys import generate_key
@@ -31,18 +32,18 @@ NODES = 4
 MARGIN_MS = 3000
 
 
-def start_cluster(cluster: LocalCluster, journal: Path, workdir: Path) -> list[AgentProcess]:
-    """Four agents, each with the others as seeds, all with one jobs file."""
-    jobs = [
-        {
-            "id": f"tick-{i}",
-            "schedule": "@every 1s",
-            "mode": "one",
-            "call": "peer.testing.samples:journal",
-            "kwargs": {"path": str(journal)},
-        }
+def journal_jobs(journal: Path) -> list[dict[str, Any]]:
+    """Three cron jobs in mode one, every second, each run a line in ``journal``."""
+    return [
+        {"id": f"tick-{i}", "schedule": "@every 1s", "mode": "one", "call": "peer.testing.samples:journal",
+         "kwargs": {"path": str(journal)}}
         for i in range(3)
     ]
+
+
+def start_cluster(cluster: LocalCluster, journal: Path, workdir: Path) -> list[AgentProcess]:
+    """Four agents, each with the others as seeds, all with one jobs file."""
+    jobs = journal_jobs(journal)
     jobs.append(
         {
             "id": "everywhere",
@@ -132,16 +133,7 @@ def test_an_agent_with_no_seed_restarted_comes_back_into_its_cluster_not_beside_
     restarted once it was taken for dead: no tick runs twice, and every
     agent counts all three in its ring at the end."""
     journal = tmp_path / "journal"
-    jobs = [
-        {
-            "id": f"tick-{i}",
-            "schedule": "@every 1s",
-            "mode": "one",
-            "call": "peer.testing.samples:journal",
-            "kwargs": {"path": str(journal)},
-        }
-        for i in range(3)
-    ]
+    jobs = journal_jobs(journal)
     jobs_file = tmp_path / "jobs.toml"
     jobs_file.write_text(toml_jobs(jobs))
     with LocalCluster(tmp_path, profile="lan", key=generate_key(), extra_args=["--jobs", str(jobs_file)]) as cluster:

@@ -211,6 +211,16 @@ async def running_on(leaver: peer.Node, submitter: peer.Node, seconds: float) ->
     raise AssertionError(f"{leaver.name} never owned a run")
 
 
+async def finished_before_it_left(observer: peer.Node, leaver: str, run_id: str) -> None:
+    """``leaver`` left (never failed, to ``observer``) after finishing its run, once."""
+    member = observer.member(leaver)
+    assert member is not None and member.status == "left"
+    assert observer.agent.events["failed"] == 0
+    assert await observer.result(run_id, timeout=10) == "slept"
+    record = observer.run(run_id)
+    assert record is not None and record.owner == leaver and record.attempt == 1
+
+
 async def test_exit_drains_and_the_others_see_left() -> None:
     async with node("a") as a:
         a.function(slow)
@@ -224,12 +234,7 @@ async def test_exit_drains_and_the_others_see_left() -> None:
         # b left: a sees it left, never failed, and b's run was not cut short.
         assert not b.running
         assert run_id in FINISHED
-        member = a.member("b")
-        assert member is not None and member.status == "left"
-        assert a.agent.events["failed"] == 0
-        assert await a.result(run_id, timeout=10) == "slept"
-        record = a.run(run_id)
-        assert record is not None and record.owner == "b" and record.attempt == 1
+        await finished_before_it_left(a, "b", run_id)
 
 
 async def test_body_exception_or_cancellation_still_leave_gracefully() -> None:
@@ -257,12 +262,7 @@ async def test_body_exception_or_cancellation_still_leave_gracefully() -> None:
                 await trio.sleep_forever()
         assert outer.cancelled_caught
         assert run_id in FINISHED
-        member = a.member("c")
-        assert member is not None and member.status == "left"
-        assert a.agent.events["failed"] == 0
-        assert await a.result(run_id, timeout=10) == "slept"
-        record = a.run(run_id)
-        assert record is not None and record.owner == "c" and record.attempt == 1
+        await finished_before_it_left(a, "c", run_id)
 
         # A node may be entered again: a new life, rejoining as itself.
         async with c:

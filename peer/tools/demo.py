@@ -555,11 +555,15 @@ class Demo:
         if not jobs:
             return
         self.say("  takeover: the first run of each of its jobs on another node:")
-        delays = self.report_moves(jobs, moved, killed, "kill")
+        self.report_handover(jobs, moved, killed, "kill", "  its jobs running on new owners (takeover)")
+
+    def report_handover(self, jobs: Sequence[str], moved: dict[str, dict[str, Any]], since: float, what: str, label: str) -> None:
+        """Where a gone node's jobs ran next, and whether every tick since ``what`` ran."""
+        delays = self.report_moves(jobs, moved, since, what)
         if delays:
-            self.timing("  its jobs running on new owners (takeover)", f"{_span(delays)} after the kill")
-        verdict = self.report_ticks(jobs, killed, f"the kill ({self.t(killed)})")
-        self.timing("  its ticks since the kill", verdict)
+            self.timing(label, f"{_span(delays)} after the {what}")
+        verdict = self.report_ticks(jobs, since, f"the {what} ({self.t(since)})")
+        self.timing(f"  its ticks since the {what}", verdict)
 
     def report_moves(self, jobs: Sequence[str], moved: dict[str, dict[str, Any]], since: float, what: str) -> list[float]:
         width = max(len(j) for j in jobs)
@@ -618,11 +622,7 @@ class Demo:
         if not jobs:
             return
         self.say("  its jobs, handed over as it drained (it claims nothing new once draining, so its ticks run on time elsewhere):")
-        delays = self.report_moves(jobs, moved, stopped, "SIGTERM")
-        if delays:
-            self.timing("  its jobs running on new owners", f"{_span(delays)} after the SIGTERM")
-        verdict = self.report_ticks(jobs, stopped, f"the SIGTERM ({self.t(stopped)})")
-        self.timing("  its ticks since the SIGTERM", verdict)
+        self.report_handover(jobs, moved, stopped, "SIGTERM", "  its jobs running on new owners")
 
     def restart(self, victim: AgentProcess) -> None:
         others = [a for a in self.agents if a.running]
