@@ -34,7 +34,7 @@ from membership.state import Address
 from peer.core.replication import ReplicationConfig, Replicator
 from peer.runtime.agent import Agent
 from peer.runtime.settings import Settings
-from peer.testing.cluster import free_port
+from peer.testing.processes import Processes, free_port
 from sim.direct import WALL_MS, sync
 
 A: Address = ("10.0.0.1", 7946)
@@ -118,8 +118,8 @@ async def catch_up_loopback(keys: int) -> float:
     process, from the moment it starts."""
     port = free_port()
     command = [sys.executable, __file__, "--serve-full", str(port), str(keys)]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    try:
+    with Processes() as processes:
+        server = processes.spawn(command, stdout=subprocess.PIPE, text=True)
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
         empty = Agent(_agent_settings("empty", seeds=(f"127.0.0.1:{port}",)), None, maps=["m"])
         await empty.bind()
@@ -132,9 +132,6 @@ async def catch_up_loopback(keys: int) -> float:
             elapsed = trio.current_time() - started
             nursery.cancel_scope.cancel()
         return elapsed
-    finally:
-        server.kill()
-        server.wait()
 
 
 def memory_per(keys: int) -> tuple[int, int]:

@@ -542,7 +542,7 @@ class MembershipRun:
         declaration: the longest suspicion, a few probe rounds, a reconnect."""
         config = self.config
         return (
-            config.suspicion_max_timeout_mult * config.suspicion_min_timeout(self.scenario.slots)
+            config.suspicion_max_timeout(self.scenario.slots)
             + 5 * config.probe_interval
             + config.reconnect_interval
         )

@@ -24,8 +24,7 @@ HALF_A, HALF_B = frozenset(range(N // 2)), frozenset(range(N // 2, N))
 
 
 def detection_bound(config: MembershipConfig, n: int) -> float:
-    max_suspicion = config.suspicion_max_timeout_mult * config.suspicion_min_timeout(n)
-    return 8 * config.probe_interval + max_suspicion + 10 * config.gossip_interval
+    return 8 * config.probe_interval + config.suspicion_max_timeout(n) + 10 * config.gossip_interval
 
 
 def views(run: MembershipRun) -> dict[str, dict[str, tuple[Status, int]]]:

@@ -23,9 +23,9 @@ import attrs
 from membership.state import Address
 from peer.control.client import ClientError, call, fetch
 from peer.runtime.addresses import format_address
-from peer.testing.processes import Ports, Processes, free_port, is_running, kill, send_signal, wait
+from peer.testing.processes import Ports, Processes, is_running, kill, send_signal, wait
 
-__all__ = ["AgentProcess", "LocalCluster", "free_port", "wait_for"]  # free_port: callers import it from here too
+__all__ = ["AgentProcess", "LocalCluster", "wait_for"]
 
 T = TypeVar("T")
 
