@@ -95,6 +95,7 @@ import peer
 from peer.control.client import ClientError, api_path
 from peer.jobs.runs import tick_run_id
 from peer.runtime.keys import generate_key
+from peer.runtime.logs import quiet_http_libraries
 from peer.testing.cluster import AgentProcess, LocalCluster, wait_for
 from peer.tools.chaos import FINISHED, JournalLine, duplicates, iso_ms, read_journal, ticks_between, toml_jobs
 
@@ -781,6 +782,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
     command = repeat_command(args, seed)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    quiet_http_libraries()
     log.info("deploy_bench: %d agents, %d reps, seed %d, peer from %s: %s", args.nodes, args.reps, seed, PEER_SOURCE, command)
     try:
         reps = run_reps(args, seed, command)

@@ -601,7 +601,7 @@ async def test_http_run_that_ends_closes_its_connection(ending: str) -> None:
             pass  # a reset is a close too
         closed.set()
 
-    with trio.fail_after(10):
+    with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             try:
                 listeners = await nursery.start(functools.partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
@@ -623,7 +623,9 @@ async def test_http_run_that_ends_closes_its_connection(ending: str) -> None:
                     run_scope.cancel()
                 else:
                     await run_ended.wait()
-                with trio.fail_after(1):
+                # Long before the request's own 30 s timeout, which is when an
+                # abandoned request would let go: not a speed limit, a cause.
+                with trio.fail_after(10):
                     await closed.wait()
                     await run_ended.wait()
             finally:

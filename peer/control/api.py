@@ -26,7 +26,7 @@ middleware: the one step before routing is ``ControlApi.__call__``.
 
 The API binds 127.0.0.1 by default: it can make the node leave and run
 code, so expose it only where that is wanted. The socket is bound before the
-node starts (``bind_api_socket``), so a port in use is a clear error at
+node starts (``HttpControlPlane.bind``), so a port in use is a clear error at
 start, not a log line later.
 """
 
@@ -96,41 +96,34 @@ def peer_version() -> str:
         return "unknown"
 
 
-def bind_api_socket(addr: Address) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if is_ipv6(addr[0]) else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(addr)
-        sock.listen(64)
-    except OSError as error:
-        sock.close()
-        raise BindError(bind_error_message("api", addr, error, "--api")) from None
-    return sock
-
-
 class HttpControlPlane:
-    """The control API as the agent's ``ControlPlane``."""
+    """The control API as the agent's ``ControlPlane``: its socket, bound
+    before the node starts, and hypercorn serving ``ControlApi`` on it."""
 
     def bind(self, address: Address) -> socket.socket:
-        return bind_api_socket(address)
+        sock = socket.socket(socket.AF_INET6 if is_ipv6(address[0]) else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+            sock.listen(64)
+        except OSError as error:
+            sock.close()
+            raise BindError(bind_error_message("api", address, error, "--api")) from None
+        return sock
 
     async def serve(self, agent: Agent, sock: socket.socket, *, task_status: trio.TaskStatus[None]) -> None:
-        await serve_api(agent, sock, task_status=task_status)
-
-
-async def serve_api(agent: Agent, sock: socket.socket, *, task_status: trio.TaskStatus[None]) -> None:
-    config = HypercornConfig()
-    # The server owns the descriptor from now on and closes it when it stops;
-    # detached, our socket object will not close it (or a reused number) again.
-    config.bind = [f"fd://{sock.detach()}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.graceful_timeout = 1.0
-    app = ControlApi(agent)
-    try:
-        await serve(app, config, shutdown_trigger=agent.stopping.wait, task_status=task_status)  # type: ignore[arg-type]
-    finally:
-        agent.api_drained()
+        config = HypercornConfig()
+        # The server owns the descriptor from now on and closes it when it stops;
+        # detached, our socket object will not close it (or a reused number) again.
+        config.bind = [f"fd://{sock.detach()}"]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("hypercorn.error")
+        config.graceful_timeout = 1.0
+        app = ControlApi(agent)
+        try:
+            await serve(app, config, shutdown_trigger=agent.stopping.wait, task_status=task_status)  # type: ignore[arg-type]
+        finally:
+            agent.api_drained()
 
 
 class IndentedJSONResponse(JSONResponse):

@@ -11,6 +11,8 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+import httpx
+
 from membership.state import Address
 from peer.runtime.addresses import format_address
 
@@ -51,10 +53,6 @@ def call(
 def fetch(api: Address, path: str, *, method: str = "GET", body: Any = None, timeout: float = 5.0) -> bytes:
     """The body at ``path``; ``body``, when not None, is sent as JSON.
     Redirects are followed for GET only (the API sends none)."""
-    # Here rather than at the top: the CLI imports this module for every
-    # command, and most never send a request.
-    import httpx
-
     url = f"http://{format_address(api)}{path}"
     headers = {}
     data: bytes | None = None

@@ -259,7 +259,7 @@ class Agent:
                 self.stopping.set()
                 if serving:
                     with trio.move_on_after(API_DRAIN_SECONDS):
-                        await trio.sleep_forever()  # serve_api returns once drained; then cancel
+                        await trio.sleep_forever()  # the control plane's serve returns once drained; then cancel
                 nursery.cancel_scope.cancel()
         finally:
             self._nursery = None

@@ -51,5 +51,13 @@ def configure(log_format: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # The HTTP server's own chatter is for debugging the API, not the node.
-    logging.getLogger("hypercorn").setLevel(max(logging.WARNING, root.level))
+    quiet_http_libraries()
+
+
+def quiet_http_libraries() -> None:
+    """The HTTP server's and clients' own chatter (hypercorn; httpx logs a
+    line per request at info) is for debugging them, not the node: warnings
+    and up only, or less if the root logger says so."""
+    level = max(logging.WARNING, logging.getLogger().level)
+    for name in ("hypercorn", "httpx", "httpcore"):
+        logging.getLogger(name).setLevel(level)

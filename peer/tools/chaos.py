@@ -78,6 +78,7 @@ from peer.control.client import ClientError, api_path
 from peer.jobs.executions import Execution, find_duplicates
 from peer.jobs.runs import tick_run_id
 from peer.runtime.keys import generate_key
+from peer.runtime.logs import quiet_http_libraries
 from peer.testing.cluster import AgentProcess, LocalCluster, wait_for
 
 log = logging.getLogger("peer.chaos")
@@ -896,6 +897,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--nodes must be at least 3")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    quiet_http_libraries()
     log.info("seed %d: repeat with %s", seed, repeat_command(args.nodes, args.minutes, seed, args.heal))
     if args.keep:
         result = run_chaos(Path(args.keep), nodes=args.nodes, minutes=args.minutes, seed=seed, heal=args.heal)
