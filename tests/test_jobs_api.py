@@ -223,7 +223,8 @@ async def test_jobs_runs_and_updates_across_two_nodes(cluster: tuple[Agent, Agen
 def raw(agent: Agent, method: str, path: str, body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
     """A request without the client's niceties."""
     url = f"http://127.0.0.1:{agent.api_address[1]}{path}"
-    request = urllib.request.Request(url, method=method, data=body)
+    headers = {} if body is None else {"Content-Type": "application/json"}  # urllib's default is a form's
+    request = urllib.request.Request(url, method=method, data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, dict(response.headers), response.read()

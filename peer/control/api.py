@@ -32,24 +32,33 @@ start, not a log line later.
 
 from __future__ import annotations
 
+import errno
+import hmac
+import ipaddress
 import json
 import logging
+import resource
 import shlex
 import socket
+import ssl
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.utils import wrap_app
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -57,13 +66,13 @@ from starlette.routing import Match, Route
 from starlette.types import Message, Receive, Scope, Send
 
 from membership.core import MembershipStats
-from membership.state import Address
 from peer.core.replication import ReplicationStats
 from peer.jobs.definition import JobError, JobSpec, parse_job
 from peer.jobs.runs import RunRecord, RunState, format_time
 from peer.jobs.scheduler import JobEntry, Role
-from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget
+from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget, TargetPolicy
 from peer.runtime.addresses import format_address, is_ipv6
+from peer.runtime.settings import ConfigError, Settings
 from peer.runtime.transport import BindError, TransportStats, bind_error_message
 
 if TYPE_CHECKING:
@@ -96,16 +105,81 @@ def peer_version() -> str:
         return "unknown"
 
 
+# Why a request was refused before any handler ran (and by a handler, for a
+# target outside the node's allow-lists): the label of peer_api_refused_total.
+REFUSAL_REASONS = (
+    "unauthenticated", "forbidden_host", "forbidden_origin", "content_type", "too_many_waits",
+    "too_large", "too_deep", "target_not_allowed",
+)  # fmt: skip
+# The deepest JSON body accepted: job definitions and updates are shallow;
+# deeper ones would cost recursion in every layer that walks them.
+MAX_JSON_DEPTH = 64
+# Paths served without the token: probes have none.
+PUBLIC_PATHS = frozenset({"/health", "/health/ready"})
+# A connection idle this long between requests (or before its first) is closed.
+KEEP_ALIVE_SECONDS = 5.0
+# A TLS handshake must be done within this.
+TLS_HANDSHAKE_SECONDS = 10.0
+# Out of descriptors: accepting pauses this long, then tries again.
+ACCEPT_RETRY_SECONDS = 0.1
+# The most open files ``raise_descriptor_limit`` asks for.
+MAX_DESCRIPTORS = 65536
+_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+@attrs.define
+class ApiStats:
+    """The API's own counters, in ``/metrics`` and ``/status``."""
+
+    refused: Counter[str] = attrs.field(factory=Counter)  # by reason (REFUSAL_REASONS)
+    connections: int = 0  # open now
+    waits: int = 0  # GET /runs/ID?wait=... waiting now
+    accept_paused: int = 0  # times accepting paused at the connection limit
+    accept_errors: int = 0  # accepts that failed for want of file descriptors
+
+    def refuse(self, reason: str) -> None:
+        assert reason in REFUSAL_REASONS, reason
+        self.refused[reason] += 1
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class HttpControlPlane:
     """The control API as the agent's ``ControlPlane``: its socket, bound
-    before the node starts, and hypercorn serving ``ControlApi`` on it."""
+    before the node starts, and hypercorn serving ``ControlApi`` on it.
 
-    def bind(self, address: Address) -> socket.socket:
+    ``bind`` reads what must be right before anything runs: the token (none
+    is allowed only on a loopback address) and the TLS files. ``serve``
+    accepts connections itself, at most ``api_max_connections`` open at a
+    time (hypercorn has no such bound), so that API clients cannot use up
+    the descriptors gossip needs; running out of descriptors pauses
+    accepting with one log line, not a traceback per attempt."""
+
+    def __init__(self) -> None:
+        self.token: str | None = None
+        self.tls: ssl.SSLContext | None = None
+        self.stats = ApiStats()
+
+    def bind(self, settings: Settings) -> socket.socket:
+        address = settings.api
+        self.token = settings.api_token_value()
+        if self.token is None and not is_loopback(address[0]):
+            raise BindError(
+                f"api: refusing to serve the control API on {format_address(address)} without a token: whoever reaches it "
+                "could run code on this node. Give a token (api_token_file / --api-token-file FILE, PEER_API_TOKEN, or "
+                "api_token in the config), or bind the API to loopback (--api 127.0.0.1:PORT)"
+            )
+        self.tls = _server_tls(settings)
         sock = socket.socket(socket.AF_INET6 if is_ipv6(address[0]) else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(address)
-            sock.listen(64)
+            sock.listen(128)
         except OSError as error:
             sock.close()
             raise BindError(bind_error_message("api", address, error, "--api")) from None
@@ -113,17 +187,115 @@ class HttpControlPlane:
 
     async def serve(self, agent: Agent, sock: socket.socket, *, task_status: trio.TaskStatus[None]) -> None:
         config = HypercornConfig()
-        # The server owns the descriptor from now on and closes it when it stops;
-        # detached, our socket object will not close it (or a reused number) again.
-        config.bind = [f"fd://{sock.detach()}"]
         config.accesslog = None
         config.errorlog = logging.getLogger("hypercorn.error")
         config.graceful_timeout = 1.0
-        app = ControlApi(agent)
+        config.keep_alive_timeout = KEEP_ALIVE_SECONDS
+        config.ssl_handshake_timeout = TLS_HANDSHAKE_SECONDS
+        api = ControlApi(agent, token=self.token, stats=self.stats)
+        app = wrap_app(api, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]  # Starlette's ASGI types
+        context = WorkerContext(None)
+        listener: trio.abc.Listener[Any] = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        if self.tls is not None:
+            listener = trio.SSLListener(listener, self.tls, https_compatible=True)
+        limit = trio.Semaphore(connection_limit(agent.settings.api_max_connections))
+
+        async def connection(stream: Any) -> None:
+            self.stats.connections += 1
+            try:
+                await TCPServer(app, config, context, {}, stream)
+            finally:
+                self.stats.connections -= 1
+                limit.release()
+
         try:
-            await serve(app, config, shutdown_trigger=agent.stopping.wait, task_status=task_status)  # type: ignore[arg-type]
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as accepting:
+                    accepting.start_soon(self._accept, listener, limit, connections, connection)
+                    task_status.started()
+                    await agent.stopping.wait()
+                    accepting.cancel_scope.cancel()
+                # Idle keep-alive connections close now; a request running gets a moment.
+                await context.terminated.set()
+                connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         finally:
+            await trio.aclose_forcefully(listener)
             agent.api_drained()
+
+    async def _accept(
+        self,
+        listener: trio.abc.Listener[Any],
+        limit: trio.Semaphore,
+        nursery: trio.Nursery,
+        connection: Callable[[Any], Coroutine[Any, Any, None]],
+    ) -> None:
+        out_of_descriptors = False
+        while True:
+            if limit.value == 0:
+                self.stats.accept_paused += 1  # clients wait in the listen backlog
+            await limit.acquire()
+            try:
+                stream = await listener.accept()
+            except OSError as error:
+                limit.release()
+                if error.errno not in _OUT_OF_DESCRIPTORS:
+                    raise
+                self.stats.accept_errors += 1
+                if not out_of_descriptors:
+                    log.error("control API: cannot accept connections: %s; retrying until descriptors are free", error.strerror)
+                    out_of_descriptors = True
+                await trio.sleep(ACCEPT_RETRY_SECONDS)
+                continue
+            if out_of_descriptors:
+                log.warning("control API: accepting connections again")
+                out_of_descriptors = False
+            nursery.start_soon(connection, stream)
+
+
+def raise_descriptor_limit() -> tuple[int, int]:
+    """Raise this process's soft limit on open files to its hard limit (at
+    most ``MAX_DESCRIPTORS``): a low default (1,024) is what lets many API
+    clients starve gossip. Returns the (old, new) soft limit. For ``peer
+    agent``; an embedding program decides its own limits."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = MAX_DESCRIPTORS if hard == resource.RLIM_INFINITY else min(hard, MAX_DESCRIPTORS)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError) as error:
+            log.warning("cannot raise the open file limit from %d to %d: %s", soft, target, error)
+            return soft, soft
+        return soft, target
+    return soft, soft
+
+
+def connection_limit(configured: int) -> int:
+    """``api_max_connections``, and at most a quarter of the process's file
+    descriptor limit, so the API leaves descriptors for gossip streams."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return configured
+    if soft == resource.RLIM_INFINITY:
+        return configured
+    return max(1, min(configured, soft // 4))
+
+
+def _server_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context for ``api_tls_cert``/``api_tls_key``, loaded now so a
+    bad file is an error at start; None for plain HTTP."""
+    cert, key = settings.api_tls_cert, settings.api_tls_key
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ConfigError("api_tls_cert and api_tls_key: give both (or neither, for plain HTTP)")
+    config = HypercornConfig()
+    config.certfile, config.keyfile = cert, key
+    config.alpn_protocols = ["http/1.1"]
+    try:
+        return config.create_ssl_context()
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(f"api_tls_cert/api_tls_key: cannot load {cert} and {key}: {error}") from None
 
 
 class IndentedJSONResponse(JSONResponse):
@@ -146,10 +318,19 @@ def _error_response(status: int, message: str, headers: Mapping[str, str] | None
 class ControlApi:
     """The ASGI application: the API's handlers, routed by Starlette."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent, *, token: str | None = None, stats: ApiStats | None = None) -> None:
         self.agent = agent
+        self.token = token
+        self.stats = stats or ApiStats()
+        settings = agent.settings
+        self.public_paths = PUBLIC_PATHS | ({"/metrics"} if settings.metrics_public else set())
+        self.hosts = frozenset(_host_name(host) for host in settings.api_hosts)
+        self.origins = frozenset(_origin(origin) for origin in settings.api_origins)
+        self.max_waits = settings.api_max_waits
+        self.policy: TargetPolicy = settings.target_policy()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(AgentCollector(agent))
+        self.registry.register(ApiCollector(self.stats))
         self.registry.register(ProcessCollector(registry=None))
         # One method a route: a path's routes, in this order, make a 405's Allow.
         table: list[tuple[str, str, Handler]] = [
@@ -180,6 +361,7 @@ class ControlApi:
                 JobError: _answer_job_error,
             },
         )
+        self.app.state.api_stats = self.stats  # for the handlers' refusals
         # ``_routing_path`` has already dropped a trailing slash: a path that
         # still matches no route is unknown, not one to redirect.
         self.app.router.redirect_slashes = False
@@ -201,7 +383,72 @@ class ControlApi:
             await _error_response(400, f"the path is not UTF-8 once decoded: {path}")(scope, receive, send)
             return
         scope = {**scope, "path": routing_path, ASKED_PATH: path}
-        await self.app(scope, _receive_at_most(receive, MAX_BODY_BYTES), send)
+        refusal = self.refusal(scope)
+        if refusal is not None:
+            reason, response = refusal
+            self.stats.refuse(reason)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, _receive_at_most(receive, MAX_BODY_BYTES, self.stats), send)
+
+    def refusal(self, scope: Scope) -> tuple[str, Response] | None:
+        """Why this request is refused before routing, if it is, and the
+        answer: a foreign Host (DNS rebinding) or a browser's cross-site
+        request (403), no or a wrong token (401), a body declared over the
+        limit (413, unread) or a body that is not declared JSON (415)."""
+        headers = Headers(scope=scope)
+        host = headers.get("host")
+        if host is not None and not self._host_allowed(host):
+            return "forbidden_host", _error_response(
+                403, f"Host {host!r} is not served here: use an IP address or localhost, or list the name in api_hosts"
+            )
+        origin = headers.get("origin")
+        cross_site = headers.get("sec-fetch-site", "").lower() in ("cross-site", "same-site")
+        if (origin is not None or cross_site) and (origin is None or _origin(origin) not in self.origins):
+            described = f"Origin {origin!r}" if origin is not None else "a cross-site request (Sec-Fetch-Site)"
+            return "forbidden_origin", _error_response(
+                403, f"{described} is refused: browsers may call this API only from an origin listed in api_origins"
+            )
+        if self.token is not None and scope["path"] not in self.public_paths:
+            scheme, _, given = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not given.strip():
+                return "unauthenticated", _error_response(
+                    401,
+                    "this API needs a token: send Authorization: Bearer TOKEN (peer commands: --api-token-file FILE, "
+                    "PEER_API_TOKEN or api_token)",
+                    {"WWW-Authenticate": 'Bearer realm="peer"'},
+                )
+            if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+                return "unauthenticated", _error_response(
+                    401, "the token is wrong", {"WWW-Authenticate": 'Bearer realm="peer", error="invalid_token"'}
+                )
+        length = headers.get("content-length")
+        if length is not None and length.strip().isdigit() and int(length) > MAX_BODY_BYTES:
+            return "too_large", _error_response(
+                413, f"the body is over {MAX_BODY_BYTES} bytes (Content-Length {int(length)})", {"Connection": "close"}
+            )
+        content_type = headers.get("content-type")
+        has_body = (length is not None and length.strip() not in ("", "0")) or "transfer-encoding" in headers
+        if content_type is not None or has_body:
+            media_type = (content_type or "").split(";", 1)[0].strip().lower()
+            if media_type != "application/json":
+                got = f"got {content_type!r}" if content_type else "got none"
+                return "content_type", _error_response(
+                    415, f"request bodies are JSON: send them with Content-Type: application/json ({got})"
+                )
+        return None
+
+    def _host_allowed(self, host: str) -> bool:
+        # IP literals are always served: probes and scrapers reach a pod by
+        # its IP, and a rebinding attack needs a name.
+        name = _host_name(host)
+        if name == "localhost" or name in self.hosts:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
 
     async def answer_wrong_method(self, request: Request, error: Exception) -> Response:
         # Starlette's own 405 allows the methods of the first route on the
@@ -232,7 +479,7 @@ class ControlApi:
         return IndentedJSONResponse(members_document(self.agent))
 
     async def status(self, request: Request) -> Response:
-        return IndentedJSONResponse(status_document(self.agent))
+        return IndentedJSONResponse({**status_document(self.agent), "api": api_document(self.stats)})
 
     async def leave(self, request: Request) -> Response:
         await self.agent.leave()
@@ -254,7 +501,7 @@ class ControlApi:
     async def define_jobs(self, request: Request) -> Response:
         document = await _json_object_body(request)
         if "jobs" not in document:
-            spec = parse_job(document, where="request")
+            spec = self._allowed(parse_job(document, where="request"))
             return IndentedJSONResponse({"id": spec.id, "changed": await self.agent.define_job(spec)})
         items = document["jobs"]
         if set(document) != {"jobs"}:
@@ -267,7 +514,7 @@ class ControlApi:
             spec = parse_job(item, where="request", index=number)
             if any(other.id == spec.id for other in specs):
                 raise HTTPException(400, f"request: job {spec.id!r}: id: defined twice in this request")
-            specs.append(spec)
+            specs.append(self._allowed(spec))
         # Every definition is valid: define them all.
         answers = [{"id": spec.id, "changed": await self.agent.define_job(spec)} for spec in specs]
         return IndentedJSONResponse({"jobs": answers})
@@ -325,8 +572,16 @@ class ControlApi:
                 raise HTTPException(
                     400, f"request: job {spec.id!r}: schedule: a submitted job runs once; define scheduled jobs with POST /jobs"
                 )
-        run_id = await self.agent.submit(spec)
+        run_id = await self.agent.submit(self._allowed(spec))
         return IndentedJSONResponse({"run": run_id, "job": spec.id})
+
+    def _allowed(self, spec: JobSpec) -> JobSpec:
+        """``spec``, unless its target is outside this node's allow-lists: 403."""
+        refusal = self.policy.refusal(spec.target)
+        if refusal is not None:
+            self.stats.refuse("target_not_allowed")
+            raise HTTPException(403, f"job {spec.id!r}: {refusal}")
+        return spec
 
     def _existing_job_spec(self, document: dict[str, Any]) -> JobSpec:
         extra = set(document) - {"job", "kwargs"}
@@ -366,7 +621,21 @@ class ControlApi:
             record = self.agent.scheduler.record(run_id)
         else:
             seconds = _seconds_at_most(wait, "wait", MAX_WAIT_SECONDS)
-            record = await self.agent.wait_for_run(run_id, seconds)
+            if self.stats.waits >= self.max_waits:
+                self.stats.refuse("too_many_waits")
+                raise HTTPException(
+                    429,
+                    f"{self.stats.waits} requests are waiting on runs already, the most this node takes (api_max_waits): "
+                    "retry shortly, or ask without ?wait",
+                    {"Retry-After": "1"},
+                )
+            self.stats.waits += 1
+            try:
+                record, present = await _unless_disconnected(request, self.agent.wait_for_run(run_id, seconds))
+            finally:
+                self.stats.waits -= 1
+            if not present:
+                return Response(status_code=499)  # nobody reads it: the client went away
         if record is None:
             raise HTTPException(404, f"no such run: {run_id}")
         return IndentedJSONResponse(run_document(record))
@@ -414,13 +683,68 @@ def _routing_path(raw_path: bytes) -> str | None:
     return "".join("/" + segment.replace("%", "%25").replace("/", "%2F") for segment in segments)
 
 
+T = TypeVar("T")
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> tuple[T | None, bool]:
+    """``(result, True)`` once ``work`` is done, or ``(None, False)`` as soon
+    as the client disconnects: a long-poll ends with its client. The body
+    has been read, so the next message from the server is the disconnect."""
+    outcome: list[T] = []
+
+    async def do_work(cancel: trio.CancelScope) -> None:
+        outcome.append(await work)
+        cancel.cancel()
+
+    async def watch(cancel: trio.CancelScope) -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        cancel.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(do_work, nursery.cancel_scope)
+        nursery.start_soon(watch, nursery.cancel_scope)
+    return (outcome[0], True) if outcome else (None, False)
+
+
+def _host_name(host: str) -> str:
+    """A Host header's name: no port, no brackets, lower case, no final dot."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    name, colon, port = host.rpartition(":")
+    if colon and port.isdigit() and ":" not in name:
+        host = name
+    return host.rstrip(".")
+
+
+def _origin(origin: str) -> str:
+    """An Origin as compared: lower case, no trailing slash."""
+    return origin.strip().lower().rstrip("/")
+
+
+def _json_depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and objects, walked without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth > MAX_JSON_DEPTH:
+                return depth
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def _path_parameter(request: Request, name: str) -> str:
     """A ``{name}`` segment of the route, as the client meant it."""
     return urllib.parse.unquote(request.path_params[name])
 
 
-def _receive_at_most(receive: Receive, limit: int) -> Receive:
-    """``receive``, raising a 413 once the body has gone over ``limit`` bytes."""
+def _receive_at_most(receive: Receive, limit: int, stats: ApiStats) -> Receive:
+    """``receive``, raising a 413 as soon as the body has gone over ``limit``
+    bytes (a chunked one: a declared length over it is refused unread)."""
     size = 0
 
     async def receive_within_limit() -> Message:
@@ -429,7 +753,8 @@ def _receive_at_most(receive: Receive, limit: int) -> Receive:
         if message["type"] == "http.request":
             size += len(message.get("body", b""))
             if size > limit:
-                raise HTTPException(413, f"the body is over {limit} bytes")
+                stats.refuse("too_large")
+                raise HTTPException(413, f"the body is over {limit} bytes", {"Connection": "close"})
         return message
 
     return receive_within_limit
@@ -479,6 +804,13 @@ async def _json_object_body(request: Request) -> dict[str, Any]:
         document = await request.json()
     except ValueError as error:
         raise HTTPException(400, f"the body is not JSON: {error}") from None
+    except RecursionError:
+        too_deep = True  # the parser's own limit: deeper than any depth we take
+    else:
+        too_deep = _json_depth(document) > MAX_JSON_DEPTH
+    if too_deep:
+        request.app.state.api_stats.refuse("too_deep")
+        raise HTTPException(400, f"the body nests lists and objects deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(document, dict):
         raise HTTPException(400, f"the body must be a JSON object, not {type(document).__name__}")
     return document
@@ -720,6 +1052,40 @@ _SCHEDULER_HELP = {
 assert set(_MEMBERSHIP_HELP) == {field.name for field in attrs.fields(MembershipStats)}
 assert set(_REPLICATION_HELP) == {field.name for field in attrs.fields(ReplicationStats)}
 assert set(_TRANSPORT_HELP) == {field.name for field in attrs.fields(TransportStats)}
+
+
+_API_HELP = {
+    "connections": "Control API connections open",
+    "waits": "Control API requests waiting on a run (?wait=)",
+    "accept_paused": "Times the control API stopped accepting at its connection limit (api_max_connections)",
+    "accept_errors": "Control API accepts that failed for want of file descriptors",
+}
+
+
+class ApiCollector(Collector):
+    """The control API's own counters."""
+
+    def __init__(self, stats: ApiStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        refused = CounterMetricFamily(
+            "peer_api_refused", "Control API requests refused, by reason (see README: The control API)", labels=["reason"]
+        )
+        for reason in REFUSAL_REASONS:
+            refused.add_metric([reason], self.stats.refused[reason])
+        yield refused
+        yield GaugeMetricFamily("peer_api_connections", _API_HELP["connections"], value=self.stats.connections)
+        yield GaugeMetricFamily("peer_api_waits", _API_HELP["waits"], value=self.stats.waits)
+        yield CounterMetricFamily("peer_api_accept_paused", _API_HELP["accept_paused"], value=self.stats.accept_paused)
+        yield CounterMetricFamily("peer_api_accept_errors", _API_HELP["accept_errors"], value=self.stats.accept_errors)
+
+
+def api_document(stats: ApiStats) -> dict[str, Any]:
+    return {
+        "refused": {reason: stats.refused[reason] for reason in REFUSAL_REASONS},
+        **{name: getattr(stats, name) for name in _API_HELP},
+    }
 
 
 class AgentCollector(Collector):

@@ -48,7 +48,7 @@ from peer.runtime.addresses import format_address, is_ip, is_ipv6, is_wildcard
 from peer.runtime.executor import Executor, Outcome
 from peer.runtime.seeds import Lookup, SeedResolver, parse_seed, system_lookup
 from peer.runtime.settings import Settings
-from peer.runtime.transport import BindError, Transport
+from peer.runtime.transport import Transport
 from peer.runtime.wire import Codec, Dropped, DropReason, FrameTooLarge, Keyring
 
 log = logging.getLogger("peer.agent")
@@ -92,10 +92,12 @@ class JoinFailed(AgentError):
 
 class ControlPlane(Protocol):
     """A server the agent runs beside the node (the HTTP control API): bound
-    with the node's sockets, so a port in use fails the start, and served
-    until the agent stops; ``serve`` calls ``agent.api_drained()`` when done."""
+    with the node's sockets, so a port in use (``BindError``) or a setting it
+    cannot use (``ConfigError``: its token, its TLS files) fails the start,
+    and served until the agent stops; ``serve`` calls ``agent.api_drained()``
+    when done. ``bind`` decides where it may listen: ``settings.api``."""
 
-    def bind(self, address: Address) -> socket.socket: ...
+    def bind(self, settings: Settings) -> socket.socket: ...
 
     async def serve(self, agent: Agent, sock: socket.socket, *, task_status: trio.TaskStatus[None]) -> None: ...
 
@@ -135,6 +137,9 @@ class Agent:
         self.scheduler_config = scheduler or settings.scheduler_config()
         # A result must fit in its run record, itself a replicated value of at most 64 KiB.
         self.executor = executor or Executor(max_result_bytes=MAX_RESULT_BYTES)
+        if settings.target_policy().restricts:
+            # The node's allow-lists hold for whatever executor it is given.
+            self.executor.policy = settings.target_policy()
         self.initial_jobs = tuple(jobs)
         self._runs: dict[str, _RunTask] = {}
         self._run_waits: dict[str, tuple[trio.Event, int]] = {}  # run -> (set at its next change, waiters)
@@ -190,8 +195,8 @@ class Agent:
         await self.transport.bind()
         if self.control_plane is not None:
             try:
-                self._api_socket = self.control_plane.bind(self.settings.api)
-            except BindError:
+                self._api_socket = self.control_plane.bind(self.settings)
+            except BaseException:  # BindError, or a ConfigError for its token or TLS files
                 self.transport.close()
                 raise
             host, port = self._api_socket.getsockname()[:2]
@@ -234,7 +239,9 @@ class Agent:
             self.name,
             format_address(self.advertise),
             format_address(self.settings.bind),
-            f"http://{format_address(self.api_address)}" if self._api_socket is not None else "none",
+            f"{'https' if self.settings.api_tls_cert else 'http'}://{format_address(self.api_address)}"
+            if self._api_socket is not None
+            else "none",
             self.settings.profile,
             self.core.incarnation,
             extra={"node": self.name},

@@ -72,7 +72,7 @@ import msgpack
 import trio
 
 from crdt.values import Fault, NotReplicable, replicated_form
-from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget, Target
+from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget, Target, TargetPolicy
 from peer.runtime.exceptions import leaf_exceptions
 
 log = logging.getLogger(__name__)
@@ -303,7 +303,9 @@ class Executor:
     command's stdout and stderr (the tail is kept) and an HTTP body (the
     head is kept). ``http_timeout`` is the connect, read and write timeout
     of HTTP requests in runs that have no timeout, so a silent server
-    cannot hold a run for ever.
+    cannot hold a run for ever. ``policy`` is what this node agrees to
+    run: a target outside it fails its run, saying which setting refused
+    it, without running anything.
     """
 
     def __init__(
@@ -313,7 +315,9 @@ class Executor:
         max_result_bytes: int = 64 * 1024,
         max_output_bytes: int = 64 * 1024,
         http_timeout: float = 300.0,
+        policy: TargetPolicy | None = None,
     ) -> None:
+        self.policy = policy or TargetPolicy()
         self.max_result_bytes = max_result_bytes
         self.max_output_bytes = max_output_bytes
         self.http_timeout = http_timeout
@@ -370,6 +374,10 @@ class Executor:
         return outcome
 
     async def _run_target(self, target: Target, context: RunContext, timeout: float | None) -> Outcome:
+        refusal = self.policy.refusal(target)
+        if refusal is not None:
+            log.warning("run %s refused: %s", context.run_id, refusal)
+            return Outcome(ok=False, error=f"refused on this node: {refusal}")
         try:
             if isinstance(target, CallTarget):
                 result = await self._call(target, context)

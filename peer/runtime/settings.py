@@ -24,6 +24,7 @@ import attrs
 from membership.config import PROFILES, MembershipConfig, profile
 from membership.state import Address
 from peer.jobs.scheduler import SchedulerConfig
+from peer.jobs.targets import TargetPolicy
 from peer.runtime.addresses import AddressError, parse_ip_address
 from peer.runtime.seeds import parse_seed
 
@@ -111,6 +112,51 @@ def _optional_path(value: Any) -> str | None:
     return value
 
 
+def _flag(value: Any) -> bool:
+    """A boolean: true or false in TOML; 1/0, true/false, yes/no, on/off as text."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _positive_int(value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a whole number >= 1, got {value!r}") from None
+    if number < 1 or isinstance(value, (bool, float)):
+        raise ValueError(f"expected a whole number >= 1, got {value!r}")
+    return number
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    """A list of strings, or one comma-separated string (an empty one is an empty list)."""
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")]
+        return tuple(item for item in items if item)
+    if isinstance(value, list) and all(isinstance(item, str) and item.strip() for item in value):
+        return tuple(item.strip() for item in value)
+    raise ValueError(f"expected a list of non-empty strings or a comma-separated string, got {value!r}")
+
+
+def _optional_strings(value: Any) -> tuple[str, ...] | None:
+    return None if value is None else _strings(value)
+
+
+def _token(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not value.strip() or any(char.isspace() or not char.isprintable() for char in value.strip()):
+        raise ValueError("expected a token: printable characters, no spaces")
+    if len(value.strip()) < 16:
+        raise ValueError("a token is at least 16 characters (make one with `peer keygen`)")
+    return value.strip()
+
+
 def _membership_table(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError("expected a table of membership settings")
@@ -139,6 +185,20 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "drain_timeout": _seconds,
     "load_factor": _load_factor,
     "membership": _membership_table,
+    # The control API's access control (peer.control.api) and its clients'.
+    "api_token": _token,
+    "api_token_file": _optional_path,
+    "metrics_public": _flag,
+    "api_hosts": _strings,
+    "api_origins": _strings,
+    "api_tls_cert": _optional_path,
+    "api_tls_key": _optional_path,
+    "api_ca": _optional_path,
+    "api_max_waits": _positive_int,
+    "api_max_connections": _positive_int,
+    # What this node's runs may run (peer.jobs.targets.TargetPolicy); None: anything.
+    "allowed_commands": _optional_strings,
+    "allowed_calls": _optional_strings,
 }
 
 
@@ -160,9 +220,47 @@ class Settings:
     drain_timeout: float = 30.0
     load_factor: float | None = None  # bounded loads for job placement (peer.jobs.ring)
     membership: dict[str, Any] = attrs.field(factory=dict)
+    api_token: str | None = attrs.field(default=None, repr=False)  # a secret: not in reprs or logs
+    api_token_file: str | None = None
+    metrics_public: bool = False  # /metrics without the token (for a scraper that has none)
+    api_hosts: tuple[str, ...] = ()  # Host names the API answers besides IP literals and localhost
+    api_origins: tuple[str, ...] = ()  # browser Origins allowed to call the API
+    api_tls_cert: str | None = None
+    api_tls_key: str | None = None
+    api_ca: str | None = None  # clients: the CA file that verifies the API's certificate
+    api_max_waits: int = 256  # concurrent GET /runs/ID?wait=...
+    api_max_connections: int = 512  # concurrent API connections
+    allowed_commands: tuple[str, ...] | None = None
+    allowed_calls: tuple[str, ...] | None = None
 
     def scheduler_config(self) -> SchedulerConfig:
         return SchedulerConfig(drain_timeout=self.drain_timeout, load_factor=self.load_factor)
+
+    def target_policy(self) -> TargetPolicy:
+        return TargetPolicy(allowed_commands=self.allowed_commands, allowed_calls=self.allowed_calls)
+
+    def api_token_value(self) -> str | None:
+        """The API's bearer token: ``api_token``, or the first line of
+        ``api_token_file`` (read now, so a rotated file is read on restart).
+        ``ConfigError`` for both given, an unreadable file or a bad token."""
+        if self.api_token is not None and self.api_token_file is not None:
+            raise ConfigError("api_token and api_token_file: give one of them, not both")
+        if self.api_token_file is None:
+            return self.api_token
+        try:
+            with open(self.api_token_file, encoding="utf-8") as file:
+                text = file.read()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+            raise ConfigError(f"api_token_file: cannot read {self.api_token_file}: {reason}") from None
+        lines = text.strip().splitlines()
+        try:
+            token = _token(lines[0] if lines else "")
+        except ValueError as error:
+            raise ConfigError(f"api_token_file: {self.api_token_file}: {error}") from None
+        if token is None:
+            raise ConfigError(f"api_token_file: {self.api_token_file} is empty")
+        return token
 
     def membership_config(self) -> MembershipConfig:
         try:
