@@ -617,10 +617,10 @@ class ControlApi:
     async def show_run(self, request: Request) -> Response:
         run_id = _path_parameter(request, "run")
         wait = request.query_params.get("wait")
-        if wait is None:
+        seconds = 0.0 if wait is None else _seconds_at_most(wait, "wait", MAX_WAIT_SECONDS)
+        if seconds == 0:
             record = self.agent.scheduler.record(run_id)
         else:
-            seconds = _seconds_at_most(wait, "wait", MAX_WAIT_SECONDS)
             if self.stats.waits >= self.max_waits:
                 self.stats.refuse("too_many_waits")
                 raise HTTPException(

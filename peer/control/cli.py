@@ -13,7 +13,9 @@
 
 Every agent option is also read from the TOML config and from ``PEER_*``
 variables (``peer.runtime.settings``); flags win. The client commands take ``--api``
-and ``--config`` (or ``PEER_API``, ``PEER_CONFIG``) to find the agent, and
+and ``--config`` (or ``PEER_API``, ``PEER_CONFIG``) to find the agent,
+``--api-token-file`` (or ``PEER_API_TOKEN``, ``PEER_API_TOKEN_FILE``) for its
+token and ``--api-ca`` (or ``PEER_API_CA``) for an HTTPS API's CA, and
 ``--json`` to print the API's document instead of a table. Errors a person
 can act on are one line on stderr, ``peer: error: ...``, and a non-zero exit.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import re
@@ -33,11 +36,11 @@ from typing import Any
 
 import trio
 
-from peer.control.client import ClientError, api_path, call
+from peer.control.client import ClientError, Endpoint, api_path, call, split_scheme
 from peer.control.text import format_table
 from peer.jobs.definition import JobError, load_jobs_file, parse_job
 from peer.runtime.keys import KeyringError, generate_key, load_keyring
-from peer.runtime.settings import ConfigError, Settings, load
+from peer.runtime.settings import ConfigError, load
 from peer.runtime.transport import BindError
 
 EXIT_ERROR = 1
@@ -65,6 +68,22 @@ AGENT_OPTIONS: list[tuple[str, str, str]] = [
     ("--jobs", "jobs", "a TOML file of jobs ([[job]] tables) to define when the node is up"),
     ("--drain-timeout", "drain_timeout", "seconds a leaving node lets its running jobs finish (default 30)"),
     ("--load-factor", "load_factor", "bounded loads: no node owns more than this x the mean of the cron jobs (default: none)"),
+    (
+        "--api-token-file", "api_token_file",
+        "file holding the API's bearer token (or PEER_API_TOKEN, or api_token in the config); needed to serve the API beyond loopback",
+    ),
+    ("--api-hosts", "api_hosts", "comma-separated host names the API answers to, besides IP addresses and localhost"),
+    ("--api-origins", "api_origins", "comma-separated browser origins allowed to call the API (default: none)"),
+    ("--api-tls-cert", "api_tls_cert", "certificate (PEM) to serve the API over HTTPS; with --api-tls-key"),
+    ("--api-tls-key", "api_tls_key", "the certificate's private key (PEM)"),
+    ("--api-max-waits", "api_max_waits", "most requests waiting on runs (?wait=) at a time; more get 429 (default 256)"),
+    ("--api-max-connections", "api_max_connections", "most API connections open at a time (default 512)"),
+    ("--allowed-commands", "allowed_commands", "comma-separated programs this node's runs may run (default: any; '' for none)"),
+    ("--allowed-calls", "allowed_calls", "comma-separated modules whose functions this node's runs may call (default: any)"),
+]
+# (flag, settings key, help) for the agent's on/off options: given, they are on.
+AGENT_SWITCHES: list[tuple[str, str, str]] = [
+    ("--metrics-public", "metrics_public", "serve /metrics without the token (for a scraper that has none)"),
 ]
 
 
@@ -102,6 +121,8 @@ def _parser(tools: Sequence[AddCommand] = ()) -> argparse.ArgumentParser:
     agent = commands.add_parser("agent", help="run a node")
     for flag, key, text in AGENT_OPTIONS:
         agent.add_argument(flag, dest=key, default=None, help=text)
+    for flag, key, text in AGENT_SWITCHES:
+        agent.add_argument(flag, dest=key, action="store_const", const=True, default=None, help=text)
     agent.add_argument("--config", help="TOML settings file (or PEER_CONFIG)")
     agent.set_defaults(command=run_agent)
 
@@ -171,14 +192,17 @@ def _parser(tools: Sequence[AddCommand] = ()) -> argparse.ArgumentParser:
 
 
 def run_agent(args: argparse.Namespace) -> int:
-    from peer.control.api import HttpControlPlane
+    from peer.control.api import HttpControlPlane, raise_descriptor_limit
     from peer.runtime.agent import Agent, AgentError
     from peer.runtime.exceptions import leaf_exceptions
     from peer.runtime.logs import configure
 
-    flags = {key: getattr(args, key) for _, key, _ in AGENT_OPTIONS}
+    flags = {key: getattr(args, key) for _, key, _ in (*AGENT_OPTIONS, *AGENT_SWITCHES)}
     settings = load(flags, config_path=args.config)
     configure(settings.log_format, settings.log_level)
+    before, after = raise_descriptor_limit()  # descriptors for gossip, whatever the API's clients hold
+    if after > before:
+        logging.getLogger("peer.agent").debug("open file limit raised from %d to %d", before, after)
     keyring = load_keyring(settings.key_file, os.environ)
     jobs = load_jobs_file(settings.jobs) if settings.jobs else []
     agent = Agent(settings, keyring, jobs=jobs, control_plane=HttpControlPlane())
@@ -216,24 +240,44 @@ async def _leave_on_signal(agent: Any, nursery: trio.Nursery) -> None:
 
 
 def _client_options(parser: argparse.ArgumentParser, *, json_flag: bool, inherited: bool = False) -> None:
-    """``--api``, ``--config`` and ``--json``. A subcommand of a command that
-    has them too (``peer jobs list``) takes them as well, without resetting
-    what was given before it (``peer jobs --api X list``)."""
+    """``--api``, ``--config``, ``--api-token-file``, ``--api-ca`` and
+    ``--json``. A subcommand of a command that has them too (``peer jobs
+    list``) takes them as well, without resetting what was given before it
+    (``peer jobs --api X list``)."""
     default: Any = argparse.SUPPRESS if inherited else None
-    parser.add_argument("--api", default=default, help="the agent's API HOST:PORT (default 127.0.0.1:7947, or PEER_API)")
+    parser.add_argument(
+        "--api", default=default, help="the agent's API [https://]HOST:PORT (default 127.0.0.1:7947, or PEER_API)"
+    )
     parser.add_argument("--config", default=default, help="TOML settings file to read api from (or PEER_CONFIG)")
+    parser.add_argument(
+        "--api-token-file", default=default, help="file holding the API's token (or PEER_API_TOKEN_FILE, PEER_API_TOKEN)"
+    )
+    parser.add_argument("--api-ca", default=default, help="CA file to verify an HTTPS API's certificate (or PEER_API_CA)")
     if json_flag:
         parser.add_argument(
             "--json", action="store_true", default=argparse.SUPPRESS if inherited else False, help="print the API's JSON document"
         )
 
 
-def _client_settings(args: argparse.Namespace) -> Settings:
-    return load({"api": args.api}, config_path=args.config)
+def _endpoint(args: argparse.Namespace) -> Endpoint:
+    """The agent's API as the flags, ``PEER_*`` and the config say: its
+    address (``https://`` for TLS, also implied by ``api_tls_cert`` in the
+    config), its token and the CA that verifies it."""
+    environ = dict(os.environ)
+    text = args.api if args.api is not None else environ.get("PEER_API")
+    environ.pop("PEER_API", None)  # read here: it may carry a scheme
+    if args.api_token_file is not None:
+        environ.pop("PEER_API_TOKEN", None)  # the flag wins
+    tls, address = (None, None) if text is None else split_scheme(text)
+    flags = {"api": address, "api_token_file": args.api_token_file, "api_ca": args.api_ca}
+    settings = load(flags, environ=environ, config_path=args.config)
+    if tls is None:
+        tls = settings.api_tls_cert is not None
+    return Endpoint(settings.api, tls=tls, token=settings.api_token_value(), ca_file=settings.api_ca)
 
 
 def members(args: argparse.Namespace) -> int:
-    document = call(_client_settings(args).api, "/members")
+    document = call(_endpoint(args), "/members")
     if args.json:
         print(json.dumps(document, indent=2))
         return 0
@@ -244,7 +288,7 @@ def members(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    document = call(_client_settings(args).api, "/status")
+    document = call(_endpoint(args), "/status")
     if args.json:
         print(json.dumps(document, indent=2))
         return 0
@@ -274,7 +318,7 @@ def status(args: argparse.Namespace) -> int:
 
 
 def leave(args: argparse.Namespace) -> int:
-    document = call(_client_settings(args).api, "/leave", method="POST", timeout=60.0)
+    document = call(_endpoint(args), "/leave", method="POST", timeout=60.0)
     print(f"{document['name']} left the cluster")
     return 0
 
@@ -319,7 +363,7 @@ def _dash(value: Any) -> str:
 
 
 def jobs_list(args: argparse.Namespace) -> int:
-    document = call(_client_settings(args).api, "/jobs")
+    document = call(_endpoint(args), "/jobs")
     if args.json:
         _print_json(document)
         return 0
@@ -368,7 +412,7 @@ def _read_job_tables(source: str) -> list[Any]:
 
 def jobs_add(args: argparse.Namespace) -> int:
     tables = _read_job_tables(args.file)
-    api = _client_settings(args).api
+    api = _endpoint(args)
     document = call(api, "/jobs", method="POST", body={"jobs": tables}, timeout=10.0)
     if args.json:
         _print_json(document)
@@ -379,7 +423,7 @@ def jobs_add(args: argparse.Namespace) -> int:
 
 
 def jobs_show(args: argparse.Namespace) -> int:
-    document = call(_client_settings(args).api, api_path("jobs", args.id))
+    document = call(_endpoint(args), api_path("jobs", args.id))
     if args.json:
         _print_json(document)
         return 0
@@ -412,7 +456,7 @@ def jobs_show(args: argparse.Namespace) -> int:
 
 def _job_action(args: argparse.Namespace, action: str, method: str, done: str) -> int:
     segments = ("jobs", args.id, action) if action else ("jobs", args.id)
-    document = call(_client_settings(args).api, api_path(*segments), method=method)
+    document = call(_endpoint(args), api_path(*segments), method=method)
     if args.json:
         _print_json(document)
     else:
@@ -478,7 +522,7 @@ def submit(args: argparse.Namespace) -> int:
         if args.retries is not None:
             body["retries"] = args.retries
         parse_job(body, where="submit")  # refuse it here, naming the flag's field
-    document = call(_client_settings(args).api, "/submit", method="POST", body=body)
+    document = call(_endpoint(args), "/submit", method="POST", body=body)
     if args.json:
         _print_json(document)
     else:
@@ -501,7 +545,7 @@ def _runs_table(records: Sequence[dict[str, Any]]) -> str:
 
 def runs(args: argparse.Namespace) -> int:
     query = {"job": args.job, "state": args.state, "limit": args.limit}
-    document = call(_client_settings(args).api, api_path("runs", query=query))
+    document = call(_endpoint(args), api_path("runs", query=query))
     if args.json:
         _print_json(document)
         return 0
@@ -510,7 +554,7 @@ def runs(args: argparse.Namespace) -> int:
 
 
 def result(args: argparse.Namespace) -> int:
-    api = _client_settings(args).api
+    api = _endpoint(args)
     if args.wait is not None and not args.wait >= 0:
         raise UsageError(f"--wait: expected seconds >= 0, got {args.wait:g}")
     remaining = args.wait
@@ -541,7 +585,7 @@ def send(args: argparse.Namespace) -> int:
         data = json.loads(args.data)
     except ValueError:
         data = args.data
-    document = call(_client_settings(args).api, api_path("runs", args.run, "send"), method="POST", body={"data": data})
+    document = call(_endpoint(args), api_path("runs", args.run, "send"), method="POST", body={"data": data})
     if args.json:
         _print_json(document)
     else:

@@ -90,6 +90,8 @@ LEAVE_MARGIN_SECONDS = 5.0
 _SETTING_KEYS = (
     "name", "bind", "advertise", "seeds", "key_file", "profile", "join_timeout",
     "dns_interval", "hosts_file", "drain_timeout", "load_factor", "membership",
+    "api_token", "api_token_file", "metrics_public", "api_hosts", "api_origins", "api_tls_cert", "api_tls_key",
+    "api_max_waits", "api_max_connections", "allowed_commands", "allowed_calls",
 )  # fmt: skip
 # Keys of a job definition a caller gives as arguments, not as **fields.
 _TARGET_FIELDS = frozenset({"id", "schedule", "call", "kwargs", "command", "shell", "env", "cwd", "http"})
@@ -194,7 +196,12 @@ class Node:
     prints, comma-separated for several, raw bytes, a list of either, or a
     ``peer.runtime.wire.Keyring``) or ``key_file``, ``profile``, ``join_timeout``,
     ``dns_interval``, ``hosts_file``, ``drain_timeout``, ``load_factor``,
-    ``membership`` (a mapping of membership timings). ``scheduler``, ``replication`` and
+    ``membership`` (a mapping of membership timings). The API's access control
+    as ``peer agent``'s: ``api_token`` or ``api_token_file`` (needed for an
+    ``api`` beyond loopback), ``metrics_public``, ``api_hosts``, ``api_origins``
+    (lists), ``api_tls_cert`` and ``api_tls_key``, ``api_max_waits``,
+    ``api_max_connections``; and what the node's runs may run:
+    ``allowed_commands``, ``allowed_calls`` (lists; None: anything). ``scheduler``, ``replication`` and
     ``executor`` take the configuration objects themselves (a
     ``SchedulerConfig`` with a short ``settle`` makes tests fast).
 
@@ -220,6 +227,17 @@ class Node:
         drain_timeout: float | None = None,
         load_factor: float | None = None,
         membership: Mapping[str, Any] | None = None,
+        api_token: str | None = None,
+        api_token_file: str | None = None,
+        metrics_public: bool | None = None,
+        api_hosts: Sequence[str] | None = None,
+        api_origins: Sequence[str] | None = None,
+        api_tls_cert: str | None = None,
+        api_tls_key: str | None = None,
+        api_max_waits: int | None = None,
+        api_max_connections: int | None = None,
+        allowed_commands: Sequence[str] | None = None,
+        allowed_calls: Sequence[str] | None = None,
         scheduler: SchedulerConfig | None = None,
         replication: ReplicationConfig | None = None,
         executor: Executor | None = None,
@@ -228,14 +246,19 @@ class Node:
             "name": name, "bind": bind, "advertise": advertise, "seeds": seeds, "key_file": key_file,
             "profile": profile, "join_timeout": join_timeout, "dns_interval": dns_interval,
             "hosts_file": hosts_file, "drain_timeout": drain_timeout, "load_factor": load_factor,
-            "membership": membership,
+            "membership": membership, "api_token": api_token, "api_token_file": api_token_file,
+            "metrics_public": metrics_public, "api_hosts": api_hosts, "api_origins": api_origins,
+            "api_tls_cert": api_tls_cert, "api_tls_key": api_tls_key, "api_max_waits": api_max_waits,
+            "api_max_connections": api_max_connections, "allowed_commands": allowed_commands, "allowed_calls": allowed_calls,
         }  # fmt: skip
         values: dict[str, Any] = {}
         for setting in _SETTING_KEYS:
             value = given[setting]
             if value is None:
                 continue
-            if setting == "seeds" and not isinstance(value, str) and isinstance(value, Iterable):
+            if setting in ("seeds", "api_hosts", "api_origins", "allowed_commands", "allowed_calls") and (
+                not isinstance(value, str) and isinstance(value, Iterable)
+            ):
                 value = list(value)
             elif setting == "membership" and isinstance(value, Mapping):
                 value = dict(value)
@@ -254,6 +277,7 @@ class Node:
                 scheduler = attrs.evolve(scheduler, load_factor=self.settings.load_factor)
         self.scheduler_config = scheduler or self.settings.scheduler_config()
         self.replication_config = replication
+        self.settings.api_token_value()  # an unreadable token file fails now, too
         self.executor = executor or Executor(max_result_bytes=MAX_RESULT_BYTES)
         self._functions: dict[str, Callable[..., Any]] = {}
         self._agent: Agent | None = None

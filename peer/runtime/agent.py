@@ -358,7 +358,7 @@ class Agent:
         was written, or expired), or after ``at_most`` seconds: callers look
         again either way, so nothing is missed if the node stops meanwhile."""
         event, waiters = self._run_waits.get(run_id, (None, 0))
-        self._run_waits[run_id] = (event or trio.Event(), waiters + 1)
+        self._run_waits[run_id] = (event if event is not None else trio.Event(), waiters + 1)
         event = self._run_waits[run_id][0]
         try:
             with trio.move_on_after(at_most):
