@@ -627,7 +627,8 @@ class ControlApi:
                     429,
                     f"{self.stats.waits} requests are waiting on runs already, the most this node takes (api_max_waits): "
                     "retry shortly, or ask without ?wait",
-                    {"Retry-After": "1"},
+                    # Closed at once: a refused client must not hold a connection slot that a probe needs.
+                    {"Retry-After": "1", "Connection": "close"},
                 )
             self.stats.waits += 1
             try:
