@@ -120,7 +120,7 @@ class Agent:
         self.name = settings.name
         self.config = settings.membership_config()
         self.codec = Codec(keyring)
-        self.transport = Transport(settings.bind, max_stream_frame=self.codec.max_stream)
+        self.transport = Transport(settings.bind, max_stream_frame=self.codec.max_stream, keyring=keyring)
         self.resolver = SeedResolver(
             [parse_seed(seed) for seed in settings.seeds], hosts_file=settings.hosts_file, lookup=lookup
         )
