@@ -18,9 +18,9 @@ This module moves bytes and counts them; it knows nothing of messages. What
 the gossip port accepts from a peer that has shown nothing is bounded, and
 every refusal is counted by reason (``TransportStats.streams_refused``):
 
-- connections: ``MAX_INBOUND_STREAMS`` at once in all. Once the node is busy
-  (``SHARED_FROM`` open), a source (an IPv4 address, an IPv6 /64) holds at
-  most ``MAX_INBOUND_PER_SOURCE`` connections that have not proven the key
+- connections (``InboundLimits``): ``connections`` at once in all (128). Once
+  the node is busy (``shared_from``, 32, open), a source (an IPv4 address, an
+  IPv6 /64) holds at most ``per_source`` (8) connections that have not proven the key
   (every connection, in an open cluster): past it, its oldest connection
   still owing its preamble gives way to the new one, or the new one is
   refused (``per_source``). When all slots are taken, a connection still
@@ -28,13 +28,14 @@ every refusal is counted by reason (``TransportStats.streams_refused``):
   source holding fewer; else the new one is refused (``total``). An idle
   flood from one address thus cycles through its own slots, and a frame from
   anyone else, or from a real peer at that address, still gets in;
-- time: the preamble within ``PREAMBLE_TIMEOUT`` (``idle_closed``), then the
-  frame at ``MIN_BODY_RATE`` after a grace (``slow_closed``);
+- time: the preamble within ``preamble_timeout`` (3 s, else ``idle_closed``),
+  then the frame at ``min_body_rate`` (64 KiB/s) after a grace of 3 s (else
+  ``slow_closed``);
 - memory: nothing large is allocated before the preamble is accepted, which
   in a keyed cluster means its MAC verified (a stranger costs one 66-byte
   read). Frames are read in chunks into a buffer that grows as bytes arrive,
-  and their declared lengths are reserved against a byte budget, in all and
-  per source (``budget``), so strangers in an open cluster, too, can make a
+  and their declared lengths are reserved against a byte budget, in all
+  (32 MiB) and per source (16 MiB; else ``budget``), so strangers in an open cluster, too, can make a
   node buffer only so much;
 - file descriptors: a spare one is kept, so that when accept() fails for
   lack of them the pending connection is taken and closed (``no_fd``) rather
@@ -70,15 +71,8 @@ log = logging.getLogger("peer.transport")
 RECEIVE_BUFFER = 65_536
 DATAGRAM_BATCH = 64  # datagrams read per wake-up at most
 STREAM_TIMEOUT = 10.0  # connect + write of one outbound stream frame
-MAX_INBOUND_STREAMS = 128  # inbound connections at once, all sources
-SHARED_FROM = 32  # from this many inbound connections on, the per-source limit applies
-MAX_INBOUND_PER_SOURCE = 8  # connections a source may hold without having proven the key, once busy
-PREAMBLE_TIMEOUT = 3.0  # an inbound connection's preamble must arrive within this
-BODY_GRACE = 3.0  # then its frame's first bytes within this,
-MIN_BODY_RATE = 64 * 1024  # and the rest at this many bytes a second at least
+ACCEPT_BATCH = 64  # connections accepted per wake-up at most
 READ_CHUNK = 65_536  # bytes asked of the kernel at once: buffers grow as bytes arrive
-INBOUND_BUDGET = 32 * 1024 * 1024  # bytes of inbound frames buffered at once, all sources
-INBOUND_BUDGET_PER_SOURCE = 16 * 1024 * 1024  # and from one source
 MAX_OUTBOUND_STREAMS = 64  # connections open at once; more frames wait their turn
 MAX_OUTBOUND_PER_DESTINATION = 4  # connections to one member at once (below its per-source limit)
 MAX_QUEUED_STREAMS = 4096  # frames waiting or in flight; beyond, new ones are dropped
@@ -154,6 +148,20 @@ class _Inbound:
     reserved: int = 0  # bytes of the budget held for its frame
 
 
+@attrs.frozen
+class InboundLimits:
+    """What the gossip port grants peers before they have shown anything (see the module's docstring)."""
+
+    connections: int = 128  # inbound connections at once, all sources
+    shared_from: int = 32  # from this many inbound connections on, the per-source limit applies
+    per_source: int = 8  # connections a source may hold without having proven the key, once busy
+    preamble_timeout: float = 3.0  # an inbound connection's preamble must arrive within this,
+    body_grace: float = 3.0  # then its frame's first bytes within this,
+    min_body_rate: float = 64 * 1024  # and the rest at this many bytes a second at least
+    budget: int = 32 * 1024 * 1024  # bytes of inbound frames buffered at once, all sources
+    budget_per_source: int = 16 * 1024 * 1024  # and from one source (at least the largest frame)
+
+
 class ByteBudget:
     """Bytes reserved for inbound frames, in all and per source."""
 
@@ -193,7 +201,7 @@ class Transport:
         keyring: Keyring | None = None,
         wall_ms: Callable[[], int] = _wall_ms,
         nonce: Callable[[int], bytes] = os.urandom,
-        budget: ByteBudget | None = None,
+        limits: InboundLimits = InboundLimits(),
     ) -> None:
         self.bind_address = bind
         self.max_stream_frame = max_stream_frame
@@ -203,14 +211,15 @@ class Transport:
         # on: a datagram then costs one system call, not a trip through
         # trio's scheduler per send and per receive.
         self._udp: socket.socket | None = None
-        self._tcp: trio.socket.SocketType | None = None
+        self._tcp: socket.socket | None = None  # likewise: accept() is ours to call, also when it fails
         self._sealer = PreambleSealer(keyring)
         self._checker = PreambleChecker(keyring, max_length=max_stream_frame)
         self._wall_ms = wall_ms
         self._nonce = nonce
-        self.budget = budget or ByteBudget(INBOUND_BUDGET, max(INBOUND_BUDGET_PER_SOURCE, max_stream_frame))
-        if self.budget.per_source < max_stream_frame:
-            raise ValueError("the per-source byte budget must hold a frame of the largest size")
+        if limits.budget_per_source < max_stream_frame or limits.budget < limits.budget_per_source:
+            raise ValueError("the byte budget, and its share per source, must each hold a frame of the largest size")
+        self.limits = limits
+        self.budget = ByteBudget(limits.budget, limits.budget_per_source)
         self._inbound: dict[str, dict[_Inbound, None]] = {}  # by source, oldest first
         self._inbound_count = 0
         self._spare_fd: int | None = None  # given up to accept, and close, a connection when out of descriptors
@@ -252,7 +261,8 @@ class Transport:
                 raise BindError(bind_error_message("tcp", (host, chosen), error)) from None
             self._udp = socket.socket(self._family, socket.SOCK_DGRAM, fileno=udp.detach())
             self._udp.setblocking(False)
-            self._tcp = tcp
+            self._tcp = socket.socket(self._family, socket.SOCK_STREAM, fileno=tcp.detach())
+            self._tcp.setblocking(False)
             self._spare_fd = _open_spare()
             self.refresh_kernel_drops()
             return
@@ -268,7 +278,8 @@ class Transport:
         if self._udp is not None and self._udp.fileno() != -1:
             trio.lowlevel.notify_closing(self._udp)
             self._udp.close()
-        if self._tcp is not None:
+        if self._tcp is not None and self._tcp.fileno() != -1:
+            trio.lowlevel.notify_closing(self._tcp)
             self._tcp.close()
         if self._spare_fd is not None:
             os.close(self._spare_fd)
@@ -322,28 +333,34 @@ class Transport:
         tcp = self._tcp
         assert tcp is not None
         while True:
-            try:
-                sock, src = await tcp.accept()
-            except OSError as error:
-                if error.errno in _FD_ERRORS:
-                    await self._out_of_descriptors(tcp, error)
-                else:
+            await trio.lowlevel.wait_readable(tcp)
+            for _ in range(ACCEPT_BATCH):
+                try:
+                    sock, src = tcp.accept()
+                except BlockingIOError:
+                    break
+                except OSError as error:
+                    if error.errno in _FD_ERRORS:
+                        await self._out_of_descriptors(tcp, error)
+                        break
                     log.debug("tcp accept error: %s", error)  # e.g. the peer reset it while queued
-                continue
-            if self._out_of_fds:
-                self._out_of_fds = False
-                log.warning(
-                    "accepting stream connections again (refused for lack of file descriptors: %d so far)",
-                    self.stats.streams_refused[StreamRefusal.NO_FD.value],
-                )
-            address = (str(src[0]), int(src[1]))
-            connection = self._admit(source_of(address[0]))
-            if connection is None:
-                sock.close()
-                continue
-            nursery.start_soon(self._read_stream, trio.SocketStream(sock), address, connection, handler)
+                    continue
+                if self._out_of_fds:
+                    self._out_of_fds = False
+                    log.warning(
+                        "accepting stream connections again (refused for lack of file descriptors: %d so far)",
+                        self.stats.streams_refused[StreamRefusal.NO_FD.value],
+                    )
+                address = (str(src[0]), int(src[1]))
+                connection = self._admit(source_of(address[0]))
+                if connection is None:
+                    sock.close()
+                    continue
+                stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+                nursery.start_soon(self._read_stream, stream, address, connection, handler)
+            await trio.lowlevel.checkpoint()  # a flood of connections still lets the other tasks run
 
-    async def _out_of_descriptors(self, tcp: trio.socket.SocketType, error: OSError) -> None:
+    async def _out_of_descriptors(self, tcp: socket.socket, error: OSError) -> None:
         """accept() failed for lack of file descriptors: the pending connection
         would wake us again at once. Give up the spare descriptor, take the
         connection and close it, and keep a spare again."""
@@ -355,10 +372,9 @@ class Transport:
             os.close(self._spare_fd)
             self._spare_fd = None
             try:
-                sock, _ = await tcp.accept()
-                sock.close()
+                tcp.accept()[0].close()
             except OSError:
-                pass
+                pass  # nothing pending after all, or another thread took the descriptor
             self._spare_fd = _open_spare()
         if self._spare_fd is None:
             await trio.sleep(0.1)  # no spare to be had either: wait rather than spin
@@ -367,20 +383,21 @@ class Transport:
         """A slot for a new connection from ``source``, or None (refused and counted);
         may close an older connection still owing its preamble to make room."""
         held = self._unproven(source)
-        if self._inbound_count >= SHARED_FROM and held >= MAX_INBOUND_PER_SOURCE:
+        limits = self.limits
+        if self._inbound_count >= limits.shared_from and held >= limits.per_source:
             victim = self._oldest_pending(source)
             if victim is None:
                 self._refuse(StreamRefusal.PER_SOURCE)
                 return None
             self._evict(victim, StreamRefusal.PER_SOURCE)
-        elif self._inbound_count >= MAX_INBOUND_STREAMS:
+        elif self._inbound_count >= limits.connections:
             victim = self._pending_of_heaviest(more_than=held)
             if victim is None:
                 self._refuse(StreamRefusal.TOTAL)
                 return None
             self._evict(victim, StreamRefusal.TOTAL)
         connection = _Inbound(source)
-        connection.scope.deadline = trio.current_time() + PREAMBLE_TIMEOUT
+        connection.scope.deadline = trio.current_time() + limits.preamble_timeout
         self._inbound.setdefault(source, {})[connection] = None
         self._inbound_count += 1
         return connection
@@ -422,13 +439,11 @@ class Transport:
                 async with stream:
                     with connection.scope:
                         frame = await self._receive_frame(stream, connection)
+                    if connection.scope.cancelled_caught and not connection.evicted:  # evictions are counted when made
+                        self._refuse(StreamRefusal.IDLE_CLOSED if connection.pending else StreamRefusal.SLOW_CLOSED)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
                 self._refuse(StreamRefusal.TRUNCATED)
                 log.debug("stream from %s broke: %s", format_address(src), error)
-                return
-            if connection.scope.cancelled_caught:
-                if not connection.evicted:  # an eviction was counted when it was made
-                    self._refuse(StreamRefusal.IDLE_CLOSED if connection.pending else StreamRefusal.SLOW_CLOSED)
                 return
             self._release_slot(connection)  # the connection is closed: free its slot before the frame is handled
             if frame is not None:
@@ -458,12 +473,12 @@ class Transport:
             self._refuse(StreamRefusal.BUDGET)
             return None
         connection.reserved = preamble.length
-        # Each byte received buys 1/MIN_BODY_RATE s more: a peer sending
+        # Each byte received buys 1/min_body_rate s more: a peer sending
         # slower than that is cut off, however long its frame.
-        start = trio.current_time()
+        start, grace, rate = trio.current_time(), self.limits.body_grace, self.limits.min_body_rate
         buffer = bytearray()
         while len(buffer) < preamble.length:
-            connection.scope.deadline = start + BODY_GRACE + len(buffer) / MIN_BODY_RATE
+            connection.scope.deadline = start + grace + len(buffer) / rate
             chunk = await stream.receive_some(min(preamble.length - len(buffer), READ_CHUNK))
             if not chunk:
                 raise trio.BrokenResourceError("stream ended inside a frame")
