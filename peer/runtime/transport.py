@@ -35,7 +35,7 @@ every refusal is counted by reason (``TransportStats.streams_refused``):
   in a keyed cluster means its MAC verified (a stranger costs one 66-byte
   read). Frames are read in chunks into a buffer that grows as bytes arrive,
   and their declared lengths are reserved against a byte budget, in all
-  (32 MiB) and per source (16 MiB; else ``budget``), so strangers in an open cluster, too, can make a
+  (16 MiB) and per source (8 MiB; else ``budget``), so strangers in an open cluster, too, can make a
   node buffer only so much;
 - file descriptors: a spare one is kept, so that when accept() fails for
   lack of them the pending connection is taken and closed (``no_fd``) rather
@@ -158,8 +158,11 @@ class InboundLimits:
     preamble_timeout: float = 3.0  # an inbound connection's preamble must arrive within this,
     body_grace: float = 3.0  # then its frame's first bytes within this,
     min_body_rate: float = 64 * 1024  # and the rest at this many bytes a second at least
-    budget: int = 32 * 1024 * 1024  # bytes of inbound frames buffered at once, all sources
-    budget_per_source: int = 16 * 1024 * 1024  # and from one source (at least the largest frame)
+    # Bytes of inbound frames buffered at once, all sources, and from one source
+    # (at least the largest frame). A frame costs about twice its size more
+    # while it is handed over and decoded: 16 MiB buffered is ~+40 MB at worst.
+    budget: int = 16 * 1024 * 1024
+    budget_per_source: int = 8 * 1024 * 1024
 
 
 class ByteBudget:
