@@ -18,28 +18,31 @@ This module moves bytes and counts them; it knows nothing of messages. What
 the gossip port accepts from a peer that has shown nothing is bounded, and
 every refusal is counted by reason (``TransportStats.streams_refused``):
 
-- connections (``InboundLimits``): ``connections`` at once in all (128). Once
-  the node is busy (``shared_from``, 32, open), a source (an IPv4 address, an
-  IPv6 /64) holds at most ``per_source`` (8) connections that have not proven the key
-  (every connection, in an open cluster): past it, its oldest connection
-  still owing its preamble gives way to the new one, or the new one is
-  refused (``per_source``). When all slots are taken, a connection still
-  owing its preamble from the source holding the most gives way to one from a
-  source holding fewer; else the new one is refused (``total``). An idle
-  flood from one address thus cycles through its own slots, and a frame from
-  anyone else, or from a real peer at that address, still gets in;
-- time: the preamble within ``preamble_timeout`` (3 s, else ``idle_closed``),
-  then the frame at ``min_body_rate`` (64 KiB/s) after a grace of 3 s (else
-  ``slow_closed``);
+- connections (``InboundLimits``): ``connections`` at once in all (128).
+  Once the node is busy (``shared_from``, 32, open), a source (an IPv4
+  address, an IPv6 /64) holds at most ``per_source`` (8) connections that
+  have not proven the key (every connection, in an open cluster): past it,
+  its oldest connection still owing its preamble gives way to the new one,
+  or the new one is refused (``per_source``). When all slots are taken, a
+  connection still owing its preamble from the source holding the most
+  gives way to one from a source holding fewer; else the new one is refused
+  (``total``). An idle flood from one address thus cycles through its own
+  slots, and a frame from anyone else, or from a real peer at that address,
+  still gets in. Outbound, a node opens at most
+  ``MAX_OUTBOUND_PER_DESTINATION`` (4) connections to one member at once;
+- time: the preamble within ``preamble_timeout`` (3 s, else
+  ``idle_closed``), then the frame at ``min_body_rate`` (64 KiB/s) after a
+  grace of 3 s (else ``slow_closed``);
 - memory: nothing large is allocated before the preamble is accepted, which
   in a keyed cluster means its MAC verified (a stranger costs one 66-byte
-  read). Frames are read in chunks into a buffer that grows as bytes arrive,
-  and their declared lengths are reserved against a byte budget, in all
-  (16 MiB) and per source (8 MiB; else ``budget``), so strangers in an open cluster, too, can make a
-  node buffer only so much;
+  read). Frames are read in chunks into a buffer that grows as bytes
+  arrive, and their declared lengths are reserved against a byte budget, in
+  all (16 MiB) and per source (8 MiB; else ``budget``), so strangers in an
+  open cluster, too, can make a node buffer only so much;
 - file descriptors: a spare one is kept, so that when accept() fails for
-  lack of them the pending connection is taken and closed (``no_fd``) rather
-  than left to wake the accept loop again and again.
+  lack of them the pending connection is taken and closed (``no_fd``)
+  rather than left to wake the accept loop again and again; logged once per
+  episode.
 
 The kernel's count of datagrams it dropped for a full receive buffer is read
 for our UDP socket (Linux: ``/proc/net/udp``; elsewhere unknown, None).
