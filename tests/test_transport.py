@@ -58,7 +58,7 @@ def test_preambles_refused_by_reason() -> None:
     keyed = PreambleChecker(Keyring([K1]), max_length=1000)
     seal = PreambleSealer(Keyring([K1])).seal
     assert keyed.check(PreambleSealer(Keyring([K2])).seal(10, now_ms=NOW, nonce=nonce(1)), now_ms=NOW) is PreambleRefusal.BAD_MAC
-    assert keyed.check(PreambleSealer(None).seal(10, now_ms=NOW, nonce=nonce(2)), now_ms=NOW) is PreambleRefusal.BAD_PREAMBLE
+    assert keyed.check(PreambleSealer(None).seal(10, now_ms=NOW, nonce=nonce(2)), now_ms=NOW) is PreambleRefusal.BAD_MAC
     assert keyed.check(seal(1001, now_ms=NOW, nonce=nonce(3)), now_ms=NOW) is PreambleRefusal.BAD_PREAMBLE  # over the limit
     assert keyed.check(seal(0, now_ms=NOW, nonce=nonce(4)), now_ms=NOW) is PreambleRefusal.BAD_PREAMBLE
     legacy = (100).to_bytes(4, "big") + bytes(PREAMBLE_SIZE - 4)  # an older peer's length prefix and frame
@@ -69,7 +69,7 @@ def test_preambles_refused_by_reason() -> None:
     tampered[-40] ^= 1  # the length's last byte: 10 becomes 11
     assert keyed.check(bytes(tampered), now_ms=NOW) is PreambleRefusal.BAD_MAC
     open_cluster = PreambleChecker(None, max_length=1000)
-    assert open_cluster.check(seal(10, now_ms=NOW, nonce=nonce(8)), now_ms=NOW) is PreambleRefusal.BAD_PREAMBLE
+    assert open_cluster.check(seal(10, now_ms=NOW, nonce=nonce(8)), now_ms=NOW) is PreambleRefusal.BAD_MAC
     assert not isinstance(open_cluster.check(PreambleSealer(None).seal(10, now_ms=0, nonce=nonce(0)), now_ms=NOW), PreambleRefusal)
 
 

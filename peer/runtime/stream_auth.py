@@ -64,8 +64,8 @@ assert len(MAGIC) == 4 and MAGIC[0] != 0, "an older peer must read the magic as 
 
 
 class PreambleRefusal(enum.Enum):
-    BAD_PREAMBLE = "bad_preamble"  # not our magic or version, a length out of range, a cluster key on one side only
-    BAD_MAC = "bad_mac"  # the MAC matches no key in the ring
+    BAD_PREAMBLE = "bad_preamble"  # not our magic or version, or a length out of range
+    BAD_MAC = "bad_mac"  # the MAC matches no key in the ring, or a cluster key on one side only
     STALE = "stale"  # sent_ms outside the window around our clock
     REPLAYED = "replayed"  # a nonce seen before within the window
 
@@ -123,7 +123,7 @@ class PreambleChecker:
         if magic != MAGIC or version != STREAM_VERSION or flags & ~KEYED or not 0 < length <= self.max_length:
             return PreambleRefusal.BAD_PREAMBLE
         if bool(flags & KEYED) != self.keyed:
-            return PreambleRefusal.BAD_PREAMBLE
+            return PreambleRefusal.BAD_MAC  # a key on one side only: as the codec says of such frames
         preamble = Preamble(length, sent_ms, nonce)
         if not self._keys:
             return preamble

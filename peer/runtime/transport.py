@@ -208,6 +208,7 @@ class Transport:
         wall_ms: Callable[[], int] = _wall_ms,
         nonce: Callable[[int], bytes] = os.urandom,
         limits: InboundLimits = InboundLimits(),
+        on_refused: Callable[[Address, StreamRefusal], None] | None = None,
     ) -> None:
         self.bind_address = bind
         self.max_stream_frame = max_stream_frame
@@ -225,6 +226,7 @@ class Transport:
         if limits.budget_per_source < max_stream_frame or limits.budget < limits.budget_per_source:
             raise ValueError("the byte budget, and its share per source, must each hold a frame of the largest size")
         self.limits = limits
+        self._on_refused = on_refused  # told of refusals after the preamble was read (a wrong key, say)
         self.budget = ByteBudget(limits.budget, limits.budget_per_source)
         self._inbound: dict[str, dict[_Inbound, None]] = {}  # by source, oldest first
         self._inbound_count = 0
@@ -444,7 +446,7 @@ class Transport:
             try:
                 async with stream:
                     with connection.scope:
-                        frame = await self._receive_frame(stream, connection)
+                        frame = await self._receive_frame(stream, src, connection)
                     if connection.scope.cancelled_caught and not connection.evicted:  # evictions are counted when made
                         self._refuse(StreamRefusal.IDLE_CLOSED if connection.pending else StreamRefusal.SLOW_CLOSED)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
@@ -463,7 +465,7 @@ class Transport:
                 self.budget.release(connection.source, connection.reserved)
                 connection.reserved = 0
 
-    async def _receive_frame(self, stream: trio.SocketStream, connection: _Inbound) -> bytes | None:
+    async def _receive_frame(self, stream: trio.SocketStream, src: Address, connection: _Inbound) -> bytes | None:
         """The frame, or None if refused (and counted); its length stays
         reserved in the budget (``connection.reserved``) until it is handled."""
         head = await _receive_exactly(stream, PREAMBLE_SIZE)
@@ -472,6 +474,8 @@ class Transport:
         preamble = self._checker.check(head, now_ms=self._wall_ms())
         if isinstance(preamble, PreambleRefusal):
             self._refuse(StreamRefusal(preamble.value))
+            if self._on_refused is not None:
+                self._on_refused(src, StreamRefusal(preamble.value))
             return None
         connection.pending = False
         connection.proven = self._checker.keyed
