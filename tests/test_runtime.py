@@ -50,18 +50,19 @@ async def test_agents_join_survive_garbage_and_leave() -> None:
             signed = Codec(Keyring([b"k" * 32])).encode([Ping(1, "a", ("127.0.0.1", 1))])
             udp.sendto(signed, target)  # signed, but this cluster has no key
         with socket.create_connection(target) as tcp:
-            tcp.sendall(struct.pack(">I", 2**31))  # a length over the stream limit
+            tcp.sendall(struct.pack(">I", 100) + bytes(100))  # an older peer's length-prefixed stream: no preamble
         with socket.create_connection(target) as tcp:
-            tcp.sendall(struct.pack(">I", 100) + b"short")  # ends inside the frame
+            tcp.sendall(b"PEER\x02")  # ends inside the preamble
+        refused = {"bad_preamble": 1, "truncated": 1}
         await wait_until(
             lambda: a.drops() == {"malformed": 1, "unknown_version": 1, "bad_mac": 1, "oversized": 0, "handler_error": 0}
-            and a.transport.stats.streams_refused == 1
+            and {reason: n for reason, n in a.transport.stats.streams_refused.items() if n} == refused
         )
 
         # The control API, as a client sees it.
         status = await trio.to_thread.run_sync(call, a.api_address, "/status")
         assert status["members"] == {"alive": 2, "suspect": 0, "dead": 0, "left": 0}
-        assert status["drops"]["bad_mac"] == 1 and status["transport"]["streams_refused"] == 1
+        assert status["drops"]["bad_mac"] == 1 and status["transport"]["streams_refused"]["bad_preamble"] == 1
 
         await b.leave()
         await wait_until(lambda: a.membership.member("b") is not None and a.membership.member("b").status.name == "LEFT")  # type: ignore[union-attr]

@@ -1012,8 +1012,11 @@ _TRANSPORT_HELP = {
     "bytes_in": "Bytes received",
     "bytes_out": "Bytes sent",
     "send_errors": "Datagrams the kernel refused and stream frames that failed",
-    "streams_refused": "Inbound streams refused: over the limit, or a bad frame length",
+    "streams_refused": "Inbound streams refused or closed before their frame, by reason: per_source and total (connection limits), "
+    "idle_closed (no preamble in time), slow_closed (below the minimum rate), bad_preamble, bad_mac, stale, replayed "
+    "(the preamble), budget (bytes buffered), truncated, no_fd (out of file descriptors)",
     "streams_dropped": "Outbound stream frames dropped: too many in flight",
+    "udp_kernel_drops": "Datagrams the kernel dropped on the node's UDP socket (receive buffer full); absent where unknown",
 }
 _REPLICATION_HELP = {
     "writes": "Writes made on this node",
@@ -1115,7 +1118,13 @@ class AgentCollector(Collector):
         for name, value in stats["replication"].items():
             yield CounterMetricFamily(f"peer_replication_{name}", _REPLICATION_HELP[name], value=value)
         for name, value in stats["transport"].items():
-            yield CounterMetricFamily(f"peer_transport_{name}", _TRANSPORT_HELP[name], value=value)
+            if isinstance(value, dict):  # counts by reason
+                family = CounterMetricFamily(f"peer_transport_{name}", _TRANSPORT_HELP[name], labels=["reason"])
+                for reason, count in value.items():
+                    family.add_metric([reason], count)
+                yield family
+            elif value is not None:
+                yield CounterMetricFamily(f"peer_transport_{name}", _TRANSPORT_HELP[name], value=value)
         drops = CounterMetricFamily(
             "peer_frames_dropped", "Frames dropped unread (bad_mac: a wrong or missing key)", labels=["reason"]
         )

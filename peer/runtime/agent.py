@@ -48,7 +48,7 @@ from peer.runtime.addresses import format_address, is_ip, is_ipv6, is_wildcard
 from peer.runtime.executor import Executor, Outcome
 from peer.runtime.seeds import Lookup, SeedResolver, parse_seed, system_lookup
 from peer.runtime.settings import Settings
-from peer.runtime.transport import Transport
+from peer.runtime.transport import StreamRefusal, Transport
 from peer.runtime.wire import Codec, Dropped, DropReason, FrameTooLarge, Keyring
 
 log = logging.getLogger("peer.agent")
@@ -122,7 +122,9 @@ class Agent:
         self.name = settings.name
         self.config = settings.membership_config()
         self.codec = Codec(keyring)
-        self.transport = Transport(settings.bind, max_stream_frame=self.codec.max_stream)
+        self.transport = Transport(
+            settings.bind, max_stream_frame=self.codec.max_stream, keyring=keyring, on_refused=self._on_stream_refused
+        )
         self.resolver = SeedResolver(
             [parse_seed(seed) for seed in settings.seeds], hosts_file=settings.hosts_file, lookup=lookup
         )
@@ -420,6 +422,10 @@ class Agent:
             extra={"node": self.name},
         )
 
+    def _on_stream_refused(self, src: Address, reason: StreamRefusal) -> None:
+        if reason is StreamRefusal.BAD_MAC:  # a stream's preamble under another key: as a frame's
+            self._report_drop(src, Dropped(DropReason.BAD_MAC, "stream preamble MAC matches no key in the keyring"))
+
     async def _timer_loop(self) -> None:
         while True:
             self._rearm = trio.Event()
@@ -622,7 +628,7 @@ class Agent:
 
     def _join_failure(self) -> str:
         tried = ", ".join(map(format_address, self.seed_addresses)) or "no address: the seeds did not resolve"
-        rejected = self.codec.drops[DropReason.BAD_MAC]
+        rejected = self.drops()[DropReason.BAD_MAC.value]
         key = f"{rejected} frames came with a bad MAC: " if rejected else ""
         return (
             f"no seed answered within {self.settings.join_timeout:g}s (tried {tried}); {key}check --seeds, "
@@ -648,6 +654,7 @@ class Agent:
 
     def drops(self) -> dict[str, int]:
         drops = {reason.value: count for reason, count in self.codec.drops.items()}
+        drops["bad_mac"] += self.transport.stats.streams_refused["bad_mac"]  # streams refused by their preamble's MAC
         drops["handler_error"] = self.handler_errors
         return drops
 
