@@ -65,6 +65,8 @@ AGENT_OPTIONS: list[tuple[str, str, str]] = [
     ("--jobs", "jobs", "a TOML file of jobs ([[job]] tables) to define when the node is up"),
     ("--drain-timeout", "drain_timeout", "seconds a leaving node lets its running jobs finish (default 30)"),
     ("--load-factor", "load_factor", "bounded loads: no node owns more than this x the mean of the cron jobs (default: none)"),
+    ("--max-running-runs", "max_running_runs", "runs this node runs at once; more wait, pending (default 64)"),
+    ("--max-pending-runs", "max_pending_runs", "pending runs in the cluster past which submits are refused with 429 (default 5000)"),
 ]
 
 

@@ -89,7 +89,7 @@ LEAVE_MARGIN_SECONDS = 5.0
 # jobs file are the program's business).
 _SETTING_KEYS = (
     "name", "bind", "advertise", "seeds", "key_file", "profile", "join_timeout",
-    "dns_interval", "hosts_file", "drain_timeout", "load_factor", "membership",
+    "dns_interval", "hosts_file", "drain_timeout", "load_factor", "max_running_runs", "max_pending_runs", "membership",
 )  # fmt: skip
 # Keys of a job definition a caller gives as arguments, not as **fields.
 _TARGET_FIELDS = frozenset({"id", "schedule", "call", "kwargs", "command", "shell", "env", "cwd", "http"})
@@ -194,7 +194,9 @@ class Node:
     prints, comma-separated for several, raw bytes, a list of either, or a
     ``peer.runtime.wire.Keyring``) or ``key_file``, ``profile``, ``join_timeout``,
     ``dns_interval``, ``hosts_file``, ``drain_timeout``, ``load_factor``,
-    ``membership`` (a mapping of membership timings). ``scheduler``, ``replication`` and
+    ``max_running_runs``, ``max_pending_runs`` (back-pressure: ``submit``
+    raises ``BacklogFull`` past the latter), ``membership`` (a mapping of
+    membership timings). ``scheduler``, ``replication`` and
     ``executor`` take the configuration objects themselves (a
     ``SchedulerConfig`` with a short ``settle`` makes tests fast).
 
@@ -219,6 +221,8 @@ class Node:
         hosts_file: str | None = None,
         drain_timeout: float | None = None,
         load_factor: float | None = None,
+        max_running_runs: int | None = None,
+        max_pending_runs: int | None = None,
         membership: Mapping[str, Any] | None = None,
         scheduler: SchedulerConfig | None = None,
         replication: ReplicationConfig | None = None,
@@ -228,7 +232,7 @@ class Node:
             "name": name, "bind": bind, "advertise": advertise, "seeds": seeds, "key_file": key_file,
             "profile": profile, "join_timeout": join_timeout, "dns_interval": dns_interval,
             "hosts_file": hosts_file, "drain_timeout": drain_timeout, "load_factor": load_factor,
-            "membership": membership,
+            "max_running_runs": max_running_runs, "max_pending_runs": max_pending_runs, "membership": membership,
         }  # fmt: skip
         values: dict[str, Any] = {}
         for setting in _SETTING_KEYS:
@@ -252,9 +256,14 @@ class Node:
                 scheduler = attrs.evolve(scheduler, drain_timeout=self.settings.drain_timeout)
             if load_factor is not None:
                 scheduler = attrs.evolve(scheduler, load_factor=self.settings.load_factor)
+            if max_running_runs is not None:
+                scheduler = attrs.evolve(scheduler, max_running_runs=self.settings.max_running_runs)
+            if max_pending_runs is not None:
+                scheduler = attrs.evolve(scheduler, max_pending_runs=self.settings.max_pending_runs)
         self.scheduler_config = scheduler or self.settings.scheduler_config()
         self.replication_config = replication
-        self.executor = executor or Executor(max_result_bytes=MAX_RESULT_BYTES)
+        # Worker threads of sync functions: as many as runs may run at once.
+        self.executor = executor or Executor(max_result_bytes=MAX_RESULT_BYTES, max_threads=self.scheduler_config.max_running_runs)
         self._functions: dict[str, Callable[..., Any]] = {}
         self._agent: Agent | None = None
         self._stopped = trio.Event()
@@ -559,7 +568,8 @@ class Node:
         ``kwargs`` are the function's arguments (plain data: str, int,
         float, bool, None, lists, dicts with str keys). The run's job id is
         the function's name. For a timeout, retries or an id of your own,
-        use ``submit_with``."""
+        use ``submit_with``. ``peer.BacklogFull`` (nothing submitted) when
+        the cluster's pending runs are at ``max_pending_runs``: try later."""
         return await self._submit(target, kwargs, {}, "submit()")
 
     async def submit_with(

@@ -30,6 +30,7 @@ from peer.runtime.seeds import parse_seed
 DEFAULT_PORT = 7946
 DEFAULT_API_PORT = 7947
 ENV_PREFIX = "PEER_"
+_SCHEDULER = SchedulerConfig()  # the defaults of the settings that are the scheduler's
 
 
 class ConfigError(ValueError):
@@ -103,6 +104,14 @@ def _load_factor(value: Any) -> float | None:
     return factor
 
 
+def _count(value: Any) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a whole number >= 1, got {value!r}")
+    return value
+
+
 def _optional_path(value: Any) -> str | None:
     if value in (None, ""):
         return None
@@ -138,6 +147,8 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "jobs": _optional_path,
     "drain_timeout": _seconds,
     "load_factor": _load_factor,
+    "max_running_runs": _count,
+    "max_pending_runs": _count,
     "membership": _membership_table,
 }
 
@@ -159,10 +170,15 @@ class Settings:
     jobs: str | None = None  # a TOML jobs file (peer.jobs.definition) defined at start
     drain_timeout: float = 30.0
     load_factor: float | None = None  # bounded loads for job placement (peer.jobs.ring)
+    max_running_runs: int = _SCHEDULER.max_running_runs  # runs this node runs at once (peer.jobs.claims)
+    max_pending_runs: int = _SCHEDULER.max_pending_runs  # the cluster's pending runs past which submits are refused
     membership: dict[str, Any] = attrs.field(factory=dict)
 
     def scheduler_config(self) -> SchedulerConfig:
-        return SchedulerConfig(drain_timeout=self.drain_timeout, load_factor=self.load_factor)
+        return SchedulerConfig(
+            drain_timeout=self.drain_timeout, load_factor=self.load_factor,
+            max_running_runs=self.max_running_runs, max_pending_runs=self.max_pending_runs,
+        )  # fmt: skip
 
     def membership_config(self) -> MembershipConfig:
         try:
