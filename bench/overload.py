@@ -102,7 +102,7 @@ def post_all(agents: list[AgentProcess], bodies: list[dict[str, Any]], threads: 
     def client() -> httpx.Client:
         if not hasattr(local, "client"):
             local.client = httpx.Client(timeout=30)
-        return local.client  # type: ignore[no-any-return]
+        return local.client
 
     def post(index: int) -> None:
         agent = agents[index % len(agents)]
