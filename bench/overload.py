@@ -1,6 +1,6 @@
 """Overload: a node runs no more than it can bear, and says so.
 
-    python bench/overload.py [--quick] [--nodes 3] [--runs 2000] [--seconds 5] [--flood 5000] [--threads 8]
+    python bench/overload.py [--quick] [--nodes 3] [--runs 2000] [--seconds 5] [--flood 7000] [--threads 8]
                              [--max-pending-runs 5000]      # --quick: 300 sleepers of 2 s, a flood of 1500 over a bound of 1000
 
 Agents are ``peer agent --profile lan`` with a cluster key and their default
@@ -200,7 +200,7 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--flood", type=int, default=5000)
+    parser.add_argument("--flood", type=int, default=7000)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--max-pending-runs", type=int, default=5000, help="the agents' bound on the backlog")
     args = parser.parse_args()
