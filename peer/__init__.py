@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     )
     from peer.jobs.definition import JobError, JobSpec
     from peer.jobs.runs import RunRecord, RunState
-    from peer.jobs.scheduler import SchedulerConfig
+    from peer.jobs.scheduler import BacklogFull, SchedulerConfig
     from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget
     from peer.runtime.agent import AgentError, JoinFailed
     from peer.runtime.executor import Executor, RunContext
@@ -54,6 +54,7 @@ _EXPORTS = {
     "AgentError": "peer.runtime.agent",
     "JoinFailed": "peer.runtime.agent",
     "SchedulerConfig": "peer.jobs.scheduler",
+    "BacklogFull": "peer.jobs.scheduler",
     "ConfigError": "peer.runtime.settings",
     "CallTarget": "peer.jobs.targets",
     "CommandTarget": "peer.jobs.targets",
@@ -63,6 +64,7 @@ _EXPORTS = {
 
 __all__ = [
     "AgentError",
+    "BacklogFull",
     "BindError",
     "CallTarget",
     "CommandTarget",

@@ -634,3 +634,37 @@ async def test_http_run_that_ends_closes_its_connection(ending: str) -> None:
         assert run_scope.cancelled_caught and outcomes == []
     else:
         assert outcomes == [Outcome(ok=False, timed_out=True, error="timed out after 0.5 s")]
+
+
+async def test_sync_functions_share_a_bounded_pool_of_threads() -> None:
+    """Never a thread per run: five sync runs on an executor of two threads
+    run two at a time, and all finish."""
+    lock = threading.Lock()
+    inside = [0, 0]  # now, most
+    release = threading.Event()
+
+    def hold() -> str:
+        with lock:
+            inside[0] += 1
+            inside[1] = max(inside[1], inside[0])
+        release.wait(10)
+        with lock:
+            inside[0] -= 1
+        return "done"
+
+    executor = Executor(functions={"hold": hold}, max_threads=2)
+    outcomes: list[Outcome] = []
+
+    async def one() -> None:
+        outcomes.append((await execute(CallTarget("hold"), executor=executor, timeout=30))[0])
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(one)
+        await wait_until(lambda: inside[0] == 2)
+        await trio.sleep(0.2)  # the other three wait for a thread, not in one
+        assert inside == [2, 2]
+        release.set()
+    assert [o.ok for o in outcomes] == [True] * 5 and inside[1] == 2
+    with pytest.raises(ValueError, match="max_threads is at least 1"):
+        Executor(max_threads=0)

@@ -375,3 +375,55 @@ async def test_cli_jobs_submit_result_send(
     ]:
         code, out, err = await cli(capsys, *argv, *target)
         assert code == 1 and out == "" and err.startswith("peer: error: ") and text in err and err.count("\n") == 1, (argv, err)
+
+
+async def test_a_submit_over_the_pending_backlog_is_refused_with_429(capsys: pytest.CaptureFixture[str]) -> None:
+    """One run at a time and a backlog of two: runs that wait for updates
+    fill the node, and the next submit is refused, said and counted."""
+    config = attrs.evolve(SCHEDULER, max_running_runs=1, max_pending_runs=2)
+    alone = Agent(settings("solo"), None, control_plane=HttpControlPlane(), scheduler=config)
+    await alone.bind()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(alone.run)
+        await wait_until(lambda: alone.scheduler.eligible() == ("solo",))
+        waiting = {"id": "wait", "call": "peer.testing.samples:count_updates", "kwargs": {"expected": 1}}
+        runs = [(await api(alone, "/submit", method="POST", body=waiting))["run"]]
+        await wait_until(lambda: len(alone.scheduler.running()) == 1)
+        runs += [(await api(alone, "/submit", method="POST", body=waiting))["run"] for _ in range(2)]
+        await wait_until(lambda: alone.scheduler.queued() == 2)
+        assert len(alone.scheduler.running()) == 1  # the limit: the other two wait, pending
+
+        def refused() -> tuple[int, dict[str, str], bytes]:
+            url = f"http://127.0.0.1:{alone.api_address[1]}/submit"
+            request = urllib.request.Request(url, method="POST", data=json.dumps(waiting).encode())
+            request.add_header("Content-Type", "application/json")
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    return response.status, dict(response.headers), response.read()
+            except urllib.error.HTTPError as error:
+                return error.code, dict(error.headers), error.read()
+
+        status, headers, body = await trio.to_thread.run_sync(refused)
+        assert status == 429 and headers["retry-after"] == "1", (status, headers)
+        document = json.loads(body)
+        assert (document["backlog"], document["bound"]) == (2, 2)
+        assert "backlog of pending runs is 2, at its bound of 2 (max_pending_runs)" in document["error"]
+        code, out, err = await cli(capsys, "submit", "--call", "peer.testing.samples:echo", "--api", f"127.0.0.1:{alone.api_address[1]}")
+        assert code == 1 and out == "" and "HTTP 429" in err and "backlog of pending runs is 2" in err, err
+
+        scheduler = (await api(alone, "/status"))["scheduler"]
+        assert (scheduler["backlog"], scheduler["queued"], scheduler["max_running_runs"], scheduler["max_pending_runs"]) == (2, 2, 1, 2)
+        assert scheduler["stats"]["submits_refused"] == 2 and scheduler["stats"]["runs_queued"] == 2
+        metrics = (await trio.to_thread.run_sync(fetch, alone.api_address, "/metrics")).decode()
+        assert "peer_scheduler_submits_refused_total 2.0" in metrics and "peer_scheduler_pending_runs 2.0" in metrics
+        assert "peer_scheduler_queued_runs 2.0" in metrics and "peer_scheduler_max_running_runs 1.0" in metrics
+
+        # Each run, sent its update, finishes; the next takes its slot; then submits are taken again.
+        for run_id in runs:
+            await wait_until(lambda run_id=run_id: run_id in alone.scheduler.running())
+            await api(alone, api_path("runs", run_id, "send"), method="POST", body={"data": 1})
+        for run_id in runs:
+            assert (await api(alone, api_path("runs", run_id, query={"wait": 10}), timeout=15))["state"] == "succeeded"
+        assert (await api(alone, "/submit", method="POST", body={"id": "echo", "call": "peer.testing.samples:echo"}))["run"]
+        with trio.fail_after(10):
+            await alone.leave()

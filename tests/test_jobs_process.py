@@ -461,3 +461,92 @@ def test_scaling_misses_no_tick_of_a_job_that_runs_for_a_quarter_of_its_interval
     run may still be going at the next tick, which must run all the same
     (overlap ``allow``, the default)."""
     scaling.check("scaled-slow")
+
+
+# -- back-pressure: a node runs at most max_running_runs, and refuses submits past the backlog --
+
+
+def concurrency(runs: Iterable[dict[str, Any]], owner: str) -> int:
+    """The most runs of ``owner`` that overlapped, by their records' start and end."""
+    edges = sorted(
+        edge for run in runs if run["owner"] == owner for edge in ((run["started"], 1), (run["finished"], -1))
+    )  # an end before a start at the same ms: back to back is not overlap
+    most = current = 0
+    for _, step in edges:
+        current += step
+        most = max(most, current)
+    return most
+
+
+def test_nodes_run_at_most_their_limit_and_refuse_submits_past_the_backlog(tmp_path: Path) -> None:
+    """Two agents running two runs each at most (a flag), a backlog of three
+    (the config file). Ten sync one-offs: never more than two running per
+    node, each run once, all succeed; a client that honours 429's
+    Retry-After gets them all in. Then runs that wait for updates fill the
+    slots and the backlog, and the next submit is a 429, and the CLI's exit 1."""
+    config = tmp_path / "peer.toml"
+    config.write_text("max_pending_runs = 3\n")
+    journal = tmp_path / "journal"
+    args = ["--max-running-runs", "2", "--config", str(config)]
+    with LocalCluster(tmp_path, profile=PROFILE, key=generate_key(), extra_args=args) as cluster:
+        agents = [cluster.add() for _ in range(2)]
+        a, b = agents
+        cluster.wait_api(agents, TIMEOUT)
+        wait_for(lambda: eligible_everywhere(agents, 2), TIMEOUT, "two eligible agents")
+
+        refused = 0
+        run_ids: list[str] = []
+        running_seen: dict[str, int] = {agent.name: 0 for agent in agents}
+
+        def sample() -> None:
+            for agent in agents:
+                running = len(agent.call("/status")["scheduler"]["running"])
+                running_seen[agent.name] = max(running_seen[agent.name], running)
+
+        for i in range(10):
+            body = {"id": f"sleepy-{i}", "call": "peer.testing.samples:sleep", "kwargs": {"seconds": 0.5, "result": i}}
+            via = agents[i % 2]
+            while True:
+                try:
+                    run_ids.append(str(via.call("/submit", method="POST", body=body)["run"]))
+                    break
+                except ClientError as error:
+                    assert error.status == 429 and "max_pending_runs" in str(error), error
+                    refused += 1
+                    sample()
+                    time.sleep(0.2)
+            sample()
+        done = wait_for(lambda: (sample(), finished_runs(a, run_ids))[1], TIMEOUT, "the ten runs to finish")
+        assert {run["state"] for run in done.values()} == {"succeeded"}, done
+        assert {run["attempt"] for run in done.values()} == {1}
+        assert sorted(run["result"] for run in done.values()) == list(range(10))
+        assert max(running_seen.values()) <= 2 and sum(running_seen.values()) > 0, running_seen
+        for agent in agents:
+            assert concurrency(done.values(), agent.name) <= 2, (agent.name, done)
+        assert {run["owner"] for run in done.values()} == {a.name, b.name}  # both took their share
+
+        # Runs that wait for an update fill the slots (two a node), then the
+        # backlog (three pending, as a sees them): the next submit is a 429.
+        waiting: list[str] = []
+        with pytest.raises(ClientError) as info:
+            for i in range(20):
+                waiting.append(submit(a, f"waits-{i}", journal, updates=1))
+                time.sleep(0.2)  # the claims reach a: its backlog counts the runs that wait
+        assert info.value.status == 429 and "backlog of pending runs is 3, at its bound of 3" in str(info.value)
+        assert len(waiting) >= 3
+        status = a.call("/status")["scheduler"]
+        assert (status["backlog"], status["max_pending_runs"], status["max_running_runs"]) == (3, 3, 2), status
+        sample()
+        assert max(running_seen.values()) <= 2, running_seen
+        cli = a.cli("submit", "--call", "peer.testing.samples:echo")
+        assert cli.returncode == 1 and cli.stdout == "" and "HTTP 429" in cli.stderr, cli
+        assert sum(agent.call("/status")["scheduler"]["stats"]["submits_refused"] for agent in agents) == refused + 2
+        assert "peer_scheduler_submits_refused_total" in a.call_text("/metrics")
+
+        # Each, sent its update (delivered once it runs), finishes and frees its slot for the next.
+        for run_id in waiting:
+            send(a, run_id, "go")
+        done = wait_for(lambda: (sample(), finished_runs(a, waiting))[1], TIMEOUT, "the waiting runs to finish")
+        assert max(running_seen.values()) <= 2, running_seen
+        assert {run["state"] for run in done.values()} == {"succeeded"}, done
+        assert sorted(line.run for line in read_journal(journal)) == sorted(waiting)  # each ran once

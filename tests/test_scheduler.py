@@ -28,6 +28,7 @@ from peer.jobs.scheduler import (
     LEASES,
     RUNS,
     UPDATES,
+    BacklogFull,
     CancelRun,
     DeliverUpdate,
     Role,
@@ -704,3 +705,122 @@ def test_a_draining_node_claims_nothing_new_and_does_not_spin() -> None:
     node.advance(T0 + 8_000)
     assert not node.take(StartRun)
     assert node.scheduler.next_deadline() > T0 + 8_000  # nothing overdue: no busy loop
+
+
+# -- back-pressure ------------------------------------------------------------------------
+
+
+def bounded(limit: int, **fields: Any) -> Node:
+    node = make_node(SchedulerConfig(settle=0.0, max_running_runs=limit, **fields))
+    node.advance(T0)
+    assert node.scheduler.role is Role.READY
+    return node
+
+
+def test_a_node_at_its_limit_claims_no_more_and_claims_the_rest_as_slots_free() -> None:
+    node = bounded(2)
+    ids = [node.scheduler.submit(T0, one_off(f"j{i}")) for i in range(5)]
+    node.advance(T0 + 100)
+    first = node.take(StartRun)
+    assert [s.run_id for s in first] == ids[:2]
+    # The rest stay pending, ours, in the runs map: not claimed, not lost, not missed.
+    assert {record(node, i).state for i in ids[2:]} == {RunState.PENDING}
+    assert {record(node, i).owner for i in ids[2:]} == {"me"}
+    assert node.scheduler.queued() == 3 and node.scheduler.stats.runs_queued == 3
+    node.advance(T0 + 5_000)  # scans and time change nothing while no slot frees
+    assert node.take(StartRun) == [] and len(node.scheduler.running()) == 2
+    node.finish(first[1])
+    assert [s.run_id for s in node.take(StartRun)] == [ids[2]]  # the oldest waiting, at once
+    node.finish(first[0])
+    node.advance(T0 + 5_100)
+    rest = node.take(StartRun)
+    assert [s.run_id for s in rest] == [ids[3]]
+    assert node.scheduler.queued() == 1
+
+
+@given(
+    limit=st.integers(min_value=1, max_value=3),
+    count=st.integers(min_value=1, max_value=12),
+    queue=st.integers(min_value=1, max_value=4),
+    order=st.randoms(use_true_random=False),
+)
+def test_at_a_limit_every_run_runs_once_and_never_more_at_once_than_the_limit(
+    limit: int, count: int, queue: int, order: random.Random
+) -> None:
+    node = bounded(limit, max_queued_runs=queue)
+    ids = {node.scheduler.submit(T0, one_off(f"j{i}")) for i in range(count)}
+    started: list[str] = []
+    running: list[StartRun] = []
+    now = T0
+    while len(started) < count:
+        now += 300  # the scan (every second) finds what the full queue left in the map
+        node.advance(now)
+        running.extend(node.take(StartRun))
+        started = started + [s.run_id for s in running if s.run_id not in started]
+        assert len(node.scheduler.running()) <= limit and len(running) <= limit
+        assert node.scheduler.queued() <= queue
+        if running:
+            node.finish(running.pop(order.randrange(len(running))))
+            running.extend(node.take(StartRun))
+            started = started + [s.run_id for s in running if s.run_id not in started]
+            assert len(running) <= limit
+        assert now < T0 + 60_000, "a run was never claimed"
+    assert sorted(started) == sorted(ids) and len(started) == count  # each once
+    for start in running:
+        node.finish(start)
+    assert {record(node, i).state for i in ids} == {RunState.SUCCEEDED}
+    assert {record(node, i).attempt for i in ids} == {1}
+
+
+def test_a_tick_due_at_the_limit_waits_for_a_slot_ahead_of_submitted_runs() -> None:
+    node = bounded(1)
+    busy = node.scheduler.submit(T0, one_off("busy"))
+    node.advance(T0 + 100)
+    [running] = node.take(StartRun)
+    waiting = node.scheduler.submit(T0 + 100, one_off("later"))
+    node.scheduler.add_job(T0 + 100, cron(every="2s"))
+    node.advance(T0 + 2_100)  # the tick at T0+2000 (after its handover wait), due: no slot
+    assert node.take(StartRun) == []
+    tick = tick_run_id("job", T0 + 2_000)
+    deferred = record(node, tick)
+    # Pending, ours, in the map: its walk moved on, it outlives us (handed to our successor).
+    assert (deferred.state, deferred.owner, deferred.attempt) == (RunState.PENDING, "me", 1)
+    assert node.scheduler.stats.ticks_run == 0 and node.scheduler.stats.ticks_missed == 0
+    node.finish(running)
+    assert record(node, busy).state is RunState.SUCCEEDED
+    [started] = node.take(StartRun)
+    assert (started.run_id, started.attempt, started.tick) == (tick, 1, T0 + 2_000)  # before the older one-off
+    assert node.scheduler.stats.ticks_run == 1
+    assert record(node, waiting).state is RunState.PENDING
+
+
+def test_a_tick_that_waited_past_its_grace_follows_its_misfire_policy() -> None:
+    node = bounded(1)
+    node.scheduler.submit(T0, one_off("busy"))
+    node.advance(T0 + 100)
+    [running] = node.take(StartRun)
+    node.scheduler.add_job(T0 + 100, cron(every="10s", misfire="skip", grace=2.0))
+    node.advance(T0 + 15_000)
+    assert node.take(StartRun) == []
+    tick = tick_run_id("job", T0 + 10_000)
+    node.finish(running)
+    missed = record(node, tick)
+    assert missed.state is RunState.MISSED and node.take(StartRun) == []
+    assert missed.error is not None and "waiting for a free slot (at most 1 runs at once on me)" in missed.error
+    assert node.scheduler.stats.ticks_missed == 1
+    node.advance(T0 + 20_000)  # the next tick, on time, runs
+    assert [s.tick for s in node.take(StartRun)] == [T0 + 20_000]
+
+
+def test_a_submit_over_the_pending_backlog_is_refused_and_counted() -> None:
+    node = bounded(1, max_pending_runs=3)
+    ids = [node.scheduler.submit(T0, one_off(f"j{i}")) for i in range(3)]
+    with pytest.raises(BacklogFull) as refused:
+        node.scheduler.submit(T0, one_off("one-too-many"))
+    assert (refused.value.backlog, refused.value.bound) == (3, 3)
+    assert "backlog of pending runs is 3, at its bound of 3" in str(refused.value)
+    assert node.scheduler.stats.submits_refused == 1 and node.scheduler.backlog() == 3
+    node.advance(T0 + 100)  # one claimed: no longer pending
+    assert node.scheduler.backlog() == 2
+    node.scheduler.submit(T0 + 100, one_off("fits"))
+    assert {record(node, i).state for i in ids[1:]} == {RunState.PENDING}

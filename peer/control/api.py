@@ -15,7 +15,8 @@ Starlette picks the route by path and method; the route's endpoint reads the
 whole body, then its handler answers with an ``IndentedJSONResponse``. Every
 error is ``{"error": "..."}``: a handler raises Starlette's ``HTTPException``
 (400 for a bad request, 404 for an unknown job or run, 409 for sending to a
-finished run) or a ``JobError`` (a 400 naming the job and field); routing
+finished run; a submit over the cluster's pending backlog is a 429 with
+``Retry-After``, its answer also holding the backlog and its bound) or a ``JobError`` (a 400 naming the job and field); routing
 answers 404 for an unknown path and 405, with ``Allow``, for a wrong method;
 the body cap, 413; a bug in a handler is logged and answered 500.
 
@@ -69,7 +70,7 @@ from membership.core import MembershipStats
 from peer.core.replication import ReplicationStats
 from peer.jobs.definition import JobError, JobSpec, parse_job
 from peer.jobs.runs import RunRecord, RunState, format_time
-from peer.jobs.scheduler import JobEntry, Role
+from peer.jobs.scheduler import BacklogFull, JobEntry, Role
 from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget, TargetPolicy
 from peer.runtime.addresses import format_address, is_ipv6
 from peer.runtime.settings import ConfigError, Settings
@@ -313,6 +314,16 @@ class IndentedJSONResponse(JSONResponse):
 def _error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
     """The API's error answer: ``{"error": message}``."""
     return IndentedJSONResponse({"error": message}, status, headers)
+
+
+# Seconds a refused submit is told to wait: the backlog is judged afresh at each submit.
+SUBMIT_RETRY_AFTER = 1
+
+
+def _backlog_full_response(error: BacklogFull) -> Response:
+    """A submit over the cluster's pending backlog: 429, with the backlog and its bound."""
+    document = {"error": str(error), "backlog": error.backlog, "bound": error.bound}
+    return IndentedJSONResponse(document, 429, {"Retry-After": str(SUBMIT_RETRY_AFTER)})
 
 
 class ControlApi:
@@ -572,7 +583,10 @@ class ControlApi:
                 raise HTTPException(
                     400, f"request: job {spec.id!r}: schedule: a submitted job runs once; define scheduled jobs with POST /jobs"
                 )
-        run_id = await self.agent.submit(self._allowed(spec))
+        try:
+            run_id = await self.agent.submit(self._allowed(spec))
+        except BacklogFull as error:
+            return _backlog_full_response(error)
         return IndentedJSONResponse({"run": run_id, "job": spec.id})
 
     def _allowed(self, spec: JobSpec) -> JobSpec:
@@ -941,6 +955,10 @@ def scheduler_document(agent: Agent) -> dict[str, Any]:
         "eligible": len(scheduler.eligible()),
         "jobs": len(scheduler.jobs()),
         "running": sorted(scheduler.running()),
+        "max_running_runs": scheduler.config.max_running_runs,
+        "queued": scheduler.queued(),
+        "backlog": scheduler.backlog(),
+        "max_pending_runs": scheduler.config.max_pending_runs,
         "late": {job: format_time(tick) for job, tick in sorted(scheduler.late_jobs().items())},
         "unowned": unowned_jobs(agent),
         "stats": attrs.asdict(scheduler.stats),
@@ -1052,6 +1070,8 @@ _SCHEDULER_HELP = {
     "handed_back": "Runs handed back to their next owner when leaving",
     "lost": "Runs recorded lost",
     "bad_records": "Job definitions or run records from peers that did not parse",
+    "runs_queued": "Due runs that found this node at max_running_runs and waited for a slot",
+    "submits_refused": "Submits refused (429): the cluster's pending backlog was at max_pending_runs",
 }
 assert set(_MEMBERSHIP_HELP) == {field.name for field in attrs.fields(MembershipStats)}
 assert set(_REPLICATION_HELP) == {field.name for field in attrs.fields(ReplicationStats)}
@@ -1146,6 +1166,12 @@ def scheduler_metrics(agent: Agent) -> Iterator[Metric]:
         yield CounterMetricFamily(f"peer_scheduler_{name}", text, value=value)
     yield GaugeMetricFamily("peer_scheduler_jobs", "Jobs defined", value=len(scheduler.jobs()))
     yield GaugeMetricFamily("peer_scheduler_running_runs", "Runs this node is running", value=len(scheduler.running()))
+    config = scheduler.config
+    yield GaugeMetricFamily("peer_scheduler_max_running_runs", "Runs this node runs at most at once", value=config.max_running_runs)
+    yield GaugeMetricFamily("peer_scheduler_queued_runs", "Due runs of this node's waiting for a slot", value=scheduler.queued())
+    yield GaugeMetricFamily(
+        "peer_scheduler_pending_runs", "Pending runs in the cluster, as this node sees them: the submit backlog", value=scheduler.backlog()
+    )
     yield GaugeMetricFamily(
         "peer_scheduler_late_jobs", "Jobs whose latest tick is overdue beyond its grace with no record", value=len(scheduler.late_jobs())
     )

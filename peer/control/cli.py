@@ -80,6 +80,8 @@ AGENT_OPTIONS: list[tuple[str, str, str]] = [
     ("--api-max-connections", "api_max_connections", "most API connections open at a time (default 512)"),
     ("--allowed-commands", "allowed_commands", "comma-separated programs this node's runs may run (default: any; '' for none)"),
     ("--allowed-calls", "allowed_calls", "comma-separated modules whose functions this node's runs may call (default: any)"),
+    ("--max-running-runs", "max_running_runs", "runs this node runs at once; more wait, pending (default 64)"),
+    ("--max-pending-runs", "max_pending_runs", "pending runs in the cluster past which submits are refused with 429 (default 5000)"),
 ]
 # (flag, settings key, help) for the agent's on/off options: given, they are on.
 AGENT_SWITCHES: list[tuple[str, str, str]] = [

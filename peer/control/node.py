@@ -91,7 +91,7 @@ _SETTING_KEYS = (
     "name", "bind", "advertise", "seeds", "key_file", "profile", "join_timeout",
     "dns_interval", "hosts_file", "drain_timeout", "load_factor", "membership",
     "api_token", "api_token_file", "metrics_public", "api_hosts", "api_origins", "api_tls_cert", "api_tls_key",
-    "api_max_waits", "api_max_connections", "allowed_commands", "allowed_calls",
+    "api_max_waits", "api_max_connections", "allowed_commands", "allowed_calls", "max_running_runs", "max_pending_runs",
 )  # fmt: skip
 # Keys of a job definition a caller gives as arguments, not as **fields.
 _TARGET_FIELDS = frozenset({"id", "schedule", "call", "kwargs", "command", "shell", "env", "cwd", "http"})
@@ -196,7 +196,9 @@ class Node:
     prints, comma-separated for several, raw bytes, a list of either, or a
     ``peer.runtime.wire.Keyring``) or ``key_file``, ``profile``, ``join_timeout``,
     ``dns_interval``, ``hosts_file``, ``drain_timeout``, ``load_factor``,
-    ``membership`` (a mapping of membership timings). The API's access control
+    ``max_running_runs``, ``max_pending_runs`` (back-pressure: ``submit``
+    raises ``BacklogFull`` past the latter), ``membership`` (a mapping of
+    membership timings). The API's access control
     as ``peer agent``'s: ``api_token`` or ``api_token_file`` (needed for an
     ``api`` beyond loopback), ``metrics_public``, ``api_hosts``, ``api_origins``
     (lists), ``api_tls_cert`` and ``api_tls_key``, ``api_max_waits``,
@@ -226,6 +228,8 @@ class Node:
         hosts_file: str | None = None,
         drain_timeout: float | None = None,
         load_factor: float | None = None,
+        max_running_runs: int | None = None,
+        max_pending_runs: int | None = None,
         membership: Mapping[str, Any] | None = None,
         api_token: str | None = None,
         api_token_file: str | None = None,
@@ -250,6 +254,7 @@ class Node:
             "metrics_public": metrics_public, "api_hosts": api_hosts, "api_origins": api_origins,
             "api_tls_cert": api_tls_cert, "api_tls_key": api_tls_key, "api_max_waits": api_max_waits,
             "api_max_connections": api_max_connections, "allowed_commands": allowed_commands, "allowed_calls": allowed_calls,
+            "max_running_runs": max_running_runs, "max_pending_runs": max_pending_runs,
         }  # fmt: skip
         values: dict[str, Any] = {}
         for setting in _SETTING_KEYS:
@@ -275,10 +280,15 @@ class Node:
                 scheduler = attrs.evolve(scheduler, drain_timeout=self.settings.drain_timeout)
             if load_factor is not None:
                 scheduler = attrs.evolve(scheduler, load_factor=self.settings.load_factor)
+            if max_running_runs is not None:
+                scheduler = attrs.evolve(scheduler, max_running_runs=self.settings.max_running_runs)
+            if max_pending_runs is not None:
+                scheduler = attrs.evolve(scheduler, max_pending_runs=self.settings.max_pending_runs)
         self.scheduler_config = scheduler or self.settings.scheduler_config()
         self.replication_config = replication
         self.settings.api_token_value()  # an unreadable token file fails now, too
-        self.executor = executor or Executor(max_result_bytes=MAX_RESULT_BYTES)
+        # Worker threads of sync functions: as many as runs may run at once.
+        self.executor = executor or Executor(max_result_bytes=MAX_RESULT_BYTES, max_threads=self.scheduler_config.max_running_runs)
         self._functions: dict[str, Callable[..., Any]] = {}
         self._agent: Agent | None = None
         self._stopped = trio.Event()
@@ -583,7 +593,8 @@ class Node:
         ``kwargs`` are the function's arguments (plain data: str, int,
         float, bool, None, lists, dicts with str keys). The run's job id is
         the function's name. For a timeout, retries or an id of your own,
-        use ``submit_with``."""
+        use ``submit_with``. ``peer.BacklogFull`` (nothing submitted) when
+        the cluster's pending runs are at ``max_pending_runs``: try later."""
         return await self._submit(target, kwargs, {}, "submit()")
 
     async def submit_with(

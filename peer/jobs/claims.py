@@ -31,6 +31,24 @@ Freezes. Called much later than the scan interval allows, the node was
 frozen (SIGSTOP, a paused VM) or its clock jumped: what others wrote
 meanwhile is in its inbox still, so it claims nothing for a handover time.
 
+Back-pressure. A node runs at most ``max_running_runs`` runs at once. A
+run that is due here when the node is at its limit is not claimed: it stays
+``pending`` in the runs map, assigned to this node, and waits in a local
+queue for a slot (a tick first gets its pending record, so it is handled
+for the walk of its schedule and outlives us: if we die, its owner by view
+takes it over, as it takes over any pending run of a failed assignee).
+Nothing is lost, run twice or recorded missed for waiting: the run is the
+node's still, claimed when a slot frees, and another node takes it only
+when this one is gone (draining hands its pending runs on). The queue is
+ordered ticks and takeovers first (they are due at a time; a flood of
+submits must not starve the cron jobs), then by when each became due; it
+holds at most ``max_queued_runs``, and a run beyond it waits in the runs map
+only, found by the next scan (at once, when the queue runs dry). A tick is
+decided again when it gets its slot, as if it had just become due: its
+misfire policy may record it ``missed``, with the wait as the reason (a
+demanding user set a grace for exactly this: past it, ``skip`` means skip);
+its overlap policy applies then too.
+
 Handoff. ``drain`` makes the node ``draining``: it leaves the ring (its
 leases go to their new owners at once, its pending runs to new assignees),
 claims nothing new, lets its running runs finish for up to
@@ -41,6 +59,7 @@ its state and leave.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,6 +88,18 @@ class Claims:
     _next_scan: int
     _thawing_until: int = attrs.field(init=False, default=0)  # after a freeze, claim nothing before this
     _drain_deadline: int | None = attrs.field(init=False, default=None)
+    # Back-pressure: due runs of ours waiting for a slot, a heap of (0 for a
+    # tick or a takeover, 1 for the rest; when due; run), and its members.
+    _waiting: list[tuple[int, int, str]] = attrs.field(init=False, factory=list)
+    _queued: set[str] = attrs.field(init=False, factory=set)
+    _overflowed: bool = attrs.field(init=False, default=False)  # a due run found the queue full
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    def room(self) -> bool:
+        return len(self._records.running) < self._local.config.max_running_runs
 
     def scan_soon(self) -> None:
         self._next_scan = 0
@@ -93,6 +124,8 @@ class Claims:
         pending = self._records.next_pending()
         if pending is not None:
             claims.append(pending)
+        if self._waiting and self.room():
+            claims.append(last_tick)  # a slot freed: the queue's head, now
         if role is Role.STARTING:
             claims = []  # nothing to claim (see claim)
         elif self._thawing_until > last_tick:
@@ -118,6 +151,9 @@ class Claims:
                 self._next_scan = wall_ms + round(local.config.scan_interval * 1000)
                 self._scan(wall_ms)
             return
+        # The runs that waited for a slot go first, then the ticks due now
+        # (which, at the limit, queue behind them).
+        self._dequeue(wall_ms)
         self._ticks.fire_due(wall_ms, self)
         self._ticks.judge_lookback(wall_ms, self)
         records = self._records
@@ -179,14 +215,55 @@ class Claims:
             return
         self._placement.recheck_leases()
         for record in list(records.unfinished.values()):
-            if record.id in records.running:
-                continue
-            owner = self._placement.run_owner(record)
-            if record.state is RunState.RUNNING:
-                if record.owner is not None and self._claim_outlived(wall_ms, record):
-                    self._take_over(wall_ms, record, owner)
-            elif (record.not_before or 0) <= wall_ms:
-                self._consider_pending(wall_ms, record, owner)
+            if record.id not in records.running:
+                self._look_at(wall_ms, record)
+
+    def _look_at(self, wall_ms: int, record: RunRecord) -> None:
+        """An unfinished run not running here: take it over, or claim it, if that is ours to do."""
+        owner = self._placement.run_owner(record)
+        if record.state is RunState.RUNNING:
+            if record.owner is not None and self._claim_outlived(wall_ms, record):
+                self._take_over(wall_ms, record, owner)
+        elif (record.not_before or 0) <= wall_ms:
+            self._consider_pending(wall_ms, record, owner)
+
+    # -- back-pressure ----------------------------------------------------------------------
+
+    def defer(self, wall_ms: int, record: RunRecord, spec: JobSpec) -> None:
+        """A tick due at the limit: pending, ours, written (so its walk
+        moves on and it outlives us: handed to our successor for it), then
+        queued for a slot."""
+        if record.id not in self._records.unfinished:
+            self._records.write(record, spec)
+            self._back_up(record)
+        self._enqueue(record)
+
+    def _enqueue(self, record: RunRecord) -> None:
+        if record.id in self._queued:
+            return
+        if len(self._waiting) >= self._local.config.max_queued_runs:
+            self._overflowed = True  # it waits in the runs map: the scan finds it again
+            return
+        urgent = record.tick is not None or record.state is RunState.RUNNING
+        due = record.tick if record.tick is not None else record.not_before or record.created or 0
+        heapq.heappush(self._waiting, (0 if urgent else 1, due, record.id))
+        self._queued.add(record.id)
+        self._local.stats.runs_queued += 1
+
+    def _dequeue(self, wall_ms: int) -> None:
+        """Slots free: claim what waited for them, in the queue's order. An
+        entry is looked at afresh: the run may have finished, moved to
+        another node, or been taken over meanwhile."""
+        records = self._records
+        while self._waiting and self.room():
+            _, _, run_id = heapq.heappop(self._waiting)
+            self._queued.discard(run_id)
+            record = records.unfinished.get(run_id)
+            if record is not None and run_id not in records.running:
+                self._look_at(wall_ms, record)
+        if not self._waiting and self._overflowed:
+            self._overflowed = False
+            self.scan_soon()  # the runs that found the queue full: look for them now, not at the next scan
 
     def _claim_outlived(self, wall_ms: int, record: RunRecord) -> bool:
         """Is this running record's claimant gone: failed, or a life that
@@ -252,6 +329,12 @@ class Claims:
         spec = self._records.spec_of(record)
         if spec is None:
             self._records.write(advance(record, RunEvent.LOSE, wall_ms, error="its job was removed"), None)
+        elif not self.room():
+            self._enqueue(record)
+        elif record.tick is not None and record.attempt == 1:
+            # A tick that waited for a slot (a pending tick of attempt 1 was
+            # never started): its policies decide now, as for a tick just due.
+            self._ticks.decide(wall_ms, spec, record, self, waited=True)
         else:
             self.start(wall_ms, record, spec, attempt=attempt)
 
@@ -313,6 +396,9 @@ class Claims:
             local.stats.lost += 1
             error = "its job was removed" if spec is None else f"its owner {record.owner} failed on attempt {record.attempt}"
             records.write(advance(record, RunEvent.LOSE, wall_ms, error=error), spec)
+            return
+        if not self.room():
+            self._enqueue(record)  # still the failed claimant's: taken over when a slot frees
             return
         local.stats.failovers += 1
         log.info("re-running %s (attempt %d): its owner %s failed", record.id, record.attempt + 1, record.owner)

@@ -65,6 +65,12 @@ class SchedulerConfig:
     forward_delay: float = 0.25  # seconds a node holds a lease it was given but will not run before passing it on
     lease_ttl: float = 86400.0  # seconds a lease lives unless renewed (it is, at every transfer and acquisition)
     gossip_hold: float = 1.0  # seconds an unfinished record waits before it is gossiped (the outcome may replace it first)
+    # Back-pressure (``peer.jobs.claims``): runs this node runs at once; due runs of its own that wait
+    # here for a slot (beyond, they wait in the runs map, found by the scan); pending runs in the
+    # cluster (this node's view) past which a submit is refused (``BacklogFull``).
+    max_running_runs: int = attrs.field(default=64, validator=attrs.validators.ge(1))
+    max_queued_runs: int = attrs.field(default=1024, validator=attrs.validators.ge(1))
+    max_pending_runs: int = attrs.field(default=5000, validator=attrs.validators.ge(1))
 
 
 # -- effects: what the driver must do ------------------------------------------------
@@ -130,6 +136,22 @@ class SchedulerStats:
     handed_back: int = 0
     lost: int = 0
     bad_records: int = 0  # records or definitions from peers that did not parse
+    runs_queued: int = 0  # due runs that found this node at its limit and waited for a slot
+    submits_refused: int = 0  # submits refused: the cluster's pending backlog was at its bound
+
+
+class BacklogFull(Exception):
+    """A submit refused: the cluster's backlog of pending runs (as this
+    node sees the runs map) is at its bound (``max_pending_runs``). Nothing
+    was written; submit again later."""
+
+    def __init__(self, backlog: int, bound: int) -> None:
+        self.backlog = backlog
+        self.bound = bound
+        super().__init__(
+            f"the cluster's backlog of pending runs is {backlog}, at its bound of {bound} (max_pending_runs): "
+            "nothing was submitted; try again later"
+        )
 
 
 @attrs.define(eq=False)

@@ -90,6 +90,7 @@ class Records:
     _local: Local
     _jobs: dict[str, JobEntry] = attrs.field(init=False, factory=dict)
     _unfinished: dict[str, RunRecord] = attrs.field(init=False, factory=dict)  # pending and running records
+    _pending: int = attrs.field(init=False, default=0)  # how many of them are pending: the cluster's backlog
     _written_at: dict[str, int] = attrs.field(init=False, factory=dict)  # unfinished run -> wall ms of its record's stamp
     # Job in mode one -> the latest tick of it with an outcome recorded.
     _latest_tick: dict[str, int] = attrs.field(init=False, factory=dict)
@@ -111,6 +112,11 @@ class Records:
     @property
     def running(self) -> Mapping[str, Execution]:
         return self._running
+
+    @property
+    def pending(self) -> int:
+        """Pending runs in the runs map (anyone's): the cluster's backlog, as this node sees it."""
+        return self._pending
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -228,6 +234,8 @@ class Records:
             self._local.stats.bad_records += 1  # counted once per change, not per read
         if record is not None and record.state.finished and record.tick is not None and record.node is None and record.job in self._jobs:
             self._latest_tick[record.job] = max(record.tick, self._latest_tick.get(record.job, 0))
+        before = self._unfinished.get(run_id)
+        self._pending -= before is not None and before.state is RunState.PENDING
         if record is None or record.state.finished:
             self._unfinished.pop(run_id, None)
             self._written_at.pop(run_id, None)
@@ -235,6 +243,7 @@ class Records:
         else:
             assert register is not None
             self._unfinished[run_id] = record
+            self._pending += record.state is RunState.PENDING
             self._written_at[run_id] = register.ts.wall
             if record.state is RunState.PENDING:
                 heapq.heappush(self._pending_due, (record.not_before or 0, run_id))

@@ -66,6 +66,7 @@ from peer.jobs.local import (
     MAPS,
     RUNS,
     UPDATES,
+    BacklogFull,
     CancelRun,
     DeliverUpdate,
     Local,
@@ -92,6 +93,7 @@ __all__ = [
     "RUNS",
     "TICK_EXPIRY_MARGIN_MS",
     "UPDATES",
+    "BacklogFull",
     "CancelRun",
     "DeliverUpdate",
     "Execution",
@@ -108,7 +110,7 @@ __all__ = [
 # The order footprint() lists its tables in, whichever part holds them.
 _FOOTPRINT = (
     "jobs", "unfinished", "running", "updates", "due", "pending_due", "members_left", "handovers",
-    "leases_given", "latest_ticks", "walked", "lives", "written_at", "watched", "handed_on",
+    "leases_given", "latest_ticks", "walked", "lives", "written_at", "watched", "handed_on", "queued",
 )
 
 
@@ -265,7 +267,14 @@ class Scheduler:
         return self._records.jobs[job_id].spec
 
     def submit(self, wall_ms: int, spec: JobSpec, *, run_at: int | None = None) -> str:
-        """Queue one run of ``spec`` now (or at ``run_at``); its run id."""
+        """Queue one run of ``spec`` now (or at ``run_at``); its run id.
+        ``BacklogFull`` when the cluster's pending runs, as this node sees
+        them, are at ``max_pending_runs``: submits are refused rather than
+        piling up in every node's memory faster than the cluster runs them."""
+        backlog, bound = self._records.pending, self.config.max_pending_runs
+        if backlog >= bound:
+            self._local.stats.submits_refused += 1
+            raise BacklogFull(backlog, bound)
         run_id = submitted_run_id(spec.id, wall_ms, self._rng)
         record = RunRecord(
             id=run_id, job=spec.id, state=RunState.PENDING, created=wall_ms,
@@ -355,6 +364,14 @@ class Scheduler:
     def eligible(self) -> tuple[str, ...]:
         return self._placement.ring.members
 
+    def queued(self) -> int:
+        """Due runs of this node's waiting here for a slot (``max_running_runs``)."""
+        return self._claims.queued
+
+    def backlog(self) -> int:
+        """Pending runs in the runs map, anyone's: the cluster's backlog, as this node sees it."""
+        return self._records.pending
+
     def footprint(self) -> dict[str, int]:
         """How many entries each of this node's own tables holds: none may
         grow without bound (checked by the chaos campaigns)."""
@@ -363,6 +380,7 @@ class Scheduler:
             **self._ticks.footprint(),
             **self._placement.footprint(),
             **self._view.footprint(),
+            "queued": self._claims.queued,
         }
         return {table: sizes[table] for table in _FOOTPRINT}
 

@@ -54,6 +54,12 @@ class Claimer(Protocol):
 
     def cancel(self, wall_ms: int, record: RunRecord, spec: JobSpec | None, reason: str) -> None: ...
 
+    def room(self) -> bool:
+        """May the node start one more run (``max_running_runs``)?"""
+
+    def defer(self, wall_ms: int, record: RunRecord, spec: JobSpec) -> None:
+        """Keep this tick pending, ours, until a slot frees (then ``decide`` again)."""
+
 
 @attrs.define(eq=False)
 class Ticks:
@@ -182,13 +188,25 @@ class Ticks:
             return
         # owner: who decided, should the tick be recorded missed or skipped.
         record = RunRecord(id=run_id, job=spec.id, state=RunState.PENDING, owner=local.name, tick=tick, node=node, created=wall_ms)
+        self.decide(wall_ms, spec, record, claims)
+
+    def decide(self, wall_ms: int, spec: JobSpec, record: RunRecord, claims: Claimer, *, waited: bool = False) -> None:
+        """Apply the job's policies to a due tick (``record``, pending, ours)
+        and run it, record it missed or skipped, or (the node at its limit)
+        defer it. A deferred tick (``waited``) is decided again, by the same
+        rules, when it gets a slot: as if it had just become due."""
+        local = self._local
+        assert record.tick is not None
+        tick, node = record.tick, record.node
         late = wall_ms - tick > round(spec.grace * 1000)
         if late:
-            assert spec.schedule is not None
-            backlog = spec.schedule.next_after(tick) <= wall_ms
+            # A deferred tick's job may have been redefined meanwhile, without a schedule.
+            backlog = spec.schedule is not None and spec.schedule.next_after(tick) <= wall_ms
             if spec.misfire == "skip" or (spec.misfire == "once" and backlog):
                 local.stats.ticks_missed += 1
                 reason = f"late by {(wall_ms - tick) / 1000:.1f} s, over the grace of {spec.grace:g} s"
+                if waited:
+                    reason += f", waiting for a free slot (at most {local.config.max_running_runs} runs at once on {local.name})"
                 if spec.misfire == "once":
                     reason += "; a later tick runs instead"
                 self._records.write(advance(record, RunEvent.MISS, wall_ms, error=reason), spec)
@@ -200,7 +218,7 @@ class Ticks:
             for r in self._records.unfinished.values()
             if r.job == spec.id
             and r.node == node
-            and r.id != run_id
+            and r.id != record.id
             and r.state is RunState.RUNNING
             and r.owner is not None
             and not self._view.failed(wall_ms, r.owner)
@@ -212,7 +230,10 @@ class Ticks:
             return
         if spec.overlap == "replace":
             for old in previous:
-                claims.cancel(wall_ms, old, spec, f"replaced by {run_id}")
+                claims.cancel(wall_ms, old, spec, f"replaced by {record.id}")
+        if not claims.room():
+            claims.defer(wall_ms, record, spec)
+            return
         local.stats.ticks_run += 1
         local.stats.ticks_late += late
         claims.start(wall_ms, record, spec, attempt=1)

@@ -138,7 +138,8 @@ class Agent:
         self.replication_config = replication or ReplicationConfig()
         self.scheduler_config = scheduler or settings.scheduler_config()
         # A result must fit in its run record, itself a replicated value of at most 64 KiB.
-        self.executor = executor or Executor(max_result_bytes=MAX_RESULT_BYTES)
+        # Worker threads of sync functions: as many as runs may run at once.
+        self.executor = executor or Executor(max_result_bytes=MAX_RESULT_BYTES, max_threads=self.scheduler_config.max_running_runs)
         if settings.target_policy().restricts:
             # The node's allow-lists hold for whatever executor it is given.
             self.executor.policy = settings.target_policy()

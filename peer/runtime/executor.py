@@ -16,7 +16,10 @@ Three kinds of target (``peer.jobs.targets``):
   registered by an embedding program. Coroutine functions run on trio; plain
   functions run in a worker thread that is abandoned on cancellation (Python
   cannot kill a thread; the run ends at once and the thread's eventual result
-  is dropped). A function with a parameter named ``run`` is given a
+  is dropped). Worker threads come from a pool of at most ``max_threads``
+  (the node's ``max_running_runs``): never a thread per run. An abandoned
+  thread keeps its place until its function returns, so a run may wait for
+  a thread (its timeout counting) while abandoned ones finish. A function with a parameter named ``run`` is given a
   ``RunContext``: progress reports, and the updates sent to the run.
 - ``CommandTarget``: a child process in a session of its own, so killing its
   process group also kills whatever it started. Updates are written to its
@@ -82,6 +85,8 @@ MAX_ERROR_BYTES = 4096
 MAX_HEADLINE_BYTES = 512
 TRACEBACK_FRAMES = 3
 PROGRESS_PREFIX = b"PEER-PROGRESS "
+# Worker threads for sync functions (and imports), unless told otherwise: the scheduler's default max_running_runs.
+DEFAULT_MAX_THREADS = 64
 # Updates taken from the caller's channel but not yet consumed by the run.
 MAX_PENDING_UPDATES = 1024
 # After a command exits, how long its output pipes may stay open (held by a
@@ -305,7 +310,8 @@ class Executor:
     of HTTP requests in runs that have no timeout, so a silent server
     cannot hold a run for ever. ``policy`` is what this node agrees to
     run: a target outside it fails its run, saying which setting refused
-    it, without running anything.
+    it, without running anything. ``max_threads`` bounds the worker threads
+    of sync functions (the agent passes its ``max_running_runs``).
     """
 
     def __init__(
@@ -316,9 +322,13 @@ class Executor:
         max_output_bytes: int = 64 * 1024,
         http_timeout: float = 300.0,
         policy: TargetPolicy | None = None,
+        max_threads: int = DEFAULT_MAX_THREADS,
     ) -> None:
+        if max_threads < 1:
+            raise ValueError(f"max_threads is at least 1, got {max_threads}")
         self.policy = policy or TargetPolicy()
         self.max_result_bytes = max_result_bytes
+        self.max_threads = max_threads
         self.max_output_bytes = max_output_bytes
         self.http_timeout = http_timeout
         self._resolved: dict[str, _Resolved] = {}
@@ -456,10 +466,10 @@ class Executor:
     def _threads(self) -> trio.CapacityLimiter:
         # Jobs get their own limiter: long sync jobs must not use up trio's
         # default one, which the node needs for DNS lookups and file I/O.
-        # Unbounded, because the scheduler already bounds concurrent runs
-        # and abandoned threads keep their token until they finish.
+        # Bounded: abandoned threads keep their token until they finish, so
+        # the scheduler's limit on runs alone would not bound the threads.
         if self._limiter is None:
-            self._limiter = trio.CapacityLimiter(math.inf)
+            self._limiter = trio.CapacityLimiter(self.max_threads)
         return self._limiter
 
     # -- CommandTarget ------------------------------------------------------

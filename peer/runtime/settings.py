@@ -31,6 +31,7 @@ from peer.runtime.seeds import parse_seed
 DEFAULT_PORT = 7946
 DEFAULT_API_PORT = 7947
 ENV_PREFIX = "PEER_"
+_SCHEDULER = SchedulerConfig()  # the defaults of the settings that are the scheduler's
 
 
 class ConfigError(ValueError):
@@ -102,6 +103,14 @@ def _load_factor(value: Any) -> float | None:
     if not 1.0 <= factor < float("inf"):
         raise ValueError(f"expected a number >= 1 (or none), got {value!r}")
     return factor
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a whole number >= 1, got {value!r}")
+    return value
 
 
 def _optional_path(value: Any) -> str | None:
@@ -184,6 +193,8 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "jobs": _optional_path,
     "drain_timeout": _seconds,
     "load_factor": _load_factor,
+    "max_running_runs": _count,
+    "max_pending_runs": _count,
     "membership": _membership_table,
     # The control API's access control (peer.control.api) and its clients'.
     "api_token": _token,
@@ -219,6 +230,8 @@ class Settings:
     jobs: str | None = None  # a TOML jobs file (peer.jobs.definition) defined at start
     drain_timeout: float = 30.0
     load_factor: float | None = None  # bounded loads for job placement (peer.jobs.ring)
+    max_running_runs: int = _SCHEDULER.max_running_runs  # runs this node runs at once (peer.jobs.claims)
+    max_pending_runs: int = _SCHEDULER.max_pending_runs  # the cluster's pending runs past which submits are refused
     membership: dict[str, Any] = attrs.field(factory=dict)
     api_token: str | None = attrs.field(default=None, repr=False)  # a secret: not in reprs or logs
     api_token_file: str | None = None
@@ -234,7 +247,10 @@ class Settings:
     allowed_calls: tuple[str, ...] | None = None
 
     def scheduler_config(self) -> SchedulerConfig:
-        return SchedulerConfig(drain_timeout=self.drain_timeout, load_factor=self.load_factor)
+        return SchedulerConfig(
+            drain_timeout=self.drain_timeout, load_factor=self.load_factor,
+            max_running_runs=self.max_running_runs, max_pending_runs=self.max_pending_runs,
+        )  # fmt: skip
 
     def target_policy(self) -> TargetPolicy:
         return TargetPolicy(allowed_commands=self.allowed_commands, allowed_calls=self.allowed_calls)
