@@ -84,7 +84,7 @@ from peer.runtime.keys import generate_key, parse_keys
 from peer.runtime.logs import quiet_http_libraries
 from peer.runtime.wire import MAX_STREAM_FRAME, Codec, FrameTooLarge, Keyring
 from peer.testing.cluster import AgentProcess, LocalCluster, wait_for
-from peer.testing.processes import LOOPBACK, port_free
+from peer.testing.processes import LOOPBACK, Ports, port_free
 from peer.tools.chaos import JournalLine, read_journal, ticks_between, toml_jobs
 
 log = logging.getLogger("peer.abuse")
@@ -100,7 +100,7 @@ START_TIMEOUT = 60.0
 BASELINE_WAIT = 15.0  # how long a cluster may take to get back to its baseline
 HEALTH_TARGET_MS = 100.0
 RSS_TARGET_KIB = 50 * 1024
-UDP_QUEUE_HIGH = 96 * 1024  # bytes waiting in the target's socket: pause sending above this
+UDP_QUEUE_HIGH = 64 * 1024  # bytes waiting in the target's socket: pause sending above this
 # Counters whose change is a refusal or a drop: today's names and the names the
 # defences are likely to give theirs.
 REFUSAL = re.compile(r"drop|refus|reject|denied|unauth|forbid|replay|limit|malformed|bad_|overload|throttl|too_|timeout|closed|error")
@@ -565,6 +565,7 @@ class Session:
             if self.token_option is not None:
                 self.token = secrets.token_urlsafe(24)
         self.cluster: LocalCluster | None = None
+        self.ports = Ports()
         self.clusters = 0
         self.agents: list[AgentProcess] = []
         self.journal = workdir / "journal.txt"
@@ -592,6 +593,14 @@ class Session:
         return args + self.agent_args
 
     def start_cluster(self) -> None:
+        """A fresh cluster at its baseline; a second try if the first would not start."""
+        try:
+            self._start_cluster()
+        except (RuntimeError, TimeoutError) as error:
+            log.warning("the cluster did not start (%s); trying once more", str(error).splitlines()[0])
+            self._start_cluster()
+
+    def _start_cluster(self) -> None:
         self.close()
         self.clusters += 1
         workdir = self.workdir / f"cluster-{self.clusters}"
@@ -604,6 +613,9 @@ class Session:
         } for job in self.jobs]
         jobs_file.write_text(toml_jobs(jobs))
         self.cluster = LocalCluster(workdir, profile=self.profile, key=self.key, extra_args=["--jobs", str(jobs_file)])
+        # One Ports for every cluster of the session: a port of a killed cluster
+        # is never handed out again (its sockets may linger).
+        self.cluster.ports = self.ports
         ports = [self.cluster.ports.take() for _ in range(self.nodes)]
         capture = Capture(ports) if not self.captured else None
         if capture is not None:
@@ -672,7 +684,7 @@ class Session:
         """Send one datagram, pausing while the target's socket holds over
         ``UDP_QUEUE_HIGH`` bytes unread: the attack measures the agent, not the
         kernel's buffer (whose drops are reported apart)."""
-        if sent % 64 == 0:
+        if sent % 8 == 0:
             deadline = time.monotonic() + 5.0
             while (state := udp_socket_state(addr[1])) is not None and state[0] > UDP_QUEUE_HIGH and time.monotonic() < deadline:
                 time.sleep(0.002)
