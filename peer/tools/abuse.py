@@ -1677,16 +1677,17 @@ def format_table(reports: Sequence[AttackReport]) -> str:
 
 def run_abuse(
     workdir: Path, attacks: Sequence[str], *, quick: bool = False, nodes: int = 3, profile: str = "local",
-    agent_args: Sequence[str] = (), token: str | None = None, seed: int | None = None,
+    agent_args: Sequence[str] = (), token: str | None = None, seed: int | None = None, scale: Scale | None = None,
 ) -> list[AttackReport]:
     """Run ``attacks`` in order against a cluster started in ``workdir``;
-    a report each. Every agent is killed on the way out."""
+    a report each. Every agent is killed on the way out. ``scale`` overrides
+    ``quick``'s counts."""
     unknown = [name for name in attacks if name not in ATTACK_FUNCTIONS]
     if unknown:
         raise ValueError(f"unknown attacks: {', '.join(unknown)} (known: {', '.join(ATTACKS)})")
     _raise_fd_limit()
     seed = random.SystemRandom().randrange(1 << 32) if seed is None else seed
-    session = Session(workdir, scale=QUICK if quick else FULL, nodes=nodes, profile=profile, agent_args=agent_args, token=token,
+    session = Session(workdir, scale=scale or (QUICK if quick else FULL), nodes=nodes, profile=profile, agent_args=agent_args, token=token,
                       seed=seed)
     reports = []
     try:
