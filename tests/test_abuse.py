@@ -1,0 +1,98 @@
+"""The abuse harness (``peer.tools.abuse``): its mutations in process, and two
+short attacks on real agents on 127.0.0.1 whose behaviour holds on this build
+(every datagram dropped and counted, the cluster unchanged; the API's
+answers counted). Every agent is killed by PID on the way out
+(``LocalCluster``), passed or failed."""
+
+from __future__ import annotations
+
+import random
+import socket
+from pathlib import Path
+
+import attrs
+import pytest
+
+from membership.messages import Alive, Ping
+from peer.runtime.keys import generate_key, parse_keys
+from peer.runtime.wire import Codec, Dropped
+from peer.tools import abuse
+from peer.tools.abuse import QUICK, RawMessage, frame_messages, mutate_bytes, mutate_messages, random_datagram, run_abuse
+
+
+@pytest.fixture
+def codec() -> Codec:
+    return Codec(parse_keys([generate_key()], "test"))
+
+
+def valid_frames(codec: Codec) -> list[bytes]:
+    return [
+        codec.encode([Ping(7, "node-0", ("127.0.0.1", 7946))]),
+        codec.encode([Alive(f"node-{i}", i, ("127.0.0.1", 7946 + i), b"ready") for i in range(5)]),
+    ]
+
+
+def test_every_mutated_or_random_datagram_is_dropped_by_the_codec(codec: Codec) -> None:
+    rng = random.Random(1)
+    frames = valid_frames(codec)
+    for _ in range(3000):
+        original = rng.choice(frames)
+        mutated = mutate_bytes(original, rng)
+        assert mutated != original
+        assert isinstance(codec.decode(mutated), Dropped)
+        assert isinstance(codec.decode(random_datagram(rng)), Dropped)
+
+
+def test_mutated_messages_are_signed_and_the_codec_never_raises_on_them(codec: Codec) -> None:
+    rng = random.Random(2)
+    pool = [frame_messages(frame) for frame in valid_frames(codec)]
+    assert all(pool)
+    decoded = dropped = 0
+    for _ in range(2000):
+        messages = mutate_messages([list(m) if isinstance(m, list) else m for m in rng.choice(pool) or []], rng)
+        try:
+            frame = codec.encode([RawMessage(message) for message in messages])
+        except (ValueError, TypeError, OverflowError):
+            continue
+        result = codec.decode(frame)  # total: a tuple of messages or a Dropped, never an exception
+        if isinstance(result, Dropped):
+            dropped += 1
+        else:
+            decoded += 1
+    assert dropped > 0 and decoded > 0  # mutations that break the messages, and some that stay valid
+
+
+def test_metrics_and_socket_figures() -> None:
+    text = '# HELP x\npeer_frames_dropped_total{reason="bad_mac"} 3.0\npeer_transport_streams_refused_total 2.0\npeer_ready 1.0\n'
+    before = abuse.parse_metrics(text)
+    after = dict(before, **{'peer_frames_dropped_total{reason="bad_mac"}': 10.0})
+    deltas = abuse.metric_deltas(before, after, lambda name: True)
+    assert deltas == {'peer_frames_dropped_total{reason="bad_mac"}': 7.0}
+    assert abuse.frame_drops(deltas) == 7 and abuse.is_refusal("peer_transport_streams_refused_total")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        assert abuse.udp_socket_state(sock.getsockname()[1]) == (0, 0)
+    assert abuse.percentile([5.0, 1.0, 3.0], 0.99) == 5.0
+
+
+def test_datagrams_and_api_attacks_on_live_agents(tmp_path: Path) -> None:
+    scale = attrs.evolve(QUICK, datagrams=4000, api_repeats=2, limit=30.0, settle=1.0)
+    datagrams, api = run_abuse(tmp_path, ["datagrams", "api"], scale=scale, seed=5)
+    assert datagrams.error is None and api.error is None, (datagrams.error, api.error)
+
+    assert datagrams.sent == 4000
+    assert datagrams.target_alive and datagrams.tracebacks == 0 and datagrams.tracebacks_elsewhere == 0
+    assert datagrams.uncounted == 0  # every datagram dropped and counted (or dropped by the kernel, reported apart)
+    assert datagrams.frames_dropped + (datagrams.kernel_drops or 0) == datagrams.sent
+    assert datagrams.cluster["member_changes"] == 0 and not datagrams.cluster["owners_unknown"]
+    assert not datagrams.cluster["jobs_lost"] and not datagrams.cluster["oneoffs_not_succeeded"]
+    assert datagrams.health["samples"] > 0 and datagrams.rss_kib["before"] is not None
+
+    statuses = api.findings["statuses"]
+    assert sum(statuses["unauthenticated"].values()) == 2 * 6
+    assert statuses["big_body"] == {"413": 2}  # a 10 MB body is refused
+    assert api.target_alive
+    if api.findings["token_configured"]:
+        assert statuses["unauthenticated"] == {"401": 12}
+    else:
+        assert any("no API token" in effect for effect in api.effects)
