@@ -507,7 +507,7 @@ class Transport:
             except BlockingIOError:
                 await trio.lowlevel.wait_writable(udp)  # the send buffer is full: wait for room, once
                 udp.sendto(frame, route)
-        except OSError as error:
+        except _SEND_ERRORS as error:
             self.stats.send_errors += 1
             log.debug("datagram to %s failed: %s", format_address(dst), error)
             return
@@ -544,7 +544,7 @@ class Transport:
                     raise TimeoutError("timed out")
             self.stats.streams_out += 1
             self.stats.bytes_out += len(frame) + PREAMBLE_SIZE
-        except (OSError, trio.BrokenResourceError) as error:
+        except (*_SEND_ERRORS, trio.BrokenResourceError) as error:
             self.stats.send_errors += 1
             log.debug("stream to %s failed: %s", format_address(dst), error)
         finally:
@@ -568,6 +568,13 @@ class Transport:
         if self._family == socket.AF_INET6 and not is_ipv6(host):
             return f"::ffff:{host}", port  # an IPv4 peer, reached through our dual-stack socket
         return host, port
+
+
+# What a send may raise besides the network's errors: an address no socket
+# can take (a NUL or a non-encodable host, a port out of range) is a failed
+# send, counted, not the end of the node; peers' claims are checked before
+# they name an address, and this is the last line behind those checks.
+_SEND_ERRORS = (OSError, ValueError, TypeError, OverflowError)
 
 
 async def _receive_exactly(stream: trio.SocketStream, size: int) -> bytes | None:
