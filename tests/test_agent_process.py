@@ -74,7 +74,8 @@ def test_five_agents_join_detect_a_crash_see_a_leave_and_a_rejoin(cluster: Local
         assert ("failed", victim.name) in seen
         assert ("left", leaver.name) in seen and ("failed", leaver.name) not in seen
         assert agent.call("/status")["drops"] == {
-            "oversized": 0, "unknown_version": 0, "bad_mac": 0, "malformed": 0, "handler_error": 0
+            "oversized": 0, "unknown_version": 0, "bad_mac": 0, "plaintext": 0, "stale": 0, "replayed": 0, "malformed": 0,
+            "handler_error": 0,
         }
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import socket
 import time
@@ -49,7 +50,7 @@ from peer.runtime.executor import Executor, Outcome
 from peer.runtime.seeds import Lookup, SeedResolver, parse_seed, system_lookup
 from peer.runtime.settings import Settings
 from peer.runtime.transport import BindError, Transport
-from peer.runtime.wire import Codec, Dropped, DropReason, FrameTooLarge, Keyring
+from peer.runtime.wire import Codec, Dropped, DropReason, Encryption, FrameTooLarge, Keyring
 
 log = logging.getLogger("peer.agent")
 
@@ -59,6 +60,8 @@ API_DRAIN_SECONDS = 2.0
 
 # At most one warning per interval about frames signed with another key.
 KEY_WARNING_INTERVAL = 60.0
+# Drops that mean a peer is set up differently: warned about (at most once an interval).
+_MISCONFIGURED = frozenset({DropReason.BAD_MAC, DropReason.STALE, DropReason.PLAINTEXT})
 
 _EVENT_LEVEL = {EventKind.FAILED: logging.WARNING}
 
@@ -119,7 +122,8 @@ class Agent:
         self.control_plane = control_plane  # None: no control API is served (an embedded node's default)
         self.name = settings.name
         self.config = settings.membership_config()
-        self.codec = Codec(keyring)
+        settings.check_encryption(keyring is not None)
+        self.codec = Codec(keyring, encryption=Encryption(settings.encrypt), wall_clock=time.time, random_bytes=os.urandom)
         self.transport = Transport(settings.bind, max_stream_frame=self.codec.max_stream)
         self.resolver = SeedResolver(
             [parse_seed(seed) for seed in settings.seeds], hosts_file=settings.hosts_file, lookup=lookup
@@ -398,8 +402,8 @@ class Agent:
 
     def _report_drop(self, src: Address, dropped: Dropped) -> None:
         level = logging.DEBUG
-        if dropped.reason is DropReason.BAD_MAC:
-            # Someone is talking to us with another key: worth a warning, not a flood.
+        if dropped.reason in _MISCONFIGURED:
+            # Another key, a clock off, or encryption off on a peer: worth a warning, not a flood.
             now = trio.current_time()
             if now >= self._next_key_warning:
                 self._next_key_warning = now + KEY_WARNING_INTERVAL
