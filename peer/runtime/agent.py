@@ -621,6 +621,9 @@ class Agent:
         tried = ", ".join(map(format_address, self.seed_addresses)) or "no address: the seeds did not resolve"
         rejected = self.codec.drops[DropReason.BAD_MAC]
         key = f"{rejected} frames came with a bad MAC: " if rejected else ""
+        stale, plaintext = self.codec.drops[DropReason.STALE], self.codec.drops[DropReason.PLAINTEXT]
+        key += f"{stale} frames were stamped too far from this node's clock (are the clocks synchronised?): " if stale else ""
+        key += f"{plaintext} frames were not encrypted (is encrypt on everywhere?): " if plaintext else ""
         return (
             f"no seed answered within {self.settings.join_timeout:g}s (tried {tried}); {key}check --seeds, "
             "that the seeds run and that this node has the cluster's key, or raise --join-timeout (0 waits forever)"
