@@ -26,8 +26,9 @@ import msgpack
 from membership.state import Address, Member, Status
 
 # Bytes the wire envelope may add around a packet's messages: version and
-# flags (2), the compound array header (up to 3) and the MAC (32).
-ENVELOPE_RESERVE = 40
+# flags (2), key id (4), timestamp (8) and nonce (12), the compound array
+# header (up to 3) and the tag (16): 45.
+ENVELOPE_RESERVE = 48
 
 NAME_MAX = 128
 HOST_MAX = 255

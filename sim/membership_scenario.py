@@ -176,7 +176,7 @@ class MembershipRun:
             name = f"node-{index:04d}"
             addr = (f"10.{(index >> 16) & 255}.{(index >> 8) & 255}.{index & 255}", 7946)
             self.nodes.append(
-                SimNode(self.sim, self.network, index, name, addr, self.config, clock, Codec(keyring), self, make_core)
+                SimNode(self.sim, self.network, index, name, addr, self.config, clock, self._codec(keyring, clock), self, make_core)
             )
         self._index = {node.name: node.index for node in self.nodes}
         self.seed_addrs = [node.addr for node in self.nodes[: scenario.seeds]]
@@ -213,6 +213,11 @@ class MembershipRun:
         self.roll_ends: dict[float, float] = {}
 
     # -- World -------------------------------------------------------------
+
+    def _codec(self, keyring: Keyring | None, clock: NodeClock) -> Codec:
+        # Stamps from the node's own wall clock, nonces from a stream of their own (deterministic).
+        nonces = self.sim.streams.get("nonces")
+        return Codec(keyring, wall_clock=lambda: clock.wall(self.sim.now), random_bytes=nonces.randbytes)
 
     def at(self, when: float, action: Any, *args: Any) -> None:
         self.sim.at(when, self._disturb, action, args)

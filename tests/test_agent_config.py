@@ -126,3 +126,28 @@ def test_keys_from_file_and_environment(tmp_path: Path) -> None:
         parse_keys(["# nothing"], "k")
     with pytest.raises(KeyringError, match="cannot read it"):
         load_keyring(str(tmp_path / "missing"), {})
+
+
+def test_encrypt_setting_from_every_source_and_only_with_a_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from peer.control.cli import _parser, main
+
+    for variable in ("PEER_KEY", "PEER_KEY_FILE", "PEER_CONFIG", "PEER_ENCRYPT"):
+        monkeypatch.delenv(variable, raising=False)
+
+    config = tmp_path / "peer.toml"
+    config.write_text("encrypt = true\n")
+    assert load({}, environ={}).encrypt == "off"
+    assert load({}, environ={}, config_path=str(config)).encrypt == "on"
+    assert load({}, environ={"PEER_ENCRYPT": "switching"}, config_path=str(config)).encrypt == "switching"
+    assert load({"encrypt": "off"}, environ={"PEER_ENCRYPT": "1"}).encrypt == "off"
+    with pytest.raises(ConfigError, match=r"--encrypt: expected on, off or switching, got 'maybe'"):
+        load({"encrypt": "maybe"}, environ={})
+    assert _parser().parse_args(["agent", "--encrypt"]).encrypt == "on"  # the flag alone
+    assert _parser().parse_args(["agent", "--encrypt", "switching", "--name", "a"]).encrypt == "switching"
+    load({"encrypt": "on"}, environ={}).check_encryption(keyed=True)
+    with pytest.raises(ConfigError, match="encryption needs a cluster key"):
+        load({"encrypt": "on"}, environ={}).check_encryption(keyed=False)
+    assert main(["agent", "--encrypt", "--bind", "127.0.0.1:0"]) == 1  # no key: refused before binding
+    assert "encrypt: encryption needs a cluster key" in capsys.readouterr().err

@@ -6,16 +6,21 @@ passed or failed."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from peer.runtime.keys import generate_key
+from membership.messages import Ack, Ping
+from peer.runtime.keys import generate_key, parse_keys
+from peer.runtime.wire import ENCRYPTED, Codec, Encryption
 from peer.testing.cluster import AgentProcess, LocalCluster, wait_for
 from peer.testing.processes import Processes, free_port
 
@@ -74,7 +79,8 @@ def test_five_agents_join_detect_a_crash_see_a_leave_and_a_rejoin(cluster: Local
         assert ("failed", victim.name) in seen
         assert ("left", leaver.name) in seen and ("failed", leaver.name) not in seen
         assert agent.call("/status")["drops"] == {
-            "oversized": 0, "unknown_version": 0, "bad_mac": 0, "malformed": 0, "handler_error": 0
+            "oversized": 0, "unknown_version": 0, "bad_mac": 0, "plaintext": 0, "stale": 0, "replayed": 0, "malformed": 0,
+            "handler_error": 0,
         }
 
 
@@ -186,3 +192,49 @@ def test_errors_a_person_can_act_on(tmp_path: Path) -> None:
             errors = [line for line in stderr.splitlines() if line.startswith("peer: error:")]
             assert running[case].returncode == 1, (case, stderr)
             assert len(errors) == 1 and expected in errors[0], (case, stderr)
+
+
+def test_an_encrypted_cluster_runs_a_job_and_counts_a_replayed_datagram(tmp_path: Path) -> None:
+    key = generate_key()
+    with LocalCluster(tmp_path, profile="local", key=key, extra_args=["--encrypt"]) as cluster:
+        agents = [cluster.add() for _ in range(3)]
+        cluster.wait_api(agents, TIMEOUT)
+        wait_for(lambda: cluster.converged({a.name: "alive" for a in agents}), TIMEOUT, "3 encrypted agents to converge")
+        wait_for(lambda: all(a.answers_ready() for a in agents), TIMEOUT, "the agents to be ready")
+        body = {"id": "sealed", "call": "peer.testing.samples:echo", "kwargs": {"word": "sealed"}}
+        run_id = str(agents[0].call("/submit", method="POST", body=body)["run"])
+
+        def finished() -> dict[str, Any] | None:
+            runs = {run["id"]: run for run in agents[2].call("/runs?limit=100")["runs"]}
+            run = runs.get(run_id)
+            return run if run is not None and run["state"] not in ("pending", "running") else None
+
+        run = wait_for(finished, TIMEOUT, "the run to finish, read through another node")
+        assert run["state"] == "succeeded" and run["result"] == {"word": "sealed"}, run
+
+        # A key holder's datagram, captured and sent again: the first copy is answered, the second refused.
+        target = agents[1]
+        target_addr = (target.bind[0], target.bind[1])
+        codec = Codec(parse_keys([key], "key"), encryption=Encryption.ON, wall_clock=time.time, random_bytes=os.urandom)
+        replayed_before = target.call("/status")["drops"]["replayed"]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            udp.settimeout(TIMEOUT)
+            frame = codec.encode([Ping(4242, target.name, ("127.0.0.1", udp.getsockname()[1]))])
+            udp.sendto(frame, target_addr)
+            answer, _ = udp.recvfrom(65_535)
+            assert answer[1] == ENCRYPTED and codec.decode(answer) == (Ack(4242),)  # the cluster answers encrypted
+            udp.sendto(frame, target_addr)
+            signed = Codec(parse_keys([key], "key"), wall_clock=time.time, random_bytes=os.urandom)
+            udp.sendto(signed.encode([Ping(4243, target.name, ("127.0.0.1", 1))]), target_addr)
+        wait_for(
+            lambda: target.call("/status")["drops"]["replayed"] == replayed_before + 1
+            and target.call("/status")["drops"]["plaintext"] == 1,
+            TIMEOUT,
+            "the replay and the plaintext frame to be counted",
+        )
+        metrics = target.call_text("/metrics")
+        assert f'peer_frames_dropped_total{{reason="replayed"}} {replayed_before + 1:.1f}' in metrics
+        assert 'peer_frames_dropped_total{reason="plaintext"} 1.0' in metrics
+        for agent in agents:
+            assert agent.call("/status")["drops"]["bad_mac"] == 0 and agent.call("/status")["drops"]["stale"] == 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import time
 
 import attrs
 import trio
@@ -13,7 +15,7 @@ from peer.control.api import HttpControlPlane
 from peer.control.client import call
 from peer.runtime.agent import Agent
 from peer.runtime.settings import Settings
-from peer.runtime.wire import Codec, Keyring
+from peer.runtime.wire import VERSION, Codec, Keyring
 
 FAST = {"probe_interval": 0.2, "probe_timeout": 0.1, "gossip_interval": 0.05}
 
@@ -45,9 +47,9 @@ async def test_agents_join_survive_garbage_and_leave() -> None:
         # Hostile input: every kind is dropped and counted; nothing raises.
         target = ("127.0.0.1", a.transport.port)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.sendto(b"\x01\x00garbage", target)  # malformed body
+            udp.sendto(bytes([VERSION, 0]) + b"garbage", target)  # malformed body
             udp.sendto(b"\x07\x00\x90", target)  # unknown version
-            signed = Codec(Keyring([b"k" * 32])).encode([Ping(1, "a", ("127.0.0.1", 1))])
+            signed = Codec(Keyring([b"k" * 32]), wall_clock=time.time, random_bytes=os.urandom).encode([Ping(1, "a", ("127.0.0.1", 1))])
             udp.sendto(signed, target)  # signed, but this cluster has no key
         with socket.create_connection(target) as tcp:
             tcp.sendall(struct.pack(">I", 100) + bytes(100))  # an older peer's length-prefixed stream: no preamble
@@ -55,7 +57,8 @@ async def test_agents_join_survive_garbage_and_leave() -> None:
             tcp.sendall(b"PEER\x02")  # ends inside the preamble
         refused = {"bad_preamble": 1, "truncated": 1}
         await wait_until(
-            lambda: a.drops() == {"malformed": 1, "unknown_version": 1, "bad_mac": 1, "oversized": 0, "handler_error": 0}
+            lambda: a.drops() == {"malformed": 1, "unknown_version": 1, "bad_mac": 1, "oversized": 0, "plaintext": 0, "stale": 0,
+                                  "replayed": 0, "handler_error": 0}
             and {reason: n for reason, n in a.transport.stats.streams_refused.items() if n} == refused
         )
 

@@ -25,7 +25,10 @@ def check(report: dict[str, Any]) -> None:
     assert report["convergence_seconds"] is not None and report["convergence_seconds"] <= membership + BOUND
     assert report["lost_writes"] == 0 and report["expired_entries_seen"] == 0
     assert report["membership_converged"] and report["false_positives"] == 0
-    assert report["drops"] == {"bad_mac": 0, "malformed": 0, "oversized": 0, "unknown_version": 0}
+    # A datagram the network delivered twice is a replay to the codec: dropped, harmlessly (and only those).
+    drops = dict(report["drops"])
+    assert drops.pop("replayed") <= report["network"]["duplicated"]  # type: ignore[index]
+    assert drops == dict.fromkeys(["bad_mac", "malformed", "oversized", "plaintext", "stale", "unknown_version"], 0)
 
 
 @pytest.mark.parametrize("seed", [1, 2])

@@ -25,16 +25,16 @@ from peer.runtime.stream_auth import (
     MAX_SEEN,
     NONCE_SIZE,
     PREAMBLE_SIZE,
-    WINDOW_MS,
     PreambleChecker,
     PreambleRefusal,
     PreambleSealer,
 )
 from peer.runtime.transport import InboundLimits, Transport, source_of, udp_kernel_drops
-from peer.runtime.wire import MAX_STREAM_FRAME, Keyring
+from peer.runtime.wire import MAX_STREAM_FRAME, REPLAY_WINDOW, Keyring
 
 K1, K2 = b"1" * 32, b"2" * 32
 NOW = 1_700_000_000_000
+WINDOW_MS = round(REPLAY_WINDOW * 1000)  # the codec's, and the preamble's
 FRAME = b"\x01\x00a frame"  # the transport does not look inside a frame
 
 
@@ -76,14 +76,13 @@ def test_preambles_refused_by_reason() -> None:
 def test_the_nonce_set_stays_bounded_and_lets_no_replay_through() -> None:
     seal = PreambleSealer(Keyring([K1])).seal
     checker = PreambleChecker(Keyring([K1]), max_length=1000, max_seen=4)
-    sealed = [seal(10, now_ms=NOW + i, nonce=nonce(i)) for i in range(6)]
+    sealed = [seal(10, now_ms=NOW - (6 - i) * 1000, nonce=nonce(i)) for i in range(6)]  # one a second, all past
     assert all(not isinstance(checker.check(each, now_ms=NOW), PreambleRefusal) for each in sealed)
-    assert len(checker._seen) == 4
+    assert len(checker.seen) == 4
     # The two forgotten ones may not come again: they are no newer than what was forgotten.
     assert [checker.check(each, now_ms=NOW) for each in sealed] == [PreambleRefusal.STALE] * 2 + [PreambleRefusal.REPLAYED] * 4
-    # Out of the window, nonces are forgotten and their preambles are stale.
-    later = NOW + 2 * WINDOW_MS
-    assert checker.check(sealed[5], now_ms=later) is PreambleRefusal.STALE and not checker._seen
+    # Out of the window, preambles are stale.
+    assert checker.check(sealed[5], now_ms=NOW + 2 * WINDOW_MS) is PreambleRefusal.STALE
     assert MAX_SEEN >= 4096
 
 

@@ -1146,7 +1146,10 @@ class AgentCollector(Collector):
             elif value is not None:
                 yield CounterMetricFamily(f"peer_transport_{name}", _TRANSPORT_HELP[name], value=value)
         drops = CounterMetricFamily(
-            "peer_frames_dropped", "Frames dropped unread (bad_mac: a wrong or missing key)", labels=["reason"]
+            "peer_frames_dropped",
+            "Frames dropped unread (bad_mac: a wrong or missing key; stale: stamped outside the replay window, "
+            "clocks apart?; replayed: seen before; plaintext: not encrypted where encryption is on)",
+            labels=["reason"],
         )
         for reason, count in stats["drops"].items():
             drops.add_metric([reason], count)

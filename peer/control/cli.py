@@ -59,6 +59,7 @@ AGENT_OPTIONS: list[tuple[str, str, str]] = [
     ("--seeds", "seeds", "comma-separated HOST:PORT or dns:NAME[:PORT] to join through"),
     ("--api", "api", "HOST:PORT of the control API (default 127.0.0.1:7947)"),
     ("--key-file", "key_file", "file of base64 cluster keys, one per line, the first signs (or PEER_KEY)"),
+    ("--encrypt", "encrypt", "encrypt gossip and streams with the cluster key: on (the flag alone), off or switching"),
     ("--profile", "profile", "timing profile: lan (default), wan or local"),
     ("--join-timeout", "join_timeout", "seconds to wait for a seed to answer before giving up (0: forever; default 60)"),
     ("--dns-interval", "dns_interval", "seconds between resolutions of seed names (default 30)"),
@@ -122,7 +123,10 @@ def _parser(tools: Sequence[AddCommand] = ()) -> argparse.ArgumentParser:
 
     agent = commands.add_parser("agent", help="run a node")
     for flag, key, text in AGENT_OPTIONS:
-        agent.add_argument(flag, dest=key, default=None, help=text)
+        if key == "encrypt":  # --encrypt alone means on
+            agent.add_argument(flag, dest=key, default=None, help=text, nargs="?", const="on")
+        else:
+            agent.add_argument(flag, dest=key, default=None, help=text)
     for flag, key, text in AGENT_SWITCHES:
         agent.add_argument(flag, dest=key, action="store_const", const=True, default=None, help=text)
     agent.add_argument("--config", help="TOML settings file (or PEER_CONFIG)")

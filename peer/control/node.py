@@ -88,7 +88,7 @@ LEAVE_MARGIN_SECONDS = 5.0
 # The settings a Node takes as keywords (Settings fields; logging and the
 # jobs file are the program's business).
 _SETTING_KEYS = (
-    "name", "bind", "advertise", "seeds", "key_file", "profile", "join_timeout",
+    "name", "bind", "advertise", "seeds", "key_file", "encrypt", "profile", "join_timeout",
     "dns_interval", "hosts_file", "drain_timeout", "load_factor", "membership",
     "api_token", "api_token_file", "metrics_public", "api_hosts", "api_origins", "api_tls_cert", "api_tls_key",
     "api_max_waits", "api_max_connections", "allowed_commands", "allowed_calls", "max_running_runs", "max_pending_runs",
@@ -194,7 +194,8 @@ class Node:
     the control API, so the ``peer`` CLI can talk to this node; default
     None: none), ``key`` (the cluster key(s): base64 text as ``peer keygen``
     prints, comma-separated for several, raw bytes, a list of either, or a
-    ``peer.runtime.wire.Keyring``) or ``key_file``, ``profile``, ``join_timeout``,
+    ``peer.runtime.wire.Keyring``) or ``key_file``, ``encrypt`` (True, or
+    ``"switching"``), ``profile``, ``join_timeout``,
     ``dns_interval``, ``hosts_file``, ``drain_timeout``, ``load_factor``,
     ``max_running_runs``, ``max_pending_runs`` (back-pressure: ``submit``
     raises ``BacklogFull`` past the latter), ``membership`` (a mapping of
@@ -222,6 +223,7 @@ class Node:
         api: str | None = None,
         key: str | bytes | Sequence[str | bytes] | Keyring | None = None,
         key_file: str | None = None,
+        encrypt: bool | str | None = None,
         profile: str | None = None,
         join_timeout: float | None = None,
         dns_interval: float | None = None,
@@ -247,7 +249,7 @@ class Node:
         executor: Executor | None = None,
     ) -> None:
         given: dict[str, Any] = {
-            "name": name, "bind": bind, "advertise": advertise, "seeds": seeds, "key_file": key_file,
+            "name": name, "bind": bind, "advertise": advertise, "seeds": seeds, "key_file": key_file, "encrypt": encrypt,
             "profile": profile, "join_timeout": join_timeout, "dns_interval": dns_interval,
             "hosts_file": hosts_file, "drain_timeout": drain_timeout, "load_factor": load_factor,
             "membership": membership, "api_token": api_token, "api_token_file": api_token_file,
@@ -274,6 +276,7 @@ class Node:
         self.settings.membership_config()  # a bad timing fails now (ConfigError "membership: ...")
         self._serve_api = api is not None
         self.keyring = _keyring(key, self.settings.key_file)
+        self.settings.check_encryption(self.keyring is not None)
         if scheduler is not None:
             # Keywords given win over the same fields of a SchedulerConfig.
             if drain_timeout is not None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import socket
 import time
@@ -49,7 +50,7 @@ from peer.runtime.executor import Executor, Outcome
 from peer.runtime.seeds import Lookup, SeedResolver, parse_seed, system_lookup
 from peer.runtime.settings import Settings
 from peer.runtime.transport import StreamRefusal, Transport
-from peer.runtime.wire import Codec, Dropped, DropReason, FrameTooLarge, Keyring
+from peer.runtime.wire import Codec, Dropped, DropReason, Encryption, FrameTooLarge, Keyring
 
 log = logging.getLogger("peer.agent")
 
@@ -59,6 +60,8 @@ API_DRAIN_SECONDS = 2.0
 
 # At most one warning per interval about frames signed with another key.
 KEY_WARNING_INTERVAL = 60.0
+# Drops that mean a peer is set up differently: warned about (at most once an interval).
+_MISCONFIGURED = frozenset({DropReason.BAD_MAC, DropReason.STALE, DropReason.PLAINTEXT})
 
 _EVENT_LEVEL = {EventKind.FAILED: logging.WARNING}
 
@@ -121,7 +124,8 @@ class Agent:
         self.control_plane = control_plane  # None: no control API is served (an embedded node's default)
         self.name = settings.name
         self.config = settings.membership_config()
-        self.codec = Codec(keyring)
+        settings.check_encryption(keyring is not None)
+        self.codec = Codec(keyring, encryption=Encryption(settings.encrypt), wall_clock=time.time, random_bytes=os.urandom)
         self.transport = Transport(
             settings.bind, max_stream_frame=self.codec.max_stream, keyring=keyring, on_refused=self._on_stream_refused
         )
@@ -408,8 +412,8 @@ class Agent:
 
     def _report_drop(self, src: Address, dropped: Dropped) -> None:
         level = logging.DEBUG
-        if dropped.reason is DropReason.BAD_MAC:
-            # Someone is talking to us with another key: worth a warning, not a flood.
+        if dropped.reason in _MISCONFIGURED:
+            # Another key, a clock off, or encryption off on a peer: worth a warning, not a flood.
             now = trio.current_time()
             if now >= self._next_key_warning:
                 self._next_key_warning = now + KEY_WARNING_INTERVAL
@@ -631,6 +635,9 @@ class Agent:
         tried = ", ".join(map(format_address, self.seed_addresses)) or "no address: the seeds did not resolve"
         rejected = self.drops()[DropReason.BAD_MAC.value]
         key = f"{rejected} frames came with a bad MAC: " if rejected else ""
+        stale, plaintext = self.codec.drops[DropReason.STALE], self.codec.drops[DropReason.PLAINTEXT]
+        key += f"{stale} frames were stamped too far from this node's clock (are the clocks synchronised?): " if stale else ""
+        key += f"{plaintext} frames were not encrypted (is encrypt on everywhere?): " if plaintext else ""
         return (
             f"no seed answered within {self.settings.join_timeout:g}s (tried {tried}); {key}check --seeds, "
             "that the seeds run and that this node has the cluster's key, or raise --join-timeout (0 waits forever)"

@@ -83,6 +83,18 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return convert
 
 
+def _encrypt(value: Any) -> str:
+    # "on"/"off" or a boolean (TOML true, PEER_ENCRYPT=1), or "switching": see peer.runtime.wire.Encryption.
+    text = str(value).lower() if isinstance(value, (str, bool)) else None
+    if text in ("true", "on", "yes", "1"):
+        return "on"
+    if text in ("false", "off", "no", "0"):
+        return "off"
+    if text == "switching":
+        return text
+    raise ValueError(f"expected on, off or switching, got {value!r}")
+
+
 def _seconds(value: Any) -> float:
     try:
         seconds = float(value)
@@ -184,6 +196,7 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "seeds": _seed_list,
     "api": _address(DEFAULT_API_PORT),
     "key_file": _optional_path,
+    "encrypt": _encrypt,
     "profile": _choice(*PROFILES),
     "join_timeout": _seconds,
     "dns_interval": _seconds,
@@ -221,6 +234,7 @@ class Settings:
     seeds: tuple[str, ...] = ()
     api: Address = ("127.0.0.1", DEFAULT_API_PORT)
     key_file: str | None = None
+    encrypt: str = "off"  # on, off or switching (peer.runtime.wire.Encryption)
     profile: str = "lan"
     join_timeout: float = 60.0
     dns_interval: float = 30.0
@@ -277,6 +291,10 @@ class Settings:
         if token is None:
             raise ConfigError(f"api_token_file: {self.api_token_file} is empty")
         return token
+
+    def check_encryption(self, keyed: bool) -> None:
+        if self.encrypt != "off" and not keyed:
+            raise ConfigError("encrypt: encryption needs a cluster key (key_file, PEER_KEY or key)")
 
     def membership_config(self) -> MembershipConfig:
         try:

@@ -11,9 +11,10 @@ a fixed-size preamble::
 ``length`` is that of the frame that follows. In a keyed cluster ``flags`` has
 ``KEYED`` and ``mac`` is HMAC-SHA256 over the 34 bytes before it, under a key
 derived from the keyring's primary key (any ring key verifies); the receiver
-checks it, and refuses ``sent_ms`` outside a window around its own clock
-(``WINDOW_MS``, the same bound as the HLC's drift) and a nonce it has seen
-within that window, before it reads a byte of the frame. So a peer without the
+checks it, and refuses ``sent_ms`` outside the codec's replay window around
+its own clock and a nonce it has seen within that window (the codec's
+``ReplayGuard``: one rule for frames and preambles), before it reads a byte of
+the frame. So a peer without the
 key costs the receiver one 66-byte read, and a captured preamble cannot be
 replayed to make it buffer another frame. In an open cluster ``flags`` is 0,
 ``mac`` is zero and nothing but the form is checked: there the transport's byte
@@ -27,7 +28,7 @@ during a rolling upgrade and resumes full-state exchanges once both ends run
 this version.
 
 Everything here is pure: the clock (``now_ms``) and the nonce come in as
-arguments; ``PreambleChecker`` keeps the bounded set of nonces seen.
+arguments; ``PreambleChecker`` keeps the bounded cache of nonces seen.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import struct
 
 import attrs
 
-from peer.runtime.wire import Keyring
+from peer.runtime.wire import REPLAY_WINDOW, DropReason, Keyring, ReplayGuard, derive_key
 
 MAGIC = b"PEER"
 STREAM_VERSION = 2  # version 1 was the bare length prefix
@@ -49,16 +50,9 @@ MAC_SIZE = 32
 _FIELDS = struct.Struct(">4sBBQ16sI")
 PREAMBLE_SIZE = _FIELDS.size + MAC_SIZE  # 66 bytes
 _NO_MAC = bytes(MAC_SIZE)
-# A preamble's clock may differ from ours by this much either way (the HLC's
-# own bound on a peer's drift): beyond it, a preamble is refused as stale.
-WINDOW_MS = 60_000
-# Nonces remembered at most. Only key holders can add one, so the set fills
-# only with a cluster's real streams; if it ever overflows, the oldest entries
-# go and preambles no newer than them are refused (no replay slips through).
+# Nonces remembered at most (see ``ReplayGuard`` for what happens beyond):
+# only key holders can add one, so the cache fills only with real streams.
 MAX_SEEN = 16_384
-# Preambles are MACed under a key of their own, derived from each cluster key,
-# so no MAC made for a frame can ever pass for one made for a preamble.
-_KEY_LABEL = b"peer stream preamble v2"
 
 assert len(MAGIC) == 4 and MAGIC[0] != 0, "an older peer must read the magic as a length over its limit"
 
@@ -78,9 +72,11 @@ class Preamble:
 
 
 def _stream_keys(keyring: Keyring | None) -> list[hmac.HMAC]:
+    # Preambles are MACed under a key of their own, derived from each cluster
+    # key, so no MAC made for a frame can ever pass for one made for a preamble.
     if keyring is None:
         return []
-    return [hmac.new(hmac.new(key, _KEY_LABEL, hashlib.sha256).digest(), digestmod=hashlib.sha256) for key in keyring.keys]
+    return [hmac.new(derive_key(key, b"stream preamble", 32), digestmod=hashlib.sha256) for key in keyring.keys]
 
 
 class PreambleSealer:
@@ -106,9 +102,7 @@ class PreambleChecker:
     def __init__(self, keyring: Keyring | None, *, max_length: int, max_seen: int = MAX_SEEN) -> None:
         self._keys = _stream_keys(keyring)
         self.max_length = max_length
-        self.max_seen = max_seen
-        self._seen: dict[bytes, int] = {}  # nonce -> sent_ms, oldest accepted first
-        self._floor_ms = -1  # preambles sent at or before this are refused: their nonces may have been forgotten
+        self.seen = ReplayGuard(round(REPLAY_WINDOW * 1000), max_seen)
 
     @property
     def keyed(self) -> bool:
@@ -130,25 +124,10 @@ class PreambleChecker:
         fields, mac = data[: _FIELDS.size], data[_FIELDS.size :]
         if not any(hmac.compare_digest(_digest(key, fields), mac) for key in self._keys):
             return PreambleRefusal.BAD_MAC
-        self._forget(now_ms)
-        if abs(sent_ms - now_ms) > WINDOW_MS or sent_ms <= self._floor_ms:
-            return PreambleRefusal.STALE
-        if nonce in self._seen:
-            return PreambleRefusal.REPLAYED
-        self._seen[nonce] = sent_ms
-        while len(self._seen) > self.max_seen:
-            self._drop_oldest()
-        return preamble
-
-    def _forget(self, now_ms: int) -> None:
-        """Drop the nonces that fell out of the window: their preambles would be stale now."""
-        seen = self._seen
-        while seen and next(iter(seen.values())) < now_ms - WINDOW_MS:
-            self._drop_oldest()
-
-    def _drop_oldest(self) -> None:
-        nonce = next(iter(self._seen))
-        self._floor_ms = max(self._floor_ms, self._seen.pop(nonce))
+        dropped = self.seen.check(sent_ms, nonce, now_ms)
+        if dropped is None:
+            return preamble
+        return PreambleRefusal.STALE if dropped.reason is DropReason.STALE else PreambleRefusal.REPLAYED
 
 
 def _digest(key: hmac.HMAC, data: bytes) -> bytes:
