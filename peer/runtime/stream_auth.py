@@ -23,9 +23,8 @@ budget bounds what strangers may make it buffer.
 Against an older peer (length-prefixed streams): its 4-byte length reads here
 as a magic that is not ours, and our magic read there as a length of 1.3 GB,
 over its limit; both sides refuse the stream at once and count it, allocating
-nothing. Datagrams are unaffected, so a mixed cluster keeps its membership
-during a rolling upgrade and resumes full-state exchanges once both ends run
-this version.
+nothing (as both refuse the other's datagrams: the frame format changed with
+this one, see ``peer.runtime.wire``).
 
 Everything here is pure: the clock (``now_ms``) and the nonce come in as
 arguments; ``PreambleChecker`` keeps the bounded cache of nonces seen.
