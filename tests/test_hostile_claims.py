@@ -4,15 +4,26 @@ member away from the others (issue 13, items 4, 7 and 9)."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
+import attrs
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crdt.digest import ROOT
+from crdt.messages import DeltaGossip, SyncEntries
+from crdt.ormap import Delta
 from membership import Membership, MembershipConfig, Status
 from membership.messages import MAX_INCARNATION, UINT63, Alive, Dead, Left, PushPull, Suspect, valid_name
 from membership.state import Member
-from peer.runtime.wire import Codec, Keyring
+from peer.core.replication import ReplicationConfig, Replicator
+from peer.jobs.definition import parse_job
+from peer.jobs.local import JOBS, LEASES, MAPS, RUNS, UPDATES
+from peer.jobs.records import READABLE, job_entry_from_wire, readable_job
+from peer.runtime.wire import Codec, Keyring, decode_message
+from sim.direct import WALL_MS as WALL
 from tests.test_core import ME, addr, make_core, sent_messages
 
 # -- incarnations ------------------------------------------------------------------------
@@ -197,3 +208,119 @@ def test_a_push_pull_is_charged_except_while_joining():
     joiner = make_core()
     joiner.receive(1.0, addr("b"), PushPull("b", True, addr("b"), table))
     assert len(joiner.members()) == 1 + 500 and joiner.stats.members_rate_limited == 0
+
+
+# -- replicated values -------------------------------------------------------------------
+
+JOB = parse_job({"id": "report", "schedule": "@every 5s", "call": "myapp.tasks:report"}, where="test")
+GOOD = {"spec": JOB.to_wire(), "since": WALL}
+
+
+def job_pair() -> tuple[Replicator, Replicator]:
+    a, b = (
+        Replicator(addr_, name, ReplicationConfig(), maps=MAPS, rng=random.Random(i), now=0.0, validators=READABLE)
+        for i, (addr_, name) in enumerate([(("10.0.0.1", 1), "a#1"), (("10.0.0.2", 1), "b#1")])
+    )
+    a.put(WALL, JOBS, "report", GOOD)
+    b.receive(0.0, WALL, DeltaGossip(JOBS, a.map(JOBS).state()))
+    assert b.get(WALL, JOBS, "report").value == GOOD
+    for node in (a, b):
+        while node.take_gossip(100_000, 1, ("10.0.0.3", 1)):
+            pass  # the good definition's gossip (and relay): gone
+    return a, b
+
+
+def _overwrite(a: Replicator, value: Any) -> DeltaGossip:
+    """The delta a's next write of ``value`` makes: it replaces the good register."""
+    a.put(WALL + 1000, JOBS, "report", value)
+    (gossip,) = a.take_gossip(100_000, 1, ("10.0.0.2", 1))
+    return gossip
+
+
+@pytest.mark.parametrize(
+    "mangled",
+    [{"spec": {"id": "report", "schedule": 7}, "since": WALL}, "garbage", None, {"spec": JOB.to_wire(), "since": 1.5}],
+)
+def test_an_unreadable_definition_never_replaces_a_readable_one(mangled):
+    a, b = job_pair()
+    gossip = _overwrite(a, mangled)  # its context removes the good register
+    b.receive(1.0, WALL + 2000, gossip)
+    assert b.get(WALL, JOBS, "report").value == GOOD  # the job keeps its definition
+    assert job_entry_from_wire(b.get(WALL, JOBS, "report").value).spec == JOB
+    assert b.stats.values_refused == 1
+    assert not b.has_gossip()  # and it is not passed on
+
+
+def test_the_real_write_is_taken_after_a_mangled_copy_of_it():
+    a, b = job_pair()
+    newer = {"spec": JOB.to_wire(), "since": WALL + 1000}
+    gossip = _overwrite(a, newer)
+    (key, registers), = gossip.delta.entries.items()
+    ((dot, register),) = registers.items()
+    mangled = DeltaGossip(JOBS, Delta({key: {dot: register._replace(value={"spec": 1})}}, gossip.delta.context))
+    b.receive(1.0, WALL + 2000, mangled)
+    assert b.get(WALL, JOBS, "report").value == GOOD
+    b.receive(1.0, WALL + 2000, gossip)  # its dot was not recorded as seen
+    assert b.get(WALL, JOBS, "report").value == newer
+
+
+def test_an_unreadable_value_in_a_sync_removes_nothing_and_the_rest_is_taken():
+    a, b = job_pair()
+    a.put(WALL, RUNS, "report@x", {"id": "report@x", "job": "report", "state": "pending"})
+    a.put(WALL + 1000, JOBS, "report", ["not", "a", "job"])
+    a.put(WALL, JOBS, "other", {"spec": attrs.evolve(JOB, id="other").to_wire(), "since": WALL})
+    for name in (JOBS, RUNS):
+        replica_map = a.map(name)
+        entries = replica_map.scope_state([ROOT])
+        b.receive(1.0, WALL + 2000, SyncEntries(name, ("10.0.0.1", 1), (ROOT,), entries, replica_map.context.copy()))
+    assert b.get(WALL, JOBS, "report").value == GOOD
+    assert b.get(WALL, JOBS, "other") is not None and b.get(WALL, RUNS, "report@x") is not None
+    assert b.stats.values_refused == 1 and b.stats.malformed == 0
+
+
+def test_removals_still_remove():
+    a, b = job_pair()
+    a.remove(WALL + 1000, JOBS, "report")
+    (gossip,) = a.take_gossip(100_000, 1, ("10.0.0.2", 1))
+    b.receive(1.0, WALL + 2000, gossip)
+    assert b.get(WALL, JOBS, "report") is None and b.stats.values_refused == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        (RUNS, {"id": "r", "job": "j", "state": "no-such-state"}),
+        (RUNS, {"id": "r", "job": "j", "state": "pending", "attempt": 0}),
+        (LEASES, {"holder": "a", "life": "x", "cursor": None, "how": "acquire"}),
+        (UPDATES, 42),
+    ],
+)
+def test_unreadable_runs_leases_and_updates_are_refused(name, value):
+    a, b = job_pair()
+    a.put(WALL, name, "k", value)
+    (gossip,) = a.take_gossip(100_000, 1, ("10.0.0.2", 1))
+    b.receive(1.0, WALL + 2000, gossip)
+    assert b.get(WALL, name, "k") is None and b.stats.values_refused == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_a_byte_mutated_definition_delta_leaves_the_original_or_a_readable_spec(data):
+    """Signed frames with mutated bodies (issue 13, item 7): whatever a
+    mutated overwrite of the job does, the job still has a readable
+    definition, never an unreadable one."""
+    a, b = job_pair()
+    gossip = _overwrite(a, {"spec": attrs.evolve(JOB, timeout=7.0).to_wire(), "since": WALL + 1000})
+    body = bytearray(msgpack.packb(gossip.to_wire()))
+    for _ in range(data.draw(st.integers(1, 4))):
+        body[data.draw(st.integers(0, len(body) - 1))] = data.draw(st.integers(0, 255))
+    try:
+        message = decode_message(msgpack.unpackb(bytes(body), raw=False, strict_map_key=False))
+    except Exception:
+        return  # the codec drops it (and counts it)
+    if not isinstance(message, DeltaGossip) or message.map not in MAPS:
+        return
+    b.receive(1.0, WALL + 2000, message)
+    register = b.get(WALL + 2000, JOBS, "report")
+    if register is not None:
+        assert readable_job(register.value)
