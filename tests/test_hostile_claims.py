@@ -4,6 +4,7 @@ member away from the others (issue 13, items 4, 7 and 9)."""
 from __future__ import annotations
 
 import random
+import socket
 from typing import Any
 
 import attrs
@@ -22,6 +23,7 @@ from peer.core.replication import ReplicationConfig, Replicator
 from peer.jobs.definition import parse_job
 from peer.jobs.local import JOBS, LEASES, MAPS, RUNS, UPDATES
 from peer.jobs.records import READABLE, job_entry_from_wire, readable_job
+from peer.runtime.settings import ConfigError, load
 from peer.runtime.wire import Codec, Keyring, decode_message
 from sim.direct import WALL_MS as WALL
 from tests.test_core import ME, addr, make_core, sent_messages
@@ -324,3 +326,26 @@ def test_a_byte_mutated_definition_delta_leaves_the_original_or_a_readable_spec(
     register = b.get(WALL + 2000, JOBS, "report")
     if register is not None:
         assert readable_job(register.value)
+
+
+# -- the agent's own name ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "environ", "words"),
+    [
+        ({"name": "web 1"}, {}, r"--name: node name 'web 1' is not 1..128 of"),
+        ({}, {"PEER_NAME": "a\nb"}, r"PEER_NAME: node name 'a\\nb' is not"),
+        ({"name": "x" * 129}, {}, r"--name: node name 'x+' is not 1..128"),
+    ],
+)
+def test_the_agent_refuses_an_invalid_own_name_naming_the_setting(flags, environ, words):
+    with pytest.raises(ConfigError, match=words):
+        load(flags, environ=environ)
+
+
+def test_an_invalid_host_name_as_default_is_refused_naming_the_setting(monkeypatch):
+    monkeypatch.setattr(socket, "gethostname", lambda: "bad host")
+    with pytest.raises(ConfigError, match=r"the host name, by default; set --name or PEER_NAME"):
+        load({}, environ={})
+    assert load({"name": "ok-name"}, environ={}).name == "ok-name"
