@@ -293,6 +293,8 @@ def test_removals_still_remove():
     [
         (RUNS, {"id": "r", "job": "j", "state": "no-such-state"}),
         (RUNS, {"id": "r", "job": "j", "state": "pending", "attempt": 0}),
+        (RUNS, {"id": "r", "job": "j", "state": "running", "owner": "n1\nFAKE log line"}),
+        (RUNS, {"id": "r\x00", "job": "j", "state": "pending"}),
         (LEASES, {"holder": "a", "life": "x", "cursor": None, "how": "acquire"}),
         (UPDATES, 42),
     ],

@@ -41,6 +41,7 @@ from typing import Any
 import attrs
 
 from crdt.values import NotReplicable, replicated_form
+from membership.messages import valid_name
 from peer.jobs.definition import JobError, JobSpec
 from peer.jobs.leases import Lease
 from peer.jobs.local import JOBS, LEASES, RUNS, UPDATES, CancelRun, DeliverUpdate, Local, log
@@ -387,7 +388,17 @@ def readable_job(value: Any) -> bool:
 
 
 def readable_run(value: Any) -> bool:
-    return _readable(RunRecord.from_wire, value)
+    """A run record, whose names are fit for a log line: its id and job
+    printable, and the nodes it names (owner, node, via) member names."""
+    return _readable(RunRecord.from_wire, value) and _loggable_run(value)
+
+
+def _loggable_run(value: Mapping[str, Any]) -> bool:
+    return (
+        value["id"].isprintable()
+        and value["job"].isprintable()
+        and all(value.get(field) is None or valid_name(value[field]) for field in ("owner", "node", "via"))
+    )
 
 
 def readable_lease(value: Any) -> bool:
