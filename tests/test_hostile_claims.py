@@ -296,6 +296,7 @@ def test_removals_still_remove():
         (RUNS, {"id": "r", "job": "j", "state": "running", "owner": "n1\nFAKE log line"}),
         (RUNS, {"id": "r\x00", "job": "j", "state": "pending"}),
         (LEASES, {"holder": "a", "life": "x", "cursor": None, "how": "acquire"}),
+        (LEASES, {"holder": "a\rb", "life": 1, "cursor": None, "how": "acquire"}),
         (UPDATES, 42),
     ],
 )

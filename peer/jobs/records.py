@@ -402,7 +402,7 @@ def _loggable_run(value: Mapping[str, Any]) -> bool:
 
 
 def readable_lease(value: Any) -> bool:
-    return _readable(Lease.from_wire, value)
+    return _readable(Lease.from_wire, value) and valid_name(value["holder"])
 
 
 def readable_update(value: Any) -> bool:
