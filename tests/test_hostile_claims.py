@@ -352,3 +352,33 @@ def test_an_invalid_host_name_as_default_is_refused_naming_the_setting(monkeypat
     with pytest.raises(ConfigError, match=r"the host name, by default; set --name or PEER_NAME"):
         load({}, environ={})
     assert load({"name": "ok-name"}, environ={}).name == "ok-name"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    claims=st.lists(
+        st.tuples(
+            st.sampled_from([Alive, Suspect, Dead, Left]),
+            st.sampled_from(["me", "b", "c", "bad\nname"]),
+            st.one_of(st.integers(0, 20), st.integers(MAX_INCARNATION - 3, MAX_INCARNATION + 3), st.just(UINT63)),
+        ),
+        max_size=8,
+    )
+)
+def test_no_sequence_of_claims_pushes_anyone_past_what_the_codec_carries(claims):
+    core = make_core(["b"])
+    for kind, name, incarnation in claims:
+        if kind is Alive:
+            claim = Alive(name, incarnation, addr(name))
+        elif kind is Left:
+            claim = Left(name, incarnation)
+        else:
+            claim = kind(name, incarnation, "b")
+        core.receive(1.0, addr("b"), claim)
+        assert core.incarnation <= MAX_INCARNATION
+        assert core.member("me").status is Status.ALIVE  # we always refute, within the bound
+        assert all(m.incarnation <= MAX_INCARNATION and valid_name(m.name) for m in core.members())
+    codec = Codec()
+    for effect in core.take_effects():
+        if hasattr(effect, "messages"):
+            assert codec.decode(codec.encode(list(effect.messages), stream=effect.reliable), stream=effect.reliable)
