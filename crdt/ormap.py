@@ -45,7 +45,7 @@ decide removals, and record only the dots they adopt or drop.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import attrs
@@ -260,14 +260,24 @@ class ORMap:
         return changed
 
     def merge_scoped(
-        self, entries: Mapping[str, Registers], context: CausalContext, scope: Iterable[Node], now_ms: int
+        self,
+        entries: Mapping[str, Registers],
+        context: CausalContext,
+        scope: Iterable[Node],
+        now_ms: int,
+        *,
+        keep: Collection[str] = (),
     ) -> list[str]:
         """Join another replica's entries under ``scope`` (all of them that
-        it holds there); its context decides removals only."""
+        it holds there); its context decides removals only. Keys in
+        ``keep`` are left as they are (the caller refused what came for
+        them, so their absence from ``entries`` means nothing)."""
         scope = list(scope)
         affected = dict.fromkeys(entries)
         for node in scope:
             affected.update(dict.fromkeys(self.tree.keys_under(node)))
+        for key in keep:
+            affected.pop(key, None)
         within = Scope(scope)
         positions = {key: key_position(key) for key in entries}
         for key, position in positions.items():

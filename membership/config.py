@@ -81,6 +81,15 @@ class MembershipConfig:
     reconnect_timeout: float = attrs.field(default=24 * 3600.0, validator=_positive)
     tombstone_timeout: float = attrs.field(default=24 * 3600.0, validator=_positive)
 
+    # Learning members: each source host may introduce at most learn_burst
+    # members we did not know, then learn_rate per second more (a token
+    # bucket), so that one peer, broken or hostile, cannot flood the view
+    # with members; what is refused is counted and learned later from
+    # others. A node that knows no live member yet (joining, restarted)
+    # takes a full state exchange whole, whatever its size.
+    learn_burst: int = attrs.field(default=64, validator=_at_least_one)
+    learn_rate: float = attrs.field(default=16.0, validator=_positive)
+
     # Graceful leave: the leave claim is gossiped until it has been sent
     # retransmit-limit times or leave_timeout passed.
     leave_timeout: float = attrs.field(default=5.0, validator=_positive)

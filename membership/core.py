@@ -41,6 +41,15 @@ in seconds rather than at the next periodic exchange: after a join, or when
 a member we had given up on returns, the next anti-entropy round comes
 within a few probe intervals; and a node that hears a claim about a
 member's older incarnation gossips the newer one again.
+
+Claims from peers are checked before they count (``_admissible``), since
+a key holder may be broken, older or hostile: a member name must be of
+the safe charset (``valid_name``); an incarnation above
+``MAX_INCARNATION`` is refused, and so is an accusation at it, which its
+member could not outrank (so no single claim can leave a member dead
+for good); and each source host introduces at most ``learn_burst``
+unknown members, then ``learn_rate`` a second (``_may_learn``). Every
+refusal is counted in ``MembershipStats``.
 """
 
 from __future__ import annotations
@@ -58,7 +67,10 @@ from membership.config import MembershipConfig
 from membership.effects import Effect, Event, Send
 from membership.messages import (
     ENVELOPE_RESERVE,
+    MAX_INCARNATION,
     META_MAX,
+    NAME_CHARS,
+    NAME_MAX,
     Ack,
     Alive,
     Claim,
@@ -72,6 +84,7 @@ from membership.messages import (
     StateDigest,
     Suspect,
     claim_for,
+    valid_name,
     wire_size,
 )
 from membership.state import (
@@ -89,6 +102,9 @@ from membership.timers import Timers
 # A relay answers nack when the target stays silent this long (as a
 # fraction of probe_timeout), early enough to reach the prober in its round.
 NACK_FRACTION = 0.8
+
+# Learning buckets kept before full ones (equal to none) are forgotten.
+LEARN_SOURCES_MAX = 1024
 
 
 class Piggyback(Protocol):
@@ -124,6 +140,9 @@ class MembershipStats:
     misdirected_pings: int = 0  # pings naming someone else: a stale address
     name_conflicts: int = 0  # another process claims our name
     reaped: int = 0
+    invalid_names: int = 0  # claims or exchanges naming a member (or accuser) outside the safe charset
+    incarnations_refused: int = 0  # claims above MAX_INCARNATION, or accusations no member could refute
+    members_rate_limited: int = 0  # unknown members not learned: their source's learning budget was spent
 
 
 @attrs.define
@@ -133,6 +152,20 @@ class _Probe:
     incarnation: int
     expected_nacks: int = 0
     nacks: int = 0
+
+
+@attrs.define
+class _Bucket:
+    """A source host's budget for introducing members (a token bucket)."""
+
+    tokens: float
+    stamp: float
+
+    def refill(self, now: float, rate: float, burst: int) -> float:
+        if now > self.stamp:
+            self.tokens = min(float(burst), self.tokens + (now - self.stamp) * rate)
+            self.stamp = now
+        return self.tokens
 
 
 @attrs.define
@@ -156,6 +189,10 @@ class Membership:
         piggyback: Piggyback | None = None,
     ) -> None:
         _check_meta(meta)
+        if not valid_name(name):
+            raise ValueError(f"member name {name!r:.160}: expected 1..{NAME_MAX} of {NAME_CHARS}")
+        if not 0 <= incarnation <= MAX_INCARNATION:
+            raise ValueError(f"incarnation {incarnation} outside 0..{MAX_INCARNATION}")
         self.name = name
         self.addr = addr
         self.config = config
@@ -190,6 +227,8 @@ class Membership:
         self._leaving = False
         self._leave_timed_out = False
         self._effects: list[Effect] = []
+        self._learning: dict[str, _Bucket] = {}  # source host -> its budget for new members
+        self._src: Address | None = None  # the source of the message being handled
         self._timers: Timers[tuple[Any, ...]] = Timers()
         self._on_timer: dict[str, Callable[..., None]] = {
             "probe": self._probe_round,
@@ -236,7 +275,11 @@ class Membership:
         handler = self._on_message.get(type(message))
         if handler is None:
             raise TypeError(f"not a membership message: {message!r}")
-        handler(now, message, reliable)
+        self._src = src
+        try:
+            handler(now, message, reliable)
+        finally:
+            self._src = None
 
     def tick(self, now: float) -> None:
         """Fire every timer that is due at ``now``."""
@@ -284,7 +327,10 @@ class Membership:
         me = self._members[self.name]
         if meta == me.meta or self._leaving:
             return
-        self._set_member(now, me, attrs.evolve(me, incarnation=me.incarnation + 1, meta=meta))
+        # At the bound (only claims forged near it get a member there) the
+        # change stays local: no incarnation is left to announce it with.
+        incarnation = min(me.incarnation + 1, MAX_INCARNATION)
+        self._set_member(now, me, attrs.evolve(me, incarnation=incarnation, meta=meta))
         self._broadcast(now, self._alive_claim())
 
     # ------------------------------------------------------------------
@@ -365,6 +411,9 @@ class Membership:
         self._timers.schedule(("relay", seq), now + NACK_FRACTION * self.config.probe_timeout)
 
     def _on_push_pull(self, now: float, exchange: PushPull, reliable: bool) -> None:
+        if not valid_name(exchange.sender):
+            self.stats.invalid_names += 1
+            return
         self._merge_state(now, exchange.sender, exchange.members)
         if not exchange.is_reply:
             self._send_state(exchange.reply_to, is_reply=True)
@@ -377,7 +426,55 @@ class Membership:
         self._send_state(digest.reply_to)
 
     def _on_claim(self, now: float, claim: Claim, reliable: bool) -> None:
-        self._apply(now, claim)
+        if self._admissible(claim) and self._may_learn(now, claim):
+            self._apply(now, claim)
+
+    def _admissible(self, claim: Claim) -> bool:
+        """May a peer's claim count at all? Names must be safe to keep and
+        log; an incarnation must lie within the bound, and any other claim
+        than alive below it, so that its member can always refute it (one
+        above the bound could not be answered in a form anyone decodes)."""
+        if claim.name not in self._members and not valid_name(claim.name):
+            self.stats.invalid_names += 1
+            return False
+        if isinstance(claim, (Suspect, Dead)) and not valid_name(claim.accuser):
+            self.stats.invalid_names += 1
+            return False
+        # Only an alive claim (the member's own refutation) may reach the
+        # bound: a suspect, dead or left claim there could not be refuted.
+        limit = MAX_INCARNATION if isinstance(claim, Alive) else MAX_INCARNATION - 1
+        if claim.incarnation > limit:
+            self.stats.incarnations_refused += 1
+            return False
+        return True
+
+    def _may_learn(self, now: float, claim: Claim) -> bool:
+        """Charge a claim that introduces a member to its source's budget;
+        False (counted) when the budget is spent."""
+        src = self._src
+        if not isinstance(claim, Alive) or claim.name in self._members or src is None:
+            return True
+        config = self.config
+        bucket = self._learning.get(src[0])
+        if bucket is None:
+            if len(self._learning) >= LEARN_SOURCES_MAX:
+                self._forget_full_buckets(now)
+            bucket = self._learning[src[0]] = _Bucket(float(config.learn_burst), now)
+        if bucket.refill(now, config.learn_rate, config.learn_burst) < 1.0:
+            self.stats.members_rate_limited += 1
+            return False
+        bucket.tokens -= 1.0
+        return True
+
+    def _forget_full_buckets(self, now: float) -> None:
+        config = self.config
+        for host, bucket in list(self._learning.items()):
+            if bucket.refill(now, config.learn_rate, config.learn_burst) >= config.learn_burst:
+                del self._learning[host]
+        if len(self._learning) >= LEARN_SOURCES_MAX:
+            # Every source is busy: the oldest go, so the table stays bounded.
+            for host in list(self._learning)[: LEARN_SOURCES_MAX // 2]:
+                del self._learning[host]
 
     # ------------------------------------------------------------------
     # Claims: the only code that changes what we believe about a member.
@@ -437,6 +534,11 @@ class Membership:
                 return  # our own claim, echoed back
             if claim.addr != me.addr:
                 self.stats.name_conflicts += 1
+            if claim.incarnation >= MAX_INCARNATION:
+                # Someone forged our alive claim at the bound: nothing
+                # outranks it, so it stands (counted); see _admissible.
+                self.stats.incarnations_refused += 1
+                return
         else:
             self._awareness.apply_delta(1)  # being suspected hints that we are the slow one
         self.stats.refutations += 1
@@ -450,19 +552,31 @@ class Membership:
         # holes left by claims spread while views were still small
         # (measured: ~1 s to converge with it, ~3.5 s without).
         members = self._members
+        # A node that knows no live member yet (joining, restarted) takes a
+        # full table whole, whatever its size: it is how a node learns its
+        # cluster. Any other table is charged to its sender's budget.
+        charged = bool(self._live)
         for row in table:
             current = members.get(row.name)
             if current is not None and (row.incarnation, row.status) <= (current.incarnation, current.status):
                 continue  # not news (and an echo is no independent confirmation)
             if row.status is Status.ALIVE or row.status is Status.LEFT:
-                self._apply(now, claim_for(row, sender))
+                self._apply_row(now, claim_for(row, sender), charged)
             else:
                 # A second-hand death becomes a suspicion on the sender's
                 # word, so the member gets its chance to refute (after a
                 # partition, this is how each side learns the other lives).
                 if row.status is Status.SUSPECT and row.name not in self._members:
-                    self._apply(now, claim_for(attrs.evolve(row, status=Status.ALIVE), sender))
-                self._apply(now, Suspect(row.name, row.incarnation, sender))
+                    if not self._apply_row(now, claim_for(attrs.evolve(row, status=Status.ALIVE), sender), charged):
+                        continue
+                self._apply_row(now, Suspect(row.name, row.incarnation, sender), charged)
+
+    def _apply_row(self, now: float, claim: Claim, charged: bool) -> bool:
+        """A full table's row, as a claim; False if refused."""
+        if not self._admissible(claim) or (charged and not self._may_learn(now, claim)):
+            return False
+        self._apply(now, claim)
+        return True
 
     def _set_member(self, now: float, old: Member | None, new: Member, source: str | None = None) -> None:
         """Replace ``old`` by ``new`` and keep every derived structure in step."""

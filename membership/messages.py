@@ -16,6 +16,7 @@ full state exchange.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -35,7 +36,23 @@ HOST_MAX = 255
 META_MAX = 512
 MEMBERS_MAX = 100_000
 UINT63 = (1 << 63) - 1
+# The greatest incarnation a claim may carry (the core drops claims above
+# it, and accusations at it, which their member could not refute). Far
+# above any real one (a boot time in ms is about 2**41; refutations add
+# one each) and well inside the codec's range, so a refutation always
+# encodes; 2**53 is also the last integer a JSON reader that uses doubles
+# (JavaScript, jq) reads exactly, and incarnations appear in /members.
+MAX_INCARNATION = 1 << 53
+# What a member name may hold: letters, digits and ``. _ : -`` (host
+# names, ``host:port``), nothing that could forge a log line or a path.
+NAME_CHARS = "A-Z a-z 0-9 . _ : -"
+_VALID_NAME = re.compile(rf"[A-Za-z0-9._:-]{{1,{NAME_MAX}}}")
 _STATUSES = tuple(Status)  # rank -> Status, cheaper than calling Status(rank)
+
+
+def valid_name(name: str) -> bool:
+    """Is ``name`` fit to be a member's name (and to appear in logs)?"""
+    return _VALID_NAME.fullmatch(name) is not None
 
 
 class MalformedMessage(ValueError):

@@ -325,3 +325,23 @@ def test_trace_does_not_depend_on_the_interpreter_hash_seed():
         output = subprocess.run(command, env=env, capture_output=True, text=True, check=True, timeout=120).stdout
         hashes.add(output.split('"trace_hash": "')[1][:32])
     assert len(hashes) == 1
+
+
+@pytest.mark.parametrize("burst", [64, 8])
+def test_learning_bounds_leave_a_100_member_join_whole(burst):
+    """A mass join of 100 nodes through one seed, then one more node
+    joining the converged cluster: its seed's full table comes whole (a
+    node that knows no one is not rate-limited), and the per-source
+    learning budget (however tight) delays no one for long."""
+    scenario = MembershipScenario(
+        nodes=101, seed=1, duration=60, faults=(Join({100}, at=40.0),), overrides={"learn_burst": burst}
+    )
+    run = MembershipRun(scenario)
+    joined = []
+    run.at(40.5, lambda: joined.append(len(run.nodes[100].core.live_members())))
+    result = run.run()
+    assert_healthy(result)
+    assert joined == [101]  # the joiner knew all of them within half a second
+    assert run.nodes[100].core.stats.members_rate_limited == 0
+    for view in views(run).values():
+        assert sum(status is Status.ALIVE for status, _ in view.values()) == 101

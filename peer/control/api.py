@@ -1021,6 +1021,9 @@ _MEMBERSHIP_HELP = {
     "misdirected_pings": "Pings naming another node (a stale address)",
     "name_conflicts": "Claims by another process to this node's name",
     "reaped": "Dead or left members forgotten after their timeout",
+    "invalid_names": "Claims or exchanges refused for naming a member outside the safe charset (A-Z a-z 0-9 . _ : -, 1-128)",
+    "incarnations_refused": "Claims refused for an incarnation above the bound, or one their member could not refute",
+    "members_rate_limited": "Unknown members not learned: their source host's learning budget was spent",
 }
 _TRANSPORT_HELP = {
     "datagrams_in": "Datagrams received",
@@ -1051,6 +1054,7 @@ _REPLICATION_HELP = {
     "entries_sent": "Entries sent by digest sync",
     "entries_received": "Entries received by digest sync",
     "registers_refused": "Registers refused for a timestamp too far ahead",
+    "values_refused": "Received values refused because this node cannot read them (e.g. a mangled job definition)",
     "malformed": "Replication messages that made no sense here",
     "expired": "Entries dropped by expiry",
 }

@@ -28,6 +28,7 @@ from membership.effects import Effect, Event
 from membership.state import Address, EventKind, Member, Status
 from peer.core.replication import ReplicationConfig, Replicator
 from peer.jobs.leases import NEW_LIFE_INCARNATION_GAP
+from peer.jobs.records import READABLE
 from peer.jobs.runs import precedence
 from peer.jobs.scheduler import JOBS, RUNS, Role, Scheduler, SchedulerConfig, SchedulerEffect
 from peer.jobs.scheduler import MAPS as SCHEDULER_MAPS
@@ -71,6 +72,7 @@ class NodeCore:
             rng=random.Random(rng.getrandbits(64)),
             now=now,
             precedence={RUNS: precedence} if scheduler is not None else None,
+            validators=READABLE if scheduler is not None else None,
             watch=SCHEDULER_MAPS if scheduler is not None else (),
         )
         self.scheduler: Scheduler | None = None

@@ -29,8 +29,14 @@ members, in three ways:
    taken in, which is what lets contexts compact (see ``crdt.ormap``).
 
 Every received timestamp goes through the hybrid logical clock: a register
-stamped further ahead than ``max_drift_ms`` is refused and counted. Expired
-entries are dropped every ``expire_interval``.
+stamped further ahead than ``max_drift_ms`` is refused and counted. Every
+received value new to us goes through its map's validator (injected by the
+layer that knows the map's types), so an unreadable value (a broken, older
+or hostile peer's) never enters a map, let alone wins a key's merge over a
+readable one: it is refused and counted, its dot not recorded (the real
+write, if the value was mangled on its way, is still taken when it comes),
+and what came with it removes nothing under its key (see ``_admit``).
+Expired entries are dropped every ``expire_interval``.
 """
 
 from __future__ import annotations
@@ -38,12 +44,12 @@ from __future__ import annotations
 import functools
 import math
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
-from crdt.context import CausalContext
+from crdt.context import CausalContext, Dot
 from crdt.digest import DEPTH, FANOUT, ROOT, Node, children
 from crdt.hlc import HLC, ClockDrift, Timestamp
 from crdt.messages import (
@@ -90,6 +96,9 @@ CHUNK_KEYS = 256
 # The root summary a catch-up probe carries: it asks for everything.
 EMPTY_SUMMARY = ((0, 0),) * FANOUT
 
+# A map's check of a value received from a peer: can this node read it?
+Validator = Callable[[Any], bool]
+
 
 @attrs.frozen
 class ReplicationConfig:
@@ -119,6 +128,7 @@ class ReplicationStats:
     entries_sent: int = 0
     entries_received: int = 0
     registers_refused: int = 0  # stamped too far in the future
+    values_refused: int = 0  # received values their map's validator could not read
     malformed: int = 0  # well-formed messages that made no sense here (e.g. scope errors)
     expired: int = 0
 
@@ -134,6 +144,7 @@ class Replicator:
         rng: random.Random,
         now: float,
         precedence: Mapping[str, Precedence] | None = None,
+        validators: Mapping[str, Validator] | None = None,
         watch: Iterable[str] = (),
     ) -> None:
         self.addr = addr
@@ -145,6 +156,7 @@ class Replicator:
         # a peer cannot make us create others.
         precedence = precedence or {}
         self.maps: dict[str, ORMap] = {name: ORMap(replica, precedence.get(name, by_timestamp)) for name in maps}
+        self._validators: dict[str, Validator] = {name: check for name, check in (validators or {}).items() if name in maps}
         # Keys changed in the watched maps (by anyone, expiry included) since
         # the application last took them: how the scheduler learns of news
         # without scanning its maps.
@@ -437,7 +449,7 @@ class Replicator:
 
     def _on_delta(self, wall_ms: int, map_name: str, delta: Delta, *, relay: bool = True) -> None:
         self.stats.deltas_received += 1
-        delta = self._admit(wall_ms, delta.entries, delta.context)
+        delta, _ = self._admit(wall_ms, map_name, delta.entries, delta.context)
         changed = self.map(map_name).merge(delta, self._drop_before(wall_ms))
         self.stats.keys_changed += len(changed)
         self._note_changes(map_name, changed)
@@ -466,7 +478,37 @@ class Replicator:
             if registers:
                 self._gossip_delta(map_name, key, Delta({key: registers}, CausalContext(cloud=registers)), relayed=True)
 
-    def _admit(self, wall_ms: int, entries: dict[str, Registers], context: CausalContext) -> Delta:
+    def _admit(
+        self, wall_ms: int, map_name: str, entries: dict[str, Registers], context: CausalContext
+    ) -> tuple[Delta, frozenset[str]]:
+        """What may be merged of entries received with ``context``, and the
+        keys a refused value must leave as they are (in a scoped merge).
+        A delta that held a refused value stands for its admitted registers
+        only: its context would otherwise record the refused dot, and
+        remove what the refused write replaced, under the key it was to win."""
+        delta = self._admit_timestamps(wall_ms, entries, context)
+        check = self._validators.get(map_name)
+        if check is None:
+            return delta, frozenset()
+        known = self.maps[map_name].context
+        refused: dict[str, set[Dot]] = {}
+        for key, registers in delta.entries.items():
+            for dot, register in registers.items():
+                # A dot we have seen is never adopted again: only news is read.
+                if dot not in known and not check(register.value):
+                    refused.setdefault(key, set()).add(dot)
+        if not refused:
+            return delta, frozenset()
+        self.stats.values_refused += sum(len(dots) for dots in refused.values())
+        kept: dict[str, Registers] = {}
+        for key, registers in delta.entries.items():
+            dots = refused.get(key)
+            kept_registers = {dot: r for dot, r in registers.items() if dots is None or dot not in dots}
+            if kept_registers:
+                kept[key] = kept_registers
+        return delta_of(kept), frozenset(refused)
+
+    def _admit_timestamps(self, wall_ms: int, entries: dict[str, Registers], context: CausalContext) -> Delta:
         """Observe every timestamp; drop registers from too far ahead."""
         newest = max((r.ts for registers in entries.values() for r in registers.values()), default=None)
         if newest is None:
@@ -581,9 +623,11 @@ class Replicator:
     def _on_entries(self, wall_ms: int, message: SyncEntries) -> None:
         replica_map = self.map(message.map)
         self.stats.entries_received += len(message.entries)
-        admitted = self._admit(wall_ms, message.entries, message.context)
+        admitted, untouched = self._admit(wall_ms, message.map, message.entries, message.context)
         try:
-            changed = replica_map.merge_scoped(admitted.entries, message.context, message.scope, self._drop_before(wall_ms))
+            changed = replica_map.merge_scoped(
+                admitted.entries, message.context, message.scope, self._drop_before(wall_ms), keep=untouched
+            )
         except ValueError:
             self.stats.malformed += 1
             return

@@ -35,14 +35,16 @@ mark that comes after the outcome is answered at once.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
 
 from crdt.values import NotReplicable, replicated_form
+from membership.messages import valid_name
 from peer.jobs.definition import JobError, JobSpec
-from peer.jobs.local import JOBS, RUNS, UPDATES, CancelRun, DeliverUpdate, Local, log
+from peer.jobs.leases import Lease
+from peer.jobs.local import JOBS, LEASES, RUNS, UPDATES, CancelRun, DeliverUpdate, Local, log
 from peer.jobs.runs import (
     MAX_ERROR_CHARS,
     MAX_PROGRESS_BYTES,
@@ -126,8 +128,7 @@ class Records:
         entry = None
         if register is not None:
             try:
-                value = register.value
-                entry = JobEntry(JobSpec.from_wire(value["spec"]), int(value["since"]))
+                entry = job_entry_from_wire(register.value)
             except (JobError, KeyError, TypeError, ValueError):
                 self._local.stats.bad_records += 1
                 log.warning("job %r: unreadable definition from a peer; ignored", job_id)
@@ -379,6 +380,61 @@ class Records:
             "watched": len(self._watched),
             "handed_on": len(self._handed_on),
         }
+
+
+def job_entry_from_wire(value: Any) -> JobEntry:
+    """A jobs map entry as stored; ``ValueError`` for anything else."""
+    if not isinstance(value, Mapping) or "spec" not in value or "since" not in value:
+        raise ValueError("a job entry is a map of spec and since")
+    since = value["since"]
+    if isinstance(since, bool) or not isinstance(since, int):
+        raise ValueError("a job entry's since is epoch ms")
+    return JobEntry(JobSpec.from_wire(value["spec"]), since)
+
+
+def readable_job(value: Any) -> bool:
+    return _readable(job_entry_from_wire, value)
+
+
+def readable_run(value: Any) -> bool:
+    """A run record, whose names are fit for a log line: its id and job
+    printable, and the nodes it names (owner, node, via) member names."""
+    return _readable(RunRecord.from_wire, value) and _loggable_run(value)
+
+
+def _loggable_run(value: Mapping[str, Any]) -> bool:
+    return (
+        value["id"].isprintable()
+        and value["job"].isprintable()
+        and all(value.get(field) is None or valid_name(value[field]) for field in ("owner", "node", "via"))
+    )
+
+
+def readable_lease(value: Any) -> bool:
+    return _readable(Lease.from_wire, value) and valid_name(value["holder"])
+
+
+def readable_update(value: Any) -> bool:
+    """An update's data, or a reader's mark (``Scheduler``'s two writes)."""
+    return isinstance(value, Mapping) and ("data" in value or isinstance(value.get("reader"), str))
+
+
+def _readable(parse: Callable[[Any], Any], value: Any) -> bool:
+    try:
+        parse(value)
+    except Exception:  # whatever a reader trips on in a peer's value, this node cannot read it
+        return False
+    return True
+
+
+# Each map's check of a value from a peer (``peer.core.replication``): an
+# unreadable value never enters the map, so it cannot win over a readable one.
+READABLE: dict[str, Callable[[Any], bool]] = {
+    JOBS: readable_job,
+    RUNS: readable_run,
+    LEASES: readable_lease,
+    UPDATES: readable_update,
+}
 
 
 def parse_run(value: Any) -> RunRecord | None:

@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 
 from membership.config import PROFILES, MembershipConfig, profile
+from membership.messages import NAME_CHARS, NAME_MAX, valid_name
 from membership.state import Address
 from peer.jobs.scheduler import SchedulerConfig
 from peer.jobs.targets import TargetPolicy
@@ -69,9 +70,10 @@ def _seed_list(value: Any) -> tuple[str, ...]:
 def _name(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError("expected a non-empty name")
-    if len(value.encode()) > 128:
-        raise ValueError("a node name is at most 128 bytes")
-    return value.strip()
+    name = value.strip()
+    if not valid_name(name):
+        raise ValueError(f"node name {name!r:.160} is not 1..{NAME_MAX} of {NAME_CHARS}")
+    return name
 
 
 def _choice(*choices: str) -> Callable[[Any], str]:
@@ -228,7 +230,7 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
 
 @attrs.frozen
 class Settings:
-    name: str = attrs.field(factory=socket.gethostname)
+    name: str = attrs.field(factory=lambda: socket.gethostname())  # looked up when needed
     bind: Address = ("0.0.0.0", DEFAULT_PORT)
     advertise: Address | None = None
     seeds: tuple[str, ...] = ()
@@ -338,6 +340,8 @@ def load(
         if value is not None:
             values[key] = _convert("--" + key.replace("_", "-"), key, value)
     settings = Settings(**values)
+    if "name" not in values:  # the host name, by default: it must be a valid name too
+        _convert("name (the host name, by default; set --name or PEER_NAME)", "name", settings.name)
     try:
         settings.membership_config()  # a bad [membership] table fails now, not at start
     except ConfigError as error:

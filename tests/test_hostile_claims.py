@@ -1,0 +1,384 @@
+"""Claims from key holders that are broken, older or hostile: none may take a
+member away from the others (issue 13, items 4, 7 and 9)."""
+
+from __future__ import annotations
+
+import random
+import socket
+from typing import Any
+
+import attrs
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crdt.digest import ROOT
+from crdt.messages import DeltaGossip, SyncEntries
+from crdt.ormap import Delta
+from membership import Membership, MembershipConfig, Status
+from membership.messages import MAX_INCARNATION, UINT63, Alive, Dead, Left, PushPull, Suspect, valid_name
+from membership.state import Member
+from peer.core.replication import ReplicationConfig, Replicator
+from peer.jobs.definition import parse_job
+from peer.jobs.local import JOBS, LEASES, MAPS, RUNS, UPDATES
+from peer.jobs.records import READABLE, job_entry_from_wire, readable_job
+from peer.runtime.settings import ConfigError, load
+from peer.runtime.wire import Codec, Keyring, decode_message
+from sim.direct import WALL_MS as WALL
+from tests.test_core import ME, addr, make_core, sent_messages
+
+# -- incarnations ------------------------------------------------------------------------
+
+
+def test_the_bound_is_far_above_boot_time_incarnations_and_inside_the_codec():
+    assert 1_800_000_000_000 * 1000 < MAX_INCARNATION  # boot ms for millennia
+    assert MAX_INCARNATION + 1 <= UINT63  # a refutation at the bound still encodes
+
+
+@pytest.mark.parametrize("incarnation", [UINT63, MAX_INCARNATION + 1, MAX_INCARNATION])
+@pytest.mark.parametrize("kind", [Dead, Suspect])
+def test_an_accusation_no_one_could_refute_is_dropped_and_counted(kind, incarnation):
+    core = make_core(["b", "x"])
+    core.receive(1.0, addr("x"), kind("b", incarnation, "x"))
+    assert core.member("b").status is Status.ALIVE and core.member("b").incarnation == 1
+    assert core.stats.incarnations_refused == 1
+    core.receive(1.0, addr("x"), kind("me", incarnation, "x"))  # about ourselves: no refutation either
+    assert core.incarnation == 10 and core.stats.refutations == 0
+    assert core.stats.incarnations_refused == 2
+
+
+def test_dead_at_max_int_leaves_its_member_alive_everywhere_and_encodable():
+    """The attack: one signed Dead(b, 2**63-1). Before, b refuted with an
+    incarnation no codec could encode and stayed dead for good."""
+    codec = Codec(Keyring([b"k" * 32]))
+    frame = codec.encode([Dead("b", UINT63, "x")])
+    (message,) = codec.decode(frame)  # it decodes (the codec's range)...
+    b = Membership("b", addr("b"), MembershipConfig(), rng=random.Random(1), now=0.0, incarnation=5)
+    other = make_core(["b", "x"])
+    for core in (b, other):
+        core.receive(1.0, addr("x"), message)  # ...and is refused by the core
+    assert b.incarnation == 5 and b.stats.incarnations_refused == 1
+    assert other.member("b").status is Status.ALIVE
+
+
+def test_an_accusation_just_below_the_bound_is_refuted_within_it():
+    core = make_core(["b"])
+    core.receive(1.0, addr("b"), Dead("me", MAX_INCARNATION - 1, "b"))
+    assert core.incarnation == MAX_INCARNATION and core.member("me").status is Status.ALIVE
+    alive = [m for m in sent_messages(core.take_effects() + _gossip(core)) if isinstance(m, Alive) and m.name == "me"]
+    assert alive and {m.incarnation for m in alive} == {MAX_INCARNATION}
+    assert list(Codec().decode(Codec().encode(alive[:1]))) == alive[:1]  # the refutation travels
+    other = make_core(["me2"])
+    other.receive(1.0, addr("b"), Dead("b", MAX_INCARNATION - 1, "x"))  # unknown b: nothing
+    other.receive(1.0, addr("b"), Alive("b", MAX_INCARNATION, addr("b")))
+    assert other.member("b").status is Status.ALIVE  # the refutation at the bound is taken
+
+
+def _gossip(core: Membership) -> list:
+    core.tick(core.next_deadline())
+    return core.take_effects()
+
+
+def test_an_alive_claim_above_the_bound_is_dropped_and_one_at_it_is_not_refuted():
+    core = make_core(["b"])
+    core.receive(1.0, addr("b"), Alive("c", MAX_INCARNATION + 1, addr("c")))
+    assert core.member("c") is None and core.stats.incarnations_refused == 1
+    core.receive(1.0, addr("b"), Alive("me", MAX_INCARNATION, ("elsewhere", 1)))
+    assert core.incarnation == 10  # no refutation past the bound
+    assert core.stats.incarnations_refused == 2 and core.stats.name_conflicts == 1
+
+
+def test_a_left_claim_at_the_bound_is_refused():
+    core = make_core(["b"])
+    core.receive(1.0, addr("x"), Left("b", MAX_INCARNATION))
+    assert core.member("b").status is Status.ALIVE and core.stats.incarnations_refused == 1
+
+
+def test_a_push_pull_row_out_of_range_is_dropped_alone():
+    core = make_core(["b"])
+    table = (
+        Member("b", addr("b"), UINT63, Status.DEAD),
+        Member("c", addr("c"), MAX_INCARNATION + 1, Status.ALIVE),
+        Member("d", addr("d"), 3, Status.ALIVE),
+    )
+    core.receive(1.0, addr("b"), PushPull("b", True, addr("b"), table))
+    assert core.member("b").status is Status.ALIVE and core.member("c") is None
+    assert core.member("d").status is Status.ALIVE
+    assert core.stats.incarnations_refused == 2
+
+
+def test_a_restarted_member_comes_back_above_a_huge_but_legal_incarnation():
+    """b was pushed high (a legal claim, below the bound); its next life
+    starts at its boot time, far below, and must climb back over it."""
+    huge = MAX_INCARNATION - 10
+    other = make_core(["b"])
+    other.receive(1.0, addr("x"), Dead("b", huge, "x"))
+    assert other.member("b").status is Status.DEAD
+    b = Membership("b", addr("b"), MembershipConfig(), rng=random.Random(1), now=5.0, incarnation=1_765_000_000_000)
+    b.join(5.0, [ME])
+    (request,) = [m for m in sent_messages(b.take_effects()) if isinstance(m, PushPull)]
+    other.receive(5.0, addr("b"), request)
+    (reply,) = [m for m in sent_messages(other.take_effects()) if isinstance(m, PushPull)]
+    b.receive(5.1, ME, reply)
+    assert b.incarnation == huge + 1 <= MAX_INCARNATION
+    alive = [m for m in sent_messages(_gossip(b)) if isinstance(m, Alive) and m.name == "b"]
+    assert alive and alive[0].incarnation == huge + 1
+    other.receive(5.2, addr("b"), alive[0])
+    assert other.member("b").status is Status.ALIVE and other.member("b").incarnation == huge + 1
+
+
+def test_metadata_at_the_bound_does_not_overflow():
+    core = Membership("b", addr("b"), MembershipConfig(), rng=random.Random(1), now=0.0, incarnation=MAX_INCARNATION)
+    core.set_meta(1.0, b"ready")
+    assert core.incarnation == MAX_INCARNATION
+
+
+# -- names -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["web-1", "10.0.0.7:7946", "node_3.example.com", "a" * 128])
+def test_ordinary_names_are_valid(name):
+    assert valid_name(name)
+
+
+BAD_NAMES = ["", "a\nb", "evil\x00", "a b", "x" * 129, "caf\u00e9", "a/b", "\x1b[31mred", "b\r", "tab\t"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_claims_naming_an_invalid_member_are_dropped_and_counted(name):
+    core = make_core(["b"])
+    core.receive(1.0, addr("b"), Alive(name, 1, addr("z")))
+    core.receive(1.0, addr("b"), Suspect("b", 1, name))  # as the accuser: it would be logged
+    core.receive(1.0, addr("b"), PushPull("b", True, addr("b"), (Member(name, addr("z"), 1, Status.ALIVE),)))
+    core.receive(1.0, addr("b"), PushPull(name, False, addr("b"), (Member("y", addr("y"), 1, Status.ALIVE),)))
+    assert {m.name for m in core.members()} == {"me", "b"}
+    assert core.member("b").status is Status.ALIVE
+    assert core.stats.invalid_names == 4
+    assert not sent_messages(core.take_effects(), PushPull)  # an exchange from a bad name is not answered
+
+
+def test_a_core_refuses_an_invalid_own_name():
+    with pytest.raises(ValueError, match="member name"):
+        Membership("a\nb", ME, MembershipConfig(), rng=random.Random(1), now=0.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=140))
+def test_a_name_is_valid_exactly_when_it_is_of_the_safe_charset(name):
+    safe = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-")
+    assert valid_name(name) == (0 < len(name) <= 128 and set(name) <= safe)
+
+
+# -- learning rate -----------------------------------------------------------------------
+
+
+def _alive(i: int) -> Alive:
+    return Alive(f"fake-{i}", 1, (f"10.9.{i // 250}.{i % 250}", 7946))
+
+
+def test_one_source_introduces_a_burst_then_members_at_the_rate():
+    core = make_core(["b"], learn_burst=64, learn_rate=16.0)
+    for i in range(1000):
+        core.receive(1.0, addr("b"), _alive(i))
+    assert len(core.members()) == 2 + 64
+    assert core.stats.members_rate_limited == 1000 - 64
+    for i in range(1000, 1100):
+        core.receive(2.0, addr("b"), _alive(i))  # a second later: 16 more
+    assert len(core.members()) == 2 + 64 + 16
+    core.receive(2.0, addr("c"), _alive(2000))  # another host has its own budget
+    assert core.member("fake-2000") is not None
+
+
+def test_known_members_cost_nothing_and_a_bucket_table_stays_bounded():
+    core = make_core(["b"], learn_burst=2, learn_rate=0.001)  # b took one
+    for _ in range(10):
+        core.receive(1.0, addr("b"), Suspect("b", 1, "b"))  # news about known members is never limited
+    core.receive(1.0, addr("b"), _alive(0))
+    core.receive(1.0, addr("b"), _alive(1))
+    assert core.stats.members_rate_limited == 1
+    for i in range(5000):
+        core.receive(1.0, (f"10.8.{i // 250}.{i % 250}", 1), Alive("fake-0", 1, addr("x")))
+    assert len(core._learning) <= 1024
+
+
+def test_a_push_pull_is_charged_except_while_joining():
+    table = tuple(Member(f"m{i}", addr(f"m{i}"), 1, Status.ALIVE) for i in range(500))
+    joined = make_core(["b"])
+    joined.receive(1.0, addr("b"), PushPull("b", False, addr("b"), table))
+    assert len(joined.members()) == 2 + 64 and joined.stats.members_rate_limited == 500 - 64
+    joiner = make_core()
+    joiner.receive(1.0, addr("b"), PushPull("b", True, addr("b"), table))
+    assert len(joiner.members()) == 1 + 500 and joiner.stats.members_rate_limited == 0
+
+
+# -- replicated values -------------------------------------------------------------------
+
+JOB = parse_job({"id": "report", "schedule": "@every 5s", "call": "myapp.tasks:report"}, where="test")
+GOOD = {"spec": JOB.to_wire(), "since": WALL}
+
+
+def job_pair() -> tuple[Replicator, Replicator]:
+    a, b = (
+        Replicator(addr_, name, ReplicationConfig(), maps=MAPS, rng=random.Random(i), now=0.0, validators=READABLE)
+        for i, (addr_, name) in enumerate([(("10.0.0.1", 1), "a#1"), (("10.0.0.2", 1), "b#1")])
+    )
+    a.put(WALL, JOBS, "report", GOOD)
+    b.receive(0.0, WALL, DeltaGossip(JOBS, a.map(JOBS).state()))
+    assert b.get(WALL, JOBS, "report").value == GOOD
+    for node in (a, b):
+        while node.take_gossip(100_000, 1, ("10.0.0.3", 1)):
+            pass  # the good definition's gossip (and relay): gone
+    return a, b
+
+
+def _overwrite(a: Replicator, value: Any) -> DeltaGossip:
+    """The delta a's next write of ``value`` makes: it replaces the good register."""
+    a.put(WALL + 1000, JOBS, "report", value)
+    (gossip,) = a.take_gossip(100_000, 1, ("10.0.0.2", 1))
+    return gossip
+
+
+@pytest.mark.parametrize(
+    "mangled",
+    [{"spec": {"id": "report", "schedule": 7}, "since": WALL}, "garbage", None, {"spec": JOB.to_wire(), "since": 1.5}],
+)
+def test_an_unreadable_definition_never_replaces_a_readable_one(mangled):
+    a, b = job_pair()
+    gossip = _overwrite(a, mangled)  # its context removes the good register
+    b.receive(1.0, WALL + 2000, gossip)
+    assert b.get(WALL, JOBS, "report").value == GOOD  # the job keeps its definition
+    assert job_entry_from_wire(b.get(WALL, JOBS, "report").value).spec == JOB
+    assert b.stats.values_refused == 1
+    assert not b.has_gossip()  # and it is not passed on
+
+
+def test_the_real_write_is_taken_after_a_mangled_copy_of_it():
+    a, b = job_pair()
+    newer = {"spec": JOB.to_wire(), "since": WALL + 1000}
+    gossip = _overwrite(a, newer)
+    (key, registers), = gossip.delta.entries.items()
+    ((dot, register),) = registers.items()
+    mangled = DeltaGossip(JOBS, Delta({key: {dot: register._replace(value={"spec": 1})}}, gossip.delta.context))
+    b.receive(1.0, WALL + 2000, mangled)
+    assert b.get(WALL, JOBS, "report").value == GOOD
+    b.receive(1.0, WALL + 2000, gossip)  # its dot was not recorded as seen
+    assert b.get(WALL, JOBS, "report").value == newer
+
+
+def test_an_unreadable_value_in_a_sync_removes_nothing_and_the_rest_is_taken():
+    a, b = job_pair()
+    a.put(WALL, RUNS, "report@x", {"id": "report@x", "job": "report", "state": "pending"})
+    a.put(WALL + 1000, JOBS, "report", ["not", "a", "job"])
+    a.put(WALL, JOBS, "other", {"spec": attrs.evolve(JOB, id="other").to_wire(), "since": WALL})
+    for name in (JOBS, RUNS):
+        replica_map = a.map(name)
+        entries = replica_map.scope_state([ROOT])
+        b.receive(1.0, WALL + 2000, SyncEntries(name, ("10.0.0.1", 1), (ROOT,), entries, replica_map.context.copy()))
+    assert b.get(WALL, JOBS, "report").value == GOOD
+    assert b.get(WALL, JOBS, "other") is not None and b.get(WALL, RUNS, "report@x") is not None
+    assert b.stats.values_refused == 1 and b.stats.malformed == 0
+
+
+def test_removals_still_remove():
+    a, b = job_pair()
+    a.remove(WALL + 1000, JOBS, "report")
+    (gossip,) = a.take_gossip(100_000, 1, ("10.0.0.2", 1))
+    b.receive(1.0, WALL + 2000, gossip)
+    assert b.get(WALL, JOBS, "report") is None and b.stats.values_refused == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        (RUNS, {"id": "r", "job": "j", "state": "no-such-state"}),
+        (RUNS, {"id": "r", "job": "j", "state": "pending", "attempt": 0}),
+        (RUNS, {"id": "r", "job": "j", "state": "running", "owner": "n1\nFAKE log line"}),
+        (RUNS, {"id": "r\x00", "job": "j", "state": "pending"}),
+        (LEASES, {"holder": "a", "life": "x", "cursor": None, "how": "acquire"}),
+        (LEASES, {"holder": "a\rb", "life": 1, "cursor": None, "how": "acquire"}),
+        (UPDATES, 42),
+    ],
+)
+def test_unreadable_runs_leases_and_updates_are_refused(name, value):
+    a, b = job_pair()
+    a.put(WALL, name, "k", value)
+    (gossip,) = a.take_gossip(100_000, 1, ("10.0.0.2", 1))
+    b.receive(1.0, WALL + 2000, gossip)
+    assert b.get(WALL, name, "k") is None and b.stats.values_refused == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_a_byte_mutated_definition_delta_leaves_the_original_or_a_readable_spec(data):
+    """Signed frames with mutated bodies (issue 13, item 7): whatever a
+    mutated overwrite of the job does, the job still has a readable
+    definition, never an unreadable one."""
+    a, b = job_pair()
+    gossip = _overwrite(a, {"spec": attrs.evolve(JOB, timeout=7.0).to_wire(), "since": WALL + 1000})
+    body = bytearray(msgpack.packb(gossip.to_wire()))
+    for _ in range(data.draw(st.integers(1, 4))):
+        body[data.draw(st.integers(0, len(body) - 1))] = data.draw(st.integers(0, 255))
+    try:
+        message = decode_message(msgpack.unpackb(bytes(body), raw=False, strict_map_key=False))
+    except Exception:
+        return  # the codec drops it (and counts it)
+    if not isinstance(message, DeltaGossip) or message.map not in MAPS:
+        return
+    b.receive(1.0, WALL + 2000, message)
+    register = b.get(WALL + 2000, JOBS, "report")
+    if register is not None:
+        assert readable_job(register.value)
+
+
+# -- the agent's own name ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "environ", "words"),
+    [
+        ({"name": "web 1"}, {}, r"--name: node name 'web 1' is not 1..128 of"),
+        ({}, {"PEER_NAME": "a\nb"}, r"PEER_NAME: node name 'a\\nb' is not"),
+        ({"name": "x" * 129}, {}, r"--name: node name 'x+' is not 1..128"),
+    ],
+)
+def test_the_agent_refuses_an_invalid_own_name_naming_the_setting(flags, environ, words):
+    with pytest.raises(ConfigError, match=words):
+        load(flags, environ=environ)
+
+
+def test_an_invalid_host_name_as_default_is_refused_naming_the_setting(monkeypatch):
+    monkeypatch.setattr(socket, "gethostname", lambda: "bad host")
+    with pytest.raises(ConfigError, match=r"the host name, by default; set --name or PEER_NAME"):
+        load({}, environ={})
+    assert load({"name": "ok-name"}, environ={}).name == "ok-name"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    claims=st.lists(
+        st.tuples(
+            st.sampled_from([Alive, Suspect, Dead, Left]),
+            st.sampled_from(["me", "b", "c", "bad\nname"]),
+            st.one_of(st.integers(0, 20), st.integers(MAX_INCARNATION - 3, MAX_INCARNATION + 3), st.just(UINT63)),
+        ),
+        max_size=8,
+    )
+)
+def test_no_sequence_of_claims_pushes_anyone_past_what_the_codec_carries(claims):
+    core = make_core(["b"])
+    for kind, name, incarnation in claims:
+        if kind is Alive:
+            claim = Alive(name, incarnation, addr(name))
+        elif kind is Left:
+            claim = Left(name, incarnation)
+        else:
+            claim = kind(name, incarnation, "b")
+        core.receive(1.0, addr("b"), claim)
+        assert core.incarnation <= MAX_INCARNATION
+        assert core.member("me").status is Status.ALIVE  # we always refute, within the bound
+        assert all(m.incarnation <= MAX_INCARNATION and valid_name(m.name) for m in core.members())
+    codec = Codec()
+    for effect in core.take_effects():
+        if hasattr(effect, "messages"):
+            assert codec.decode(codec.encode(list(effect.messages), stream=effect.reliable), stream=effect.reliable)
