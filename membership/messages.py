@@ -47,6 +47,10 @@ MAX_INCARNATION = 1 << 53
 # names, ``host:port``), nothing that could forge a log line or a path.
 NAME_CHARS = "A-Z a-z 0-9 . _ : -"
 _VALID_NAME = re.compile(rf"[A-Za-z0-9._:-]{{1,{NAME_MAX}}}")
+# What an address's host may hold: an IP literal (IPv6 with a zone: ``%``)
+# or a host name. A NUL or a non-ASCII host once reached ``sendto``, which
+# raised, and the node exited.
+_VALID_HOST = re.compile(rf"[A-Za-z0-9._:%-]{{1,{HOST_MAX}}}")
 _STATUSES = tuple(Status)  # rank -> Status, cheaper than calling Status(rank)
 
 
@@ -78,8 +82,8 @@ def _uint64(value: Any, what: str) -> int:
 
 
 def _addr(host: Any, port: Any, what: str) -> Address:
-    if type(host) is not str or not 0 < len(host) <= HOST_MAX:
-        raise MalformedMessage(f"{what}: expected a host of 1..{HOST_MAX} characters")
+    if type(host) is not str or _VALID_HOST.fullmatch(host) is None:
+        raise MalformedMessage(f"{what}: expected a host of 1..{HOST_MAX} of A-Z a-z 0-9 . _ : % -")
     if type(port) is not int or not 0 < port < 65536:
         raise MalformedMessage(f"{what}: expected a port in 1..65535")
     return (sys.intern(host), port)

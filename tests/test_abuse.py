@@ -6,8 +6,10 @@ answers counted). Every agent is killed by PID on the way out
 
 from __future__ import annotations
 
+import os
 import random
 import socket
+import time
 from pathlib import Path
 
 import attrs
@@ -22,7 +24,7 @@ from peer.tools.abuse import QUICK, RawMessage, frame_messages, mutate_bytes, mu
 
 @pytest.fixture
 def codec() -> Codec:
-    return Codec(parse_keys([generate_key()], "test"))
+    return Codec(parse_keys([generate_key()], "test"), wall_clock=time.time, random_bytes=os.urandom)
 
 
 def valid_frames(codec: Codec) -> list[bytes]:

@@ -51,7 +51,7 @@ def test_an_accusation_no_one_could_refute_is_dropped_and_counted(kind, incarnat
 def test_dead_at_max_int_leaves_its_member_alive_everywhere_and_encodable():
     """The attack: one signed Dead(b, 2**63-1). Before, b refuted with an
     incarnation no codec could encode and stayed dead for good."""
-    codec = Codec(Keyring([b"k" * 32]))
+    codec = Codec(Keyring([b"k" * 32]), wall_clock=lambda: WALL / 1000, random_bytes=random.Random(7).randbytes)
     frame = codec.encode([Dead("b", UINT63, "x")])
     (message,) = codec.decode(frame)  # it decodes (the codec's range)...
     b = Membership("b", addr("b"), MembershipConfig(), rng=random.Random(1), now=0.0, incarnation=5)
@@ -156,6 +156,15 @@ def test_claims_naming_an_invalid_member_are_dropped_and_counted(name):
     assert core.member("b").status is Status.ALIVE
     assert core.stats.invalid_names == 4
     assert not sent_messages(core.take_effects(), PushPull)  # an exchange from a bad name is not answered
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1\x00evil", "h\u00f6st", "a b", "x" * 256, "", "10.0.0.1\n"])
+def test_claims_naming_an_address_no_socket_takes_are_malformed(host):
+    # A mutated, re-signed claim with such a host once reached sendto, which raised, and the node exited.
+    codec = Codec(None)
+    frame = codec.encode([Alive("b", 1, (host, 7946))])
+    assert type(codec.decode(frame)).__name__ == "Dropped"
+    assert codec.decode(codec.encode([Alive("b", 1, ("fe80::1%eth0", 7946))]))[0].addr[0] == "fe80::1%eth0"
 
 
 def test_a_core_refuses_an_invalid_own_name():

@@ -82,7 +82,7 @@ from membership.state import Address
 from peer.control.client import quote
 from peer.runtime.keys import generate_key, parse_keys
 from peer.runtime.logs import quiet_http_libraries
-from peer.runtime.wire import MAX_STREAM_FRAME, Codec, FrameTooLarge, Keyring
+from peer.runtime.wire import ENCRYPTED, KEYED_HEADER_SIZE, MAX_STREAM_FRAME, SIGNED, TAG_SIZE, VERSION, Codec, FrameTooLarge, Keyring
 from peer.testing.cluster import AgentProcess, LocalCluster, wait_for
 from peer.testing.processes import LOOPBACK, Ports, port_free
 from peer.tools.chaos import JournalLine, read_journal, ticks_between, toml_jobs
@@ -387,9 +387,11 @@ class RawMessage:
 
 
 def frame_messages(frame: bytes) -> list[Any] | None:
-    """The wire lists inside a signed frame of today's format, or None."""
+    """The wire lists inside a signed (not encrypted) frame of today's format, or None."""
+    if len(frame) < KEYED_HEADER_SIZE + TAG_SIZE or frame[0] != VERSION or frame[1] != SIGNED:
+        return None
     try:
-        messages = msgpack.unpackb(frame[2:-32], raw=False, strict_map_key=False)
+        messages = msgpack.unpackb(frame[KEYED_HEADER_SIZE:-TAG_SIZE], raw=False, strict_map_key=False)
     except Exception:  # noqa: BLE001 - anything that is not a frame we can read
         return None
     return messages if isinstance(messages, list) else None
@@ -556,7 +558,7 @@ class Session:
         self.agent_args = list(agent_args)
         self.key = generate_key()
         self.keyring: Keyring = parse_keys([self.key], "the session's key")
-        self.codec = Codec(self.keyring)
+        self.codec = Codec(self.keyring, wall_clock=time.time, random_bytes=os.urandom)
         self.rng = random.Random(seed)
         self.token = token
         self.token_option: str | None = None
@@ -748,9 +750,11 @@ def random_datagram(rng: random.Random) -> bytes:
     data = rng.randbytes(size)
     roll = rng.random()
     if roll < 0.25 and size >= 2:
-        data = b"\x01\x01" + data[2:]
+        data = bytes((VERSION, SIGNED)) + data[2:]
+    elif roll < 0.30 and size >= 2:
+        data = bytes((VERSION, ENCRYPTED)) + data[2:]
     elif roll < 0.35 and size >= 2:
-        data = b"\x01\x00" + data[2:]
+        data = bytes((VERSION, 0)) + data[2:]
     return data
 
 
