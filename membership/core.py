@@ -44,12 +44,30 @@ member's older incarnation gossips the newer one again.
 
 Claims from peers are checked before they count (``_admissible``), since
 a key holder may be broken, older or hostile: a member name must be of
-the safe charset (``valid_name``); an incarnation above
-``MAX_INCARNATION`` is refused, and so is an accusation at it, which its
-member could not outrank (so no single claim can leave a member dead
-for good); and each source host introduces at most ``learn_burst``
-unknown members, then ``learn_rate`` a second (``_may_learn``). Every
-refusal is counted in ``MembershipStats``.
+the safe charset (``valid_name``), and each source host introduces at
+most ``learn_burst`` unknown members, then ``learn_rate`` a second
+(``_may_learn``). Incarnations are bounded by time, so that no claim can
+push a member anywhere it cannot come back from. An incarnation is a boot
+time in ms plus one per refutation, and a member refutes far less often
+than 1,000 times a second, so no honest incarnation runs ahead of the wall
+clock. The core reads no clock: it estimates the wall clock in ms as its
+own boot incarnation plus the ms of ``now`` elapsed since it was built
+(``wall_estimate_ms``). An accusation (suspect, dead, left) may carry at
+most that estimate plus ``INCARNATION_SLACK_MS``, an alive claim twice
+the slack ahead, so the refutation of any accusation a node admitted is
+admitted too, also by nodes whose clocks are up to the slack behind. A
+claim at or below the incarnation we hold for its member raises nothing
+and always counts, and so does an alive claim one above it (the step a
+refutation takes): every member can always be accused, and can always
+refute. An attacker can push a member at most twice the slack ahead of the
+clock; a member that then crashes is detected as usual, and a restarted
+one refutes its way over its old self. ``MAX_INCARNATION`` stays an
+absolute cap, well inside the codec's range. The clock assumption: hosts'
+wall clocks agree within the slack (a day; keyed clusters already refuse
+frames more than ``REPLAY_WINDOW``, 120 s, off). A node whose clock was off
+by more at boot refuses (and counts) its peers' honest claims until it is
+restarted with a correct clock. Every refusal is counted in
+``MembershipStats``.
 """
 
 from __future__ import annotations
@@ -106,6 +124,16 @@ NACK_FRACTION = 0.8
 # Learning buckets kept before full ones (equal to none) are forgotten.
 LEARN_SOURCES_MAX = 1024
 
+# How far ahead of our wall-clock estimate an accusation's incarnation may
+# be (alive claims: twice as far, so refutations always pass). It must
+# cover clock skew between hosts (NTP keeps them within ms; keyed clusters
+# refuse frames more than 120 s off anyway) and the drift of our estimate
+# over an uptime (a monotonic clock 100 ppm off: 9 s a day, an hour a
+# year); refutations do not eat it (a member refutes a few times a second
+# at most, the clock adds 1,000 ms a second). Small enough that a pushed
+# member is back within the clock's reach after two days at most.
+INCARNATION_SLACK_MS = 86_400_000
+
 
 class Piggyback(Protocol):
     """A layer above whose small messages ride on membership packets
@@ -141,7 +169,7 @@ class MembershipStats:
     name_conflicts: int = 0  # another process claims our name
     reaped: int = 0
     invalid_names: int = 0  # claims or exchanges naming a member (or accuser) outside the safe charset
-    incarnations_refused: int = 0  # claims above MAX_INCARNATION, or accusations no member could refute
+    incarnations_refused: int = 0  # claims further ahead of the clock than the slack allows (or above MAX_INCARNATION)
     members_rate_limited: int = 0  # unknown members not learned: their source's learning budget was spent
 
 
@@ -202,6 +230,10 @@ class Membership:
         self.version = 0
         self._rng = rng
         self._piggyback = piggyback
+        # Our wall-clock reference (see wall_estimate_ms): our boot
+        # incarnation is the wall clock in ms at ``now``.
+        self._start_incarnation = incarnation
+        self._start_now = now
         me = Member(name, addr, incarnation, Status.ALIVE, meta)
         self._members: dict[str, Member] = {name: me}
         self._since: dict[str, float] = {name: now}  # local time of the last status change
@@ -340,6 +372,17 @@ class Membership:
     def incarnation(self) -> int:
         return self._members[self.name].incarnation
 
+    def wall_estimate_ms(self, now: float) -> int:
+        """The wall clock in ms at ``now``, as far as we know it: our boot
+        incarnation (the wall clock at construction) plus the time since."""
+        return self._start_incarnation + math.floor((now - self._start_now) * 1000)
+
+    def incarnation_limit(self, now: float, *, alive: bool = False) -> int:
+        """The greatest incarnation a peer's accusation (``alive``: alive
+        claim) may raise a member to at ``now``; see the module docstring."""
+        slack = 2 * INCARNATION_SLACK_MS if alive else INCARNATION_SLACK_MS
+        return min(self.wall_estimate_ms(now) + slack, MAX_INCARNATION if alive else MAX_INCARNATION - 1)
+
     @property
     def checksum(self) -> int:
         """Order-independent hash of the live view (name, status and
@@ -426,24 +469,35 @@ class Membership:
         self._send_state(digest.reply_to)
 
     def _on_claim(self, now: float, claim: Claim, reliable: bool) -> None:
-        if self._admissible(claim) and self._may_learn(now, claim):
+        if self._admissible(now, claim) and self._may_learn(now, claim):
             self._apply(now, claim)
 
-    def _admissible(self, claim: Claim) -> bool:
+    def _admissible(self, now: float, claim: Claim) -> bool:
         """May a peer's claim count at all? Names must be safe to keep and
-        log; an incarnation must lie within the bound, and any other claim
-        than alive below it, so that its member can always refute it (one
-        above the bound could not be answered in a form anyone decodes)."""
+        log; an incarnation that raises its member's must lie within the
+        time bound (``incarnation_limit``), so that no claim can push a
+        member where it could not be accused or could not refute."""
         if claim.name not in self._members and not valid_name(claim.name):
             self.stats.invalid_names += 1
             return False
         if isinstance(claim, (Suspect, Dead)) and not valid_name(claim.accuser):
             self.stats.invalid_names += 1
             return False
-        # Only an alive claim (the member's own refutation) may reach the
-        # bound: a suspect, dead or left claim there could not be refuted.
-        limit = MAX_INCARNATION if isinstance(claim, Alive) else MAX_INCARNATION - 1
-        if claim.incarnation > limit:
+        alive = isinstance(claim, Alive)
+        limit = self.incarnation_limit(now, alive=alive)
+        current = self._members.get(claim.name)
+        if current is not None:
+            if claim.name == self.name and not alive:
+                # About ourselves: we refute whatever a peer whose clock is
+                # up to the slack ahead of ours admitted, within the alive bound.
+                limit = max(limit, self.incarnation_limit(now, alive=True) - 1)
+            # At or below what we hold raises nothing: every member can be
+            # accused; one above is the step of a refutation: every member
+            # can refute. Neither lets one claim jump.
+            limit = max(limit, current.incarnation + 1 if alive else current.incarnation)
+        # Only an alive claim may reach the codec's bound: an accusation
+        # there could not be refuted.
+        if claim.incarnation > min(limit, MAX_INCARNATION if alive else MAX_INCARNATION - 1):
             self.stats.incarnations_refused += 1
             return False
         return True
@@ -573,7 +627,7 @@ class Membership:
 
     def _apply_row(self, now: float, claim: Claim, charged: bool) -> bool:
         """A full table's row, as a claim; False if refused."""
-        if not self._admissible(claim) or (charged and not self._may_learn(now, claim)):
+        if not self._admissible(now, claim) or (charged and not self._may_learn(now, claim)):
             return False
         self._apply(now, claim)
         return True

@@ -350,7 +350,8 @@ def test_a_member_that_missed_a_leave_is_told_again():
 def test_a_restarted_member_outranks_its_dead_self():
     core = make_core(["b"])
     core.receive(1.0, addr("x"), Dead("b", 1, "x"))
-    core.receive(5.0, addr("b"), Alive("b", 1_700_000_000_000, ("new-host", 7946)))
+    # b's new boot time in ms, on the clock of make_core's world (10 ms at 0 s)
+    core.receive(5.0, addr("b"), Alive("b", 4_900, ("new-host", 7946)))
     effects = core.take_effects()
     assert events(effects) == [(EventKind.FAILED, "b"), (EventKind.JOINED, "b")]
     assert core.member("b").addr == ("new-host", 7946)

@@ -17,6 +17,7 @@ from crdt.digest import ROOT
 from crdt.messages import DeltaGossip, SyncEntries
 from crdt.ormap import Delta
 from membership import Membership, MembershipConfig, Status
+from membership.core import INCARNATION_SLACK_MS as SLACK
 from membership.messages import MAX_INCARNATION, UINT63, Alive, Dead, Left, PushPull, Suspect, valid_name
 from membership.state import Member
 from peer.core.replication import ReplicationConfig, Replicator
@@ -29,21 +30,55 @@ from sim.direct import WALL_MS as WALL
 from tests.test_core import ME, addr, make_core, sent_messages
 
 # -- incarnations ------------------------------------------------------------------------
+#
+# make_core's "me" booted with incarnation 10 at now=0: its wall-clock estimate is 10 ms
+# then, 1010 at now=1.0. Cores built with ``node`` boot at the simulator's wall clock.
+
+EST = 1010  # make_core's estimate at now=1.0
+ACCUSE, ALIVE = EST + SLACK, EST + 2 * SLACK  # its limits then
 
 
-def test_the_bound_is_far_above_boot_time_incarnations_and_inside_the_codec():
+def node(name: str, *, behind_ms: int = 0, now: float = 0.0) -> Membership:
+    """A core booted at ``now`` at wall time WALL (less ``behind_ms``: its clock is behind)."""
+    return Membership(name, addr(name), MembershipConfig(), rng=random.Random(1), now=now, incarnation=WALL - behind_ms)
+
+
+def introduce(now: float, *cores: Membership) -> None:
+    for core in cores:
+        for other in cores:
+            if other is not core:
+                core.receive(now, other.addr, Alive(other.name, other.incarnation, other.addr))
+        core.take_effects()
+
+
+def alive_claims(core: Membership, name: str) -> list[Alive]:
+    """The alive claims about ``name`` that ``core`` sends (or gossips at its next round)."""
+    effects = core.take_effects()
+    core.tick(core.next_deadline())
+    effects += core.take_effects()
+    return [m for m in sent_messages(effects) if isinstance(m, Alive) and m.name == name]
+
+
+def test_the_bounds_are_far_above_boot_time_incarnations_and_inside_the_codec():
     assert 1_800_000_000_000 * 1000 < MAX_INCARNATION  # boot ms for millennia
     assert MAX_INCARNATION + 1 <= UINT63  # a refutation at the bound still encodes
+    core = make_core()
+    assert core.wall_estimate_ms(1.0) == EST
+    assert (core.incarnation_limit(1.0), core.incarnation_limit(1.0, alive=True)) == (ACCUSE, ALIVE)
+    assert core.incarnation_limit(3.5) == ACCUSE + 2500  # the bound moves with the clock
 
 
-@pytest.mark.parametrize("incarnation", [UINT63, MAX_INCARNATION + 1, MAX_INCARNATION])
-@pytest.mark.parametrize("kind", [Dead, Suspect])
-def test_an_accusation_no_one_could_refute_is_dropped_and_counted(kind, incarnation):
+@pytest.mark.parametrize("incarnation", [UINT63, MAX_INCARNATION + 1, MAX_INCARNATION, MAX_INCARNATION - 1])
+@pytest.mark.parametrize("kind", [Dead, Suspect, Left])
+def test_an_accusation_far_beyond_the_clock_is_dropped_and_counted(kind, incarnation):
+    """MAX_INCARNATION - 1 was the attack the codec's bound alone let through: b
+    refuted to the bound, and from then on no accusation about it counted."""
     core = make_core(["b", "x"])
-    core.receive(1.0, addr("x"), kind("b", incarnation, "x"))
+    claim = (lambda name: Left(name, incarnation)) if kind is Left else (lambda name: kind(name, incarnation, "x"))
+    core.receive(1.0, addr("x"), claim("b"))
     assert core.member("b").status is Status.ALIVE and core.member("b").incarnation == 1
     assert core.stats.incarnations_refused == 1
-    core.receive(1.0, addr("x"), kind("me", incarnation, "x"))  # about ourselves: no refutation either
+    core.receive(1.0, addr("x"), claim("me"))  # about ourselves: no refutation either
     assert core.incarnation == 10 and core.stats.refutations == 0
     assert core.stats.incarnations_refused == 2
 
@@ -62,44 +97,75 @@ def test_dead_at_max_int_leaves_its_member_alive_everywhere_and_encodable():
     assert other.member("b").status is Status.ALIVE
 
 
-def test_an_accusation_just_below_the_bound_is_refuted_within_it():
-    core = make_core(["b"])
-    core.receive(1.0, addr("b"), Dead("me", MAX_INCARNATION - 1, "b"))
-    assert core.incarnation == MAX_INCARNATION and core.member("me").status is Status.ALIVE
-    alive = [m for m in sent_messages(core.take_effects() + _gossip(core)) if isinstance(m, Alive) and m.name == "me"]
-    assert alive and {m.incarnation for m in alive} == {MAX_INCARNATION}
-    assert list(Codec().decode(Codec().encode(alive[:1]))) == alive[:1]  # the refutation travels
-    other = make_core(["me2"])
-    other.receive(1.0, addr("b"), Dead("b", MAX_INCARNATION - 1, "x"))  # unknown b: nothing
-    other.receive(1.0, addr("b"), Alive("b", MAX_INCARNATION, addr("b")))
-    assert other.member("b").status is Status.ALIVE  # the refutation at the bound is taken
+def _claim(kind: type, name: str, incarnation: int) -> Any:
+    if kind is Alive:
+        return Alive(name, incarnation, addr(name))
+    return Left(name, incarnation) if kind is Left else kind(name, incarnation, "x")
 
 
-def _gossip(core: Membership) -> list:
-    core.tick(core.next_deadline())
-    return core.take_effects()
+@pytest.mark.parametrize(("kind", "limit"), [(Suspect, ACCUSE), (Dead, ACCUSE), (Left, ACCUSE), (Alive, ALIVE)])
+def test_a_claim_one_past_the_time_bound_is_refused_and_counted_and_one_at_it_is_taken(kind, limit):
+    core = make_core(["b", "x"])
+    core.receive(1.0, addr("x"), _claim(kind, "b", limit + 1))
+    assert core.member("b").status is Status.ALIVE and core.member("b").incarnation == 1
+    assert core.stats.incarnations_refused == 1
+    core.receive(1.0, addr("x"), _claim(kind, "me", max(limit, ALIVE - 1) + 1))  # about ourselves
+    assert core.incarnation == 10 and core.stats.refutations == 0 and core.stats.incarnations_refused == 2
+    if kind is Alive:
+        core.receive(1.0, addr("x"), _claim(kind, "c", limit + 1))  # nor does a stranger come in that far ahead
+        assert core.member("c") is None and core.stats.incarnations_refused == 3
+    core.receive(1.0, addr("x"), _claim(kind, "b", limit))
+    assert core.member("b").status is kind.STATUS and core.member("b").incarnation == limit
+    later = make_core(["b", "x"])
+    later.receive(1.01, addr("x"), _claim(kind, "b", limit + 1))  # 10 ms later it is within the bound
+    assert later.member("b").incarnation == limit + 1 and later.stats.incarnations_refused == 0
 
 
-def test_an_alive_claim_above_the_bound_is_dropped_and_one_at_it_is_not_refuted():
-    core = make_core(["b"])
-    core.receive(1.0, addr("b"), Alive("c", MAX_INCARNATION + 1, addr("c")))
-    assert core.member("c") is None and core.stats.incarnations_refused == 1
-    core.receive(1.0, addr("b"), Alive("me", MAX_INCARNATION, ("elsewhere", 1)))
-    assert core.incarnation == 10  # no refutation past the bound
-    assert core.stats.incarnations_refused == 2 and core.stats.name_conflicts == 1
+def test_a_member_refutes_the_largest_admissible_accusation_and_everyone_takes_the_refutation():
+    b, other = node("b"), node("other", now=500.0)  # monotonic clocks differ per host; wall clocks agree
+    behind = node("behind", behind_ms=3_600_000)  # an hour behind the others
+    introduce(0.0, b, other, behind)
+    largest = other.incarnation_limit(500.0 + 1.0)
+    assert largest == WALL + 1000 + SLACK
+    other.receive(501.0, addr("x"), Suspect("b", largest, "x"))
+    assert other.member("b").status is Status.SUSPECT
+    b.receive(1.0, other.addr, Suspect("b", largest, "other"))  # the buddy system tells b
+    assert b.incarnation == largest + 1 and b.stats.incarnations_refused == 0
+    (refutation,) = alive_claims(b, "b")[:1]
+    assert refutation.incarnation == largest + 1
+    other.receive(501.1, b.addr, refutation)
+    behind.receive(1.1, b.addr, refutation)  # never saw the accusation, and its clock is an hour behind
+    for core in (other, behind):
+        assert core.member("b").status is Status.ALIVE and core.member("b").incarnation == largest + 1
+        assert core.stats.incarnations_refused == 0
+    # Sent to b itself, an accusation may be up to the alive bound less one: a peer
+    # with a clock up to the slack ahead admitted it, and b must answer it.
+    own = b.incarnation_limit(2.0, alive=True) - 1
+    b.receive(2.0, addr("x"), Dead("b", own, "x"))
+    assert b.incarnation == own + 1 and b.member("b").status is Status.ALIVE
+    other.receive(502.0, b.addr, alive_claims(b, "b")[0])
+    assert other.member("b").incarnation == own + 1 and other.stats.incarnations_refused == 0
 
 
-def test_a_left_claim_at_the_bound_is_refused():
-    core = make_core(["b"])
-    core.receive(1.0, addr("x"), Left("b", MAX_INCARNATION))
-    assert core.member("b").status is Status.ALIVE and core.stats.incarnations_refused == 1
+def test_a_forged_alive_far_ahead_leaves_its_member_accusable_and_refuting():
+    b, other = node("b"), node("other")
+    introduce(0.0, b, other)
+    forged = Alive("b", other.incarnation_limit(1.0, alive=True), ("elsewhere", 1))
+    for core in (b, other):
+        core.receive(1.0, addr("x"), forged)
+    assert b.incarnation == forged.incarnation + 1 and b.stats.name_conflicts == 1
+    other.receive(1.0, b.addr, alive_claims(b, "b")[0])  # one past the bound: the step of a refutation
+    assert other.member("b").incarnation == forged.incarnation + 1 and other.member("b").addr == b.addr
+    assert forged.incarnation + 1 > other.incarnation_limit(1.0)  # far above what an accusation may raise it to...
+    other.receive(1.0, addr("x"), Suspect("b", forged.incarnation + 1, "x"))  # ...yet b can be accused
+    assert other.member("b").status is Status.SUSPECT and other.stats.incarnations_refused == 0
 
 
 def test_a_push_pull_row_out_of_range_is_dropped_alone():
     core = make_core(["b"])
     table = (
         Member("b", addr("b"), UINT63, Status.DEAD),
-        Member("c", addr("c"), MAX_INCARNATION + 1, Status.ALIVE),
+        Member("c", addr("c"), ALIVE + 1, Status.ALIVE),
         Member("d", addr("d"), 3, Status.ALIVE),
     )
     core.receive(1.0, addr("b"), PushPull("b", True, addr("b"), table))
@@ -108,24 +174,26 @@ def test_a_push_pull_row_out_of_range_is_dropped_alone():
     assert core.stats.incarnations_refused == 2
 
 
-def test_a_restarted_member_comes_back_above_a_huge_but_legal_incarnation():
-    """b was pushed high (a legal claim, below the bound); its next life
-    starts at its boot time, far below, and must climb back over it."""
-    huge = MAX_INCARNATION - 10
-    other = make_core(["b"])
-    other.receive(1.0, addr("x"), Dead("b", huge, "x"))
+def test_a_restarted_member_comes_back_over_a_pushed_incarnation():
+    """b was pushed as far as an accusation can push it, and declared dead; its
+    next life starts at its boot time, far below, and climbs back over it."""
+    other = node("other")
+    introduce(0.0, other, node("b"))
+    pushed = other.incarnation_limit(1.0)
+    other.receive(1.0, addr("x"), Dead("b", pushed, "x"))
     assert other.member("b").status is Status.DEAD
-    b = Membership("b", addr("b"), MembershipConfig(), rng=random.Random(1), now=5.0, incarnation=1_765_000_000_000)
-    b.join(5.0, [ME])
+    b = node("b", now=5.0)  # booted 5 s after WALL on a monotonic clock of its own
+    b.join(5.0, [other.addr])
     (request,) = [m for m in sent_messages(b.take_effects()) if isinstance(m, PushPull)]
-    other.receive(5.0, addr("b"), request)
+    other.receive(5.0, b.addr, request)
     (reply,) = [m for m in sent_messages(other.take_effects()) if isinstance(m, PushPull)]
-    b.receive(5.1, ME, reply)
-    assert b.incarnation == huge + 1 <= MAX_INCARNATION
-    alive = [m for m in sent_messages(_gossip(b)) if isinstance(m, Alive) and m.name == "b"]
-    assert alive and alive[0].incarnation == huge + 1
-    other.receive(5.2, addr("b"), alive[0])
-    assert other.member("b").status is Status.ALIVE and other.member("b").incarnation == huge + 1
+    b.receive(5.1, other.addr, reply)
+    assert b.incarnation == pushed + 1 and b.stats.incarnations_refused == 0
+    (alive,) = alive_claims(b, "b")[:1]
+    other.receive(5.2, b.addr, alive)
+    assert other.member("b").status is Status.ALIVE and other.member("b").incarnation == pushed + 1
+    other.receive(5.3, addr("x"), Suspect("b", pushed + 1, "x"))  # and it can still be accused
+    assert other.member("b").status is Status.SUSPECT and other.stats.incarnations_refused == 0
 
 
 def test_metadata_at_the_bound_does_not_overflow():
