@@ -3,6 +3,7 @@ member away from the others (issue 13, items 4, 7 and 9)."""
 
 from __future__ import annotations
 
+import copy
 import random
 import socket
 from typing import Any
@@ -27,7 +28,10 @@ from peer.jobs.records import READABLE, job_entry_from_wire, readable_job
 from peer.runtime.settings import ConfigError, load
 from peer.runtime.wire import Codec, Keyring, decode_message
 from sim.direct import WALL_MS as WALL
+from sim.faults import Crash
+from sim.membership_scenario import SIM_KEY, MembershipRun, MembershipScenario
 from tests.test_core import ME, addr, make_core, sent_messages
+from tests.test_sim_membership import detection_bound, views
 
 # -- incarnations ------------------------------------------------------------------------
 #
@@ -161,6 +165,39 @@ def test_a_forged_alive_far_ahead_leaves_its_member_accusable_and_refuting():
     assert other.member("b").status is Status.SUSPECT and other.stats.incarnations_refused == 0
 
 
+@pytest.mark.parametrize("attack", ["suspect_at_max", "suspect_at_limit", "alive_at_limit"])
+def test_a_member_pushed_by_one_signed_datagram_is_still_declared_failed_when_it_crashes(attack):
+    """The attack a codec-only bound let through: one Suspect(b, MAX_INCARNATION-1)
+    and b refuted to the bound, where no accusation could reach it; when it then
+    crashed, it stayed alive in every view. Now b is pushed at most as far as the
+    time bound allows, and its crash is detected as any other."""
+    scenario = MembershipScenario(nodes=8, seed=3, duration=70, faults=(Crash({3}, at=30.0),))
+    run = MembershipRun(scenario)
+    run.run_until(10.0)
+    target, b = run.nodes[0], run.nodes[3]
+    now = target.clock.monotonic(run.sim.now)
+    if attack == "suspect_at_max":
+        claim: Any = Suspect(b.name, MAX_INCARNATION - 1, target.name)
+    elif attack == "suspect_at_limit":
+        claim = Suspect(b.name, target.core.incarnation_limit(now), target.name)
+    else:
+        claim = Alive(b.name, target.core.incarnation_limit(now, alive=True), b.addr)
+    forger = Codec(Keyring((SIM_KEY,)), wall_clock=lambda: target.clock.wall(run.sim.now), random_bytes=random.Random(9).randbytes)
+    target.deliver(("10.9.9.9", 7946), forger.encode([claim]), False)  # one signed datagram
+    run.run_until(29.0)
+    pushed = attack != "suspect_at_max"
+    for view in views(run).values():
+        status, incarnation = view[b.name]
+        assert status is Status.ALIVE
+        assert (incarnation > claim.incarnation) if pushed else (incarnation < 2 * WALL)
+    result = run.run()
+    assert result.converged and result.false_positives == 0
+    (last,) = result.detection_all_seconds
+    assert last is not None and last <= detection_bound(scenario.config(), scenario.nodes)
+    for view in views(run).values():
+        assert view[b.name][0] is Status.DEAD
+
+
 def test_a_push_pull_row_out_of_range_is_dropped_alone():
     core = make_core(["b"])
     table = (
@@ -182,12 +219,13 @@ def test_a_restarted_member_comes_back_over_a_pushed_incarnation():
     pushed = other.incarnation_limit(1.0)
     other.receive(1.0, addr("x"), Dead("b", pushed, "x"))
     assert other.member("b").status is Status.DEAD
-    b = node("b", now=5.0)  # booted 5 s after WALL on a monotonic clock of its own
-    b.join(5.0, [other.addr])
+    # Booted 5 s after the others (its boot time in ms) on a monotonic clock of its own.
+    b = Membership("b", addr("b"), MembershipConfig(), rng=random.Random(2), now=77.0, incarnation=WALL + 5000)
+    b.join(77.0, [other.addr])
     (request,) = [m for m in sent_messages(b.take_effects()) if isinstance(m, PushPull)]
     other.receive(5.0, b.addr, request)
     (reply,) = [m for m in sent_messages(other.take_effects()) if isinstance(m, PushPull)]
-    b.receive(5.1, other.addr, reply)
+    b.receive(77.1, other.addr, reply)
     assert b.incarnation == pushed + 1 and b.stats.incarnations_refused == 0
     (alive,) = alive_claims(b, "b")[:1]
     other.receive(5.2, b.addr, alive)
@@ -431,31 +469,62 @@ def test_an_invalid_host_name_as_default_is_refused_naming_the_setting(monkeypat
     assert load({"name": "ok-name"}, environ={}).name == "ok-name"
 
 
+INCARNATIONS = st.one_of(
+    st.integers(0, 20).map(lambda i: ("abs", i)),
+    st.tuples(st.sampled_from(["held", "accuse", "alive"]), st.integers(-1, 2)),
+    st.sampled_from([MAX_INCARNATION - 1, MAX_INCARNATION, MAX_INCARNATION + 1, UINT63]).map(lambda i: ("abs", i)),
+)
+
+
+def _resolve(core: Membership, now: float, name: str, choice: tuple[str, int]) -> int:
+    kind, value = choice
+    if kind == "abs":
+        return value
+    if kind == "held":
+        held = core.member(name)
+        return max(0, (held.incarnation if held is not None else 1) + value)
+    return core.incarnation_limit(now, alive=kind == "alive") + value
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     claims=st.lists(
         st.tuples(
             st.sampled_from([Alive, Suspect, Dead, Left]),
             st.sampled_from(["me", "b", "c", "bad\nname"]),
-            st.one_of(st.integers(0, 20), st.integers(MAX_INCARNATION - 3, MAX_INCARNATION + 3), st.just(UINT63)),
+            INCARNATIONS,
+            st.sampled_from([0.0, 0.0, 0.001, 2.0, 3600.0]),
         ),
-        max_size=8,
+        max_size=10,
     )
 )
-def test_no_sequence_of_claims_pushes_anyone_past_what_the_codec_carries(claims):
+def test_after_any_sequence_of_claims_every_member_can_be_accused_and_can_refute(claims):
     core = make_core(["b"])
-    for kind, name, incarnation in claims:
-        if kind is Alive:
-            claim = Alive(name, incarnation, addr(name))
-        elif kind is Left:
-            claim = Left(name, incarnation)
-        else:
-            claim = kind(name, incarnation, "b")
-        core.receive(1.0, addr("b"), claim)
-        assert core.incarnation <= MAX_INCARNATION
-        assert core.member("me").status is Status.ALIVE  # we always refute, within the bound
-        assert all(m.incarnation <= MAX_INCARNATION and valid_name(m.name) for m in core.members())
+    now = 1.0
+    for step, (kind, name, choice, elapsed) in enumerate(claims, 1):
+        now += elapsed
+        claim = _claim(kind, name, _resolve(core, now, name, choice))
+        if isinstance(claim, (Suspect, Dead)):
+            claim = attrs.evolve(claim, accuser="b")
+        core.receive(now, addr("b"), claim)
+        assert core.member("me").status is Status.ALIVE  # we always refute
+        # Nothing jumps past the time bound; refutation steps go one at a time.
+        assert all(m.incarnation <= core.incarnation_limit(now, alive=True) + step for m in core.members())
+        assert all(valid_name(m.name) for m in core.members())
     codec = Codec()
     for effect in core.take_effects():
         if hasattr(effect, "messages"):
             assert codec.decode(codec.encode(list(effect.messages), stream=effect.reliable), stream=effect.reliable)
+    for member in core.members():
+        held = member.incarnation
+        accused = copy.deepcopy(core)
+        accused.receive(now, addr("b"), Suspect(member.name, held, "b"))
+        refuted = copy.deepcopy(core)
+        refuted.receive(now, addr("b"), Alive(member.name, held + 1, member.addr))
+        for each in (accused, refuted):
+            assert each.stats.incarnations_refused == core.stats.incarnations_refused
+        if member.name == "me":
+            assert accused.incarnation == held + 1 and accused.member("me").status is Status.ALIVE
+        else:
+            assert accused.member(member.name).status is not Status.ALIVE
+            assert refuted.member(member.name) == attrs.evolve(member, incarnation=held + 1, status=Status.ALIVE)
