@@ -37,7 +37,8 @@ META_MAX = 512
 MEMBERS_MAX = 100_000
 UINT63 = (1 << 63) - 1
 # The greatest incarnation a claim may carry (the core drops claims above
-# it, and accusations at it, which their member could not refute). Far
+# it, and accusations at it, which their member could not refute; long
+# before it, claims too far ahead of the wall clock: see membership.core). Far
 # above any real one (a boot time in ms is about 2**41; refutations add
 # one each) and well inside the codec's range, so a refutation always
 # encodes; 2**53 is also the last integer a JSON reader that uses doubles

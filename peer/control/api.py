@@ -1022,7 +1022,7 @@ _MEMBERSHIP_HELP = {
     "name_conflicts": "Claims by another process to this node's name",
     "reaped": "Dead or left members forgotten after their timeout",
     "invalid_names": "Claims or exchanges refused for naming a member outside the safe charset (A-Z a-z 0-9 . _ : -, 1-128)",
-    "incarnations_refused": "Claims refused for an incarnation above the bound, or one their member could not refute",
+    "incarnations_refused": "Claims refused for an incarnation further ahead of the wall clock than the slack allows",
     "members_rate_limited": "Unknown members not learned: their source host's learning budget was spent",
 }
 _TRANSPORT_HELP = {
