@@ -59,9 +59,10 @@ admitted too, also by nodes whose clocks are up to the slack behind. A
 claim at or below the incarnation we hold for its member raises nothing
 and always counts, and so does an alive claim one above it (the step a
 refutation takes): every member can always be accused, and can always
-refute. An attacker can push a member at most twice the slack ahead of the
-clock; a member that then crashes is detected as usual, and a restarted
-one refutes its way over its old self. ``MAX_INCARNATION`` stays an
+refute. One claim pushes a member at most twice the slack ahead of the
+clock (a flood of accusations steps it by one a datagram, as SWIM lets any
+key holder); a member that then crashes is detected as usual, and a
+restarted one refutes its way over its old self. ``MAX_INCARNATION`` stays an
 absolute cap, well inside the codec's range. The clock assumption: hosts'
 wall clocks agree within the slack (a day; keyed clusters already refuse
 frames more than ``REPLAY_WINDOW``, 120 s, off). A node whose clock was off
