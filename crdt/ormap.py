@@ -35,6 +35,15 @@ exchange instead of bringing them back, and an expired register arriving
 from anywhere is not adopted. The context compacts to one counter per
 replica, so memory follows the live entries.
 
+Tombstones, the rule: a removed or expired entry leaves no entry behind,
+only its dots in the context, and a dot is never forgotten (that is what
+keeps a slow peer from bringing a removed key back, however late it
+speaks). Contiguous dots fold into their replica's counter; a dot seen out
+of order waits in the cloud until the gap before it fills (the missing
+write arrives, or a digest exchange whose roots match takes in the other's
+whole context). So what stays is one counter per replica life, not one
+per removal (``footprint``: ``context_replicas``, ``tombstones``).
+
 Digest sync needs one caution: a replica may only take in another's whole
 causal context when their entries are equal (the root digests match), else
 it would claim to have seen dots it does not hold and refuse them later.
