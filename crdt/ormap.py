@@ -35,6 +35,15 @@ exchange instead of bringing them back, and an expired register arriving
 from anywhere is not adopted. The context compacts to one counter per
 replica, so memory follows the live entries.
 
+Tombstones, the rule: a removed or expired entry leaves no entry behind,
+only its dots in the context, and a dot is never forgotten (that is what
+keeps a slow peer from bringing a removed key back, however late it
+speaks). Contiguous dots fold into their replica's counter; a dot seen out
+of order waits in the cloud until the gap before it fills (the missing
+write arrives, or a digest exchange whose roots match takes in the other's
+whole context). So what stays is one counter per replica life, not one
+per removal (``footprint``: ``context_replicas``, ``tombstones``).
+
 Digest sync needs one caution: a replica may only take in another's whole
 causal context when their entries are equal (the root digests match), else
 it would claim to have seen dots it does not hold and refuse them later.
@@ -58,6 +67,8 @@ from crdt.values import Fault, NotReplicable, replicated_form
 
 MAX_KEY_BYTES = 512
 MAX_VALUE_BYTES = 64 * 1024
+# Stale items the expiry heap may hold beyond twice the entries before it is rebuilt.
+EXPIRY_HEAP_SLACK = 1024
 
 
 class Register(NamedTuple):
@@ -301,7 +312,36 @@ class ORMap:
                 self._set(key, {})
                 dropped.append(key)
         self.expired += len(dropped)
+        if len(heap) > 2 * len(self._store) + EXPIRY_HEAP_SLACK:
+            self._rebuild_expiry()  # the keys went, their later items stayed
         return dropped
+
+    def _rebuild_expiry(self) -> None:
+        """Drop the heap's stale items: those of keys since rewritten or
+        dropped. A key rewritten with a later expiry (a run's claim, then
+        its outcome) leaves its earlier item behind, and an unfinished
+        record's lives a day: without this the heap would hold a day of
+        writes, and their keys, after the entries themselves are gone.
+        Rebuilt once more than twice the keys held (and a slack): each
+        rebuild drops more stale items than it keeps, so its cost is O(1)
+        per write."""
+        self._expiry = [
+            (expires, key)
+            for key, registers in self._store.items()
+            if (expires := winner(registers, self.precedence).expires) is not None
+        ]
+        heapq.heapify(self._expiry)
+
+    def footprint(self) -> dict[str, int]:
+        """How much this replica holds, by table: none may grow but with the
+        live entries (``tombstones`` are the context's out-of-order dots,
+        what removals and expiries leave until the gaps before them fill)."""
+        return {
+            "entries": len(self._store),
+            "expiry_heap": len(self._expiry),
+            "context_replicas": len(self.context.vv),
+            "tombstones": self.context.dots() - len(self.context.vv),
+        }
 
     # -- the one place that changes the store -----------------------------------
 
@@ -355,6 +395,8 @@ class ORMap:
             expires = (next(iter(registers.values())) if len(registers) == 1 else winner(registers, self.precedence)).expires
             if expires is not None:
                 heapq.heappush(self._expiry, (expires, key))
+                if len(self._expiry) > 2 * len(self._store) + EXPIRY_HEAP_SLACK:
+                    self._rebuild_expiry()
         else:
             self._store.pop(key, None)
             self._hashes.pop(key, None)

@@ -61,6 +61,25 @@ class BroadcastQueue(Generic[T]):
         if old is not None:
             del self._levels[old.transmits][key]
 
+    def clear(self) -> None:
+        """Drop every message: there is no one left to send them to."""
+        self._by_key.clear()
+        self._levels = [{}]
+
+    def retarget(self, targets: Iterable[object], audience: int) -> None:
+        """The targets are now these (``audience`` of them): forget that a
+        message went to any other (a member that left or died), and retire
+        those that every one of them has had. Without this, a message that
+        waited for a gone member would wait for good, as ``take`` with a
+        target never sends a message to a member twice."""
+        live = set(targets)
+        for key, broadcast in list(self._by_key.items()):
+            if broadcast.sent_to is None:
+                continue
+            broadcast.sent_to &= live
+            if len(broadcast.sent_to) >= audience:
+                self.discard(key)
+
     def sent(self, key: str, targets: Iterable[object], audience: int) -> None:
         """The message queued under ``key`` reached these targets another
         way (a direct copy): ``take`` with a target skips them, and it is

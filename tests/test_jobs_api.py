@@ -209,6 +209,11 @@ async def test_jobs_runs_and_updates_across_two_nodes(cluster: tuple[Agent, Agen
     ]:
         assert line in metrics.splitlines(), line
     assert "peer_scheduler_running_runs " in metrics and "# HELP peer_scheduler_failovers_total Runs re-run" in metrics
+    footprint = (await api(a, "/status"))["footprint"]
+    assert set(footprint) == {"replication", "scheduler", "agent"} and footprint["replication"]["peers"] == 1
+    assert set(footprint["scheduler"]) == set(a.scheduler.footprint()) and footprint["agent"]["threads"] >= 1
+    assert 'peer_footprint{part="replication",table="peers"} 1.0' in metrics.splitlines()
+    assert 'peer_footprint{part="replication",table="runs.tombstones"}' in metrics
     assert set(_SCHEDULER_HELP) == {field.name for field in attrs.fields(SchedulerStats)}
 
     # Removing: gone everywhere; a second removal is a 404.

@@ -103,10 +103,10 @@ def test_catch_up_of_an_empty_replica_is_chunked() -> None:
 
 def test_deltas_ride_gossip_and_big_ones_wait_for_sync() -> None:
     a = pair()[A]
+    a.set_peers([B, C])
     a.put(WALL, "m", "small", 1)
     a.put(WALL, "m", "big", "x" * 5_000)
     assert a.stats.deltas_gossiped == 1 and a.stats.deltas_too_big == 1
-    a.set_peers([B, C])
     (message,) = a.take_gossip(1_400, 3, B)
     assert list(message.delta.entries) == ["small"]
     # Each peer has a delta from us once; once every peer had it, it is retired.

@@ -1001,6 +1001,7 @@ def status_document(agent: Agent) -> dict[str, Any]:
         "health_score": agent.membership.awareness,
         **agent.stats(),
         "scheduler": scheduler_document(agent),
+        "footprint": agent.footprint(),
     }
 
 
@@ -1163,6 +1164,13 @@ class AgentCollector(Collector):
             events.add_metric([kind], count)
         yield events
         yield from scheduler_metrics(agent)
+        footprint = GaugeMetricFamily(
+            "peer_footprint", "Entries held in each of this node's tables, by part: none grows but with live data", labels=["part", "table"]
+        )
+        for part, tables in agent.footprint().items():
+            for table, size in tables.items():
+                footprint.add_metric([part, table], size)
+        yield footprint
 
 
 def scheduler_metrics(agent: Agent) -> Iterator[Metric]:

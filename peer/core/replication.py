@@ -230,6 +230,15 @@ class Replicator:
         them that say they hold the cluster's state (to catch up from)."""
         self._peers = list(peers)
         self._sources = [peer for peer in sources if peer in set(self._peers)]
+        if not self._peers:
+            # Alone: no one will take these deltas. A member that turns up
+            # later gets our state from the catch-up and digest sync, which
+            # compare what is held, not what was queued.
+            self._gossip.clear()
+        elif len(self._peers) <= TARGETED_GOSSIP_PEERS:
+            # A delta waiting only for members that left or died would
+            # wait for good: it goes to no member twice.
+            self._gossip.retarget(self._peers, len(self._peers))
 
     def sync_with(self, peer: Address) -> None:
         """Compare digests with ``peer`` now (a member that just joined)."""
@@ -320,6 +329,16 @@ class Replicator:
             return self._gossip.take(budget, limit)
         return self._gossip.take(budget, limit, target=target, audience=len(self._peers))
 
+    def footprint(self) -> dict[str, int]:
+        """How many entries each table holds: the gossip backlog, the held
+        writes, and per map (``runs.entries``, ``runs.tombstones``...) what
+        ``ORMap.footprint`` lists. None may grow but with the live entries
+        and the live members (``bench/soak.py`` watches them)."""
+        sizes = {"gossip_backlog": len(self._gossip), "held_writes": len(self._held), "peers": len(self._peers)}
+        for name, replica_map in self.maps.items():
+            sizes.update({f"{name}.{table}": size for table, size in replica_map.footprint().items()})
+        return sizes
+
     # -- the application's interface ----------------------------------------------
 
     def has_changes(self) -> bool:
@@ -349,7 +368,7 @@ class Replicator:
         delta = self.map(map_name).put(key, value, stamp, expires=expires)
         self._note_changes(map_name, (key,))
         self.stats.writes += 1
-        if hold > 0:
+        if hold > 0 and self._peers:
             self._hold(map_name, key, delta, self._now + hold)
         else:
             self._gossip_delta(map_name, key, delta)
@@ -417,6 +436,8 @@ class Replicator:
             # One queue entry per key, holding the join of its deltas: a
             # concurrent write must not push another out of the queue.
             delta = queued.delta.join(delta)
+        if not self._peers:
+            return  # alone: nobody to gossip to (see set_peers)
         message = DeltaGossip(map_name, delta)
         size = wire_size(message)
         if size > self.config.gossip_max_bytes:

@@ -202,9 +202,13 @@ class Ring:
     def __hash__(self) -> int:
         return hash((self.members, self.vnodes, self.load_factor))
 
-    def _index(self, key: str) -> int:
-        """Index of the first point at or clockwise after the key."""
-        i = bisect.bisect_left(self._positions, _key_hashes(key)[0])
+    def _index(self, key: str, *, cached: bool = False) -> int:
+        """Index of the first point at or clockwise after the key. Only the
+        job ids ``assign`` places at every view change go through the
+        cache: a run id is looked up a few times in its life, and would
+        fill the cache with ids that expired long ago."""
+        position = _key_hashes(key)[0] if cached else _digest64(_POSITION_HASHER, key.encode())
+        i = bisect.bisect_left(self._positions, position)
         return 0 if i == len(self._positions) else i
 
     def owner(self, key: str) -> str | None:
@@ -251,14 +255,14 @@ class Ring:
         ordered = sorted(set(keys), key=_processing_order)
         owners = self._owners
         if self._factor is None:
-            return {key: owners[self._index(key)] for key in ordered}
+            return {key: owners[self._index(key, cached=True)] for key in ordered}
 
         cap = math.ceil(self._factor * len(ordered) / len(self.members))
         load = dict.fromkeys(self.members, 0)
         result: dict[str, str] = {}
         overflow: list[tuple[str, int]] = []
         for key in ordered:
-            i = self._index(key)
+            i = self._index(key, cached=True)
             member = owners[i]
             if load[member] < cap:
                 load[member] += 1

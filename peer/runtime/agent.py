@@ -29,6 +29,7 @@ import math
 import os
 import random
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -665,6 +666,24 @@ class Agent:
         drops["bad_mac"] += self.transport.stats.streams_refused["bad_mac"]  # streams refused by their preamble's MAC
         drops["handler_error"] = self.handler_errors
         return drops
+
+    def footprint(self) -> dict[str, dict[str, int]]:
+        """How many entries each of the node's tables holds, by part: none
+        may grow but with live data (the runs held, the members), which is
+        what ``bench/soak.py`` checks over hours; ``/status`` and
+        ``/metrics`` show them. ``tasks`` and ``threads`` count the agent's
+        trio tasks and the process's threads (runs of sync functions)."""
+        return {
+            "replication": self.core.replicator.footprint(),
+            "scheduler": self.scheduler.footprint(),
+            "agent": {
+                "run_tasks": len(self._runs),
+                "run_waits": len(self._run_waits),
+                "outbox": sum(len(batches) for batches in self._outbox.values()),
+                "tasks": len(self._nursery.child_tasks) if self._nursery is not None else 0,
+                "threads": threading.active_count(),
+            },
+        }
 
     def stats(self) -> dict[str, Any]:
         return {
