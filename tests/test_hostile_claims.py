@@ -338,6 +338,8 @@ def job_pair() -> tuple[Replicator, Replicator]:
         Replicator(addr_, name, ReplicationConfig(), maps=MAPS, rng=random.Random(i), now=0.0, validators=READABLE)
         for i, (addr_, name) in enumerate([(("10.0.0.1", 1), "a#1"), (("10.0.0.2", 1), "b#1")])
     )
+    a.set_peers([("10.0.0.2", 1), ("10.0.0.3", 1)])  # a lone replica queues no gossip
+    b.set_peers([("10.0.0.1", 1), ("10.0.0.3", 1)])
     a.put(WALL, JOBS, "report", GOOD)
     b.receive(0.0, WALL, DeltaGossip(JOBS, a.map(JOBS).state()))
     assert b.get(WALL, JOBS, "report").value == GOOD
