@@ -16,6 +16,8 @@ full state exchange.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import re
 import sys
 from collections.abc import Callable
@@ -48,10 +50,11 @@ MAX_INCARNATION = 1 << 53
 # names, ``host:port``), nothing that could forge a log line or a path.
 NAME_CHARS = "A-Z a-z 0-9 . _ : -"
 _VALID_NAME = re.compile(rf"[A-Za-z0-9._:-]{{1,{NAME_MAX}}}")
-# What an address's host may hold: an IP literal (IPv6 with a zone: ``%``)
-# or a host name. A NUL or a non-ASCII host once reached ``sendto``, which
-# raised, and the node exited.
-_VALID_HOST = re.compile(rf"[A-Za-z0-9._:%-]{{1,{HOST_MAX}}}")
+# An address's host is an IP literal (IPv6 with a zone: ``%``): names are
+# resolved at the edge (seeds, --advertise), never from a peer's claim, as
+# a name would make every send to it a blocking DNS lookup. A NUL or a
+# non-ASCII host once reached ``sendto``, which raised, and the node exited.
+_VALID_HOST = re.compile(r"[0-9A-Fa-f.:]{2,45}(%[A-Za-z0-9_.-]{1,64})?")
 _STATUSES = tuple(Status)  # rank -> Status, cheaper than calling Status(rank)
 
 
@@ -83,11 +86,22 @@ def _uint64(value: Any, what: str) -> int:
 
 
 def _addr(host: Any, port: Any, what: str) -> Address:
-    if type(host) is not str or _VALID_HOST.fullmatch(host) is None:
-        raise MalformedMessage(f"{what}: expected a host of 1..{HOST_MAX} of A-Z a-z 0-9 . _ : % -")
+    if type(host) is not str or not _is_ip(host):
+        raise MalformedMessage(f"{what}: expected an IP address")
     if type(port) is not int or not 0 < port < 65536:
         raise MalformedMessage(f"{what}: expected a port in 1..65535")
     return (sys.intern(host), port)
+
+
+@functools.lru_cache(maxsize=4096)  # hosts recur in every table: parse each once
+def _is_ip(host: str) -> bool:
+    if _VALID_HOST.fullmatch(host) is None:  # cheap, and keeps odd strings out of the cache's parse
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _meta(value: Any, what: str) -> bytes:
@@ -301,7 +315,7 @@ class PushPull:
                 type(name) is not str
                 or not 0 < len(name) <= NAME_MAX
                 or type(host) is not str
-                or not 0 < len(host) <= HOST_MAX
+                or not _is_ip(host)
                 or type(port) is not int
                 or not 0 < port < 65536
                 or type(incarnation) is not int

@@ -264,7 +264,7 @@ def test_claims_naming_an_invalid_member_are_dropped_and_counted(name):
     assert not sent_messages(core.take_effects(), PushPull)  # an exchange from a bad name is not answered
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1\x00evil", "h\u00f6st", "a b", "x" * 256, "", "10.0.0.1\n"])
+@pytest.mark.parametrize("host", ["127.0.0.1\x00evil", "h\u00f6st", "a b", "x" * 256, "", "10.0.0.1\n", "node-0", "999.1.1.1"])
 def test_claims_naming_an_address_no_socket_takes_are_malformed(host):
     # A mutated, re-signed claim with such a host once reached sendto, which raised, and the node exited.
     codec = Codec(None)
