@@ -286,6 +286,32 @@ class Ring:
         # Over the members that own points: all of them, bar a tag collision.
         return math.ceil(self._factor * count / len(self._names))
 
+    def capacities(self, count: int) -> dict[str, int]:
+        """Each member's bound when ``count`` keys are assigned (empty: unbounded).
+
+        ``c * K / N`` rounded up for some members and down for the others,
+        the members rounded up chosen by their tags: those below the
+        fraction's share of the tag space, and more in that order if the
+        bounds would not hold every key.
+        """
+        return {self._names[tag]: cap for tag, cap in self._capacities(count).items()}
+
+    def _capacities(self, count: int) -> dict[int, int]:
+        if self._factor is None or not self.members:
+            return {}
+        tags = sorted(self._names)
+        share = self._factor * count / len(tags)
+        low = math.floor(share)
+        # A rounded-up bound for the members whose tags fall below the
+        # fraction's share of the tag space: as N or K changes, the share
+        # moves a little and so only a few members' bounds change. One
+        # bound for all, ceil(c * K / N), moves every member's at once
+        # when it steps (from 11 to 12 as 1,000 members with 10k keys lose
+        # one), and every key pushed off its owner goes back.
+        up = bisect.bisect_left(tags, math.ceil((share - low) * (1 << _TAG_BITS)))
+        up = max(up, count - low * len(tags))  # room for every key: c >= 1 does not promise it rounded down
+        return {tag: low + 1 if i < up else low for i, tag in enumerate(tags)}
+
     def assign(self, keys: Iterable[str]) -> dict[str, str]:
         """Owner of every key of a whole set, no member above ``capacity(K)``.
 
@@ -306,14 +332,14 @@ class Ring:
         if self._factor is None:
             return {key: names[points[i] & _TAG_MASK] for key, i in zip(ordered, at, strict=True)}
 
-        cap = math.ceil(self._factor * len(ordered) / len(names))
+        cap = self._capacities(len(ordered))
         # By tag, not name, while placing: a member is the tag of its points.
         load = dict.fromkeys(names, 0)
         placed: dict[str, int] = {}
         overflow: list[tuple[str, int]] = []
         for key, i in zip(ordered, at, strict=True):
             tag = points[i] & _TAG_MASK
-            if load[tag] < cap:
+            if load[tag] < cap[tag]:
                 load[tag] += 1
                 placed[key] = tag
             else:
@@ -327,10 +353,10 @@ class Ring:
             resume: dict[int, int] = {}
             for key, i in overflow:
                 skipped: list[int] = []
-                while load[points[i] & _TAG_MASK] >= cap:
+                while load[tag := points[i] & _TAG_MASK] >= cap[tag]:
                     skipped.append(i)
                     if len(skipped) > size:
-                        raise RuntimeError(f"{self!r}: no member has room for {key!r}")  # cannot happen: see capacity
+                        raise RuntimeError(f"{self!r}: no member has room for {key!r}")  # cannot happen: see _capacities
                     i = resume.get(i, i + 1)
                     if i == size:
                         i = 0
