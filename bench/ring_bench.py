@@ -1,6 +1,6 @@
 """Job ownership: balance, churn and cost of the candidate schemes.
 
-    python bench/ring_bench.py [--trials 10] [--quick] [--json]
+    python bench/ring_bench.py [--trials 10] [--quick] [--only TEXT] [--json]
 
 Part 1, for 10, 100 and 1,000 members (``node-{i}``) and 100, 1k and 10k jobs
 (``job-{i}``), each scheme is measured on:
@@ -27,8 +27,11 @@ Schemes:
 - ``ring vN``: ``peer.jobs.ring.Ring`` with N vnodes and no load bound;
 - ``ring vN c1.1``: ``peer.jobs.ring.Ring`` with bounded loads (the shipped
   algorithm: plain owners first, then overflow walks clockwise);
+- ``one bound vN c1.1``: the shipped algorithm with the bound it had
+  before issue 13, ceil(c * K / N) for every member;
 - ``classic vN c1.1``: Mirrokni et al.'s single pass with keys in ring
   order, each walking clockwise to the first member with room;
+  bounded loads here all use the ring's per-member bounds (``capacities``);
 - ``rendezvous`` / ``rendezvous c1.1``: highest random weight, and with
   bounded loads (plain owners first, overflow to the next highest weight).
   Pairs are scored with a splitmix64 mix of the key's and member's blake2b
@@ -82,15 +85,14 @@ class ClassicRing(Ring):
         if not self.members:
             return {}
         ordered = sorted(set(keys), key=lambda k: (_key_hashes(k)[0], k))
-        cap = self.capacity(len(ordered))
-        assert cap is not None
+        cap = self.capacities(len(ordered))
         points, names = self._points, self._names
         size = len(points)
         load = dict.fromkeys(self.members, 0)
         result = {}
         for key in ordered:
             i = self._index(key)
-            while load[names[points[i] & _TAG_MASK]] >= cap:
+            while load[member := names[points[i] & _TAG_MASK]] >= cap[member]:
                 i = i + 1 if i + 1 < size else 0
             member = names[points[i] & _TAG_MASK]
             load[member] += 1
@@ -133,6 +135,17 @@ class LegacyRing:
         return cached
 
 
+class OneBoundRing(Ring):
+    """Bounded loads with one bound for every member, ceil(c * K / N): the
+    rule before issue 13."""
+
+    __slots__ = ()
+
+    def _capacities(self, count: int) -> dict[int, int]:
+        cap = self.capacity(count)
+        return {} if cap is None else dict.fromkeys(self._names, cap)
+
+
 def _mix(z: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
@@ -161,20 +174,19 @@ class Rendezvous:
         ordered = sorted(set(keys), key=_processing_order)
         if self.load_factor is None:
             return {key: self._owner(key) for key in ordered}
-        cap = Ring(self.members, vnodes=1, load_factor=self.load_factor).capacity(len(ordered))
-        assert cap is not None
+        cap = Ring(self.members, vnodes=1, load_factor=self.load_factor).capacities(len(ordered))
         load = dict.fromkeys(self.members, 0)
         result = {}
         overflow = []
         for key in ordered:
             member = self._owner(key)
-            if load[member] < cap:
+            if load[member] < cap[member]:
                 load[member] += 1
                 result[key] = member
             else:
                 overflow.append(key)
         for key in overflow:
-            member = next(m for m in self._ordered(key) if load[m] < cap)
+            member = next(m for m in self._ordered(key) if load[m] < cap[m])
             load[member] += 1
             result[key] = member
         return result
@@ -192,6 +204,9 @@ def schemes(quick: bool) -> dict[str, Factory]:
     for v in bounded_vnodes:
         out[f"ring v{v} c{LOAD_FACTOR}"] = functools.partial(Ring, vnodes=v, load_factor=LOAD_FACTOR)
     if not quick:
+        out[f"one bound v{DEFAULT_VNODES} c{LOAD_FACTOR}"] = functools.partial(
+            OneBoundRing, vnodes=DEFAULT_VNODES, load_factor=LOAD_FACTOR
+        )
         out[f"classic v{DEFAULT_VNODES} c{LOAD_FACTOR}"] = functools.partial(
             ClassicRing, vnodes=DEFAULT_VNODES, load_factor=LOAD_FACTOR
         )
@@ -279,13 +294,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer schemes, no 1,000-member churn rows")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of tables")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--only", default="", metavar="TEXT", help="only the schemes whose name holds TEXT")
     args = parser.parse_args(argv)
 
     def emit(row: dict[str, object], text: str) -> None:
         print(json.dumps({f: round(v, 4) if isinstance(v, float) else v for f, v in row.items()}) if args.json else text, flush=True)
 
     header = (
-        f"{'scheme':<20} {'N':>5} {'K':>6} {'max/mean':>8} {'join':>6} {'leave':>6}"
+        f"{'scheme':<22} {'N':>5} {'K':>6} {'max/mean':>8} {'join':>6} {'leave':>6}"
         f" {'build ms':>9} {'update ms':>9} {'assign ms':>9}"
     )
     if not args.json:
@@ -293,6 +309,8 @@ def main(argv: list[str] | None = None) -> None:
         print(header)
         print("-" * len(header))
     for name, factory in schemes(args.quick).items():
+        if args.only not in name:
+            continue
         for n in MEMBER_COUNTS:
             if n >= 1000 and (args.quick or name.startswith("rendezvous")):
                 continue
@@ -301,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
                 update = f"{row['update_ms']:>9.2f}" if "update_ms" in row else f"{'-':>9}"
                 emit(
                     {"scheme": name, "n": n, "k": k, **row},
-                    f"{name:<20} {n:>5} {k:>6} {row['max_mean']:>8.2f} {row['join']:>6.2f} {row['leave']:>6.2f}"
+                    f"{name:<22} {n:>5} {k:>6} {row['max_mean']:>8.2f} {row['join']:>6.2f} {row['leave']:>6.2f}"
                     f" {row['build_ms']:>9.2f} {update} {row['assign_ms']:>9.1f}",
                 )
         if not args.json:

@@ -4,58 +4,101 @@ Theory of operation
 -------------------
 Every node derives ownership from its own membership view, with no messages:
 nodes holding the same view compute the same owners. All hashing is
-``blake2b(digest_size=8)`` with a distinct ``person`` per use, never Python's
-salted ``hash()``, so a key hashes the same in every process and version.
+blake2b or SHAKE-128 with a distinct prefix or ``person`` per use, never
+Python's salted ``hash()``, so a key hashes the same in every process and
+version, and nothing depends on the order members were learned in.
 
-*Plain owner.* Each member puts ``vnodes`` points on a 64-bit ring; a key's
-owner is the member of the first point at or clockwise after the key's
-position. A join takes only the arcs the new member's points cut off, and a
-leave hands only the leaver's arcs to their clockwise neighbours, so about
-K/N keys move and every other key stays put.
+*Plain owner.* Each member puts ``vnodes`` points on a 64-bit ring (the
+first ``vnodes`` 64-bit words of SHAKE-128 over its name); a key's owner is
+the member of the first point at or clockwise after the key's position. A
+join takes only the arcs the new member's points cut off, and a leave hands
+only the leaver's arcs to their clockwise neighbours, so about K/N keys
+move and every other key stays put.
+
+*Points name their member.* A point is stored as ``position << 64 |
+tag(member)`` (the tag: a 64-bit hash of the name), so one sorted list of
+ints orders positions and owners together and a key's owner is a bisection
+and a mask away. Two members whose tags collide (2**-64 per pair) resolve
+to the later name in sorted order on every node; the other owns nothing.
+
+*A ring from the last one.* Views change by a member or a few, so
+``Ring(members, previous=ring)`` removes the leavers' points from the last
+view's list and inserts the newcomers' (slices copied between the changed
+places) instead of sorting every point again; above a quarter of the
+points changed, it sorts. Either way the same list, hence the same owners.
+A member's points are cached (7 KB each at 128 points; 4,096 members).
 
 *Bounded loads* (Mirrokni, Thorup, Zadimoghaddam, "Consistent Hashing with
 Bounded Loads", 2018). With ``load_factor`` c, ``assign`` gives no member more
 than ``capacity = ceil(c * K / N)`` keys. Keys are taken in a fixed order (a
 second hash of the key, so the order does not depend on the view or on the
 caller's iteration order) in two passes: first every key goes to its plain
-owner while that owner is below capacity; then each key left over walks
-clockwise from its position to the first member still below capacity. A key
-therefore only leaves its plain owner when that owner has more than
-``capacity`` keys of its own, and where it lands is always the first member
-of its ``preference`` list that had room.
+owner while that owner is below its bound; then each key left over walks
+clockwise from its position to the first member still below its bound. A
+key therefore only leaves its plain owner when that owner has more than its
+bound of keys of its own, and where it lands is always the first member of
+its ``preference`` list that had room. Each member's bound is c * K / N
+rounded up or down (never below 1) by its tag (``capacities``): the share
+moves a little when N or K does, and only a few members' bounds with it.
 
-Why this scheme (``python bench/ring_bench.py``: c = 1.10, 10 random joins
-and leaves per cell; "moved" is keys moved over the ideal, K/(N+1) for a join
-and K/N for a leave; times on a shared 2-core machine):
+Why this scheme (issue 13: 1,000 ready members announced at once froze a
+node for 38 s, 5.6 s per ring at 1,024 points per member; targets: a ring in
+under 2 ms at 100 members and under 20 ms at 1,000, K/N movement kept).
+``python bench/ring_bench.py``, 10 joins and leaves per cell; "moved" is
+keys moved over the ideal, K/(N+1) for a join and K/N for a leave; times on
+a shared 2-core machine under a load of 2-14, so they vary by 2x:
 
-- Plain ring, 100 members, 10k jobs: max/mean 2.12 at 16 vnodes, 1.61 at 64,
-  1.29 at 256, 1.23 at 1024; rendezvous 1.20. The job count per member is
-  itself Poisson(100), whose maximum over 100 members is ~1.2x the mean, so
-  no vnode count reaches 1.10: bounded loads are needed.
-- Bounded loads hold max/mean at 1.10; what they add to the moves depends on
-  how uneven the plain owners are, so vnodes still matter. Moved (join /
-  leave) at 100 members, 10k jobs: 1.56 / 1.75 at 64 vnodes, 1.20 / 1.26 at
-  256, 1.17 / 1.21 at 1024, 1.12 / 1.13 at 2048. Rendezvous with bounded
-  loads, whose owners are as even as hashing allows, moves 1.07 / 1.15 --
-  but it scores every key against every member: ~400-500 ms per assign of
-  10k keys over 100 members in CPython, against ~15 ms for the ring.
-- Owners first, overflow after, moves about as many keys as the classic
-  single pass in ring order at 10k jobs (1.17 / 1.21 against 1.16 / 1.23),
-  and fewer when overflow is common (100 members, 1k jobs: leave 4.77
-  against 5.59), since there a walking key can take the slot a later key's
-  own owner had, and push that key on in turn.
-- Hence a ring of 1024 vnodes per member with c = 1.10 by default: at 10
-  members it moves 1.00 / 1.00 of ideal with 10k jobs and 1.10 / 1.06 with
-  1k; at 100 members a new view builds in ~25 ms (a member's points are
-  cached across views, so only newcomers are hashed) and assign takes
-  ~15 ms. 2048 vnodes move ~5% fewer keys at 100 members for ~3x the build
-  time and twice the memory.
+- Cost of a view change, 10k jobs (ms):
 
-The capacity is an integer that follows N, and whenever it rises, keys that
-overflowed go back to their owners. With few keys per member that dominates
-whatever the scheme (1000 jobs: capacity 11 with 100 members, 12 with 99; a
-leave moves ~5x K/N); with 10k jobs a leave lifts it from 110 to 112, which
-is why even rendezvous stays above 1.10 there.
+                            100 members          1,000 members
+    before (v1024)    build 29-41, cold 100-190   build 780-1,090, cold 1,700-2,000
+    now (v128)        build 1.3-1.4, cold 5-9     build 22-34, cold 80-130
+      from last ring  join 0.23, leave 0.19       join 2.1-3.3, leave 2.0
+    assign 10k jobs   12 (c1.1: 14), cold 35-48   16-27 (c1.1: 20), cold 42-47
+
+  Placement passes the previous ring, so a join or leave at 1,000 members
+  costs ~2 ms plus ~20 ms of assign; a ring from scratch (a node's first
+  view, or many members at once) 20-30 ms warm. Cold, hashing is one
+  SHAKE-128 call per member instead of one blake2b per point.
+- Balance of the plain ring (max/mean of the arcs, mean of 4 sets of
+  names): 10 members 1.24 at 64 points, 1.13 at 128, 1.07 at 256, 1.05 at
+  1,024; 100 members 1.30, 1.22, 1.17, 1.07; 1,000 members 1.50, 1.34,
+  1.20. With 10k jobs at 100 members the job counts' own Poisson spread
+  adds to it: 1.57 at 64, 1.69 at 128, 1.28 at 256, 1.26 at 1,024 (one set
+  of names); at 1,000 members (10 jobs each) 2.2-2.3 whatever the points.
+  Plain joins and leaves move ~1.0x whatever the points.
+- A ring's cost is a sort of N * vnodes points (~0.15 us each here) or, from
+  the last ring, their copy. From scratch, 128 points take 1.3-1.4 ms at
+  100 members and 22-34 ms at 1,000 (at the 20 ms target; ~2 ms from the
+  last ring), 256 take 2.7 and 46-65, 1,024 take 11 and 250-400. So 128
+  points per member: the most that keeps a view change (from the last
+  ring) well within the targets and a ring from scratch about at them,
+  at the price of a less even plain ring than 1,024
+  (1.13 against 1.05 max/mean of the arcs at 10 members, 1.22 against 1.07
+  at 100). Points per member that shrink as N grows would keep the total
+  bounded, but change every member's points at each step of the count: a
+  join there moves about twice K/N, and the only-to-the-newcomer property
+  goes.
+- Bounded loads hold max/mean at 1.10 (at 1 key per member or fewer, the
+  integer bound of 2 or 1 makes it 2 or 10). Moved (join / leave) with
+  c = 1.1, 128 points: 10 members, 10k jobs 0.98 / 1.03; 100 members 1.30 /
+  1.28; 1,000 members 3.00 / 2.07; 100 members, 1k jobs 2.25 / 2.42. With
+  one bound for all, ceil(c * K / N) (before issue 13): the same except when
+  a change steps that bound, and then every key pushed off its owner goes
+  back: a leave at 1,000 members and 10k jobs lifts it from 11 to 12 and
+  moves 46x K/N (5.4x at 100 members, 1k jobs). The bound per member costs
+  more where most members are at their bound, 1-2 keys each: 1,000 members,
+  1k jobs 6.1 / 5.0 against 1.6 / 1.8 between steps; it has no steps.
+- Rendezvous (highest random weight) balances like 1,024 points (1.27 with
+  10k jobs at 100 members) and moves 1.17 / 1.12 with c = 1.1, but scores
+  every key against every member: ~400 ms per assign of 10k keys over 100
+  members in CPython (seconds at 1,000), against ~13 ms for the ring.
+  Mirrokni et al.'s single pass in ring order moves more than owners
+  first, overflow after (1,000 members, 10k jobs: 3.83 / 2.22). Not
+  measured: jump hash, which only removes the last bucket (a leave of any
+  other member renumbers the rest), and Maglev, whose table (65,537
+  entries for 1,000 members) is filled by a Python loop on every change and
+  moves more than K/N by design.
 
 The scheduler, though, places jobs with no load bound by default
 (``SchedulerConfig.load_factor = None``; ``--load-factor`` turns it on). A
@@ -289,10 +332,10 @@ class Ring:
     def capacities(self, count: int) -> dict[str, int]:
         """Each member's bound when ``count`` keys are assigned (empty: unbounded).
 
-        ``c * K / N`` rounded up for some members and down for the others,
-        the members rounded up chosen by their tags: those below the
-        fraction's share of the tag space, and more in that order if the
-        bounds would not hold every key.
+        ``c * K / N`` rounded up for some members and down (but not below 1)
+        for the others, the members rounded up chosen by their tags: those
+        below the fraction's share of the tag space, and more in that order
+        if the bounds would not hold every key.
         """
         return {self._names[tag]: cap for tag, cap in self._capacities(count).items()}
 
@@ -301,14 +344,15 @@ class Ring:
             return {}
         tags = sorted(self._names)
         share = self._factor * count / len(tags)
-        low = math.floor(share)
-        # A rounded-up bound for the members whose tags fall below the
-        # fraction's share of the tag space: as N or K changes, the share
-        # moves a little and so only a few members' bounds change. One
-        # bound for all, ceil(c * K / N), moves every member's at once
-        # when it steps (from 11 to 12 as 1,000 members with 10k keys lose
-        # one), and every key pushed off its owner goes back.
-        up = bisect.bisect_left(tags, math.ceil((share - low) * (1 << _TAG_BITS)))
+        # Rounded up for the members whose tags fall below the fraction's
+        # share of the tag space: as N or K changes, the share moves a
+        # little and only a few members' bounds change. One bound for all,
+        # ceil(c * K / N), changes every member's at once when it steps
+        # (from 11 to 12 as 1,000 members with 10k keys lose one), and every
+        # key pushed off its owner goes back. Never below 1, though: below
+        # one key per member, a bound of 0 would shut most members out.
+        low = max(math.floor(share), 1)
+        up = bisect.bisect_left(tags, math.ceil((share - low) * (1 << _TAG_BITS))) if share > low else 0
         up = max(up, count - low * len(tags))  # room for every key: c >= 1 does not promise it rounded down
         return {tag: low + 1 if i < up else low for i, tag in enumerate(tags)}
 
