@@ -62,6 +62,7 @@ from peer.jobs.ring import (
     _hash64,
     _key_hashes,
     _processing_order,
+    _tag,
     _vnode_points,
 )
 
@@ -267,6 +268,7 @@ def view_change(n: int, k: int, legacy: bool) -> dict[str, float]:
         build = best_ms(lambda: LegacyRing(members), 1 if n >= 1000 else 3)
         return {"build_ms": build, "cold_build_ms": cold}
     _vnode_points.cache_clear()
+    _tag.cache_clear()
     _key_hashes.cache_clear()
     started = time.perf_counter()
     ring = Ring(members, load_factor=None)

@@ -154,6 +154,7 @@ def _key_hashes(key: str) -> tuple[int, int]:
     return int.from_bytes(digest[:8], "big") << _TAG_BITS, int.from_bytes(digest[8:], "big")
 
 
+@functools.lru_cache(maxsize=4096)
 def _tag(member: str) -> int:
     return _hash64(member.encode(), _MEMBER)
 
