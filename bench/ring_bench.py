@@ -4,6 +4,8 @@
 
 Part 1, for 10, 100 and 1,000 members (``node-{i}``) and 100, 1k and 10k jobs
 (``job-{i}``), each scheme is measured on:
+- arcs: the largest share of the ring one member's points cover, over the
+  mean 1/N (the plain ring's max/mean with endless jobs);
 - max/mean: the most jobs any member owns over the mean K/N;
 - join / leave: jobs whose owner changed when one member joins (N -> N+1) or
   one random member leaves (N -> N-1), as a ratio to the ideal, K/(N+1) for
@@ -237,6 +239,18 @@ def newcomer() -> str:
     return f"new-{next(_fresh)}"
 
 
+def arcs(ring: Ring) -> float:
+    """The largest share of the ring any member's arcs cover, over the mean:
+    the max/mean of job counts with infinitely many jobs."""
+    points = ring._points
+    share: Counter[int] = Counter()
+    previous = (points[-1] >> 64) - (1 << 64)
+    for point in points:
+        share[point & _TAG_MASK] += (point >> 64) - previous
+        previous = point >> 64
+    return max(share.values()) / ((1 << 64) / len(ring.members))
+
+
 def measure(factory: Factory, n: int, k: int, trials: int, seed: int) -> dict[str, float]:
     rng = random.Random(seed)
     members = [f"node-{i}" for i in range(n)]
@@ -247,6 +261,8 @@ def measure(factory: Factory, n: int, k: int, trials: int, seed: int) -> dict[st
     if isinstance(base_ring, Ring):
         row["update_ms"] = best_ms(lambda: factory([*members, newcomer()], previous=base_ring))
     row["assign_ms"] = best_ms(lambda: base_ring.assign(keys), 1 if isinstance(base_ring, Rendezvous) and n * k > 10**5 else 3)
+    if isinstance(base_ring, Ring):
+        row["arcs"] = arcs(base_ring)
     loads = Counter(base.values())
     joins = [moved(base, factory([*members, f"node-{n + t}"]).assign(keys)) / (k / (n + 1)) for t in range(trials)]
     leaves = [
@@ -303,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({f: round(v, 4) if isinstance(v, float) else v for f, v in row.items()}) if args.json else text, flush=True)
 
     header = (
-        f"{'scheme':<22} {'N':>5} {'K':>6} {'max/mean':>8} {'join':>6} {'leave':>6}"
+        f"{'scheme':<22} {'N':>5} {'K':>6} {'arcs':>5} {'max/mean':>8} {'join':>6} {'leave':>6}"
         f" {'build ms':>9} {'update ms':>9} {'assign ms':>9}"
     )
     if not args.json:
@@ -319,9 +335,10 @@ def main(argv: list[str] | None = None) -> None:
             for k in JOB_COUNTS:
                 row = measure(factory, n, k, args.trials, args.seed)
                 update = f"{row['update_ms']:>9.2f}" if "update_ms" in row else f"{'-':>9}"
+                arc = f"{row['arcs']:>5.2f}" if "arcs" in row else f"{'-':>5}"
                 emit(
                     {"scheme": name, "n": n, "k": k, **row},
-                    f"{name:<22} {n:>5} {k:>6} {row['max_mean']:>8.2f} {row['join']:>6.2f} {row['leave']:>6.2f}"
+                    f"{name:<22} {n:>5} {k:>6} {arc} {row['max_mean']:>8.2f} {row['join']:>6.2f} {row['leave']:>6.2f}"
                     f" {row['build_ms']:>9.2f} {update} {row['assign_ms']:>9.1f}",
                 )
         if not args.json:

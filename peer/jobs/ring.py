@@ -46,36 +46,37 @@ node for 38 s, 5.6 s per ring at 1,024 points per member; targets: a ring in
 under 2 ms at 100 members and under 20 ms at 1,000, K/N movement kept).
 ``python bench/ring_bench.py``, 10 joins and leaves per cell; "moved" is
 keys moved over the ideal, K/(N+1) for a join and K/N for a leave; times on
-a shared 2-core machine under a load of 2-14, so they vary by 2x:
+a shared 2-core machine under a load of 1-14, so they vary by 2x:
 
 - Cost of a view change, 10k jobs (ms):
 
-                            100 members          1,000 members
-    before (v1024)    build 29-41, cold 100-190   build 780-1,090, cold 1,700-2,000
-    now (v128)        build 1.3-1.4, cold 5-9     build 22-34, cold 80-130
-      from last ring  join 0.23, leave 0.19       join 2.1-3.3, leave 2.0
-    assign 10k jobs   12 (c1.1: 14), cold 35-48   16-27 (c1.1: 20), cold 42-47
+                            100 members            1,000 members
+    before (v1024)    build 26-41, cold 86-190    build 645-1,090, cold 1,230-2,030
+    now (v128)        build 1.2-1.4, cold 4-9     build 19-34, cold 64-130
+      from last ring  join 0.16-0.23, leave 0.13-0.19  join 1.5-3.3, leave 1.4-2.0
+    assign 10k jobs   11-12 (c1.1: 13-14)         16-27 (c1.1: 20; before: 49, c1.1: 229)
 
   Placement passes the previous ring, so a join or leave at 1,000 members
   costs ~2 ms plus ~20 ms of assign; a ring from scratch (a node's first
-  view, or many members at once) 20-30 ms warm. Cold, hashing is one
+  view, or many members at once) 19-34 ms warm. Cold, hashing is one
   SHAKE-128 call per member instead of one blake2b per point.
-- Balance of the plain ring (max/mean of the arcs, mean of 4 sets of
-  names): 10 members 1.24 at 64 points, 1.13 at 128, 1.07 at 256, 1.05 at
-  1,024; 100 members 1.30, 1.22, 1.17, 1.07; 1,000 members 1.50, 1.34,
-  1.20. With 10k jobs at 100 members the job counts' own Poisson spread
-  adds to it: 1.57 at 64, 1.69 at 128, 1.28 at 256, 1.26 at 1,024 (one set
-  of names); at 1,000 members (10 jobs each) 2.2-2.3 whatever the points.
-  Plain joins and leaves move ~1.0x whatever the points.
+- Balance of the plain ring ("arcs": the largest share of the ring one
+  member covers over 1/N, i.e. max/mean with endless jobs; members
+  ``node-{i}``): 10 members 1.20 at 64 points, 1.10 at 128, 1.17 at 256,
+  1.05 at 1,024 (one set of names: noisy at 10); 100 members 1.38, 1.22,
+  1.11, 1.08; 1,000 members 1.64, 1.37, 1.18, 1.11. With 10k jobs at 100
+  members the job counts' own Poisson spread adds to it: 1.57, 1.69, 1.28,
+  1.26; at 1,000 members (10 jobs each) 2.0-2.3 whatever the points. Plain
+  joins and leaves move ~1.0x whatever the points.
 - A ring's cost is a sort of N * vnodes points (~0.15 us each here) or, from
   the last ring, their copy. From scratch, 128 points take 1.3-1.4 ms at
-  100 members and 22-34 ms at 1,000 (at the 20 ms target; ~2 ms from the
+  100 members and 19-34 ms at 1,000 (at the 20 ms target; ~2 ms from the
   last ring), 256 take 2.7 and 46-65, 1,024 take 11 and 250-400. So 128
   points per member: the most that keeps a view change (from the last
   ring) well within the targets and a ring from scratch about at them,
   at the price of a less even plain ring than 1,024
-  (1.13 against 1.05 max/mean of the arcs at 10 members, 1.22 against 1.07
-  at 100). Points per member that shrink as N grows would keep the total
+  (arcs 1.10 against 1.05 at 10 members, 1.22 against 1.08 at 100, 1.37
+  against 1.11 at 1,000). Points per member that shrink as N grows would keep the total
   bounded, but change every member's points at each step of the count: a
   join there moves about twice K/N, and the only-to-the-newcomer property
   goes.
