@@ -669,8 +669,10 @@ class JobsRun(MembershipRun):
         return len(self._oneoffs)
 
     def back_up_after(self, index: int, t: float) -> float | None:
-        """When the node's next life started after ``t`` (None: it did not)."""
-        return min((start for start, _ in self._lives.get(index, ()) if start > t), default=None)
+        """When the node's next life started after ``t`` (None: it did not).
+        At ``t`` itself too: a supervisor that kills a process still draining
+        starts the new one in the same instant when booting takes no time."""
+        return min((start for start, _ in self._lives.get(index, ()) if start >= t), default=None)
 
     def executing(self, index: int) -> int:
         return sum(1 for key in self._open if key[0] == index)

@@ -138,7 +138,9 @@ class Placement:
         self._jobs_changed, self._leases_changed, self._placed_as, self._replace_at = False, False, local.role, None
         if eligible != self._ring.members:
             self._previous_ring, self._ring_changed_at = self._ring, wall_ms
-            self._ring = Ring(eligible, load_factor=local.config.load_factor)
+            # From the last ring: a join or a leave then costs a few slices
+            # of it, not a sort of every member's points.
+            self._ring = Ring(eligible, load_factor=local.config.load_factor, previous=self._ring)
         jobs = self._records.jobs
         placed = sorted(
             job_id
