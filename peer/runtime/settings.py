@@ -86,15 +86,13 @@ def _choice(*choices: str) -> Callable[[Any], str]:
 
 
 def _encrypt(value: Any) -> str:
-    # "on"/"off" or a boolean (TOML true, PEER_ENCRYPT=1), or "switching": see peer.runtime.wire.Encryption.
-    text = str(value).lower() if isinstance(value, (str, bool)) else None
-    if text in ("true", "on", "yes", "1"):
-        return "on"
-    if text in ("false", "off", "no", "0"):
-        return "off"
-    if text == "switching":
-        return text
-    raise ValueError(f"expected on, off or switching, got {value!r}")
+    # "switching", or on/off as any boolean (TOML true, PEER_ENCRYPT=1): see peer.runtime.wire.Encryption.
+    if isinstance(value, str) and value.strip().lower() == "switching":
+        return "switching"
+    try:
+        return "on" if _flag(value) else "off"
+    except ValueError:
+        raise ValueError(f"expected on, off or switching, got {value!r}") from None
 
 
 def _seconds(value: Any) -> float:
