@@ -814,7 +814,8 @@ def mutate_value(value: Any, rng: random.Random) -> Any:
     if isinstance(value, bool):
         return not value
     if isinstance(value, int):
-        return rng.choice((value ^ (1 << rng.randrange(64)), rng.choice(HUGE_INTS), -value, value + 1))
+        changed = rng.choice((value ^ (1 << rng.randrange(64)), rng.choice(HUGE_INTS), -value, value + 1))
+        return max(-(1 << 63), min(changed, (1 << 64) - 1))  # what msgpack can carry
     if isinstance(value, str):
         at = rng.randrange(len(value) + 1)
         return rng.choice((
@@ -859,12 +860,12 @@ def mutate_messages(messages: list[Any], rng: random.Random) -> list[Any]:
         roll = rng.random()
         if roll < 0.1 and messages:
             index = rng.randrange(len(messages))
-            packed = bytearray(msgpack.packb(messages[index]))
-            for _ in range(rng.randrange(1, 4)):
-                packed[rng.randrange(len(packed))] ^= 1 << rng.randrange(8)
             try:
+                packed = bytearray(msgpack.packb(messages[index]))
+                for _ in range(rng.randrange(1, 4)):
+                    packed[rng.randrange(len(packed))] ^= 1 << rng.randrange(8)
                 messages[index] = msgpack.unpackb(bytes(packed), raw=False, strict_map_key=False)
-            except Exception:  # noqa: BLE001 - a flip that leaves no msgpack: mutate a value instead
+            except Exception:  # noqa: BLE001 - nested too deep to pack, or a flip that leaves no msgpack: mutate a value instead
                 pass
             else:
                 continue
