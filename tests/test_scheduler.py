@@ -824,3 +824,22 @@ def test_a_submit_over_the_pending_backlog_is_refused_and_counted() -> None:
     assert node.scheduler.backlog() == 2
     node.scheduler.submit(T0 + 100, one_off("fits"))
     assert {record(node, i).state for i in ids[1:]} == {RunState.PENDING}
+
+
+def test_one_offs_leave_a_quarter_of_the_slots_to_ticks() -> None:
+    # 2,000 one-offs of a minute once filled every slot, and no tick ran until one ended.
+    node = bounded(4)
+    long_runs = [node.scheduler.submit(T0, one_off(f"long{i}")) for i in range(5)]
+    node.advance(T0 + 100)
+    started = node.take(StartRun)
+    assert [s.run_id for s in started] == long_runs[:3]  # 3 of 4 slots: the fourth is kept for ticks
+    assert record(node, long_runs[3]).state is RunState.PENDING and node.scheduler.queued() == 2
+    node.scheduler.add_job(T0 + 100, cron(every="2s"))
+    node.advance(T0 + 2_100)
+    [tick] = node.take(StartRun)
+    assert (tick.run_id, tick.tick) == (tick_run_id("job", T0 + 2_000), T0 + 2_000)  # on time, in the reserved slot
+    assert node.scheduler.stats.ticks_run == 1 and len(node.scheduler.running()) == 4
+    node.finish(tick)
+    assert node.take(StartRun) == []  # the freed slot is the ticks' again: the one-offs still wait
+    node.finish(started[0])
+    assert [s.run_id for s in node.take(StartRun)] == [long_runs[3]]

@@ -41,7 +41,11 @@ Nothing is lost, run twice or recorded missed for waiting: the run is the
 node's still, claimed when a slot frees, and another node takes it only
 when this one is gone (draining hands its pending runs on). The queue is
 ordered ticks and takeovers first (they are due at a time; a flood of
-submits must not starve the cron jobs), then by when each became due; it
+submits must not starve the cron jobs), then by when each became due; and
+other runs leave a quarter of the slots (``reserved_slots``) to ticks and
+takeovers, so that long one-offs filling every slot cannot stop the cron
+jobs until one of them ends (the abuse harness's flood of 2,000 one-offs
+of a minute did: no tick ran for its 45 s). It
 holds at most ``max_queued_runs``, and a run beyond it waits in the runs map
 only, found by the next scan (at once, when the queue runs dry). A tick is
 decided again when it gets its slot, as if it had just become due: its
@@ -77,6 +81,19 @@ from peer.jobs.view import View
 # (SIGSTOP, a paused VM) or its clock jumped.
 FROZEN_GAP_MS = 1_000
 
+# The queue's classes: ticks and takeovers, then the rest.
+_URGENT, _OTHER = 0, 1
+
+
+def _urgent(record: RunRecord) -> bool:
+    """A tick (due at a time) or a takeover of a running record."""
+    return record.tick is not None or record.state is RunState.RUNNING
+
+
+def reserved_slots(max_running_runs: int) -> int:
+    """The slots only ticks and takeovers may take: a quarter (none below 4)."""
+    return max_running_runs // 4
+
 
 @attrs.define(eq=False)
 class Claims:
@@ -98,8 +115,15 @@ class Claims:
     def queued(self) -> int:
         return len(self._waiting)
 
-    def room(self) -> bool:
-        return len(self._records.running) < self._local.config.max_running_runs
+    def room(self, *, urgent: bool = False) -> bool:
+        """Is a slot free for a run: any slot for a tick or a takeover
+        (``urgent``), all but the reserved ones for any other run?"""
+        config = self._local.config
+        limit = config.max_running_runs if urgent else config.max_running_runs - reserved_slots(config.max_running_runs)
+        return len(self._records.running) < limit
+
+    def _room_for_head(self) -> bool:
+        return bool(self._waiting) and self.room(urgent=self._waiting[0][0] == _URGENT)
 
     def scan_soon(self) -> None:
         self._next_scan = 0
@@ -124,7 +148,7 @@ class Claims:
         pending = self._records.next_pending()
         if pending is not None:
             claims.append(pending)
-        if self._waiting and self.room():
+        if self._room_for_head():
             claims.append(last_tick)  # a slot freed: the queue's head, now
         if role is Role.STARTING:
             claims = []  # nothing to claim (see claim)
@@ -244,9 +268,8 @@ class Claims:
         if len(self._waiting) >= self._local.config.max_queued_runs:
             self._overflowed = True  # it waits in the runs map: the scan finds it again
             return
-        urgent = record.tick is not None or record.state is RunState.RUNNING
         due = record.tick if record.tick is not None else record.not_before or record.created or 0
-        heapq.heappush(self._waiting, (0 if urgent else 1, due, record.id))
+        heapq.heappush(self._waiting, (_URGENT if _urgent(record) else _OTHER, due, record.id))
         self._queued.add(record.id)
         self._local.stats.runs_queued += 1
 
@@ -255,7 +278,7 @@ class Claims:
         entry is looked at afresh: the run may have finished, moved to
         another node, or been taken over meanwhile."""
         records = self._records
-        while self._waiting and self.room():
+        while self._room_for_head():
             _, _, run_id = heapq.heappop(self._waiting)
             self._queued.discard(run_id)
             record = records.unfinished.get(run_id)
@@ -329,7 +352,7 @@ class Claims:
         spec = self._records.spec_of(record)
         if spec is None:
             self._records.write(advance(record, RunEvent.LOSE, wall_ms, error="its job was removed"), None)
-        elif not self.room():
+        elif not self.room(urgent=_urgent(record)):
             self._enqueue(record)
         elif record.tick is not None and record.attempt == 1:
             # A tick that waited for a slot (a pending tick of attempt 1 was
@@ -397,7 +420,7 @@ class Claims:
             error = "its job was removed" if spec is None else f"its owner {record.owner} failed on attempt {record.attempt}"
             records.write(advance(record, RunEvent.LOSE, wall_ms, error=error), spec)
             return
-        if not self.room():
+        if not self.room(urgent=True):
             self._enqueue(record)  # still the failed claimant's: taken over when a slot frees
             return
         local.stats.failovers += 1

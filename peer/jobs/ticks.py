@@ -54,8 +54,8 @@ class Claimer(Protocol):
 
     def cancel(self, wall_ms: int, record: RunRecord, spec: JobSpec | None, reason: str) -> None: ...
 
-    def room(self) -> bool:
-        """May the node start one more run (``max_running_runs``)?"""
+    def room(self, *, urgent: bool = False) -> bool:
+        """May the node start one more run: into any of its ``max_running_runs`` slots when ``urgent`` (a tick), else outside the reserved ones?"""
 
     def defer(self, wall_ms: int, record: RunRecord, spec: JobSpec) -> None:
         """Keep this tick pending, ours, until a slot frees (then ``decide`` again)."""
@@ -231,7 +231,7 @@ class Ticks:
         if spec.overlap == "replace":
             for old in previous:
                 claims.cancel(wall_ms, old, spec, f"replaced by {record.id}")
-        if not claims.room():
+        if not claims.room(urgent=True):
             claims.defer(wall_ms, record, spec)
             return
         local.stats.ticks_run += 1
