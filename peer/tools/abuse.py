@@ -449,7 +449,7 @@ class AttackReport:
 
     @property
     def verdict(self) -> str:
-        return "error" if self.error else "EFFECTS" if self.effects else "held"
+        return "error" if self.error else "EFFECTS" if self.effects else "skipped" if "skipped" in self.findings else "held"
 
     def to_json(self) -> dict[str, Any]:
         return {**attrs.asdict(self), "verdict": self.verdict}
@@ -2017,6 +2017,8 @@ def format_table(reports: Sequence[AttackReport]) -> str:
     lines.append("counted: the change of the target's refusal and drop counters; uncnt: items that should have been dropped and "
                  "counted but were not; cluster: member differences + missed ticks + jobs owned by no agent; ! over 100 ms")
     for r in reports:
+        if "skipped" in r.findings:
+            lines.append(f"{r.attack}: skipped, {r.findings['skipped']}")
         if r.effects or r.error:
             lines.append(f"{r.attack}:")
             lines += [f"  - {effect}" for effect in r.effects]
