@@ -1,8 +1,9 @@
 """The abuse harness (``peer.tools.abuse``): its mutations in process, and two
 short attacks on real agents on 127.0.0.1 whose behaviour holds on this build
 (every datagram dropped and counted, the cluster unchanged; the API's
-answers counted). Every agent is killed by PID on the way out
-(``LocalCluster``), passed or failed."""
+answers counted), and the browser attack when a Chromium is installed (nothing
+gets through, every refusal counted). Every agent is killed by PID on the way
+out (``LocalCluster``), passed or failed."""
 
 from __future__ import annotations
 
@@ -98,3 +99,27 @@ def test_datagrams_and_api_attacks_on_live_agents(tmp_path: Path) -> None:
         assert statuses["unauthenticated"] == {"401": 12}
     else:
         assert any("no API token" in effect for effect in api.effects)
+
+
+def test_a_headless_browser_on_another_origin_gets_nothing_through(tmp_path: Path) -> None:
+    if abuse.find_chromium() is None:
+        pytest.skip("no chromium, chromium-browser or google-chrome on PATH")
+    (browser,) = run_abuse(tmp_path, ["browser"], scale=attrs.evolve(QUICK, settle=1.0), seed=6)
+    assert browser.error is None, browser.error
+    assert "skipped" not in browser.findings
+    assert browser.effects == []  # no job defined, the target still in, no answer readable, every request counted
+    cases = browser.findings["cases"]
+    assert cases["cross_site"]["refused"].get("forbidden_origin", 0) >= 4  # the preflight, the no-cors POST, the form, the GET
+    assert "error" in cases["cross_site"]["browser_saw"]["get_status"]  # the page could not read /status
+    rebinding = cases["dns_rebinding"]
+    assert rebinding["refused"].get("forbidden_host", 0) >= 4
+    assert all(seen.get("status") == 403 for key, seen in rebinding["browser_saw"].items() if key != "load_status_by_name")
+    if browser.findings["token_configured"]:
+        assert cases["no_token"]["refused"].get("unauthenticated", 0) >= 2
+    assert browser.target_alive and browser.cluster["member_changes"] == 0
+
+
+def test_the_browser_attack_is_skipped_without_chromium(tmp_path: Path) -> None:
+    session = abuse.Session(tmp_path, scale=QUICK, token="t", chromium=str(tmp_path / "no-chromium"))
+    outcome = abuse.attack_browser(session, None)  # type: ignore[arg-type] # skipped before anything is looked at
+    assert outcome.sent == 0 and outcome.effects == [] and "chromium not found" in outcome.findings["skipped"]

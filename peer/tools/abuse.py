@@ -1,7 +1,7 @@
 """Hostile input and overload against live agents: ``python -m peer.tools.abuse``.
 
     python -m peer.tools.abuse [--attacks a,b,...] [--quick] [--json] [--nodes N]
-                               [--agent-arg=--some-option=value ...] [--api-token-file F] [--keep DIR]
+                               [--agent-arg=--some-option=value ...] [--api-token-file F] [--chromium PATH] [--keep DIR]
 
 Theory of operation. A session starts ``--nodes`` (3) ``peer agent`` processes on
 127.0.0.1 through ``LocalCluster`` (every PID tracked and killed on the way out,
@@ -50,6 +50,7 @@ Everything goes to 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import logging
 import math
@@ -59,8 +60,10 @@ import re
 import resource
 import secrets
 import select
+import shutil
 import signal
 import socket
+import socketserver
 import struct
 import subprocess
 import sys
@@ -110,7 +113,7 @@ SCHEDULER_TROUBLE = re.compile(r"peer_scheduler_(ticks_missed|lost|bad_records|f
 
 ATTACKS = (
     "datagrams", "resigned", "replay", "idle_streams", "big_frames", "long_polls",
-    "dead_incarnation", "fake_members", "runs_flood", "api", "names",
+    "dead_incarnation", "fake_members", "runs_flood", "api", "browser", "names",
 )
 
 
@@ -446,7 +449,7 @@ class AttackReport:
 
     @property
     def verdict(self) -> str:
-        return "error" if self.error else "EFFECTS" if self.effects else "held"
+        return "error" if self.error else "EFFECTS" if self.effects else "skipped" if "skipped" in self.findings else "held"
 
     def to_json(self) -> dict[str, Any]:
         return {**attrs.asdict(self), "verdict": self.verdict}
@@ -549,9 +552,10 @@ class Session:
 
     def __init__(
         self, workdir: Path, *, scale: Scale, nodes: int = 3, profile: str = "local", agent_args: Sequence[str] = (),
-        token: str | None = None, seed: int = 0,
+        token: str | None = None, seed: int = 0, chromium: str | None = None,
     ) -> None:
         self.workdir = workdir
+        self.chromium = chromium  # the browser attack's Chromium, else found on PATH
         self.scale = scale
         self.nodes = nodes
         self.profile = profile
@@ -1402,6 +1406,349 @@ def attack_names(session: Session, monitor: Monitor) -> Outcome:
                    effects=effects, frames=True)
 
 
+# -- a real browser -------------------------------------------------------------------------------
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+# Without the background-networking flags Chromium's own connections (updates,
+# sync...) are refused on a closed network and slow every page down.
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+)
+BROWSER_BUDGET_MS = 8000  # virtual time a page's scripts get (paused while requests are in flight)
+BROWSER_TIMEOUT = 60.0  # seconds one Chromium run may take, wall clock
+CROSS_SITE_HOST = "127.0.0.2"  # another IP on loopback: another origin and another site than 127.0.0.1
+REBIND_NAME = "rebind.localhost"  # Chromium resolves *.localhost to loopback itself, no DNS
+BROWSER_JOB_PREFIX = "abuse-browser-"
+API_REFUSED = re.compile(r'peer_api_refused_total\{reason="([^"]+)"\}')
+
+
+def find_chromium(explicit: str | None = None) -> str | None:
+    """The Chromium to drive: ``explicit`` if it is an executable file, else
+    the first of ``CHROMIUM_NAMES`` on PATH."""
+    if explicit is not None:
+        return explicit if os.path.isfile(explicit) and os.access(explicit, os.X_OK) else None
+    return next((found for name in CHROMIUM_NAMES if (found := shutil.which(name)) is not None), None)
+
+
+def run_chromium(chromium: str, url: str, workdir: Path, budget_ms: int = BROWSER_BUDGET_MS) -> str:
+    """The DOM of ``url`` once its scripts ran for ``budget_ms`` of virtual
+    time, loaded by a headless Chromium with a new empty profile (no cache,
+    no cookies, nothing from another run)."""
+    profile = Path(tempfile.mkdtemp(prefix="chromium-", dir=workdir))
+    argv = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", "--dump-dom", url]
+    # Its own process group: its helpers (zygote, renderer, network service)
+    # are killed with it by the group's id, whatever happened.
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=BROWSER_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"Chromium did not finish {url} in {BROWSER_TIMEOUT:g}s") from None
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # every one of them exited
+        process.communicate()
+        shutil.rmtree(profile, ignore_errors=True)
+    if process.returncode != 0 or not out.strip():
+        tail = err.decode(errors="replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"Chromium exited with {process.returncode} on {url}: {' | '.join(tail)}")
+    return out.decode(errors="replace")
+
+
+def page_result(dom: str) -> dict[str, Any]:
+    """What a page of ours wrote into its ``<pre id="result">``."""
+    found = re.search(r'<pre id="result">(.*?)</pre>', dom, re.S)
+    text = html.unescape(found.group(1)) if found else ""
+    if not text.startswith("{"):
+        raise RuntimeError(f"the page did not finish in {BROWSER_BUDGET_MS} ms of virtual time: {text[:80]!r}")
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+def loaded_document(dom: str) -> dict[str, Any]:
+    """What a page sees of an API answer loaded as the document itself:
+    Chromium shows a JSON body as the text of a ``<pre>``."""
+    found = re.search(r"<pre[^>]*>(.*?)</pre>", dom, re.S)
+    text = html.unescape(found.group(1)).strip() if found else ""
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return {"readable": False, "seen": "no JSON (not loaded)", "body": text[:160]}
+    if isinstance(document, dict) and set(document) == {"error"}:
+        return {"readable": False, "seen": "refused", "body": str(document["error"])[:160]}
+    return {"readable": True, "seen": "the API's answer", "body": text[:160]}
+
+
+class AttackerSite(socketserver.ThreadingTCPServer):
+    """The attacker's web server: ``pages`` (path -> HTML) are served with
+    ``Connection: close``; any other request goes, when ``forward`` is set,
+    byte for byte to that address and back. That is DNS rebinding without
+    DNS: the browser loaded the page from this origin, then the same origin
+    reaches the agent, and what the agent receives (Host, Origin,
+    Sec-Fetch-Site) is what it would receive from a name rebound to
+    127.0.0.1 (only the Host's port differs, which the Host check ignores)."""
+
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+    def __init__(self, host: str, pages: Mapping[str, str], forward: Address | None = None) -> None:
+        super().__init__((host, 0), _AttackerHandler)
+        self.pages = dict(pages)
+        self.forward = forward
+        self.requests: list[str] = []  # "page|forwarded|unknown: request line", the first request of each connection
+        self.port: int = self.server_address[1]
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+
+    def __enter__(self) -> AttackerSite:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _AttackerHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        site = self.server
+        assert isinstance(site, AttackerSite)
+        sock: socket.socket = self.request
+        sock.settimeout(10.0)
+        head = b""
+        try:
+            while b"\r\n\r\n" not in head and len(head) < 65536:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return
+                head += chunk
+        except OSError:
+            return
+        line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = line.split(" ")
+        path = parts[1].split("?", 1)[0] if len(parts) > 1 else ""
+        page = site.pages.get(path)
+        if page is not None:
+            site.requests.append(f"page: {line}")
+            body = page.encode()
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nCache-Control: no-store\r\n"
+                         b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        elif site.forward is not None:
+            site.requests.append(f"forwarded: {line}")
+            _pipe(sock, head, site.forward)
+        else:
+            site.requests.append(f"unknown: {line}")
+            sock.sendall(b"HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+
+
+def _pipe(client: socket.socket, head: bytes, addr: Address, idle: float = 10.0) -> None:
+    """Bytes both ways between ``client`` (whose first bytes were ``head``)
+    and ``addr``, until either side closes or nothing moves for ``idle`` s."""
+    try:
+        with socket.create_connection(addr, timeout=idle) as upstream:
+            upstream.sendall(head)
+            peers = {client: upstream, upstream: client}
+            while True:
+                readable, _, _ = select.select(list(peers), [], [], idle)
+                if not readable:
+                    return
+                for source in readable:
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    peers[source].sendall(data)
+    except OSError:
+        return
+
+
+_PAGE_SCRIPT = """
+async function attempt(url, options) {
+  try {
+    const response = await fetch(url, options);
+    let body = null;
+    try { body = (await response.text()).slice(0, 160); } catch (error) { body = null; }
+    return {status: response.status, type: response.type, body: body};
+  } catch (error) {
+    return {error: String(error)};
+  }
+}
+function finish(result) { document.getElementById("result").textContent = JSON.stringify(result); }
+"""
+
+# The attacker's page on another site: what a browser lets it send to the
+# API at 127.0.0.1, and what it lets it read.
+CROSS_SITE_PAGE = """<!doctype html><html><body><pre id="result">pending</pre>
+<form id="form" method="POST" action="API/leave" target="sink" enctype="text/plain"><input name="x" value="1"></form>
+<iframe name="sink" id="sink"></iframe>
+<script>SCRIPT
+function submitForm() {
+  return new Promise((resolve) => {
+    const sink = document.getElementById("sink");
+    // Its answer is another origin's document: the page may see it load, not read it.
+    const timer = setTimeout(() => resolve({submitted: true, loaded: false}), 4000);
+    sink.onload = () => {
+      clearTimeout(timer);
+      let body = null;
+      try { body = sink.contentDocument ? sink.contentDocument.body.innerText.slice(0, 160) : null; } catch (error) { body = null; }
+      resolve({submitted: true, loaded: true, body: body, readable: Boolean(body)});
+    };
+    document.getElementById("form").submit();
+  });
+}
+(async () => {
+  const result = {};
+  result.post_jobs_json = await attempt("API/jobs", {method: "POST", headers: {"Content-Type": "application/json"}, body: JOB_CORS});
+  result.post_jobs_no_cors = await attempt("API/jobs", {method: "POST", mode: "no-cors", headers: {"Content-Type": "text/plain"},
+                                                        body: JOB_SIMPLE});
+  result.get_status = await attempt("API/status", {});
+  result.form_post_leave = await submitForm();
+  finish(result);
+})();
+</script></body></html>
+"""
+
+# The attacker's page once its name points at the agent: every request is
+# same-origin, so the browser would let the page read every answer.
+REBIND_PAGE = """<!doctype html><html><body><pre id="result">pending</pre><script>SCRIPT
+(async () => {
+  const result = {};
+  result.get_status = await attempt("/status", {});
+  result.post_jobs = await attempt("/jobs", {method: "POST", headers: {"Content-Type": "application/json"}, body: JOB_REBIND});
+  result.post_leave = await attempt("/leave", {method: "POST"});
+  finish(result);
+})();
+</script></body></html>
+"""
+
+
+def _browser_job(name: str) -> str:
+    """A job definition as a JS string literal: defined, it would show in GET /jobs."""
+    job = {"id": BROWSER_JOB_PREFIX + name, "schedule": "@every 1h", "call": "peer.testing.samples:echo"}
+    return json.dumps(json.dumps(job))
+
+
+def _refusals(api: Api) -> dict[str, float] | None:
+    """The agent's API refusals by reason; None if it does not answer (it left)."""
+    try:
+        metrics = api.metrics()
+    except (httpx.HTTPError, ValueError):
+        return None
+    return {match.group(1): value for name, value in metrics.items() if (match := API_REFUSED.fullmatch(name))}
+
+
+def _refusals_diff(before: Mapping[str, float] | None, after: Mapping[str, float] | None) -> dict[str, int] | None:
+    if before is None or after is None:
+        return None
+    return {reason: int(after[reason] - before.get(reason, 0.0)) for reason in after if after[reason] != before.get(reason, 0.0)}
+
+
+def _got_through(observed: Mapping[str, Any]) -> list[str]:
+    """The requests a page saw answered 2xx, or whose answer it could read
+    although it was not a refusal."""
+    through = []
+    for request, seen in observed.items():
+        status = seen.get("status") if isinstance(seen, dict) else None
+        if isinstance(status, int) and 200 <= status < 300:
+            through.append(f"{request} answered {status}")
+        elif isinstance(seen, dict) and seen.get("readable"):
+            through.append(f"{request} readable")
+    return through
+
+
+def attack_browser(session: Session, monitor: Monitor) -> Outcome:
+    """A real headless Chromium against the target's API: a page on another
+    site (a CORS-preflighted POST, a "simple" no-cors POST, a form POST into
+    an iframe, a GET), a DNS-rebound page (same-origin requests carrying a
+    foreign Host), and direct loads without the token."""
+    chromium = find_chromium(session.chromium)
+    if chromium is None:
+        looked = session.chromium or f"{', '.join(CHROMIUM_NAMES)} on PATH"
+        return Outcome(0, "browser requests", findings={"skipped": f"chromium not found ({looked}; --chromium PATH)"})
+    target = session.target
+    api_base = f"http://{target.api[0]}:{target.api[1]}"
+    api = session.api(target)
+    cases: dict[str, dict[str, Any]] = {}
+    effects: list[str] = []
+    sent = 0
+
+    def case(name: str, reason: str, expected: int, run: Callable[[], dict[str, Any]]) -> None:
+        nonlocal sent
+        before = _refusals(api)
+        observed = run()
+        refused = _refusals_diff(before, _refusals(api))
+        # ``expected``: the requests the pages send the agent; Chromium may add its own (a favicon).
+        cases[name] = {"browser_saw": observed, "refused": refused, "requests_at_the_agent": expected}
+        sent += expected
+        if refused is None:
+            effects.append(f"{name}: the target's /metrics did not answer")
+        elif refused.get(reason, 0) < expected:
+            effects.append(f"{name}: {expected} browser requests at the agent, refused {refused or 'none'} ({expected} {reason} expected)")
+
+    def script(page: str, **values: str) -> str:
+        page = page.replace("SCRIPT", _PAGE_SCRIPT)
+        for key, value in values.items():
+            page = page.replace(key, value)
+        return page
+
+    try:
+        # 1. Cross-site: the page's origin is http://127.0.0.2:PORT. Four requests reach the agent:
+        # the preflight (OPTIONS), the no-cors POST, the form POST and the GET.
+        cross_page = script(CROSS_SITE_PAGE, API=api_base, JOB_CORS=_browser_job("cors"), JOB_SIMPLE=_browser_job("simple"))
+        with AttackerSite(CROSS_SITE_HOST, {"/": cross_page}) as site:
+            cross_url = f"http://{CROSS_SITE_HOST}:{site.port}/"
+            case("cross_site", "forbidden_origin", 4, lambda: page_result(run_chromium(chromium, cross_url, session.workdir)))
+            cases["cross_site"]["page_origin"] = f"http://{CROSS_SITE_HOST}:{site.port}"
+
+        # 2. DNS rebinding: the page at http://rebind.localhost:PORT/ whose origin then reaches the agent
+        # (three same-origin requests), and the API loaded directly under a foreign name.
+        rebind_page = script(REBIND_PAGE, JOB_REBIND=_browser_job("rebind"))
+        with AttackerSite(LOOPBACK, {"/": rebind_page}, forward=target.api) as site:
+            def rebinding() -> dict[str, Any]:
+                observed = page_result(run_chromium(chromium, f"http://{REBIND_NAME}:{site.port}/", session.workdir))
+                direct = f"http://{REBIND_NAME}:{target.api[1]}/status"
+                observed["load_status_by_name"] = loaded_document(run_chromium(chromium, direct, session.workdir))
+                return observed
+            case("dns_rebinding", "forbidden_host", 4, rebinding)
+            cases["dns_rebinding"]["connections_forwarded"] = [line for line in site.requests if line.startswith("forwarded")]
+
+        # 3. The API loaded directly by its IP (no Origin, Sec-Fetch-Site: none): only the token stands.
+        def direct() -> dict[str, Any]:
+            return {path: loaded_document(run_chromium(chromium, api_base + path, session.workdir)) for path in ("/status", "/jobs")}
+        if session.token is not None:
+            case("no_token", "unauthenticated", 2, direct)
+        else:
+            cases["no_token"] = {"browser_saw": direct(), "note": "no token configured: a page loaded directly is the user's own"}
+
+        # What got through, whatever the pages saw.
+        for name in ("cross_site", "dns_rebinding"):
+            effects += [f"{name}: {text}" for text in _got_through(cases[name]["browser_saw"])]
+        if session.token is not None:
+            effects += [f"no_token: {text}" for text in _got_through(cases["no_token"]["browser_saw"])]
+        # A job defined on the target is replicated: look on another agent too, the target may be gone.
+        watcher = session.api(session.agents[1])
+        try:
+            defined: set[str] = set()
+            seen: dict[str, str | None] = {}
+            for name, agent_api in (("target", api), (session.agents[1].name, watcher)):
+                try:
+                    defined |= {job for job in agent_api.owners() if job.startswith(BROWSER_JOB_PREFIX)}
+                    seen[name] = agent_api.view().get(target.name)
+                except (httpx.HTTPError, ValueError, KeyError):
+                    seen[name] = None
+        finally:
+            watcher.close()
+        if defined:
+            effects.append(f"jobs defined from the browser: {sorted(defined)}")
+        if any(status != "alive" for status in seen.values()):
+            effects.append(f"the target left or does not answer: its status as seen by {seen}")
+    finally:
+        api.close()
+    findings = {"chromium": chromium, "token_configured": session.token is not None, "cases": cases}
+    return Outcome(sent, "browser requests at the API (headless Chromium)", findings=findings, effects=effects)
+
+
 ATTACK_FUNCTIONS: dict[str, Callable[[Session, Monitor], Outcome]] = {
     "datagrams": attack_datagrams,
     "resigned": attack_resigned,
@@ -1413,6 +1760,7 @@ ATTACK_FUNCTIONS: dict[str, Callable[[Session, Monitor], Outcome]] = {
     "fake_members": attack_fake_members,
     "runs_flood": attack_runs_flood,
     "api": attack_api,
+    "browser": attack_browser,
     "names": attack_names,
 }
 assert tuple(ATTACK_FUNCTIONS) == ATTACKS
@@ -1669,6 +2017,8 @@ def format_table(reports: Sequence[AttackReport]) -> str:
     lines.append("counted: the change of the target's refusal and drop counters; uncnt: items that should have been dropped and "
                  "counted but were not; cluster: member differences + missed ticks + jobs owned by no agent; ! over 100 ms")
     for r in reports:
+        if "skipped" in r.findings:
+            lines.append(f"{r.attack}: skipped, {r.findings['skipped']}")
         if r.effects or r.error:
             lines.append(f"{r.attack}:")
             lines += [f"  - {effect}" for effect in r.effects]
@@ -1683,17 +2033,18 @@ def format_table(reports: Sequence[AttackReport]) -> str:
 def run_abuse(
     workdir: Path, attacks: Sequence[str], *, quick: bool = False, nodes: int = 3, profile: str = "local",
     agent_args: Sequence[str] = (), token: str | None = None, seed: int | None = None, scale: Scale | None = None,
+    chromium: str | None = None,
 ) -> list[AttackReport]:
     """Run ``attacks`` in order against a cluster started in ``workdir``;
     a report each. Every agent is killed on the way out. ``scale`` overrides
-    ``quick``'s counts."""
+    ``quick``'s counts; ``chromium``: the browser attack's (default: found on PATH)."""
     unknown = [name for name in attacks if name not in ATTACK_FUNCTIONS]
     if unknown:
         raise ValueError(f"unknown attacks: {', '.join(unknown)} (known: {', '.join(ATTACKS)})")
     _raise_fd_limit()
     seed = random.SystemRandom().randrange(1 << 32) if seed is None else seed
     session = Session(workdir, scale=scale or (QUICK if quick else FULL), nodes=nodes, profile=profile, agent_args=agent_args, token=token,
-                      seed=seed)
+                      seed=seed, chromium=chromium)
     reports = []
     try:
         for name in attacks:
@@ -1718,6 +2069,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--agent-arg", action="append", default=[], metavar="ARG",
                         help="an argument for every agent, e.g. --agent-arg=--api-token-file=F (repeat for more)")
     parser.add_argument("--api-token-file", metavar="F", help="the token the agents were given through --agent-arg, to send")
+    parser.add_argument("--chromium", metavar="PATH",
+                        help=f"the Chromium of the browser attack (default: {', '.join(CHROMIUM_NAMES)} on PATH)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the mutations (default: a random one, printed)")
     parser.add_argument("--keep", metavar="DIR", help="keep the agents' logs and journals in DIR")
     parser.add_argument("--fail-on-effects", action="store_true", help="exit 1 when an attack had an effect (default: only on errors)")
@@ -1734,7 +2087,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_http_libraries()
     log.info("peer.tools.abuse: seed %d, attacks %s%s", seed, ",".join(attacks), " (quick)" if args.quick else "")
     options = {"quick": args.quick, "nodes": args.nodes, "profile": args.profile, "agent_args": args.agent_arg, "token": token,
-               "seed": seed}
+               "seed": seed, "chromium": args.chromium}
     if args.keep:
         reports = run_abuse(Path(args.keep), attacks, **options)
     else:
