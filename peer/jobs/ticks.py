@@ -55,7 +55,8 @@ class Claimer(Protocol):
     def cancel(self, wall_ms: int, record: RunRecord, spec: JobSpec | None, reason: str) -> None: ...
 
     def room(self, *, urgent: bool = False) -> bool:
-        """May the node start one more run: into any of its ``max_running_runs`` slots when ``urgent`` (a tick), else outside the reserved ones?"""
+        """May the node start one more run: into any of its ``max_running_runs``
+        slots when ``urgent`` (a tick), else outside the reserved ones?"""
 
     def defer(self, wall_ms: int, record: RunRecord, spec: JobSpec) -> None:
         """Keep this tick pending, ours, until a slot frees (then ``decide`` again)."""
