@@ -23,9 +23,11 @@ import httpx
 import pytest
 import trio
 
-from peer.control.api import MAX_BODY_BYTES, ApiStats, HttpControlPlane
+from peer.control.api import MAX_BODY_BYTES
 from peer.control.cli import main
 from peer.control.client import ClientError, Endpoint, api_path, call, split_scheme
+from peer.control.metrics import ApiStats
+from peer.control.server import HttpControlPlane
 from peer.jobs.definition import parse_job
 from peer.jobs.targets import CallTarget, CommandTarget, TargetPolicy
 from peer.runtime.agent import Agent

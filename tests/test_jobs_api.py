@@ -16,9 +16,10 @@ import attrs
 import pytest
 import trio
 
-from peer.control.api import _SCHEDULER_HELP, HttpControlPlane
 from peer.control.cli import main
 from peer.control.client import ClientError, api_path, call, fetch
+from peer.control.metrics import _SCHEDULER_HELP
+from peer.control.server import HttpControlPlane
 from peer.jobs.scheduler import SchedulerConfig, SchedulerStats
 from peer.runtime.agent import Agent
 from peer.runtime.settings import Settings

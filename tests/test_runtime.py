@@ -11,8 +11,8 @@ import attrs
 import trio
 
 from membership.messages import Ping
-from peer.control.api import HttpControlPlane
 from peer.control.client import call
+from peer.control.server import HttpControlPlane
 from peer.runtime.agent import Agent
 from peer.runtime.settings import Settings
 from peer.runtime.wire import VERSION, Codec, Keyring

@@ -198,7 +198,7 @@ def _parser(tools: Sequence[AddCommand] = ()) -> argparse.ArgumentParser:
 
 
 def run_agent(args: argparse.Namespace) -> int:
-    from peer.control.api import HttpControlPlane, raise_descriptor_limit
+    from peer.control.server import HttpControlPlane, raise_descriptor_limit
     from peer.runtime.agent import Agent, AgentError
     from peer.runtime.exceptions import leaf_exceptions
     from peer.runtime.logs import configure

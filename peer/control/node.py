@@ -52,7 +52,7 @@ import attrs
 import trio
 
 from membership.state import Status
-from peer.control.api import HttpControlPlane
+from peer.control.server import HttpControlPlane
 from peer.core.replication import ReplicationConfig
 from peer.jobs.definition import JobError, JobSpec, parse_job
 from peer.jobs.runs import RunRecord, RunState
