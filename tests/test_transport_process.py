@@ -25,6 +25,12 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         yield local
 
 
+# The attacker is another host than the agents (127.0.0.1): one source's
+# flood must not cost the other sources their connections. The same source
+# flooding and joining is tests/test_transport.py's (in process, no timing).
+ATTACKER = "127.0.0.2"
+
+
 class IdleFlood:
     """``IDLE`` idle connections to ``target``, each reopened once the agent closes it (issue 13's attack)."""
 
@@ -48,7 +54,7 @@ class IdleFlood:
             while not self._stop.is_set():
                 while len(held) < IDLE:
                     try:
-                        held.append(socket.create_connection(self.target, timeout=1.0))
+                        held.append(socket.create_connection(self.target, timeout=1.0, source_address=(ATTACKER, 0)))
                         self.opened += 1
                     except OSError:
                         break
