@@ -34,7 +34,6 @@ from membership.state import Address, Member, Status
 ENVELOPE_RESERVE = 48
 
 NAME_MAX = 128
-HOST_MAX = 255
 META_MAX = 512
 MEMBERS_MAX = 100_000
 UINT63 = (1 << 63) - 1

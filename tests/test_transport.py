@@ -338,7 +338,7 @@ def test_out_of_file_descriptors_the_listener_refuses_and_recovers(tmp_path: obj
     assert done.stderr.count("out of file descriptors") == 1  # logged once for the episode
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1\x00evil", "h\udcffst", "x" * 300])
+@pytest.mark.parametrize("host", ["127.0.0.1\x00evil", "h\udcffst", "x" * 300, "slow.example"])
 async def test_a_send_to_an_address_no_socket_takes_is_counted_not_raised(nursery: trio.Nursery, host: str) -> None:
     # A mutated claim once named such a host and the agent exited on sendto's TypeError.
     sender = Transport(("127.0.0.1", 0), max_stream_frame=1000, keyring=Keyring([K1]))

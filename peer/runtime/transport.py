@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -65,7 +66,7 @@ import attrs
 import trio
 
 from membership.state import Address
-from peer.runtime.addresses import format_address, is_ipv6, is_wildcard
+from peer.runtime.addresses import format_address, is_ip, is_ipv6, is_wildcard
 from peer.runtime.stream_auth import NONCE_SIZE, PREAMBLE_SIZE, PreambleChecker, PreambleRefusal, PreambleSealer
 from peer.runtime.wire import Keyring
 
@@ -500,8 +501,8 @@ class Transport:
     async def send_datagram(self, dst: Address, frame: bytes) -> None:
         udp = self._udp
         assert udp is not None
-        route = self._route(dst)
         try:
+            route = self._route(dst)
             try:
                 udp.sendto(frame, route)
             except BlockingIOError:
@@ -565,6 +566,10 @@ class Transport:
 
     def _route(self, dst: Address) -> tuple[str, int]:
         host, port = dst
+        if not _known_ip(host):
+            # Names are resolved at the edge (seeds, --advertise); a name here came
+            # from a peer, and sendto would resolve it, blocking the event loop.
+            raise ValueError(f"not an IP address: {host!r:.80}")
         if self._family == socket.AF_INET6 and not is_ipv6(host):
             return f"::ffff:{host}", port  # an IPv4 peer, reached through our dual-stack socket
         return host, port
@@ -575,6 +580,7 @@ class Transport:
 # send, counted, not the end of the node; peers' claims are checked before
 # they name an address, and this is the last line behind those checks.
 _SEND_ERRORS = (OSError, ValueError, TypeError, OverflowError)
+_known_ip = functools.lru_cache(maxsize=4096)(is_ip)  # the same few hosts, on every send
 
 
 async def _receive_exactly(stream: trio.SocketStream, size: int) -> bytes | None:
