@@ -52,6 +52,7 @@ import attrs
 import trio
 
 from membership.state import Status
+from peer.control.errors import RunFailed, RunFinishedError, UnknownJob, UnknownRun
 from peer.control.server import HttpControlPlane
 from peer.core.replication import ReplicationConfig
 from peer.jobs.definition import JobError, JobSpec, parse_job
@@ -96,46 +97,6 @@ _SETTING_KEYS = (
 # Keys of a job definition a caller gives as arguments, not as **fields.
 _TARGET_FIELDS = frozenset({"id", "schedule", "call", "kwargs", "command", "shell", "env", "cwd", "http"})
 _ONE_OFF_ONLY = ("schedule", "timezone", "mode", "overlap", "misfire", "grace", "paused")
-
-
-# -- errors -----------------------------------------------------------------------------
-
-
-class RunFailed(Exception):
-    """A run finished without succeeding: ``failed`` (after its last
-    attempt), ``cancelled``, ``lost``, ``missed`` or ``skipped``. ``record``
-    is its run record, ``error`` the error it ended with, ``state`` how."""
-
-    def __init__(self, record: RunRecord) -> None:
-        self.record = record
-        self.run_id = record.id
-        self.state = record.state
-        self.error = record.error
-        headline = (record.error or "").strip().splitlines()
-        super().__init__(f"run {record.id} {record.state.value}" + (f": {headline[0]}" if headline else ""))
-
-
-class UnknownRun(LookupError):
-    """No run by that id is known to this node (never was, not yet, or its
-    record has expired)."""
-
-    def __init__(self, run_id: str, detail: str = "") -> None:
-        self.run_id = run_id
-        super().__init__(f"no such run: {run_id}{detail}")
-
-
-class UnknownJob(LookupError):
-    def __init__(self, job_id: str) -> None:
-        self.job_id = job_id
-        super().__init__(f"no such job: {job_id}")
-
-
-class RunFinishedError(ValueError):
-    """An update sent to a run that has finished: nothing reads it any more."""
-
-    def __init__(self, record: RunRecord) -> None:
-        self.record = record
-        super().__init__(f"run {record.id} has finished ({record.state.value}): nothing reads updates any more")
 
 
 # -- values -----------------------------------------------------------------------------
