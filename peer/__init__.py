@@ -19,15 +19,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from peer.control.node import (
-        JobInfo,
-        MemberInfo,
-        Node,
-        RunFailed,
-        RunFinishedError,
-        UnknownJob,
-        UnknownRun,
-    )
+    from peer.control.client import AsyncClient, Client, ClientError
+    from peer.control.errors import RunFailed, RunFinishedError, UnknownJob, UnknownRun
+    from peer.control.node import JobInfo, MemberInfo, Node
     from peer.jobs.definition import JobError, JobSpec
     from peer.jobs.runs import RunRecord, RunState
     from peer.jobs.scheduler import BacklogFull, SchedulerConfig
@@ -39,12 +33,15 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "Node": "peer.control.node",
+    "Client": "peer.control.client",
+    "AsyncClient": "peer.control.client",
+    "ClientError": "peer.control.client",
     "JobInfo": "peer.control.node",
     "MemberInfo": "peer.control.node",
-    "RunFailed": "peer.control.node",
-    "RunFinishedError": "peer.control.node",
-    "UnknownJob": "peer.control.node",
-    "UnknownRun": "peer.control.node",
+    "RunFailed": "peer.control.errors",
+    "RunFinishedError": "peer.control.errors",
+    "UnknownJob": "peer.control.errors",
+    "UnknownRun": "peer.control.errors",
     "RunContext": "peer.runtime.executor",
     "Executor": "peer.runtime.executor",
     "JobError": "peer.jobs.definition",
@@ -64,9 +61,12 @@ _EXPORTS = {
 
 __all__ = [
     "AgentError",
+    "AsyncClient",
     "BacklogFull",
     "BindError",
     "CallTarget",
+    "Client",
+    "ClientError",
     "CommandTarget",
     "ConfigError",
     "Executor",

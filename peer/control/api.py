@@ -35,6 +35,7 @@ The socket, TLS and the accept loop are ``peer.control.server``'s.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -367,7 +368,7 @@ class ControlApi:
             spec = await self.agent.pause_job(job_id, paused)
         except KeyError:
             raise HTTPException(404, f"no such job: {job_id}") from None
-        return IndentedJSONResponse({"id": job_id, "paused": spec.paused})
+        return IndentedJSONResponse({"id": job_id, "paused": spec.paused, "definition": spec.to_wire()})
 
     # -- runs -------------------------------------------------------------------------
 
@@ -413,7 +414,7 @@ class ControlApi:
         if not isinstance(kwargs, dict):
             raise HTTPException(400, 'request: "kwargs" must be an object')
         if not isinstance(spec.target, CallTarget):
-            raise HTTPException(400, f"request: job {job_id!r}: kwargs: only a call target takes kwargs")
+            raise JobError("request", "only a call target takes kwargs", job=job_id, field="kwargs")
         target = attrs.evolve(spec.target, kwargs={**spec.target.kwargs, **kwargs})
         return attrs.evolve(spec, target=target)
 
@@ -434,28 +435,46 @@ class ControlApi:
         run_id = _path_parameter(request, "run")
         wait = request.query_params.get("wait")
         seconds = 0.0 if wait is None else _seconds_at_most(wait, "wait", MAX_WAIT_SECONDS)
-        if seconds == 0:
-            record = self.agent.scheduler.record(run_id)
-        else:
-            if self.stats.waits >= self.max_waits:
-                self.stats.refuse("too_many_waits")
-                raise HTTPException(
-                    429,
-                    f"{self.stats.waits} requests are waiting on runs already, the most this node takes (api_max_waits): "
-                    "retry shortly, or ask without ?wait",
-                    # Closed at once: a refused client must not hold a connection slot that a probe needs.
-                    {"Retry-After": "1", "Connection": "close"},
-                )
-            self.stats.waits += 1
-            try:
-                record, present = await _unless_disconnected(request, self.agent.wait_for_run(run_id, seconds))
-            finally:
-                self.stats.waits -= 1
+        # With If-None-Match (the ETag of what the client has), the wait is for
+        # any change, not for the finish, and no change is a 304 (a watch).
+        seen = request.headers.get("if-none-match")
+        record = self.agent.scheduler.record(run_id)
+        if seconds > 0:
+            waiting = self.agent.wait_for_run(run_id, seconds) if seen is None else self._run_change(run_id, seen, seconds)
+            record, present = await self._wait(request, waiting)
             if not present:
                 return Response(status_code=499)  # nobody reads it: the client went away
+        tag = run_tag(record)
+        if seen is not None and seen == tag:
+            return Response(status_code=304, headers={"ETag": tag})
         if record is None:
-            raise HTTPException(404, f"no such run: {run_id}")
-        return IndentedJSONResponse(run_document(record))
+            raise HTTPException(404, f"no such run: {run_id}", {"ETag": tag})
+        return IndentedJSONResponse(run_document(record), headers={"ETag": tag})
+
+    async def _wait(self, request: Request, work: Awaitable[RunRecord | None]) -> tuple[RunRecord | None, bool]:
+        """``work``'s record, counted in ``waits`` and bounded by ``api_max_waits``;
+        ``(None, False)`` if the client went away meanwhile."""
+        if self.stats.waits >= self.max_waits:
+            self.stats.refuse("too_many_waits")
+            raise HTTPException(
+                429,
+                f"{self.stats.waits} requests are waiting on runs already, the most this node takes (api_max_waits): "
+                "retry shortly, or ask without ?wait",
+                # Closed at once: a refused client must not hold a connection slot that a probe needs.
+                {"Retry-After": "1", "Connection": "close"},
+            )
+        self.stats.waits += 1
+        try:
+            return await _unless_disconnected(request, work)
+        finally:
+            self.stats.waits -= 1
+
+    async def _run_change(self, run_id: str, seen: str, seconds: float) -> RunRecord | None:
+        """The run's record once its ETag is no longer ``seen``, or as it is after ``seconds``."""
+        with trio.move_on_after(seconds):
+            while run_tag(self.agent.scheduler.record(run_id)) == seen:
+                await self.agent.run_changed(run_id)
+        return self.agent.scheduler.record(run_id)
 
     async def send(self, request: Request) -> Response:
         run_id = _path_parameter(request, "run")
@@ -610,7 +629,10 @@ async def _answer_http_exception(request: Request, error: Exception) -> Response
 
 
 async def _answer_job_error(request: Request, error: Exception) -> Response:
-    return _error_response(400, str(error))
+    # Its parts too, so that a client can raise the same JobError (peer.Client).
+    assert isinstance(error, JobError)
+    document = {"error": str(error), "job": error.job, "field": error.field, "reason": error.reason}
+    return IndentedJSONResponse(document, 400)
 
 
 async def _json_object_body(request: Request) -> dict[str, Any]:
@@ -698,6 +720,14 @@ def run_document(record: RunRecord) -> dict[str, Any]:
     return document
 
 
+def run_tag(record: RunRecord | None) -> str:
+    """A run record's ETag (``GET /runs/{run}``): equal for equal records; ``"none"`` for no record."""
+    if record is None:
+        return '"none"'
+    text = json.dumps(_json_compatible(record.to_wire()), sort_keys=True, default=repr)
+    return '"' + hashlib.blake2b(text.encode(), digest_size=12).hexdigest() + '"'
+
+
 def target_document(target: Any) -> dict[str, str]:
     """What a job runs: its kind (``call``, ``command`` or ``http``) and a
     one-line summary."""
@@ -731,6 +761,7 @@ def job_document(agent: Agent, entry: JobEntry, now_ms: int) -> dict[str, Any]:
         "target": target_document(spec.target),
         "paused": spec.paused,
         "tags": list(spec.tags),
+        "definition": spec.to_wire(),
         "owner": agent.scheduler.runs_ticks_of(spec),
         "next_tick": _format_time_or_none(entry.next_tick(now_ms)),
         "since": format_time(entry.since),
