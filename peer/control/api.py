@@ -440,8 +440,10 @@ class ControlApi:
         seen = request.headers.get("if-none-match")
         record = self.agent.scheduler.record(run_id)
         if seconds > 0:
-            waiting = self.agent.wait_for_run(run_id, seconds) if seen is None else self._run_change(run_id, seen, seconds)
-            record, present = await self._wait(request, waiting)
+            if seen is None:
+                record, present = await self._wait(request, lambda: self.agent.wait_for_run(run_id, seconds))
+            else:
+                record, present = await self._wait(request, lambda: self._run_change(run_id, seen, seconds))
             if not present:
                 return Response(status_code=499)  # nobody reads it: the client went away
         tag = run_tag(record)
@@ -451,8 +453,8 @@ class ControlApi:
             raise HTTPException(404, f"no such run: {run_id}", {"ETag": tag})
         return IndentedJSONResponse(run_document(record), headers={"ETag": tag})
 
-    async def _wait(self, request: Request, work: Awaitable[RunRecord | None]) -> tuple[RunRecord | None, bool]:
-        """``work``'s record, counted in ``waits`` and bounded by ``api_max_waits``;
+    async def _wait(self, request: Request, work: Callable[[], Awaitable[RunRecord | None]]) -> tuple[RunRecord | None, bool]:
+        """``work()``'s record, counted in ``waits`` and bounded by ``api_max_waits``;
         ``(None, False)`` if the client went away meanwhile."""
         if self.stats.waits >= self.max_waits:
             self.stats.refuse("too_many_waits")
@@ -465,7 +467,7 @@ class ControlApi:
             )
         self.stats.waits += 1
         try:
-            return await _unless_disconnected(request, work)
+            return await _unless_disconnected(request, work())
         finally:
             self.stats.waits -= 1
 

@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import tomllib
@@ -36,7 +35,7 @@ from typing import Any
 
 import trio
 
-from peer.control.client import ClientError, Endpoint, api_path, call, split_scheme
+from peer.control.client import WAIT_CHUNK_SECONDS, Client, ClientError, Endpoint, api_path, default_job_id, split_scheme
 from peer.control.text import format_table
 from peer.jobs.definition import JobError, load_jobs_file, parse_job
 from peer.runtime.keys import KeyringError, generate_key, load_keyring
@@ -48,8 +47,6 @@ EXIT_NOT_FINISHED = 2  # `peer result`: the run has not finished (yet)
 
 # Runs in these states are over; anything else may still change.
 FINISHED_STATES = frozenset({"succeeded", "failed", "cancelled", "lost", "missed", "skipped"})
-# `peer result --wait` asks the agent to wait at most this long per request.
-WAIT_CHUNK_SECONDS = 60.0
 
 # (flag, settings key, help) for the agent's options.
 AGENT_OPTIONS: list[tuple[str, str, str]] = [
@@ -282,8 +279,14 @@ def _endpoint(args: argparse.Namespace) -> Endpoint:
     return Endpoint(settings.api, tls=tls, token=settings.api_token_value(), ca_file=settings.api_ca)
 
 
+def _call(args: argparse.Namespace, path: str, *, method: str = "GET", body: Any = None, timeout: float = 5.0) -> dict[str, Any]:
+    """The JSON document at ``path``, through ``peer.Client`` (the one HTTP path)."""
+    with Client(_endpoint(args), timeout=timeout) as client:
+        return client.request(method, path, body=body)
+
+
 def members(args: argparse.Namespace) -> int:
-    document = call(_endpoint(args), "/members")
+    document = _call(args, "/members")
     if args.json:
         print(json.dumps(document, indent=2))
         return 0
@@ -294,7 +297,7 @@ def members(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    document = call(_endpoint(args), "/status")
+    document = _call(args, "/status")
     if args.json:
         print(json.dumps(document, indent=2))
         return 0
@@ -324,7 +327,7 @@ def status(args: argparse.Namespace) -> int:
 
 
 def leave(args: argparse.Namespace) -> int:
-    document = call(_endpoint(args), "/leave", method="POST", timeout=60.0)
+    document = _call(args, "/leave", method="POST", timeout=60.0)
     print(f"{document['name']} left the cluster")
     return 0
 
@@ -369,7 +372,7 @@ def _dash(value: Any) -> str:
 
 
 def jobs_list(args: argparse.Namespace) -> int:
-    document = call(_endpoint(args), "/jobs")
+    document = _call(args, "/jobs")
     if args.json:
         _print_json(document)
         return 0
@@ -418,8 +421,7 @@ def _read_job_tables(source: str) -> list[Any]:
 
 def jobs_add(args: argparse.Namespace) -> int:
     tables = _read_job_tables(args.file)
-    api = _endpoint(args)
-    document = call(api, "/jobs", method="POST", body={"jobs": tables}, timeout=10.0)
+    document = _call(args, "/jobs", method="POST", body={"jobs": tables}, timeout=10.0)
     if args.json:
         _print_json(document)
         return 0
@@ -429,7 +431,7 @@ def jobs_add(args: argparse.Namespace) -> int:
 
 
 def jobs_show(args: argparse.Namespace) -> int:
-    document = call(_endpoint(args), api_path("jobs", args.id))
+    document = _call(args, api_path("jobs", args.id))
     if args.json:
         _print_json(document)
         return 0
@@ -462,7 +464,7 @@ def jobs_show(args: argparse.Namespace) -> int:
 
 def _job_action(args: argparse.Namespace, action: str, method: str, done: str) -> int:
     segments = ("jobs", args.id, action) if action else ("jobs", args.id)
-    document = call(_endpoint(args), api_path(*segments), method=method)
+    document = _call(args, api_path(*segments), method=method)
     if args.json:
         _print_json(document)
     else:
@@ -480,12 +482,6 @@ def jobs_resume(args: argparse.Namespace) -> int:
 
 def jobs_rm(args: argparse.Namespace) -> int:
     return _job_action(args, "", "DELETE", "removed")
-
-
-def _default_id(name: str) -> str:
-    """A job id from a function or program name: ``pkg.mod:fn`` -> ``fn``."""
-    base = re.split(r"[:./\\]", name.strip())[-1]
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", base).lstrip("_.-")[:128] or "adhoc"
 
 
 def _json_object(text: str, flag: str) -> dict[str, Any]:
@@ -516,7 +512,7 @@ def submit(args: argparse.Namespace) -> int:
         if args.command_line and kwargs is not None:
             raise UsageError("--kwargs: only for --call")
         name = args.call or (args.command_line.split() or ["adhoc"])[0]
-        body = {"id": args.id or _default_id(name)}
+        body = {"id": args.id or default_job_id(name)}
         if args.call:
             body["call"] = args.call
             if kwargs is not None:
@@ -528,7 +524,7 @@ def submit(args: argparse.Namespace) -> int:
         if args.retries is not None:
             body["retries"] = args.retries
         parse_job(body, where="submit")  # refuse it here, naming the flag's field
-    document = call(_endpoint(args), "/submit", method="POST", body=body)
+    document = _call(args, "/submit", method="POST", body=body)
     if args.json:
         _print_json(document)
     else:
@@ -551,7 +547,7 @@ def _runs_table(records: Sequence[dict[str, Any]]) -> str:
 
 def runs(args: argparse.Namespace) -> int:
     query = {"job": args.job, "state": args.state, "limit": args.limit}
-    document = call(_endpoint(args), api_path("runs", query=query))
+    document = _call(args, api_path("runs", query=query))
     if args.json:
         _print_json(document)
         return 0
@@ -560,17 +556,17 @@ def runs(args: argparse.Namespace) -> int:
 
 
 def result(args: argparse.Namespace) -> int:
-    api = _endpoint(args)
     if args.wait is not None and not args.wait >= 0:
         raise UsageError(f"--wait: expected seconds >= 0, got {args.wait:g}")
     remaining = args.wait
-    while True:
-        wait = None if remaining is None else min(remaining, WAIT_CHUNK_SECONDS)
-        path = api_path("runs", args.run, query={"wait": None if wait is None else f"{wait:g}"})
-        record = call(api, path, timeout=10.0 + (wait or 0.0))
-        if record["state"] in FINISHED_STATES or wait is None or remaining <= wait:
-            break
-        remaining -= wait
+    with Client(_endpoint(args), timeout=10.0) as client:
+        while True:
+            wait = None if remaining is None else min(remaining, WAIT_CHUNK_SECONDS)
+            path = api_path("runs", args.run, query={"wait": None if wait is None else f"{wait:g}"})
+            record = client.request("GET", path, timeout=10.0 + (wait or 0.0))
+            if record["state"] in FINISHED_STATES or wait is None or remaining <= wait:
+                break
+            remaining -= wait
     if args.json:
         _print_json(record)
     state = record["state"]
@@ -591,7 +587,7 @@ def send(args: argparse.Namespace) -> int:
         data = json.loads(args.data)
     except ValueError:
         data = args.data
-    document = call(_endpoint(args), api_path("runs", args.run, "send"), method="POST", body={"data": data})
+    document = _call(args, api_path("runs", args.run, "send"), method="POST", body={"data": data})
     if args.json:
         _print_json(document)
     else:
