@@ -9,6 +9,11 @@ Embedding (``peer.control.node``)::
         run_id = await node.submit(resize, image="a.png", width=100)
         result = await node.result(run_id, timeout=30)
 
+Over a node's control API (``peer.control.client``), the same methods::
+
+    with peer.Client("127.0.0.1:7947") as client:   # peer.AsyncClient for asyncio or trio
+        result = client.result(client.submit("app.jobs:resize", image="a.png", width=100), timeout=30)
+
 The names below are imported on first use, so ``import peer.runtime.wire`` (or the
 CLI) does not pay for the runtime.
 """
