@@ -99,9 +99,11 @@ async def journal(run: RunContext, path: str, sleep: float = 0.0, updates: int =
     ``os.write`` to a file opened with ``O_APPEND``, so lines from
     concurrent runs, in any process on this machine, never interleave: the
     file is a record of executions kept outside the system under test, for
-    tests to count runs per run id. The node is ``$PEER_NAME``, else the pid.
+    tests to count runs per run id. The node is ``node_name()``: in a
+    container, where nothing sets ``$PEER_NAME``, the host name (the agent's
+    default name), not a pid that is 1 in every container.
     """
-    node = os.environ.get(NODE_ENV) or f"pid-{os.getpid()}"
+    node = node_name()
     line = f"{run.run_id} {run.attempt} {node} {int(time.time() * 1000)}\n".encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
