@@ -78,7 +78,7 @@ def journalled_jobs(specs: Sequence[JobSpec]) -> list[JobSpec]:
     """The cron jobs in mode ``one`` that journal their executions."""
     return [
         spec for spec in specs
-        if spec.schedule is not None and spec.mode == "one" and isinstance(spec.target, CallTarget) and spec.target.call == JOURNAL_CALL
+        if spec.schedule is not None and spec.mode == "one" and isinstance(spec.target, CallTarget) and spec.target.function == JOURNAL_CALL
     ]  # fmt: skip
 
 
@@ -150,7 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", required=True, help="the agents' jobs file: the cron jobs in mode one calling " + JOURNAL_CALL)
     parser.add_argument("--job", action="append", help="judge only this job (repeatable; default: every such job)")
     parser.add_argument("--since", type=float, help="judge the ticks of the last S seconds (default: since each job's first line)")
-    parser.add_argument("--slack", type=float, default=DEFAULT_SLACK, help=f"leave out ticks due in the last S seconds (default {DEFAULT_SLACK:g})")
+    parser.add_argument(
+        "--slack", type=float, default=DEFAULT_SLACK, help=f"leave out ticks due in the last S seconds (default {DEFAULT_SLACK:g})"
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON document instead of the report")
     args = parser.parse_args(argv)
     try:
