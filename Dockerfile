@@ -64,7 +64,7 @@ EXPOSE 7946/udp 7946/tcp 7947/tcp
 # SIGTERM makes the agent leave gracefully: it hands its leases over, lets its
 # running runs finish for up to PEER_DRAIN_TIMEOUT seconds (30 by default), hands
 # back what still runs, and exits 0 within about 5 s more. Give the container more
-# than drain_timeout + 10 s before the SIGKILL: `docker stop -t 40`, compose's
+# than drain_timeout + 10 s before the SIGKILL (`docker stop -t 45` with the default), compose's
 # stop_grace_period, Kubernetes' terminationGracePeriodSeconds.
 STOPSIGNAL SIGTERM
 
