@@ -38,7 +38,7 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels peer
 # A fixed numeric UID, so Kubernetes' runAsNonRoot can check it and a secret
 # file can be given to it (fsGroup, or chown 10001 on the host).
-RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin peer \
+RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin peer \
     && install -d -o 10001 -g 10001 -m 0750 /var/lib/peer
 # /var/lib/peer: a directory the agent's jobs may write to. A named volume mounted
 # there starts with its owner (Docker copies the directory into a new volume).
