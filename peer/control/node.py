@@ -394,10 +394,12 @@ class Node:
         settled (or at once, in the background, on a running node): every
         replica declaring it makes one job, and a changed definition rolls
         out as the class docstring says."""
+        _check_declared_fields(fields, "@node.cron")
         data = {**fields, "schedule": schedule, "mode": mode, "timezone": timezone, "retries": retries}
 
         def decorate(function: Callable[P, R]) -> CronJob[P, R]:
-            registered, spec = self._declaration(function, name, id, data, kwargs, "@node.cron")
+            # Its ticks call it with its kwargs: checked now, not at each tick.
+            registered, spec = self._declaration(function, name, id, data, dict(kwargs or {}), "@node.cron")
             return self._declare(CronJob(self, function, registered, spec), function)
 
         return decorate
@@ -441,6 +443,7 @@ class Node:
         for key in _ONE_OFF_ONLY:
             if key in fields:
                 raise JobError("@node.job", "a job without a schedule; declare cron jobs with @node.cron", job=id, field=key)
+        _check_declared_fields(fields, "@node.job")
         data = {**fields, "timeout": timeout, "retries": retries}
 
         def decorate(fn: Callable[..., Any]) -> JobFunction[Any, Any]:
@@ -461,20 +464,15 @@ class Node:
         """The registered name and the job a decorator declares, checked."""
         if not callable(function):
             raise TypeError(f"{where} decorates a function, got {type(function).__name__}")
-        if "paused" in data:
-            raise JobError(where, "pausing is the operator's (peer jobs pause, node.pause_job): kept across restarts", field="paused")
-        clash = sorted(_TARGET_FIELDS & data.keys())
-        if clash:
-            raise TypeError(f"{where} got an unexpected keyword argument {clash[0]!r}")
         registered = name if name is not None else getattr(function, "__name__", None)
         if not isinstance(registered, str) or not _valid_function_name(registered):
             raise ValueError(f"{function!r} has no usable name: give one with {where}(name='a_name')")
-        if kwargs is not None:
-            check_arguments(function, kwargs, where)
         spec = parse_job(
             _with_tags_as_list({**data, "id": job_id or _default_id(registered), "call": registered, "kwargs": kwargs}),
             where=where,
         )
+        if kwargs is not None:
+            check_arguments(function, kwargs, f"{where}: job {spec.id!r}")
         declared = self._declared.get(spec.id)
         if declared is not None and declared.to_wire() != spec.to_wire():
             raise ValueError(f"job {spec.id!r} is declared already on this node, otherwise: give one of them another id=")
@@ -1013,6 +1011,14 @@ def _keyring(key: str | bytes | Sequence[str | bytes] | Keyring | None, key_file
         if isinstance(error, ConfigError):
             raise
         raise ConfigError(f"key: {error}") from None
+
+
+def _check_declared_fields(fields: Mapping[str, Any], where: str) -> None:
+    if "paused" in fields:
+        raise JobError(where, "pausing is the operator's (peer jobs pause, node.pause_job): kept across restarts", field="paused")
+    clash = sorted(_TARGET_FIELDS & fields.keys())
+    if clash:
+        raise TypeError(f"{where} got an unexpected keyword argument {clash[0]!r}")
 
 
 def _valid_function_name(name: str) -> bool:
