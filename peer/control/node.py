@@ -29,6 +29,24 @@ layer adds is what a program needs to hold a node in its own process:
   in the agent's own tasks (a seed that never answers: ``JoinFailed``)
   cancels the body and comes out of the ``async with`` as itself, not
   wrapped in an exception group (a group only when there are several).
+- Jobs declared in code. ``@node.cron(...)`` and ``@node.job(...)`` register
+  the function and declare a job calling it (``peer.control.decorators``
+  holds what they return). The node keeps its declarations and hands them
+  to its scheduler at each start (``Agent.declare_job``; on a running node
+  through the trio token, so the decorator needs no trio context), which
+  applies them once settled and again whenever the job's entry changes,
+  by the rule of ``peer.jobs.declared``: every replica declaring the same
+  id makes one job; an identical declaration changes nothing; a
+  declaration carries a revision (a hash of the definition), and the
+  entry the revisions it replaced, so a new version's definition is
+  applied when its first replica has settled, once, and an old replica
+  (re)starting while versions are mixed finds its revision replaced and
+  leaves the job alone. While versions are mixed, every node (old or new)
+  runs the ticks with the new definition. A redefinition that keeps the
+  timing (schedule, mode) keeps the walk of the schedule: no tick is
+  missed or run twice. The operator's ``paused`` is kept; a job no
+  longer declared is not removed (``peer jobs rm`` it once no live node
+  declares it: one that does defines it again at once).
 - Awaitable reads over the replicated runs map: ``result`` and ``watch``
   poll this node's copy (which every node holds), so a run submitted on one
   node can be awaited on any other.
