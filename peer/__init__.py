@@ -19,6 +19,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from peer.control.decorators import CronJob, JobFunction
     from peer.control.node import (
         JobInfo,
         MemberInfo,
@@ -45,6 +46,8 @@ _EXPORTS = {
     "RunFinishedError": "peer.control.node",
     "UnknownJob": "peer.control.node",
     "UnknownRun": "peer.control.node",
+    "CronJob": "peer.control.decorators",
+    "JobFunction": "peer.control.decorators",
     "RunContext": "peer.runtime.executor",
     "Executor": "peer.runtime.executor",
     "JobError": "peer.jobs.definition",
@@ -69,9 +72,11 @@ __all__ = [
     "CallTarget",
     "CommandTarget",
     "ConfigError",
+    "CronJob",
     "Executor",
     "HttpTarget",
     "JobError",
+    "JobFunction",
     "JobInfo",
     "JobSpec",
     "JoinFailed",
