@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from peer.control.client import AsyncClient, Client, ClientError
+    from peer.control.decorators import CronJob, JobFunction
     from peer.control.errors import RunFailed, RunFinishedError, UnknownJob, UnknownRun
     from peer.control.node import JobInfo, MemberInfo, Node
     from peer.jobs.definition import JobError, JobSpec
@@ -47,6 +48,8 @@ _EXPORTS = {
     "RunFinishedError": "peer.control.errors",
     "UnknownJob": "peer.control.errors",
     "UnknownRun": "peer.control.errors",
+    "CronJob": "peer.control.decorators",
+    "JobFunction": "peer.control.decorators",
     "RunContext": "peer.runtime.executor",
     "Executor": "peer.runtime.executor",
     "JobError": "peer.jobs.definition",
@@ -74,9 +77,11 @@ __all__ = [
     "ClientError",
     "CommandTarget",
     "ConfigError",
+    "CronJob",
     "Executor",
     "HttpTarget",
     "JobError",
+    "JobFunction",
     "JobInfo",
     "JobSpec",
     "JoinFailed",

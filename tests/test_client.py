@@ -146,6 +146,13 @@ def test_submit_trigger_result_wait_and_runs(client: peer.Client) -> None:
     assert client.run(own).spec["retries"] == 1  # type: ignore[union-attr,index]
     call = client.submit(CallTarget(f"{SAMPLES}:echo", kwargs={"k": 1, "j": 0}), j=2)
     assert client.result(call, timeout=TIMEOUT) == {"k": 1, "j": 2}
+    # The job key runtime travels: from a CallTarget, and as a field.
+    on_trio = client.submit(CallTarget(f"{SAMPLES}:async_sleep", kwargs={"seconds": 0.01, "result": 1}, runtime="trio"))
+    assert client.run(on_trio).spec["target"]["runtime"] == "trio"  # type: ignore[union-attr,index]
+    assert client.result(on_trio, timeout=TIMEOUT) == 1
+    on_asyncio = client.submit_with(f"{SAMPLES}:asyncio_sleep", {"seconds": 0.01}, runtime="asyncio")
+    assert client.run(on_asyncio).spec["target"]["runtime"] == "asyncio"  # type: ignore[union-attr,index]
+    assert client.result(on_asyncio, timeout=TIMEOUT) == "slept"
     command = client.submit(CommandTarget(argv=["echo", "hello"]))
     assert command.startswith("echo@") and client.result(command, timeout=TIMEOUT)["stdout"] == "hello\n"
 

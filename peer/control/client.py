@@ -555,10 +555,7 @@ def _target_keys(
         raise TypeError(f"{where} got an unexpected keyword argument {clash[0]!r} (the target is an argument of its own)")
     if isinstance(target, CallTarget):
         keys: dict[str, Any] = {"call": target.function, "kwargs": {**target.kwargs, **(kwargs or {})}}
-        runtime = getattr(target, "runtime", "auto")  # where the contract's CallTarget.runtime is set, it travels too
-        if runtime != "auto":
-            keys["runtime"] = runtime
-        return keys
+        return keys if target.runtime == "auto" else {**keys, "runtime": target.runtime}
     if isinstance(target, (CommandTarget, HttpTarget)):
         if kwargs:
             raise JobError(where, "only a call target takes kwargs", field="kwargs")

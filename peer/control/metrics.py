@@ -131,6 +131,7 @@ _SCHEDULER_HELP = {
     "bad_records": "Job definitions or run records from peers that did not parse",
     "runs_queued": "Due runs that found this node at max_running_runs and waited for a slot",
     "submits_refused": "Submits refused (429): the cluster's pending backlog was at max_pending_runs",
+    "declarations_applied": "Definitions of jobs declared in code (@node.cron, @node.job) this node wrote",
 }
 assert set(_MEMBERSHIP_HELP) == {field.name for field in attrs.fields(MembershipStats)}
 assert set(_REPLICATION_HELP) == {field.name for field in attrs.fields(ReplicationStats)}

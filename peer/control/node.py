@@ -1,4 +1,4 @@
-"""Embedding peer in a trio program: ``async with peer.Node(...) as node``.
+"""Embedding peer in a trio or asyncio program: ``async with peer.Node(...) as node``.
 
 Theory of operation
 -------------------
@@ -29,11 +29,33 @@ layer adds is what a program needs to hold a node in its own process:
   in the agent's own tasks (a seed that never answers: ``JoinFailed``)
   cancels the body and comes out of the ``async with`` as itself, not
   wrapped in an exception group (a group only when there are several).
+- Jobs declared in code. ``@node.cron(...)`` and ``@node.job(...)`` register
+  the function and declare a job calling it (``peer.control.decorators``
+  holds what they return). The node keeps its declarations and hands them
+  to its scheduler at each start (``Agent.declare_job``; on a running node
+  through the trio token, so the decorator needs no trio context), which
+  applies them once settled and again whenever the job's entry changes,
+  by the rule of ``peer.jobs.declared``: every replica declaring the same
+  id makes one job; an identical declaration changes nothing; a
+  declaration carries a revision (a hash of the definition), and the
+  entry the revisions it replaced, so a new version's definition is
+  applied when its first replica has settled, once, and an old replica
+  (re)starting while versions are mixed finds its revision replaced and
+  leaves the job alone. While versions are mixed, every node (old or new)
+  runs the ticks with the new definition. A redefinition that keeps the
+  timing (schedule, mode) keeps the walk of the schedule: no tick is
+  missed or run twice. The operator's ``paused`` is kept; a job no
+  longer declared is not removed (``peer jobs rm`` it once no live node
+  declares it: one that does defines it again at once).
 - Awaitable reads over the replicated runs map: ``result`` and ``watch``
   poll this node's copy (which every node holds), so a run submitted on one
   node can be awaited on any other.
 
-A node is used from the trio thread it runs in. It never prints; it logs
+Under asyncio the same class runs the node as a trio guest run on the
+program's loop (``peer.control.asyncio_host`` has the how and the costs):
+every ``async def`` method is marked ``@bridged``, which runs it as it is
+from trio and as a trio task of the guest run from asyncio. A new ``async
+def`` method must be marked too. A node is used from the thread its loop runs in. It never prints; it logs
 through ``logging`` (``peer.control.node``, ``peer.agent``, ``peer.jobs.scheduler``...),
 and leaves configuring handlers to the program.
 """
@@ -46,12 +68,14 @@ import math
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Self, TypeVar, overload
+from typing import Any, ParamSpec, Self, TypeVar, overload
 
 import attrs
 import trio
 
 from membership.state import Status
+from peer.control.asyncio_host import GuestRun, bridged
+from peer.control.decorators import CronJob, JobFunction, check_arguments
 from peer.control.errors import RunFailed, RunFinishedError, UnknownJob, UnknownRun
 from peer.control.server import HttpControlPlane
 from peer.core.replication import ReplicationConfig
@@ -59,6 +83,7 @@ from peer.jobs.definition import JobError, JobSpec, parse_job
 from peer.jobs.runs import RunRecord, RunState
 from peer.jobs.scheduler import JobEntry, Role, Scheduler, SchedulerConfig
 from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget, Target
+from peer.runtime import aio
 from peer.runtime.addresses import format_address
 from peer.runtime.agent import API_DRAIN_SECONDS, MAX_RESULT_BYTES, RUN_WAIT_RECHECK, Agent
 from peer.runtime.exceptions import leaf_exceptions
@@ -80,6 +105,9 @@ __all__ = [
 log = logging.getLogger("peer.node")
 
 F = TypeVar("F", bound=Callable[..., Any])
+J = TypeVar("J", bound=JobFunction[Any, Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # How often awaiting a result, a run or readiness looks again at the node's state.
 POLL_SECONDS = 0.02
@@ -125,6 +153,7 @@ class JobInfo:
     owner: str | None
     next_tick: datetime | None
     since: datetime
+    revision: str | None = None  # of the declaration in code it is, for a job declared there (@node.cron, @node.job)
 
     @property
     def id(self) -> str:
@@ -254,10 +283,14 @@ class Node:
         # Worker threads of sync functions: as many as runs may run at once.
         self.executor = executor or Executor(max_result_bytes=MAX_RESULT_BYTES, max_threads=self.scheduler_config.max_running_runs)
         self._functions: dict[str, Callable[..., Any]] = {}
+        self._declared: dict[str, JobSpec] = {}  # jobs declared in code: applied at each start
+        self._declaration_errors: dict[str, str] = {}
+        self._token: trio.lowlevel.TrioToken | None = None
         self._agent: Agent | None = None
         self._stopped = trio.Event()
         self._agent_scope: trio.CancelScope | None = None
-        self._lifetime: contextlib.AbstractAsyncContextManager[None] | None = None
+        self._lifetime: contextlib.AbstractAsyncContextManager[Any] | None = None
+        self._guest: GuestRun | None = None  # entered from asyncio: the trio guest run
 
     def __repr__(self) -> str:
         state = "running" if self._agent is not None else "stopped"
@@ -320,18 +353,167 @@ class Node:
         """The registered functions, by name."""
         return dict(self._functions)
 
+    # -- jobs declared in code --------------------------------------------------------------
+
+    def cron(
+        self,
+        schedule: str,
+        /,
+        *,
+        id: str | None = None,
+        name: str | None = None,
+        mode: str = "one",
+        timezone: str | None = None,
+        retries: int | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> Callable[[Callable[P, R]], CronJob[P, R]]:
+        """``@node.cron("*/5 * * * *")``: register the function (as
+        ``@node.function``, under ``name``, default its own) and declare a
+        cron job calling it: ``id`` (default the function's name), ``mode``,
+        ``timezone``, ``retries``, ``kwargs`` (checked against the signature
+        now), and the other keys of a job definition as ``schedule()`` takes
+        them, except ``paused`` (the operator's: ``peer jobs pause``). A bad
+        definition raises ``JobError`` here. Returns a ``CronJob``: still
+        the function, plus ``id``, ``submit``, ``trigger``, ``result``,
+        ``status``. The declaration is applied by the node once it has
+        settled (or at once, in the background, on a running node): every
+        replica declaring it makes one job, and a changed definition rolls
+        out as the class docstring says."""
+        _check_declared_fields(fields, "@node.cron")
+        data = {**fields, "schedule": schedule, "mode": mode, "timezone": timezone, "retries": retries}
+
+        def decorate(function: Callable[P, R]) -> CronJob[P, R]:
+            # Its ticks call it with its kwargs: checked now, not at each tick.
+            registered, spec = self._declaration(function, name, id, data, dict(kwargs or {}), "@node.cron")
+            return self._declare(CronJob(self, function, registered, spec), function)
+
+        return decorate
+
+    @overload
+    def job(self, job_id: str, /) -> JobInfo | None: ...
+
+    @overload
+    def job(self, function: Callable[P, R], /) -> JobFunction[P, R]: ...
+
+    @overload
+    def job(
+        self, *, id: str | None = None, name: str | None = None, timeout: float | str | None = None,
+        retries: int | None = None, **fields: Any,
+    ) -> Callable[[Callable[P, R]], JobFunction[P, R]]: ...  # fmt: skip
+
+    def job(  # type: ignore[misc]  # mypy: positional-only here, **fields in an overload
+        self,
+        function: Any = None,
+        /,
+        *,
+        id: str | None = None,
+        name: str | None = None,
+        timeout: float | str | None = None,
+        retries: int | None = None,
+        **fields: Any,
+    ) -> Any:
+        """``node.job("report")``: the job of that id (``jobs()[id]``), or None.
+
+        ``@node.job`` or ``@node.job(timeout="30s", retries=2)``: register
+        the function (as ``@node.function``) and declare a job without a
+        schedule calling it, for one-off runs with typed keyword arguments:
+        ``await f.submit(image="a.png")`` checks them against the signature
+        where it is called and gives the run id; ``peer trigger ID`` runs it
+        too. Options as ``submit_with``'s (``timeout``, ``retries``,
+        ``backoff``, ``backoff_max``, ``result_ttl``, ``tags``)."""
+        if isinstance(function, str):
+            if id is not None or name is not None or timeout is not None or retries is not None or fields:
+                raise TypeError("node.job(job_id) looks a job up; to declare one, decorate a function: @node.job(...)")
+            return self.jobs().get(function)
+        for key in _ONE_OFF_ONLY:
+            if key in fields:
+                raise JobError("@node.job", "a job without a schedule; declare cron jobs with @node.cron", job=id, field=key)
+        _check_declared_fields(fields, "@node.job")
+        data = {**fields, "timeout": timeout, "retries": retries}
+
+        def decorate(fn: Callable[..., Any]) -> JobFunction[Any, Any]:
+            registered, spec = self._declaration(fn, name, id, data, None, "@node.job")
+            return self._declare(JobFunction(self, fn, registered, spec), fn)
+
+        return decorate if function is None else decorate(function)
+
+    def _declaration(
+        self,
+        function: Callable[..., Any],
+        name: str | None,
+        job_id: str | None,
+        data: dict[str, Any],
+        kwargs: Mapping[str, Any] | None,
+        where: str,
+    ) -> tuple[str, JobSpec]:
+        """The registered name and the job a decorator declares, checked."""
+        if not callable(function):
+            raise TypeError(f"{where} decorates a function, got {type(function).__name__}")
+        registered = name if name is not None else getattr(function, "__name__", None)
+        if not isinstance(registered, str) or not _valid_function_name(registered):
+            raise ValueError(f"{function!r} has no usable name: give one with {where}(name='a_name')")
+        spec = parse_job(
+            _with_tags_as_list({**data, "id": job_id or _default_id(registered), "call": registered, "kwargs": kwargs}),
+            where=where,
+        )
+        if kwargs is not None:
+            check_arguments(function, kwargs, f"{where}: job {spec.id!r}")
+        declared = self._declared.get(spec.id)
+        if declared is not None and declared.to_wire() != spec.to_wire():
+            raise ValueError(f"job {spec.id!r} is declared already on this node, otherwise: give one of them another id=")
+        self.register(function, registered)
+        return registered, spec
+
+    def _declare(self, declared: J, function: Callable[..., Any]) -> J:
+        """Note a declaration; a running node applies it in its own task."""
+        spec = declared.spec
+        self._declared[spec.id] = spec
+        agent, token = self._agent, self._token
+        if agent is not None and token is not None and not self._stopped.is_set():
+            # Thread-safe and needs no trio context: the decorator may run
+            # in an asyncio task, or anywhere; errors are logged there.
+            token.run_sync_soon(self._apply_declaration, agent, spec)
+        return declared
+
+    def _apply_declaration(self, agent: Agent, spec: JobSpec) -> None:
+        if agent is not self._agent or self._stopped.is_set():
+            return  # stopped meanwhile: the next life declares it
+        try:
+            agent.declare_job(spec)
+        except Exception:  # noqa: BLE001 - the decorator has returned: logged, and status says it
+            self._declaration_errors[spec.id] = "failed: see the log"
+            log.exception("job %s: declaring it failed", spec.id, extra={"node": self.name})
+
+    def _declaration_status(self, job_id: str) -> str:
+        if job_id in self._declaration_errors:
+            return self._declaration_errors[job_id]
+        if not self.running:
+            return "not running"
+        assert self._agent is not None
+        return self._agent.scheduler.declarations().get(job_id, ("", "waiting"))[1]
+
+    @property
+    def declared(self) -> dict[str, JobSpec]:
+        """The jobs this node declares in code (``@node.cron``, ``@node.job``), by id."""
+        return dict(self._declared)
+
     # -- lifetime -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
         if self._lifetime is not None:
             raise RuntimeError(f"node {self.name!r} is already running")
-        lifetime = self._life()
+        lifetime: contextlib.AbstractAsyncContextManager[Any]
+        if aio.running_asyncio():
+            lifetime = self._guest = GuestRun(self, self._life)
+        else:
+            lifetime = self._life()
         self._lifetime = lifetime
         try:
             await lifetime.__aenter__()
             return self
         except BaseException:
-            self._lifetime = None
+            self._lifetime = self._guest = None
             raise
 
     async def __aexit__(self, *exc_info: object) -> bool | None:
@@ -340,7 +522,7 @@ class Node:
         try:
             return await lifetime.__aexit__(*exc_info)  # type: ignore[arg-type]
         finally:
-            self._lifetime = None
+            self._lifetime = self._guest = None
 
     @contextlib.asynccontextmanager
     async def _life(self) -> AsyncIterator[None]:
@@ -354,6 +536,10 @@ class Node:
         )
         await agent.bind()  # BindError, before anything runs
         self._stopped = trio.Event()
+        self._token = trio.lowlevel.current_trio_token()
+        self._declaration_errors.clear()
+        for spec in self._declared.values():
+            agent.declare_job(spec)  # applied by the scheduler once settled
         failure: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -371,6 +557,7 @@ class Node:
         finally:
             self._agent = None
             self._agent_scope = None
+            self._token = None
             agent.close()
         if failure is not None:
             # Raised outside the handler, so it keeps its own context.
@@ -415,6 +602,7 @@ class Node:
             if self._agent_scope is not None:
                 self._agent_scope.cancel()
 
+    @bridged
     async def leave(self) -> None:
         """Leave the cluster gracefully now (what exiting the ``async with``
         does); the node is stopped once it returns."""
@@ -456,6 +644,7 @@ class Node:
         agent = self._require()
         return agent.ready
 
+    @bridged
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until ``ready``; ``TimeoutError`` after ``timeout`` seconds."""
         await self._poll(lambda: self.ready, timeout, lambda: TimeoutError(f"node {self.name} not ready within {timeout:g} s"))
@@ -483,6 +672,7 @@ class Node:
 
     # -- jobs ---------------------------------------------------------------------------------
 
+    @bridged
     async def schedule(
         self,
         job_id: str,
@@ -517,6 +707,7 @@ class Node:
         await self._settled()
         return await agent.define_job(spec)
 
+    @bridged
     async def remove_job(self, job_id: str) -> bool:
         """Remove a job, cluster-wide; False if there was none. Its runs'
         records stay readable until they expire."""
@@ -524,10 +715,12 @@ class Node:
         await self._settled()
         return await agent.remove_job(job_id)
 
+    @bridged
     async def pause_job(self, job_id: str) -> JobSpec:
         """Stop a job's ticks (a running run carries on); ``UnknownJob``."""
         return await self._pause(job_id, True)
 
+    @bridged
     async def resume_job(self, job_id: str) -> JobSpec:
         """Start a paused job's ticks again, from now (ticks due while it was
         paused are not owed); ``UnknownJob``."""
@@ -547,11 +740,10 @@ class Node:
         now_ms = self._require().core.wall_ms()
         return {job_id: _job_info(scheduler, entry, now_ms) for job_id, entry in sorted(scheduler.jobs().items())}
 
-    def job(self, job_id: str) -> JobInfo | None:
-        return self.jobs().get(job_id)
 
     # -- runs ---------------------------------------------------------------------------------
 
+    @bridged
     async def submit(self, target: Callable[..., Any] | str | Target, /, **kwargs: Any) -> str:
         """Run ``target`` once, now, somewhere in the cluster; the run id.
         ``kwargs`` are the function's arguments (plain data: str, int,
@@ -561,6 +753,7 @@ class Node:
         the cluster's pending runs are at ``max_pending_runs``: try later."""
         return await self._submit(target, kwargs, {}, "submit()")
 
+    @bridged
     async def submit_with(
         self,
         target: Callable[..., Any] | str | Target,
@@ -589,6 +782,7 @@ class Node:
         spec = parse_job(_with_tags_as_list({**fields, **keys, "id": job_id}), where=where)
         return await self._require().submit(spec)
 
+    @bridged
     async def trigger(self, job_id: str, /, **kwargs: Any) -> str:
         """Run a defined job once, now, as defined (``kwargs``, for a call
         target, merged over its own); the run id. ``UnknownJob``."""
@@ -630,6 +824,7 @@ class Node:
         records.sort(key=lambda record: (-(record.created or record.tick or 0), record.id))
         return records if limit is None else records[:limit]
 
+    @bridged
     async def result(self, run_id: str, *, timeout: float | None = None) -> Any:
         """Wait until the run has finished and give its result (what the
         function returned, as plain data: tuples come back as lists).
@@ -643,6 +838,7 @@ class Node:
             return record.result
         raise RunFailed(record)
 
+    @bridged
     async def wait(self, run_id: str, *, timeout: float | None = None) -> RunRecord:
         """Wait until the run has finished, however it went; its record.
         ``TimeoutError``, ``UnknownRun`` as ``result``."""
@@ -667,6 +863,7 @@ class Node:
         ``interval`` seconds anyway); ends after the finished one."""
         return _Watch(self, run_id, interval)
 
+    @bridged
     async def send(self, run_id: str, data: Any) -> None:
         """Send ``data`` (plain data) to a run, on whichever node runs it or
         will: a function reads it with ``await run.next_update()`` (async)
@@ -720,7 +917,8 @@ class Node:
         if clash:
             raise TypeError(f"{where} got an unexpected keyword argument {clash[0]!r} (the target is an argument of its own)")
         if isinstance(target, CallTarget):
-            return {"call": target.function, "kwargs": {**target.kwargs, **(kwargs or {})}}
+            keys = {"call": target.function, "kwargs": {**target.kwargs, **(kwargs or {})}}
+            return keys if target.runtime == "auto" else {**keys, "runtime": target.runtime}
         if isinstance(target, (CommandTarget, HttpTarget)):
             if kwargs:
                 raise JobError(where, "only a call target takes kwargs", field="kwargs")
@@ -732,6 +930,8 @@ class Node:
             }
         if isinstance(target, str):
             name = target
+        elif isinstance(target, JobFunction):
+            name = target.name
         elif callable(target):
             found = self._name_of(target)
             if found is None:
@@ -768,6 +968,11 @@ class _Watch:
     def __aiter__(self) -> _Watch:
         return self
 
+    @property
+    def _guest(self) -> GuestRun | None:
+        return self._node._guest
+
+    @bridged
     async def __anext__(self) -> RunRecord:
         if self._done:
             raise StopAsyncIteration
@@ -814,6 +1019,14 @@ def _keyring(key: str | bytes | Sequence[str | bytes] | Keyring | None, key_file
         if isinstance(error, ConfigError):
             raise
         raise ConfigError(f"key: {error}") from None
+
+
+def _check_declared_fields(fields: Mapping[str, Any], where: str) -> None:
+    if "paused" in fields:
+        raise JobError(where, "pausing is the operator's (peer jobs pause, node.pause_job): kept across restarts", field="paused")
+    clash = sorted(_TARGET_FIELDS & fields.keys())
+    if clash:
+        raise TypeError(f"{where} got an unexpected keyword argument {clash[0]!r}")
 
 
 def _valid_function_name(name: str) -> bool:
@@ -887,4 +1100,5 @@ def _job_info(scheduler: Scheduler, entry: JobEntry, now_ms: int) -> JobInfo:
         owner=scheduler.runs_ticks_of(entry.spec),
         next_tick=None if next_tick is None else _utc(next_tick),
         since=_utc(entry.since),
+        revision=None if entry.code is None else entry.code.rev,
     )

@@ -138,6 +138,7 @@ class SchedulerStats:
     bad_records: int = 0  # records or definitions from peers that did not parse
     runs_queued: int = 0  # due runs that found this node at its limit and waited for a slot
     submits_refused: int = 0  # submits refused: the cluster's pending backlog was at its bound
+    declarations_applied: int = 0  # definitions of jobs declared in code this node wrote (peer.jobs.declared)
 
 
 class BacklogFull(Exception):

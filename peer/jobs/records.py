@@ -42,6 +42,7 @@ import attrs
 
 from crdt.values import NotReplicable, replicated_form
 from membership.messages import valid_name
+from peer.jobs.declared import CodeRevision
 from peer.jobs.definition import JobError, JobSpec
 from peer.jobs.leases import Lease
 from peer.jobs.local import JOBS, LEASES, RUNS, UPDATES, CancelRun, DeliverUpdate, Local, log
@@ -73,6 +74,14 @@ class Execution:
 class JobEntry:
     spec: JobSpec
     since: int  # epoch ms the definition took effect: no tick before it is due
+    code: CodeRevision | None = None  # the revision declared in code, for a job declared there (peer.jobs.declared)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The jobs map's entry (``code`` is a key older peers ignore)."""
+        wire: dict[str, Any] = {"spec": self.spec.to_wire(), "since": self.since}
+        if self.code is not None:
+            wire["code"] = self.code.to_wire()
+        return wire
 
     def next_tick(self, now_ms: int) -> int | None:
         """Epoch ms of the job's next tick due after ``now_ms``; None for a
@@ -389,7 +398,7 @@ def job_entry_from_wire(value: Any) -> JobEntry:
     since = value["since"]
     if isinstance(since, bool) or not isinstance(since, int):
         raise ValueError("a job entry's since is epoch ms")
-    return JobEntry(JobSpec.from_wire(value["spec"]), since)
+    return JobEntry(JobSpec.from_wire(value["spec"]), since, CodeRevision.from_wire(value.get("code")))
 
 
 def readable_job(value: Any) -> bool:

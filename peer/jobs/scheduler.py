@@ -59,6 +59,7 @@ import attrs
 
 from membership.state import Member
 from peer.jobs.claims import FROZEN_GAP_MS, Claims
+from peer.jobs.declared import CodeRevision, judge, revision
 from peer.jobs.definition import JobSpec
 from peer.jobs.local import (
     JOBS,
@@ -76,6 +77,7 @@ from peer.jobs.local import (
     SchedulerStats,
     StartRun,
     Store,
+    log,
 )
 from peer.jobs.placement import RING_REBUILD_MS, Placement
 from peer.jobs.records import DEFAULT_RESULT_TTL, Execution, JobEntry, Records
@@ -123,6 +125,8 @@ class Scheduler:
         self._rng = rng
         self._last_tick = wall_ms
         self._defined_when_ready: list[JobSpec] = []
+        self._declared: dict[str, tuple[JobSpec, str]] = {}  # job declared in code here -> (its spec, revision)
+        self._declared_why: dict[str, str] = {}  # job declared here -> the last verdict on it, for status
         self._view = View(self._local)
         self._records = Records(self._local)
         self._ticks = Ticks(self._local, self._view, self._records, next_late_check=wall_ms)
@@ -160,8 +164,13 @@ class Scheduler:
 
     def on_changes(self, wall_ms: int, changes: Mapping[str, set[str]]) -> None:
         """Keys of our maps changed (written here, merged, or expired)."""
-        for job_id in sorted(changes.get(JOBS, ())):
+        jobs = sorted(changes.get(JOBS, ()))
+        for job_id in jobs:
             self._load_job(job_id)
+        if self.role is Role.READY:
+            for job_id in jobs:
+                if job_id in self._declared:
+                    self._judge(wall_ms, job_id)  # a write that lost, a removal: put right (peer.jobs.declared)
         for run_id in sorted(changes.get(RUNS, ())):
             self._records.load_run(run_id)
         for job_id in sorted(changes.get(LEASES, ())):
@@ -196,6 +205,8 @@ class Scheduler:
             for spec in self._defined_when_ready:
                 self.add_job(wall_ms, spec)
             self._defined_when_ready.clear()
+            for job_id in sorted(self._declared):
+                self._judge(wall_ms, job_id)
         self._placement.place(wall_ms)
         self._ticks.check_late(wall_ms)
         self._claims.claim(wall_ms)
@@ -229,17 +240,53 @@ class Scheduler:
     # -- the application's interface ---------------------------------------------------
 
     def add_job(self, wall_ms: int, spec: JobSpec) -> bool:
-        """Define or redefine a job; False if it was already defined so."""
-        wire = spec.to_wire()
+        """Define or redefine a job; False if it was already defined so. A
+        job declared in code keeps its revision (``peer.jobs.declared``): an
+        operator's redefinition lasts until a new revision is rolled out."""
         current = self._records.jobs.get(spec.id)
-        if current is not None and current.spec.to_wire() == wire:
+        return self._put_job(wall_ms, spec, None if current is None else current.code)
+
+    def _put_job(self, wall_ms: int, spec: JobSpec, code: CodeRevision | None) -> bool:
+        current = self._records.jobs.get(spec.id)
+        if current is not None and current.code == code and current.spec.to_wire() == spec.to_wire():
             return False
         since = wall_ms
         if current is not None and _same_timing(current.spec, spec):
             since = current.since  # an unrelated change does not restart its schedule
-        self._store.put(JOBS, spec.id, {"spec": wire, "since": since})
+        self._store.put(JOBS, spec.id, JobEntry(spec, since, code).to_wire())
         self._load_job(spec.id)
         return True
+
+    def declare(self, wall_ms: int, spec: JobSpec) -> None:
+        """A job declared in code on this node (``peer.jobs.declared``):
+        judged once settled (we then hold the cluster's definitions), and
+        again each time its entry changes, for as long as this node lives.
+        Declaring it again replaces this node's declaration."""
+        self._declared[spec.id] = (spec, revision(spec))
+        self._declared_why.pop(spec.id, None)
+        if self.role is Role.READY:
+            self._judge(wall_ms, spec.id)
+
+    def declarations(self) -> dict[str, tuple[str, str]]:
+        """Jobs declared in code here -> (their revision, what became of the
+        declaration: ``waiting`` to settle, ``current``, ``replaced by
+        revision ...``, or how it was applied)."""
+        return {job_id: (rev, self._declared_why.get(job_id, "waiting")) for job_id, (_, rev) in sorted(self._declared.items())}
+
+    def _judge(self, wall_ms: int, job_id: str) -> None:
+        spec, rev = self._declared[job_id]
+        entry = self._records.jobs.get(job_id)
+        verdict = judge(spec, rev, None if entry is None else entry.spec, None if entry is None else entry.code)
+        if verdict.apply:
+            assert verdict.spec is not None
+            self._put_job(wall_ms, verdict.spec, verdict.code)
+            self._local.stats.declarations_applied += 1
+            log.info("job %s: this node's declaration (revision %s) applied: %s", job_id, rev, verdict.why)
+            self._declared_why[job_id] = "current"
+        elif self._declared_why.get(job_id) != verdict.why:
+            if verdict.why != "current":
+                log.info("job %s: this node's declaration (revision %s) left as it is: %s", job_id, rev, verdict.why)
+            self._declared_why[job_id] = verdict.why
 
     def define_when_ready(self, specs: Sequence[JobSpec]) -> None:
         """Define these jobs once settled (a jobs file read at start): by
@@ -262,7 +309,7 @@ class Scheduler:
         if entry.spec.paused != paused:
             spec = attrs.evolve(entry.spec, paused=paused)
             # Resuming starts the schedule afresh: ticks due while paused are not owed.
-            self._store.put(JOBS, job_id, {"spec": spec.to_wire(), "since": wall_ms})
+            self._store.put(JOBS, job_id, JobEntry(spec, wall_ms, entry.code).to_wire())
             self._load_job(job_id)
         return self._records.jobs[job_id].spec
 

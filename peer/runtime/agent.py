@@ -279,6 +279,7 @@ class Agent:
         finally:
             self._nursery = None
             self.close()
+            await self.executor.aclose()  # the asyncio jobs' loop thread, if one was started
 
     def close(self) -> None:
         """Release the sockets (``run()`` does this when it ends)."""
@@ -327,6 +328,12 @@ class Agent:
         changed = self.scheduler.add_job(self.core.wall_ms(), spec)
         await self._flush()
         return changed
+
+    def declare_job(self, spec: JobSpec) -> None:
+        """A job declared in code (``peer.jobs.declared``): the scheduler
+        applies it once settled, and the timer loop sends what it writes."""
+        self.scheduler.declare(self.core.wall_ms(), spec)
+        self._rearm.set()
 
     async def remove_job(self, job_id: str) -> bool:
         removed = self.scheduler.remove_job(job_id)
