@@ -191,5 +191,7 @@ async def result(run_id: str, wait: float = Query(0.0, ge=0, le=60)) -> JSONResp
 @app.get("/health")
 async def health() -> JSONResponse:
     """200 once this replica's node is ready (joined and caught up), else 503: a readiness probe."""
-    members = {member.name: member.status for member in node.members()} if node.running else {}
-    return JSONResponse({"node": NAME, "ready": node.ready, "members": members}, status_code=200 if node.ready else 503)
+    running = node.running  # False while shutting down: the node has left
+    ready = running and node.ready
+    members = {member.name: member.status for member in node.members()} if running else {}
+    return JSONResponse({"node": NAME, "ready": ready, "members": members}, status_code=200 if ready else 503)
