@@ -1,4 +1,4 @@
-"""Embedding peer in a trio program: ``async with peer.Node(...) as node``.
+"""Embedding peer in a trio or asyncio program: ``async with peer.Node(...) as node``.
 
 Theory of operation
 -------------------
@@ -33,7 +33,11 @@ layer adds is what a program needs to hold a node in its own process:
   poll this node's copy (which every node holds), so a run submitted on one
   node can be awaited on any other.
 
-A node is used from the trio thread it runs in. It never prints; it logs
+Under asyncio the same class runs the node as a trio guest run on the
+program's loop (``peer.control.asyncio_host`` has the how and the costs):
+every ``async def`` method is marked ``@bridged``, which runs it as it is
+from trio and as a trio task of the guest run from asyncio. A new ``async
+def`` method must be marked too. A node is used from the thread its loop runs in. It never prints; it logs
 through ``logging`` (``peer.control.node``, ``peer.agent``, ``peer.jobs.scheduler``...),
 and leaves configuring handlers to the program.
 """
@@ -52,12 +56,14 @@ import attrs
 import trio
 
 from membership.state import Status
+from peer.control.asyncio_host import GuestRun, bridged
 from peer.control.server import HttpControlPlane
 from peer.core.replication import ReplicationConfig
 from peer.jobs.definition import JobError, JobSpec, parse_job
 from peer.jobs.runs import RunRecord, RunState
 from peer.jobs.scheduler import JobEntry, Role, Scheduler, SchedulerConfig
 from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget, Target
+from peer.runtime import aio
 from peer.runtime.addresses import format_address
 from peer.runtime.agent import API_DRAIN_SECONDS, MAX_RESULT_BYTES, RUN_WAIT_RECHECK, Agent
 from peer.runtime.exceptions import leaf_exceptions
@@ -296,7 +302,8 @@ class Node:
         self._agent: Agent | None = None
         self._stopped = trio.Event()
         self._agent_scope: trio.CancelScope | None = None
-        self._lifetime: contextlib.AbstractAsyncContextManager[None] | None = None
+        self._lifetime: contextlib.AbstractAsyncContextManager[Any] | None = None
+        self._guest: GuestRun | None = None  # entered from asyncio: the trio guest run
 
     def __repr__(self) -> str:
         state = "running" if self._agent is not None else "stopped"
@@ -364,13 +371,17 @@ class Node:
     async def __aenter__(self) -> Self:
         if self._lifetime is not None:
             raise RuntimeError(f"node {self.name!r} is already running")
-        lifetime = self._life()
+        lifetime: contextlib.AbstractAsyncContextManager[Any]
+        if aio.running_asyncio():
+            lifetime = self._guest = GuestRun(self, self._life)
+        else:
+            lifetime = self._life()
         self._lifetime = lifetime
         try:
             await lifetime.__aenter__()
             return self
         except BaseException:
-            self._lifetime = None
+            self._lifetime = self._guest = None
             raise
 
     async def __aexit__(self, *exc_info: object) -> bool | None:
@@ -379,7 +390,7 @@ class Node:
         try:
             return await lifetime.__aexit__(*exc_info)  # type: ignore[arg-type]
         finally:
-            self._lifetime = None
+            self._lifetime = self._guest = None
 
     @contextlib.asynccontextmanager
     async def _life(self) -> AsyncIterator[None]:
@@ -454,6 +465,7 @@ class Node:
             if self._agent_scope is not None:
                 self._agent_scope.cancel()
 
+    @bridged
     async def leave(self) -> None:
         """Leave the cluster gracefully now (what exiting the ``async with``
         does); the node is stopped once it returns."""
@@ -495,6 +507,7 @@ class Node:
         agent = self._require()
         return agent.ready
 
+    @bridged
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until ``ready``; ``TimeoutError`` after ``timeout`` seconds."""
         await self._poll(lambda: self.ready, timeout, lambda: TimeoutError(f"node {self.name} not ready within {timeout:g} s"))
@@ -522,6 +535,7 @@ class Node:
 
     # -- jobs ---------------------------------------------------------------------------------
 
+    @bridged
     async def schedule(
         self,
         job_id: str,
@@ -556,6 +570,7 @@ class Node:
         await self._settled()
         return await agent.define_job(spec)
 
+    @bridged
     async def remove_job(self, job_id: str) -> bool:
         """Remove a job, cluster-wide; False if there was none. Its runs'
         records stay readable until they expire."""
@@ -563,10 +578,12 @@ class Node:
         await self._settled()
         return await agent.remove_job(job_id)
 
+    @bridged
     async def pause_job(self, job_id: str) -> JobSpec:
         """Stop a job's ticks (a running run carries on); ``UnknownJob``."""
         return await self._pause(job_id, True)
 
+    @bridged
     async def resume_job(self, job_id: str) -> JobSpec:
         """Start a paused job's ticks again, from now (ticks due while it was
         paused are not owed); ``UnknownJob``."""
@@ -591,6 +608,7 @@ class Node:
 
     # -- runs ---------------------------------------------------------------------------------
 
+    @bridged
     async def submit(self, target: Callable[..., Any] | str | Target, /, **kwargs: Any) -> str:
         """Run ``target`` once, now, somewhere in the cluster; the run id.
         ``kwargs`` are the function's arguments (plain data: str, int,
@@ -600,6 +618,7 @@ class Node:
         the cluster's pending runs are at ``max_pending_runs``: try later."""
         return await self._submit(target, kwargs, {}, "submit()")
 
+    @bridged
     async def submit_with(
         self,
         target: Callable[..., Any] | str | Target,
@@ -628,6 +647,7 @@ class Node:
         spec = parse_job(_with_tags_as_list({**fields, **keys, "id": job_id}), where=where)
         return await self._require().submit(spec)
 
+    @bridged
     async def trigger(self, job_id: str, /, **kwargs: Any) -> str:
         """Run a defined job once, now, as defined (``kwargs``, for a call
         target, merged over its own); the run id. ``UnknownJob``."""
@@ -669,6 +689,7 @@ class Node:
         records.sort(key=lambda record: (-(record.created or record.tick or 0), record.id))
         return records if limit is None else records[:limit]
 
+    @bridged
     async def result(self, run_id: str, *, timeout: float | None = None) -> Any:
         """Wait until the run has finished and give its result (what the
         function returned, as plain data: tuples come back as lists).
@@ -682,6 +703,7 @@ class Node:
             return record.result
         raise RunFailed(record)
 
+    @bridged
     async def wait(self, run_id: str, *, timeout: float | None = None) -> RunRecord:
         """Wait until the run has finished, however it went; its record.
         ``TimeoutError``, ``UnknownRun`` as ``result``."""
@@ -706,6 +728,7 @@ class Node:
         ``interval`` seconds anyway); ends after the finished one."""
         return _Watch(self, run_id, interval)
 
+    @bridged
     async def send(self, run_id: str, data: Any) -> None:
         """Send ``data`` (plain data) to a run, on whichever node runs it or
         will: a function reads it with ``await run.next_update()`` (async)
@@ -759,7 +782,8 @@ class Node:
         if clash:
             raise TypeError(f"{where} got an unexpected keyword argument {clash[0]!r} (the target is an argument of its own)")
         if isinstance(target, CallTarget):
-            return {"call": target.function, "kwargs": {**target.kwargs, **(kwargs or {})}}
+            keys = {"call": target.function, "kwargs": {**target.kwargs, **(kwargs or {})}}
+            return keys if target.runtime == "auto" else {**keys, "runtime": target.runtime}
         if isinstance(target, (CommandTarget, HttpTarget)):
             if kwargs:
                 raise JobError(where, "only a call target takes kwargs", field="kwargs")
@@ -807,6 +831,11 @@ class _Watch:
     def __aiter__(self) -> _Watch:
         return self
 
+    @property
+    def _guest(self) -> GuestRun | None:
+        return self._node._guest
+
+    @bridged
     async def __anext__(self) -> RunRecord:
         if self._done:
             raise StopAsyncIteration

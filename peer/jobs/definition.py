@@ -17,6 +17,9 @@ the same keys as a JSON object (where ``null`` means "not given")::
                                     # (no colon) registered with an embedding peer.Node
     kwargs = { region = "eu" }      # only with call: plain data (str, int, float,
                                     # bool, lists, tables with string keys)
+    runtime = "auto"                # only with call: where an async def function runs:
+                                    # auto (by what its code uses; see peer.runtime.aio)
+                                    # | trio | asyncio
     # command = ["backup", "--fast"]  # a list, or a string split like a shell would
     #                                 # (shlex); with shell = true the string is
     #                                 # given to the shell as it is
@@ -46,7 +49,11 @@ the job, the key and the reason, on one line.
 
 A ``JobSpec`` travels between nodes as ``to_wire()``, a plain msgpack-able
 dict (with a format version ``"v"``) of at most 64 KiB; ``from_wire`` checks
-everything again, since the peer that wrote it may run another version.
+everything again, since the peer that wrote it may run another version. A call
+target's ``runtime`` is on the wire only when it is not ``"auto"``: a
+definition without it reads the same on every version, and one that needs
+``asyncio`` is refused by a node too old to run it that way (rather than run
+on the wrong loop).
 """
 
 from __future__ import annotations
@@ -64,7 +71,7 @@ import attrs
 import msgpack
 
 from peer.jobs.cron import Schedule, check_timezone, parse_duration, parse_schedule
-from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget, Target
+from peer.jobs.targets import RUNTIMES, CallTarget, CommandTarget, HttpTarget, Target
 
 __all__ = [
     "HTTP_METHODS",
@@ -427,7 +434,10 @@ _WIRE_TARGET_KEYS = {
 
 def _target_to_wire(target: Target) -> dict[str, Any]:
     if isinstance(target, CallTarget):
-        return {"kind": "call", "function": target.function, "kwargs": _copy_plain(dict(target.kwargs))}
+        wire = {"kind": "call", "function": target.function, "kwargs": _copy_plain(dict(target.kwargs))}
+        if target.runtime != "auto":
+            wire["runtime"] = target.runtime  # absent for auto: what every version reads
+        return wire
     if isinstance(target, CommandTarget):
         return {
             "kind": "command",
@@ -460,12 +470,19 @@ def _target_from_wire(data: Any) -> Target:
     if not isinstance(data, dict) or not isinstance(data.get("kind"), str) or data["kind"] not in _WIRE_TARGET_KEYS:
         raise _FieldError("target", "expected a map with kind call, command or http")
     kind = data["kind"]
+    if kind == "call" and "runtime" in data:
+        runtime = data["runtime"]
+        if runtime == "auto":
+            raise _FieldError("runtime", "auto is written by leaving runtime out")  # one wire form per spec
+        data = {key: value for key, value in data.items() if key != "runtime"}
+    else:
+        runtime = "auto"
     _wire_keys(data, _WIRE_TARGET_KEYS[kind], "target")
     if kind == "call":
         if not isinstance(data["kwargs"], dict):
             raise _FieldError("kwargs", "expected a map")
         _check_plain(data["kwargs"], "kwargs")
-        return CallTarget(function=data["function"], kwargs=_copy_plain(data["kwargs"]))
+        return CallTarget(function=data["function"], kwargs=_copy_plain(data["kwargs"]), runtime=runtime)
     if kind == "command":
         if not isinstance(data["argv"], list):
             raise _FieldError("command", "expected a list of strings")
@@ -524,11 +541,11 @@ def _from_wire(data: Any) -> JobSpec:
 
 _TARGET_KEYS = ("call", "command", "http")
 _USER_KEYS = (
-    "id", "schedule", "timezone", "mode", "call", "kwargs", "command", "shell", "env", "cwd", "http",
+    "id", "schedule", "timezone", "mode", "call", "kwargs", "runtime", "command", "shell", "env", "cwd", "http",
     "timeout", "retries", "backoff", "backoff_max", "overlap", "misfire", "grace", "result_ttl",
     "tags", "paused",
 )  # fmt: skip
-_ONLY_WITH = {"kwargs": "call", "shell": "command", "env": "command", "cwd": "command"}
+_ONLY_WITH = {"kwargs": "call", "runtime": "call", "shell": "command", "env": "command", "cwd": "command"}
 _HTTP_KEYS = ("url", "method", "headers", "body")
 
 
@@ -577,7 +594,9 @@ def _user_target(data: Mapping[str, Any]) -> Target:
         if not isinstance(kwargs, dict):
             raise _FieldError("kwargs", f"expected a table, got {_describe(kwargs)}")
         _check_plain(kwargs, "kwargs")
-        return CallTarget(function=_user_string(data["call"], "call"), kwargs=_copy_plain(kwargs))
+        runtime = _user_string(data.get("runtime", "auto"), "runtime")
+        _check_choice(runtime, "runtime", RUNTIMES)
+        return CallTarget(function=_user_string(data["call"], "call"), kwargs=_copy_plain(kwargs), runtime=runtime)
     if kind == "command":
         shell = _user_bool(data.get("shell", False), "shell")
         command = data["command"]

@@ -29,14 +29,22 @@ def _strings(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
 
 
+# Which event loop an ``async def`` call target runs on (``CallTarget.runtime``).
+RUNTIMES = ("auto", "trio", "asyncio")
+
+
 @attrs.frozen
 class CallTarget:
     """``package.module:function``, or a name registered with an embedding
-    ``peer.Node``. Sync functions run in a worker thread, async ones on trio;
-    a function with a parameter named ``run`` is given the run's context."""
+    ``peer.Node``. Sync functions run in a worker thread; coroutine functions
+    on trio or on asyncio, as ``runtime`` says: ``"auto"`` (what the
+    function's code refers to decides, see ``peer.runtime.aio``),
+    ``"trio"`` or ``"asyncio"``. A function with a parameter named ``run`` is
+    given the run's context."""
 
     function: str
     kwargs: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
+    runtime: str = "auto"
 
 
 @attrs.frozen

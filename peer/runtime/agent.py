@@ -279,6 +279,7 @@ class Agent:
         finally:
             self._nursery = None
             self.close()
+            await self.executor.aclose()  # the asyncio jobs' loop thread, if one was started
 
     def close(self) -> None:
         """Release the sockets (``run()`` does this when it ends)."""

@@ -13,7 +13,12 @@ Three kinds of target (``peer.jobs.targets``):
 
 - ``CallTarget``: ``package.module:function`` (imported once, in a worker
   thread so a slow import does not stall the node's heartbeats) or a name
-  registered by an embedding program. Coroutine functions run on trio; plain
+  registered by an embedding program. Coroutine functions run on trio, or on
+  asyncio when the target's ``runtime`` says so or, with ``"auto"``, when
+  their code refers to asyncio or an asyncio-only library (``peer.runtime.aio``
+  has the rule, the loop they run on and how they are cancelled: in the
+  agent, an asyncio loop of the executor's own in one thread; in an
+  asyncio-embedded node, the program's loop); plain
   functions run in a worker thread that is abandoned on cancellation (Python
   cannot kill a thread; the run ends at once and the thread's eventual result
   is dropped). Worker threads come from a pool of at most ``max_threads``
@@ -48,6 +53,7 @@ leaves back-pressure to the sender's channel instead of dropping updates.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import email.message
 import errno
@@ -76,6 +82,7 @@ import trio
 
 from crdt.values import Fault, NotReplicable, replicated_form
 from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget, Target, TargetPolicy
+from peer.runtime import aio
 from peer.runtime.exceptions import leaf_exceptions
 
 log = logging.getLogger(__name__)
@@ -128,10 +135,10 @@ class RunContext:
     """What a running job can see of its run: given to a callable that has a
     parameter named ``run``, and used by the executor for commands.
 
-    ``progress`` can be called from the trio thread or from any other
-    thread. Updates (``peer send RUN DATA``) are read with ``await
-    next_update()`` in async code, ``get_update()`` in a worker thread, or
-    ``updates_nowait()`` from either. Once no more updates can arrive -- the
+    ``progress`` can be called from the trio thread, an asyncio task or any
+    other thread. Updates (``peer send RUN DATA``) are read with ``await
+    next_update()`` in async code (trio or asyncio), ``get_update()`` in a
+    worker thread, or ``updates_nowait()`` from any. Once no more updates can arrive -- the
     sender closed the channel, or the run is over (a sync function still
     running in an abandoned thread after a timeout) -- the blocking readers
     raise ``trio.EndOfChannel``, so such a thread can unwind.
@@ -159,6 +166,8 @@ class RunContext:
         self._closed = False  # the run is over: progress is dropped
         self._arrived = trio.Event()
         self._space = trio.Event()
+        # asyncio tasks waiting in next_update: their loop and future.
+        self._asyncio_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     def __repr__(self) -> str:
         return f"RunContext(run_id={self.run_id!r}, attempt={self.attempt})"
@@ -168,8 +177,16 @@ class RunContext:
         the result size limit); otherwise ``ValueError`` here, in the job,
         rather than a surprise later. Dropped once the run is over."""
         value = _replicable(value, self._max_progress_bytes, "progress value", ValueError)
-        if self._on_trio_thread():
+        if self._in_trio_task():
             self._deliver_progress(value)
+            return
+        if aio.running_asyncio():
+            # An asyncio task must not block its loop on trio: queued, in
+            # order, ahead of the task's own end (which comes the same way).
+            try:
+                self._token.run_sync_soon(self._deliver_progress, value)
+            except trio.RunFinishedError:
+                pass
             return
         try:
             # With an explicit token the call runs as a system task, so it
@@ -179,8 +196,10 @@ class RunContext:
             pass
 
     async def next_update(self) -> Any:
-        """Wait for the next update sent to this run (async functions).
-        Raises ``trio.EndOfChannel`` when no more can arrive."""
+        """Wait for the next update sent to this run (async functions, on
+        trio or asyncio). Raises ``trio.EndOfChannel`` when no more can arrive."""
+        if aio.running_asyncio():
+            return await self._next_update_asyncio()
         while True:
             with self._lock:
                 if self._pending:
@@ -195,13 +214,35 @@ class RunContext:
             self._free_space()
         return value
 
+    async def _next_update_asyncio(self) -> Any:
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._lock:
+                if self._pending:
+                    was_full = len(self._pending) >= MAX_PENDING_UPDATES
+                    value = self._pending.popleft()
+                    break
+                if self._ended:
+                    raise trio.EndOfChannel("no more updates for this run")
+                waiter = (loop, loop.create_future())
+                self._asyncio_waiters.append(waiter)
+            try:
+                await waiter[1]
+            finally:
+                with self._lock:
+                    if waiter in self._asyncio_waiters:
+                        self._asyncio_waiters.remove(waiter)
+        if was_full:
+            self._free_space_from_thread()
+        return value
+
     def get_update(self, timeout: float | None = None) -> Any:
         """Block for the next update (sync functions, in their worker
         thread). Raises ``TimeoutError`` when none arrives within
         ``timeout`` seconds (``None``: wait as long as it takes), and
         ``trio.EndOfChannel`` when no more can arrive. Never call it on the
         trio thread: it would block the node (``RuntimeError``)."""
-        if self._on_trio_thread():
+        if self._in_trio_task() or aio.running_asyncio():
             raise RuntimeError("get_update() blocks; in async code use `await run.next_update()`")
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
@@ -226,7 +267,7 @@ class RunContext:
             values = list(self._pending)
             self._pending.clear()
         if was_full:
-            if self._on_trio_thread():
+            if self._in_trio_task():
                 self._free_space()
             else:
                 self._free_space_from_thread()
@@ -269,6 +310,13 @@ class RunContext:
     def _wake_tasks(self) -> None:
         self._arrived.set()
         self._arrived = trio.Event()
+        with self._lock:
+            waiters, self._asyncio_waiters = self._asyncio_waiters, []
+        for loop, future in waiters:
+            try:
+                loop.call_soon_threadsafe(_wake, future)
+            except RuntimeError:  # its loop has closed: nobody waits
+                pass
 
     def _free_space(self) -> None:
         self._space.set()
@@ -284,11 +332,21 @@ class RunContext:
         if not self._closed:
             self._report(value)
 
-    def _on_trio_thread(self) -> bool:
+    def _in_trio_task(self) -> bool:
+        """In a task of this run's trio run. Not an asyncio task of a guest
+        run's host loop, which has the same thread and trio token."""
         try:
-            return trio.lowlevel.current_trio_token() is self._token
+            if trio.lowlevel.current_trio_token() is not self._token:
+                return False
+            trio.lowlevel.current_task()
         except RuntimeError:
             return False
+        return True
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 @attrs.frozen
@@ -297,6 +355,7 @@ class _Resolved:
     is_async: bool
     wants_run: bool
     signature: inspect.Signature | None
+    needs: str | None = None  # for a coroutine function: what its code needs (aio.detect)
 
 
 class Executor:
@@ -312,6 +371,12 @@ class Executor:
     run: a target outside it fails its run, saying which setting refused
     it, without running anything. ``max_threads`` bounds the worker threads
     of sync functions (the agent passes its ``max_running_runs``).
+
+    ``host_loop``: where asyncio coroutines run; None (the default) is an
+    asyncio loop of the executor's own, in one thread started on the first
+    asyncio run and stopped by ``aclose`` (the agent calls it as it stops).
+    An asyncio-embedded ``peer.Node`` sets it to the program's loop while it
+    runs, which also makes asyncio the default for undecided coroutines.
     """
 
     def __init__(
@@ -333,6 +398,8 @@ class Executor:
         self.http_timeout = http_timeout
         self._resolved: dict[str, _Resolved] = {}
         self._limiter: trio.CapacityLimiter | None = None
+        self.host_loop: aio.HostLoop | None = None
+        self._loop_thread = aio.LoopThread()
         for name, function in (functions or {}).items():
             self.register(name, function)
 
@@ -344,6 +411,19 @@ class Executor:
         if not callable(function):
             raise TypeError(f"{name!r}: {function!r} is not callable")
         self._resolved[name] = _describe_callable(function)
+
+    @property
+    def native_runtime(self) -> str:
+        """Where an undecided coroutine runs: the node's own loop."""
+        return "trio" if self.host_loop is None else "asyncio"
+
+    async def aclose(self) -> None:
+        """Stop the asyncio loop thread, if one was started (its tasks are
+        cancelled and given ``aio.STOP_TIMEOUT`` to unwind). The executor
+        stays usable: a later asyncio run starts a new one."""
+        if self._loop_thread.running:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._loop_thread.close)
 
     async def run(
         self,
@@ -418,9 +498,11 @@ class Executor:
                 resolved.signature.bind(**kwargs)
             except TypeError as error:
                 raise _Failure(f"bad arguments for {target.function!r}: {error}") from None
+        runtime = "trio"
         try:
             if resolved.is_async:
-                value = await resolved.function(**kwargs)
+                runtime = target.runtime if target.runtime != "auto" else resolved.needs or self.native_runtime
+                value = await self._coroutine(runtime, functools.partial(resolved.function, **kwargs))
             else:
                 # Wrapped in a list, because trio refuses a coroutine returned from a thread.
                 [value] = await trio.to_thread.run_sync(
@@ -429,12 +511,25 @@ class Executor:
                     limiter=self._threads(),
                 )
                 if inspect.iscoroutine(value):
-                    # An async function behind a plain decorator: finish it on trio.
-                    value = await value
+                    # An async function behind a plain decorator: finish it where it needs.
+                    runtime = aio.choose(target.runtime, value, self.native_runtime)
+                    value = await self._coroutine(runtime, functools.partial(_given, value))
         # SystemExit too: a job's sys.exit() must not end the node.
         except (Exception, SystemExit) as error:  # noqa: BLE001 - every job failure is an outcome
-            raise _Failure(_describe_exception(error)) from None
+            described = _describe_exception(error)
+            advice = aio.hint(error, runtime)
+            if advice is not None:
+                headline, _, tail = described.partition("\n")
+                described = _bounded(headline, f"{advice}\n{tail}".rstrip())
+            raise _Failure(described) from None
         return _replicable(value, self.max_result_bytes, "result", _Failure)
+
+    async def _coroutine(self, runtime: str, factory: Callable[[], Any]) -> Any:
+        """Await the coroutine ``factory()`` makes, on trio or as an asyncio task."""
+        if runtime == "trio":
+            return await factory()
+        host = self.host_loop or self._loop_thread.get()
+        return await aio.run_coroutine(host, factory)
 
     async def _resolve(self, name: str) -> _Resolved:
         resolved = self._resolved.get(name)
@@ -590,7 +685,12 @@ def _describe_callable(function: Callable[..., Any]) -> _Resolved:
     )
     # An object whose __call__ is async counts as async too.
     is_async = inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(type(function).__call__)
-    return _Resolved(function=function, is_async=is_async, wants_run=wants_run, signature=signature)
+    needs = aio.detect(function) if is_async else None
+    return _Resolved(function=function, is_async=is_async, wants_run=wants_run, signature=signature, needs=needs)
+
+
+def _given(value: Any) -> Any:
+    return value
 
 
 def _in_a_list(function: Callable[[], Any]) -> list[Any]:

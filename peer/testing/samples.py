@@ -8,6 +8,7 @@ function with a ``run`` parameter is given the run's ``RunContext``;
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import sys
@@ -15,6 +16,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import sniffio
 import trio
 
 if TYPE_CHECKING:
@@ -36,6 +38,36 @@ async def async_sleep(seconds: float, result: Any = None) -> Any:
     """Sleep on trio for ``seconds``, then return ``result``."""
     await trio.sleep(seconds)
     return result
+
+
+async def asyncio_report(run: RunContext, steps: int = 3, delay: float = 0.05, updates: int = 0) -> dict[str, Any]:
+    """An asyncio coroutine (``runtime = "auto"`` finds it: it uses
+    ``asyncio.sleep``): ``steps`` sleeps of ``delay`` s, reporting
+    ``{"step": n, "of": steps}`` after each, then ``updates`` updates read;
+    returns them, the async library it ran under and its thread's name."""
+    for step in range(steps):
+        await asyncio.sleep(delay)
+        run.progress({"step": step + 1, "of": steps})
+    received = [await run.next_update() for _ in range(updates)]
+    return {
+        "steps": steps,
+        "updates": received,
+        "library": sniffio.current_async_library(),
+        "thread": threading.current_thread().name,
+    }
+
+
+async def asyncio_sleep(seconds: float, path: str | None = None) -> str:
+    """``asyncio.sleep(seconds)``; if cancelled first (a timeout), appends
+    ``cancelled`` to the file ``path``, so a test sees the task unwind."""
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        if path is not None:
+            with open(path, "a") as file:
+                file.write("cancelled\n")
+        raise
+    return "slept"
 
 
 def fail(message: str = "failed on purpose") -> NoReturn:

@@ -1,0 +1,370 @@
+"""A ``peer.Node`` in an asyncio program: the node as a trio guest run.
+
+Theory of operation
+-------------------
+The node is a trio program (the agent, its transport, the scheduler's
+timers), and an asyncio program holds it with the same ``async with
+peer.Node(...) as node`` as a trio program does: ``Node.__aenter__`` sees
+asyncio (``sniffio``) and starts the node as a trio *guest run* on the
+program's own loop (``trio.lowlevel.start_guest_run``): trio's scheduler
+runs in callbacks of the asyncio loop (``call_soon`` /
+``call_soon_threadsafe``), on the program's thread, and trio's own I/O wait
+(epoll) runs in a helper thread that hands each batch of events back to
+the loop. Every node method is then awaitable from asyncio code.
+
+Why a guest run rather than the node in a thread of its own (a second event
+loop): one thread means one place for everything. Job functions written
+for asyncio run as tasks on the program's loop (``peer.runtime.aio``:
+``HostLoop``), so they use the program's connection pools, locks and
+queues, which belong to that loop and could not be touched from another
+thread; the sync methods (``members``, ``jobs``, ``run``...) read the
+node's state directly, with no lock, because nothing else runs while they
+do; and no second thread holds a copy of the program's state. What it
+costs:
+
+- The node shares the program's thread. A coroutine that blocks the loop
+  (CPU work, a sync call) delays the node too: heartbeats, probe answers and
+  job starts wait for the loop, and a block longer than the membership
+  timeouts gets the node suspected, as a stalled ``peer agent`` would be.
+  Sync job functions still run in worker threads, never on the loop.
+- Each time trio waits for I/O or a timer, one hop to the helper thread and
+  one back (``call_soon_threadsafe``): tens of microseconds, paid by the
+  node's own work (``bench/asyncio_bridge.py`` measures a submit + result
+  round trip against the same from a trio program).
+- Each call of an ``async def`` node method from asyncio is a trio task
+  (``GuestRun.call``): handed to trio through its token, its outcome set on
+  an asyncio future; one wake-up of trio per call.
+
+How calls cross, and how cancellation goes each way:
+
+- asyncio -> trio: ``@bridged`` (applied in ``node.py`` to every ``async
+  def`` method of ``Node`` and to ``watch``'s ``__anext__``) runs the method
+  as it is when called from trio, and from an asyncio task hands it to
+  ``GuestRun.call``: a trio task in the guest's calls nursery, in a cancel
+  scope of its own. Cancelling the asyncio caller cancels that scope; the
+  caller's ``CancelledError`` goes on once the trio side has unwound (up
+  to ``CALL_UNWIND`` seconds). Exceptions come out as themselves
+  (``RunFailed``, ``TimeoutError``...); a call cut short because the node
+  stopped is a ``RuntimeError`` saying so.
+- trio -> asyncio: asyncio job functions (``peer.runtime.aio.run_coroutine``):
+  an asyncio task on this loop, created in a copy of the context the
+  program entered the node in (not the trio task's: ``sniffio``, anyio and
+  httpx inside it must see asyncio, and the program's context variables
+  carry over); trio's cancellation (timeout, lost claim) cancels the task.
+  ``RunContext.progress`` from such a task is queued to trio without
+  blocking, and ``await run.next_update()`` waits on an asyncio future.
+- Lifetime, as under trio. Leaving the block, however it ends (normally,
+  an exception, ``CancelledError``), hands that exit to the trio side, which
+  leaves gracefully (drain, leave gossip; bounded) and then finishes the
+  guest run; the body's exception then comes out as itself. The node's own
+  failure (``peer.JoinFailed``) cancels the task that entered the node (the
+  body sees ``CancelledError``), and the failure comes out of the ``async
+  with`` in place of that cancellation (which is taken back with
+  ``Task.uncancel``, so an enclosing ``asyncio.timeout`` is not confused).
+  Entering cannot be cancelled half-way, as under trio: a cancellation
+  during the join is delivered once the node runs, which then leaves.
+- Ctrl-C. Under ``asyncio.run`` the SIGINT handler is asyncio's (trio
+  installs its own only where none is): the first Ctrl-C cancels the main
+  task, so the body is cancelled and the node leaves gracefully (up to
+  about ``drain_timeout`` + 5 s). A second Ctrl-C makes ``asyncio.run``
+  raise ``KeyboardInterrupt`` and cancel the remaining tasks; the exit,
+  cancelled while leaving, stops the node where it is (as a second
+  interrupt does under trio) and waits up to ``STOP_GRACE`` seconds for the
+  guest run to end before the loop closes. Other members see it fail
+  rather than leave.
+
+The guest run is started with ``host_uses_signal_set_wakeup_fd=True``:
+asyncio owns ``signal.set_wakeup_fd`` (its ``add_signal_handler``, which
+uvicorn uses), and trio must not take it over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
+
+import trio
+
+from peer.runtime import aio
+from peer.runtime.exceptions import leaf_exceptions
+
+if TYPE_CHECKING:
+    from peer.control.node import Node
+
+log = logging.getLogger("peer.node")
+
+# After its asyncio caller is cancelled, how long a node call may take to unwind on trio.
+CALL_UNWIND = 5.0
+# A second cancellation while leaving stops the node at once; how long its trio side may then take.
+STOP_GRACE = 5.0
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _HasGuest(Protocol):
+    @property
+    def _guest(self) -> GuestRun | None: ...
+
+
+S = TypeVar("S", bound=_HasGuest)
+
+
+def bridged(method: Callable[Concatenate[S, P], Awaitable[R]]) -> Callable[Concatenate[S, P], Coroutine[Any, Any, R]]:
+    """Make an ``async def`` method of ``Node`` (or of an object with a
+    ``_guest`` property) awaitable from asyncio: from a trio task (a trio
+    program, or inside the guest run) it runs as it is; from an asyncio task
+    it runs as a trio task of the node's guest run (``GuestRun.call``)."""
+
+    @functools.wraps(method)
+    async def crossing(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        guest = self._guest
+        if guest is None or not aio.running_asyncio():
+            return await method(self, *args, **kwargs)
+        return await guest.call(functools.partial(method, self, *args, **kwargs))
+
+    return crossing
+
+
+class _Call:
+    """One node call from asyncio, while it runs on trio."""
+
+    __slots__ = ("cancelled", "done", "error", "function", "scope", "unwound", "value")
+
+    def __init__(self, function: Callable[[], Awaitable[Any]], done: asyncio.Future[None]) -> None:
+        self.function = function
+        self.done = done
+        self.unwound: asyncio.Future[None] | None = None
+        self.scope: trio.CancelScope | None = None
+        self.cancelled = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def settle(self) -> None:  # on the loop's thread, in a trio tick
+        for future in (self.done, self.unwound):
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    def cancel(self) -> None:  # a trio callback
+        self.cancelled = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+class GuestRun:
+    """The trio side of a node entered from asyncio, and the async context
+    manager ``Node`` uses as its lifetime there (in place of ``Node._life``)."""
+
+    def __init__(self, node: Node, lifetime: Callable[[], contextlib.AbstractAsyncContextManager[None]]) -> None:
+        self._node = node
+        self._lifetime = lifetime
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._host_task: asyncio.Task[Any] | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._calls: trio.Nursery | None = None
+        self._exit_request = trio.Event()
+        self._exit_info: tuple[type[BaseException] | None, BaseException | None, TracebackType | None] = (None, None, None)
+        self._ready: asyncio.Future[None] | None = None  # entered, or finished first
+        self._finished: asyncio.Future[None] | None = None
+        self._entered = False
+        self._outcome: tuple[bool, Any] | None = None  # (ok, value or exception) of the guest run
+        self._host_cancelled = False  # we cancelled the host task because the node failed
+        self._running = False
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    # -- the asyncio side ----------------------------------------------------------------
+
+    async def __aenter__(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        self._host_task = asyncio.current_task()
+        self._ready = loop.create_future()
+        self._finished = loop.create_future()
+        host = aio.HostLoop(loop, contextvars.copy_context())
+        trio.lowlevel.start_guest_run(
+            self._main,
+            host,
+            run_sync_soon_threadsafe=loop.call_soon_threadsafe,
+            run_sync_soon_not_threadsafe=loop.call_soon,
+            done_callback=self._done,
+            host_uses_signal_set_wakeup_fd=True,
+        )
+        self._running = True
+        cancelled: asyncio.CancelledError | None = None
+        while not self._ready.done():
+            try:
+                await asyncio.shield(self._ready)
+            except asyncio.CancelledError as error:
+                cancelled = error  # delivered once the node runs: entering is not cut half-way
+        if not self._entered:
+            self._result()  # the entry's error (BindError...)
+        if cancelled is not None:
+            await self.__aexit__(type(cancelled), cancelled, cancelled.__traceback__)
+            raise cancelled
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        assert self._finished is not None and self._token is not None
+        try:
+            self._token.run_sync_soon(self._request_exit, (exc_type, exc, tb))
+        except trio.RunFinishedError:
+            pass  # it has finished already (the node failed)
+        # Whether our own cancellation (for the node's failure) has reached the task.
+        delivered = isinstance(exc, asyncio.CancelledError)
+        stopping = False
+        while not self._finished.done():
+            try:
+                await asyncio.shield(self._finished)
+            except asyncio.CancelledError:
+                if self._host_cancelled and not delivered:
+                    delivered = True  # ours: the failure comes out below, in its place
+                    continue
+                if stopping:
+                    raise
+                # Cancelled while leaving (a second Ctrl-C): stop where it is.
+                stopping = True
+                log.warning("node %s: cancelled while leaving; stopping it now", self._node.name)
+                with contextlib.suppress(trio.RunFinishedError):
+                    self._token.run_sync_soon(self._stop_now)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._finished), STOP_GRACE)
+                raise
+        if self._host_cancelled:
+            if not delivered:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(0)  # take the pending cancellation, or it hits the program's next await
+            self._host_cancelled = False
+            if self._host_task is not None:
+                self._host_task.uncancel()
+        return bool(self._result())
+
+    async def call(self, function: Callable[[], Awaitable[R]]) -> R:
+        """Await ``function()`` as a trio task of the guest run, from an
+        asyncio task on its loop."""
+        if not self._running or self._token is None or self._loop is None:
+            raise RuntimeError(f"node {self._node.name!r} is not running: use `async with node:`")
+        call = _Call(function, self._loop.create_future())
+        try:
+            self._token.run_sync_soon(self._start_call, call)
+        except trio.RunFinishedError:
+            raise RuntimeError(f"node {self._node.name!r} has stopped") from None
+        try:
+            await call.done
+        except asyncio.CancelledError:
+            # Our caller is cancelled: so is the trio call, which then unwinds.
+            call.unwound = self._loop.create_future()
+            try:
+                self._token.run_sync_soon(call.cancel)
+            except trio.RunFinishedError:
+                raise
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(call.unwound, CALL_UNWIND)
+            raise
+        if call.error is not None:
+            raise call.error
+        return call.value
+
+    def _result(self) -> Any:
+        assert self._outcome is not None
+        ok, value = self._outcome
+        if ok:
+            return value
+        raise value
+
+    def _done(self, outcome: Any) -> None:  # trio's done_callback, on the loop's thread
+        self._running = False
+        try:
+            self._outcome = (True, outcome.unwrap())
+        except BaseException as error:  # noqa: BLE001 - handed to the asyncio side
+            self._outcome = (False, error)
+        for future in (self._ready, self._finished):
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    # -- the trio side ---------------------------------------------------------------------
+
+    async def _main(self, host: aio.HostLoop) -> Any:
+        self._token = trio.lowlevel.current_trio_token()
+        executor = self._node.executor
+        previous, executor.host_loop = executor.host_loop, host
+        try:
+            async with trio.open_nursery() as calls:
+                self._calls = calls
+                result = await self._live()
+                calls.cancel_scope.cancel()  # what is still running was cut by the node's stop
+            return result
+        except BaseExceptionGroup as group:
+            leaves = leaf_exceptions(group)
+            if len(leaves) != 1:
+                raise
+            failure = leaves[0]
+        finally:
+            executor.host_loop = previous
+        raise failure
+
+    async def _live(self) -> Any:
+        lifetime = self._lifetime()
+        await lifetime.__aenter__()
+        self._entered = True
+        assert self._ready is not None
+        self._ready.set_result(None)
+        try:
+            await self._exit_request.wait()
+            exc_info = self._exit_info
+        except BaseException as error:  # noqa: BLE001 - the node failed (its nursery cancels us), or trio's KeyboardInterrupt
+            self._cancel_host()
+            exc_info = (type(error), error, error.__traceback__)
+        return await lifetime.__aexit__(*exc_info)
+
+    def _cancel_host(self) -> None:
+        task = self._host_task
+        if task is not None and not task.done() and not self._exit_request.is_set():
+            self._host_cancelled = True
+            task.cancel()
+
+    def _request_exit(
+        self, exc_info: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+    ) -> None:
+        if not self._exit_request.is_set():
+            self._exit_info = exc_info
+            self._exit_request.set()
+
+    def _stop_now(self) -> None:
+        scope = self._node._agent_scope
+        if scope is not None:
+            scope.cancel()
+
+    def _start_call(self, call: _Call) -> None:
+        try:
+            assert self._calls is not None
+            self._calls.start_soon(self._run_call, call)
+        except RuntimeError:  # the calls nursery has closed: the node is stopping
+            call.error = RuntimeError(f"node {self._node.name!r} has stopped")
+            call.settle()
+
+    async def _run_call(self, call: _Call) -> None:
+        try:
+            with trio.CancelScope() as scope:
+                call.scope = scope
+                if call.cancelled:
+                    scope.cancel()
+                try:
+                    call.value = await call.function()
+                except trio.Cancelled:
+                    raise
+                except BaseException as error:  # noqa: BLE001 - raised on the asyncio side
+                    call.error = error
+        except trio.Cancelled:
+            call.error = RuntimeError(f"node {self._node.name!r} stopped while the call was running")
+            raise
+        finally:
+            call.settle()
