@@ -668,3 +668,46 @@ async def test_sync_functions_share_a_bounded_pool_of_threads() -> None:
     assert [o.ok for o in outcomes] == [True] * 5 and inside[1] == 2
     with pytest.raises(ValueError, match="max_threads is at least 1"):
         Executor(max_threads=0)
+
+
+# -- asyncio coroutines (runtime) ------------------------------------------------------
+
+
+async def test_asyncio_coroutine_runs_on_the_executors_loop_with_progress_and_updates() -> None:
+    ex = executor()
+    try:
+        outcome, progress = await execute(
+            CallTarget("peer.testing.samples:asyncio_report", {"steps": 2, "delay": 0.01, "updates": 2}),
+            executor=ex, updates=("one", "two"),
+        )  # fmt: skip
+        assert outcome.ok, outcome.error
+        assert outcome.result == {"steps": 2, "updates": ["one", "two"], "library": "asyncio", "thread": "peer-asyncio"}
+        assert progress == [{"step": 1, "of": 2}, {"step": 2, "of": 2}]
+    finally:
+        await ex.aclose()
+
+
+async def test_asyncio_coroutine_is_cancelled_on_timeout_and_unwinds(tmp_path: Any) -> None:
+    ex = executor()
+    marker = tmp_path / "cancelled"
+    try:
+        outcome, _ = await execute(
+            CallTarget("peer.testing.samples:asyncio_sleep", {"seconds": 30, "path": str(marker)}), executor=ex, timeout=0.2
+        )
+        assert outcome.timed_out and not outcome.ok
+        assert marker.read_text() == "cancelled\n"  # the task saw CancelledError before the run ended
+    finally:
+        await ex.aclose()
+
+
+async def test_wrong_runtime_fails_with_a_hint() -> None:
+    outcome, _ = await execute(CallTarget("peer.testing.samples:asyncio_sleep", {"seconds": 0.01}, runtime="trio"))
+    assert not outcome.ok and outcome.error is not None
+    assert outcome.error.startswith("RuntimeError: no running event loop\nhint:")
+    assert 'set runtime = "asyncio"' in outcome.error
+    ex = executor()
+    try:
+        outcome, _ = await execute(CallTarget("peer.testing.samples:async_sleep", {"seconds": 0.01}, runtime="asyncio"), executor=ex)
+        assert not outcome.ok and 'set runtime = "trio"' in (outcome.error or "")
+    finally:
+        await ex.aclose()

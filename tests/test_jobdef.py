@@ -525,3 +525,34 @@ def test_load_jobs_file_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_bytes(b'[[job]]\nid = "\xff"\n')
     with pytest.raises(JobError, match="not valid TOML"):
         load_jobs_file(str(tmp_path / "bad.toml"))
+
+
+# -- runtime (where an async def call runs) ---------------------------------------------------
+
+
+def test_runtime_key_is_parsed_checked_and_only_for_call() -> None:
+    spec = parse_job({"id": "a", "call": "m:f", "runtime": "asyncio"}, where="t")
+    assert spec.target == CallTarget("m:f", runtime="asyncio")
+    assert parse_job({"id": "a", "call": "m:f"}, where="t").target.runtime == "auto"  # type: ignore[union-attr]
+    with pytest.raises(JobError, match="runtime: 'curio' is not one of auto, trio, asyncio"):
+        parse_job({"id": "a", "call": "m:f", "runtime": "curio"}, where="t")
+    with pytest.raises(JobError, match="runtime: only used with 'call'"):
+        parse_job({"id": "a", "command": "true", "runtime": "asyncio"}, where="t")
+    with pytest.raises(JobError, match="runtime"):
+        JobSpec(id="a", target=CallTarget("m:f", runtime="gevent"), schedule=None)
+
+
+def test_runtime_travels_on_the_wire_only_when_not_auto() -> None:
+    auto = JobSpec(id="a", target=CallTarget("m:f"), schedule=None)
+    assert "runtime" not in auto.to_wire()["target"]  # what every version reads
+    forced = JobSpec(id="a", target=CallTarget("m:f", runtime="asyncio"), schedule=None)
+    wire = forced.to_wire()
+    assert wire["target"]["runtime"] == "asyncio"
+    assert JobSpec.from_wire(wire) == forced
+    assert JobSpec.from_wire(auto.to_wire()) == auto
+    wire["target"]["runtime"] = "auto"  # one wire form per spec
+    with pytest.raises(JobError, match="runtime"):
+        JobSpec.from_wire(wire)
+    wire["target"]["runtime"] = 3
+    with pytest.raises(JobError, match="runtime"):
+        JobSpec.from_wire(wire)

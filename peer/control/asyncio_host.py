@@ -176,6 +176,7 @@ class GuestRun:
         self._outcome: tuple[bool, Any] | None = None  # (ok, value or exception) of the guest run
         self._host_cancelled = False  # we cancelled the host task because the node failed
         self._running = False
+        self._keeper: _Keeper | None = None
 
     @property
     def running(self) -> bool:
@@ -189,15 +190,10 @@ class GuestRun:
         self._ready = loop.create_future()
         self._finished = loop.create_future()
         host = aio.HostLoop(loop, contextvars.copy_context())
-        trio.lowlevel.start_guest_run(
-            self._main,
-            host,
-            run_sync_soon_threadsafe=loop.call_soon_threadsafe,
-            run_sync_soon_not_threadsafe=loop.call_soon,
-            done_callback=self._done,
-            host_uses_signal_set_wakeup_fd=True,
-        )
+        keeper = self._keeper = await _Keeper.of(loop)
+        self._token = keeper.token
         self._running = True
+        keeper.add(self, host)
         cancelled: asyncio.CancelledError | None = None
         while not self._ready.done():
             try:
@@ -205,6 +201,7 @@ class GuestRun:
             except asyncio.CancelledError as error:
                 cancelled = error  # delivered once the node runs: entering is not cut half-way
         if not self._entered:
+            await self._run_over()
             self._result()  # the entry's error (BindError...)
         if cancelled is not None:
             await self.__aexit__(type(cancelled), cancelled, cancelled.__traceback__)
@@ -238,6 +235,7 @@ class GuestRun:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self._finished), STOP_GRACE)
                 raise
+        await self._run_over()
         if self._host_cancelled:
             if not delivered:
                 with contextlib.suppress(asyncio.CancelledError):
@@ -280,20 +278,37 @@ class GuestRun:
             return value
         raise value
 
-    def _done(self, outcome: Any) -> None:  # trio's done_callback, on the loop's thread
+    async def _run_over(self) -> None:
+        """The last node of the loop has finished: wait for the guest run to
+        end too, so that it never outlives the program's nodes (nor the loop)."""
+        keeper = self._keeper
+        if keeper is not None and keeper.closing and not keeper.finished.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(keeper.finished), STOP_GRACE)
+
+    def _settle(self, ok: bool, value: Any) -> None:  # on the loop's thread
+        if self._outcome is not None:
+            return
         self._running = False
-        try:
-            self._outcome = (True, outcome.unwrap())
-        except BaseException as error:  # noqa: BLE001 - handed to the asyncio side
-            self._outcome = (False, error)
+        self._outcome = (ok, value)
         for future in (self._ready, self._finished):
             if future is not None and not future.done():
                 future.set_result(None)
 
     # -- the trio side ---------------------------------------------------------------------
 
+    async def _task(self, host: aio.HostLoop) -> None:
+        """The node's life as a task of the keeper's nursery: whatever
+        happens is handed to the asyncio side, never to its siblings."""
+        try:
+            self._settle(True, await self._main(host))
+        except trio.Cancelled as cancelled:  # the keeper's run is ending under it (trio's KeyboardInterrupt)
+            self._settle(False, RuntimeError(f"node {self._node.name!r}: its trio run was cancelled"))
+            raise cancelled from None
+        except BaseException as error:  # noqa: BLE001 - handed to the asyncio side
+            self._settle(False, error)
+
     async def _main(self, host: aio.HostLoop) -> Any:
-        self._token = trio.lowlevel.current_trio_token()
         executor = self._node.executor
         previous, executor.host_loop = executor.host_loop, host
         try:
@@ -368,3 +383,90 @@ class GuestRun:
             raise
         finally:
             call.settle()
+
+
+# The keeper of the trio guest run of this thread (one trio run per thread).
+_KEEPER: trio.lowlevel.RunVar[_Keeper] = trio.lowlevel.RunVar("peer_guest_keeper")
+
+
+class _Keeper:
+    """The one trio guest run on an asyncio loop, shared by the nodes a
+    program holds there (trio allows one run per thread): started by the
+    first node entered, its nursery runs each node's life as a task, and it
+    ends once the last node has finished, so no trio run outlives them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.token: trio.lowlevel.TrioToken | None = None
+        self.closing = False
+        self.finished: asyncio.Future[None] = loop.create_future()
+        self._nursery: trio.Nursery | None = None
+        self._pending: list[tuple[GuestRun, aio.HostLoop]] = []
+        self._guests: set[GuestRun] = set()
+        self._idle = trio.Event()
+
+    @classmethod
+    async def of(cls, loop: asyncio.AbstractEventLoop) -> _Keeper:
+        """The keeper of this loop's guest run, started if there is none."""
+        while trio.lowlevel.in_trio_run():
+            try:
+                keeper: _Keeper | None = _KEEPER.get()
+            except LookupError:
+                keeper = None
+            if keeper is None or keeper.loop is not loop:
+                raise RuntimeError("this thread already runs a trio run that is not peer's; enter the node from trio instead")
+            if not keeper.closing:
+                return keeper
+            await asyncio.shield(keeper.finished)  # the last node just left: a new run, once this one is over
+            await asyncio.sleep(0)
+        keeper = _Keeper(loop)
+        trio.lowlevel.start_guest_run(
+            keeper._main,
+            run_sync_soon_threadsafe=loop.call_soon_threadsafe,
+            run_sync_soon_not_threadsafe=loop.call_soon,
+            done_callback=keeper._done,
+            host_uses_signal_set_wakeup_fd=True,
+        )
+        _KEEPER.set(keeper)  # the run exists now (its runner is this thread's), though its main task has not started
+        keeper.token = trio.lowlevel.current_trio_token()
+        return keeper
+
+    def add(self, guest: GuestRun, host: aio.HostLoop) -> None:
+        self._guests.add(guest)
+        assert self.token is not None
+        self.token.run_sync_soon(self._start, guest, host)
+
+    def _start(self, guest: GuestRun, host: aio.HostLoop) -> None:
+        if self._nursery is None:
+            self._pending.append((guest, host))
+        else:
+            self._nursery.start_soon(self._life, guest, host)
+
+    async def _life(self, guest: GuestRun, host: aio.HostLoop) -> None:
+        try:
+            await guest._task(host)
+        finally:
+            self._guests.discard(guest)
+            if not self._guests:
+                self.closing = True
+                self._idle.set()
+
+    async def _main(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for guest, host in self._pending:
+                nursery.start_soon(self._life, guest, host)
+            self._pending.clear()
+            await self._idle.wait()
+
+    def _done(self, outcome: Any) -> None:  # trio's done_callback, on the loop's thread
+        self.closing = True
+        try:
+            outcome.unwrap()
+            error: BaseException = RuntimeError("the trio guest run ended before the node")
+        except BaseException as failure:  # noqa: BLE001 - handed to each node still waiting
+            error = failure
+        for guest in self._guests:
+            guest._settle(False, error)
+        if not self.finished.done():
+            self.finished.set_result(None)

@@ -4,7 +4,7 @@
                  [--api HOST:PORT] [--key-file F] [--profile lan|wan|local] [--config peer.toml] ...
     peer members [--json]      peer status [--json]      peer leave      peer keygen
     peer jobs    [list | add FILE|- | show ID | pause ID | resume ID | rm ID] [--json]
-    peer submit  JOB [--kwargs JSON] | --call MOD:FN [--kwargs JSON] | --command CMD
+    peer submit  JOB [--kwargs JSON] | --call MOD:FN [--kwargs JSON] [--runtime R] | --command CMD
                  [--id NAME] [--timeout S] [--retries N]           (prints the run id)
     peer runs    [JOB] [--state S] [--limit N] [--json]
     peer result  RUN [--wait [SECONDS]] [--json]   (exit 0 succeeded, 1 failed, 2 not finished)
@@ -152,6 +152,9 @@ def _parser(tools: Sequence[AddCommand] = ()) -> argparse.ArgumentParser:
     target.add_argument("--call", metavar="MOD:FN", help="run this Python function (package.module:function)")
     target.add_argument("--command", dest="command_line", metavar="CMD", help="run this command line (split like a shell would)")
     submit_parser.add_argument("--kwargs", metavar="JSON", help="keyword arguments for the function, a JSON object")
+    submit_parser.add_argument(
+        "--runtime", choices=("auto", "trio", "asyncio"), help="where an async --call function runs (default auto: by its code)"
+    )
     submit_parser.add_argument(
         "--id", metavar="NAME", help="the one-off job's id, which names its run (default: the function or program name)"
     )
@@ -506,7 +509,11 @@ def submit(args: argparse.Namespace) -> int:
         )
     kwargs = None if args.kwargs is None else _json_object(args.kwargs, "--kwargs")
     if args.job:
-        extra = [flag for flag, value in (("--id", args.id), ("--timeout", args.timeout), ("--retries", args.retries)) if value is not None]
+        extra = [
+            flag
+            for flag, value in (("--id", args.id), ("--timeout", args.timeout), ("--retries", args.retries), ("--runtime", args.runtime))
+            if value is not None
+        ]
         if extra:
             raise UsageError(f"{', '.join(extra)}: only for a one-off --call or --command; JOB runs as defined")
         body: dict[str, Any] = {"job": args.job}
@@ -515,12 +522,16 @@ def submit(args: argparse.Namespace) -> int:
     else:
         if args.command_line and kwargs is not None:
             raise UsageError("--kwargs: only for --call")
+        if args.command_line and args.runtime is not None:
+            raise UsageError("--runtime: only for --call")
         name = args.call or (args.command_line.split() or ["adhoc"])[0]
         body = {"id": args.id or _default_id(name)}
         if args.call:
             body["call"] = args.call
             if kwargs is not None:
                 body["kwargs"] = kwargs
+            if args.runtime is not None:
+                body["runtime"] = args.runtime
         else:
             body["command"] = args.command_line
         if args.timeout is not None:

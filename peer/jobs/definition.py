@@ -227,6 +227,7 @@ def _check_target(target: Any) -> None:
         if not isinstance(target.kwargs, dict):
             raise _FieldError("kwargs", "expected a table")
         _check_plain(dict(target.kwargs), "kwargs")
+        _check_choice(target.runtime, "runtime", RUNTIMES)
     elif isinstance(target, CommandTarget):
         argv = target.argv
         if not argv or not all(isinstance(arg, str) for arg in argv):

@@ -201,7 +201,10 @@ async def run_coroutine(host: HostLoop, factory: Callable[[], Coroutine[Any, Any
     ``RuntimeError`` saying so."""
     run = _Run(host, factory)
     try:
-        host.loop.call_soon_threadsafe(run.start)
+        if asyncio._get_running_loop() is host.loop:
+            host.loop.call_soon(run.start)  # a guest run: the loop's own thread, no need to wake it
+        else:
+            host.loop.call_soon_threadsafe(run.start)
     except RuntimeError as error:  # the loop is closed
         raise RuntimeError(f"the asyncio loop is gone: {error}") from None
     try:
