@@ -54,8 +54,11 @@ layer adds is what a program needs to hold a node in its own process:
 Under asyncio the same class runs the node as a trio guest run on the
 program's loop (``peer.control.asyncio_host`` has the how and the costs):
 every ``async def`` method is marked ``@bridged``, which runs it as it is
-from trio and as a trio task of the guest run from asyncio. A new ``async
-def`` method must be marked too. A node is used from the thread its loop runs in. It never prints; it logs
+from trio and as a trio task of the guest run from asyncio, or ``@inlined``
+(submit, submit_with, result, wait, watch), which runs it in the asyncio
+caller's task: code written for both, that waits only with
+``Node._run_changed`` and submits with ``Agent.submit_soon`` there. A new
+``async def`` method must be marked too. A node is used from the thread its loop runs in. It never prints; it logs
 through ``logging`` (``peer.control.node``, ``peer.agent``, ``peer.jobs.scheduler``...),
 and leaves configuring handlers to the program.
 """
