@@ -36,15 +36,16 @@ costs:
   an asyncio future; one wake-up of trio per call. Except the calls of a
   round trip (submit, submit_with, result, wait, watch: below, the fast
   path), which run in the caller's own task.
-- A round trip from asyncio with an asyncio job costs two of those hops,
-  whatever else is cut: trio, idle in its I/O thread when the caller
-  submits, is woken to start the run (the flush); then idle again while the
-  job's task runs on the loop, it is woken by the task's end to record the
-  outcome. Each is a thread switch each way (the I/O thread takes the GIL
-  to return from epoll, then wakes the loop): about 0.1 ms each on a busy
-  2-core machine, against none in a trio program. Keeping trio spinning
-  instead of parking while a job runs would save the second for jobs that
-  finish at once, at the price of busy ticks for every other job: not done.
+- A round trip from asyncio with an asyncio job costs at least one of
+  those hops, whatever else is cut: trio, idle in its I/O thread when the
+  caller submits, must be woken to start the run (the flush). Each hop is
+  a thread switch each way (the I/O thread takes the GIL to return from
+  epoll, then wakes the loop): 0.1-0.2 ms on a busy 2-core machine,
+  against none in a trio program. A second one, when trio parks again
+  while the job's task runs on the loop and is woken by its end, is
+  avoided for a task that ends within a few loop iterations: trio awaits
+  it by ticking first (``peer.runtime.aio.GUEST_SPIN_TICKS``), which costs
+  a slower task those few ticks.
 
 How calls cross, and how cancellation goes each way:
 
