@@ -154,8 +154,12 @@ def test_asyncio_program_embeds_nodes_with_the_whole_api() -> None:
             assert guest is not None and guest._calls is not None
             before = len(guest._calls.child_tasks)
             with pytest.raises(TimeoutError):
-                await asyncio.wait_for(a.wait("no-such-run", timeout=60), 0.3)
+                await asyncio.wait_for(guest.call(lambda: trio.sleep(60)), 0.3)
             assert len(guest._calls.child_tasks) == before
+            # A cancelled wait in the caller's own task (the fast path) leaves no waiter behind.
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(a.wait("no-such-run", timeout=60), 0.3)
+            assert a.agent._run_waits == {} and a.agent.scheduler.footprint()["watched"] == 0
 
             # Leaving b gracefully: a sees it left, not failed.
             await b.leave()
@@ -217,6 +221,108 @@ def test_exceptions_and_failures_cross_the_bridge() -> None:
         async with c:
             await c.wait_ready(TIMEOUT)
             assert await c.result(await c.submit(add, x=1, y=1), timeout=TIMEOUT) == 2
+
+    asyncio.run(scenario())
+
+
+def boom(message: str) -> None:
+    raise ValueError(message)
+
+
+async def nap(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "rested"
+
+
+def test_fast_paths_give_what_the_trio_calls_give() -> None:
+    """submit, submit_with, result, wait and watch run in the asyncio
+    caller's own task (no trio task per call): each gives the same value
+    and raises the same exception as the same call made on trio (through
+    ``GuestRun.call``, where the method runs as in a trio program)."""
+
+    async def scenario() -> None:
+        async with node("fast") as a:
+            for function in (add, boom, nap):
+                a.function(function)
+            await a.wait_ready(TIMEOUT)
+            guest = a._guest
+            assert guest is not None and guest.here()
+            crossings = 0
+            call = guest.call
+
+            async def counted(function: Any) -> Any:
+                nonlocal crossings
+                crossings += 1
+                return await call(function)
+
+            guest.call = counted  # type: ignore[method-assign]
+
+            async def on_trio(function: Any) -> Any:  # the slow path: the method run by a trio task
+                return await call(function)
+
+            async def outcome(make: Any) -> Any:
+                try:
+                    return ("value", await make())
+                except Exception as error:  # noqa: BLE001 - compared below
+                    return ("error", type(error), str(error))
+
+            # submit: the record is there at once, and the run runs (its effects flushed by trio).
+            run_id = await a.submit(add, x=2, y=3)
+            record = a.run(run_id)
+            assert record is not None and record.job == "add" and record.via == "fast"
+            failed_id = await a.submit_with(boom, {"message": "no luck"}, id="doomed", retries=0)
+            assert failed_id.startswith("doomed")
+            assert await a.result(run_id, timeout=TIMEOUT) == 5
+            await until(lambda: (r := a.run(failed_id)) is not None and r.state.finished)
+
+            # Finished runs: the value, the record, RunFailed, the same both ways.
+            for make in (
+                lambda: a.result(run_id, timeout=TIMEOUT),
+                lambda: a.wait(run_id),
+                lambda: a.result(failed_id),
+                lambda: a.wait(failed_id, timeout=0),
+            ):
+                assert await outcome(make) == await outcome(lambda make=make: on_trio(make))
+            assert await outcome(lambda: a.result(run_id)) == ("value", 5)
+            with pytest.raises(peer.RunFailed, match="no luck") as failed:
+                await a.result(failed_id)
+            assert failed.value.state is RunState.FAILED
+            assert (await a.wait(failed_id)).state is RunState.FAILED
+
+            # A run never heard of: UnknownRun; one not finished in time: TimeoutError (and not UnknownRun).
+            slow_id = await a.submit(nap, seconds=2.0)
+            fast_unknown = await outcome(lambda: a.result("no-such-run", timeout=0.2))
+            assert fast_unknown[:2] == ("error", peer.UnknownRun)
+            assert fast_unknown == await outcome(lambda: on_trio(lambda: a.result("no-such-run", timeout=0.2)))
+            fast_timeout = await outcome(lambda: a.result(slow_id, timeout=0.2))
+            assert fast_timeout[:2] == ("error", TimeoutError) and "has not finished within 0.2 s" in fast_timeout[2]
+            slow_timeout = await outcome(lambda: on_trio(lambda: a.wait(slow_id, timeout=0.2)))
+            assert slow_timeout[:2] == ("error", TimeoutError)
+            # Waited on by both at once, woken by the same change.
+            both = await asyncio.gather(a.result(slow_id, timeout=TIMEOUT), on_trio(lambda: a.result(slow_id, timeout=TIMEOUT)))
+            assert both == ["rested", "rested"]
+
+            # Refusals at the caller, as on trio.
+            with pytest.raises(ValueError, match="not registered"):
+                await a.submit(until)
+            with pytest.raises(peer.JobError):
+                await a.submit_with(add, {"x": 1, "y": 2}, schedule="@every 1s")
+
+            # watch: every change, the finished record last.
+            run_id = await a.submit(nap, seconds=0.05)
+            seen = [record async for record in a.watch(run_id)]
+            assert seen[-1].state is RunState.SUCCEEDED and seen[-1].result == "rested"
+            assert all(not record.state.finished for record in seen[:-1])
+
+            assert crossings == 0  # none of the above went through a trio task
+            assert a.agent._run_waits == {}
+
+            # A waiter in the caller's task when the node stops: it sees the node stopped.
+            waiting = asyncio.create_task(a.result(await a.submit(nap, seconds=60.0)))
+            await asyncio.sleep(0.1)
+            await a.leave()
+            with pytest.raises(RuntimeError, match="stopped"):
+                await waiting
 
     asyncio.run(scenario())
 

@@ -33,7 +33,19 @@ costs:
   round trip against the same from a trio program).
 - Each call of an ``async def`` node method from asyncio is a trio task
   (``GuestRun.call``): handed to trio through its token, its outcome set on
-  an asyncio future; one wake-up of trio per call.
+  an asyncio future; one wake-up of trio per call. Except the calls of a
+  round trip (submit, submit_with, result, wait, watch: below, the fast
+  path), which run in the caller's own task.
+- A round trip from asyncio with an asyncio job costs at least one of
+  those hops, whatever else is cut: trio, idle in its I/O thread when the
+  caller submits, must be woken to start the run (the flush). Each hop is
+  a thread switch each way (the I/O thread takes the GIL to return from
+  epoll, then wakes the loop): 0.1-0.2 ms on a busy 2-core machine,
+  against none in a trio program. A second one, when trio parks again
+  while the job's task runs on the loop and is woken by its end, is
+  avoided for a task that ends within a few loop iterations: trio awaits
+  it by ticking first (``peer.runtime.aio.GUEST_SPIN_TICKS``), which costs
+  a slower task those few ticks.
 
 How calls cross, and how cancellation goes each way:
 
@@ -46,6 +58,28 @@ How calls cross, and how cancellation goes each way:
   to ``CALL_UNWIND`` seconds). Exceptions come out as themselves
   (``RunFailed``, ``TimeoutError``...); a call cut short because the node
   stopped is a ``RuntimeError`` saying so.
+- The fast path (``@inlined``, on ``submit``, ``submit_with``, ``result``,
+  ``wait`` and ``watch``'s ``__anext__``): from an asyncio task on the
+  node's own loop (``GuestRun.here``) the method runs in that task, the
+  same code as under trio. This is sound because that task runs on the
+  node's thread between two trio ticks: no trio task is mid-step, so the
+  node's synchronous state (the scheduler) may be read and changed as a
+  trio task does between two checkpoints. What differs is only what it
+  waits with: ``submit`` queues the run as ``Agent.submit`` does
+  (``Agent.submit_soon``: the same ``scheduler.submit``, so the same
+  ``BacklogFull``; the run id at once) and asks trio to carry out the
+  effects just after (``Agent.flush_soon``, one wake-up, not awaited);
+  ``wait`` (hence ``result``) reads the record as under trio, and between
+  two looks waits on an asyncio future registered with the agent
+  (``Agent.on_run_change``, the registration trio waiters use), woken by
+  the same change of the run's record in the same trio tick, or after the
+  same periodic recheck (``RUN_WAIT_RECHECK``) by a loop timer, and at once
+  when the node stops (``Agent.release_run_waits``). Deadlines are on
+  trio's clock in both (``trio.current_time()`` works on the loop's thread
+  of a guest run). Exceptions (``RunFailed``, ``UnknownRun``,
+  ``TimeoutError``, ``JobError``...) are raised by the same lines.
+  Cancelling the caller cancels its wait, which takes its registration
+  back. From a task of another loop or thread, these go the slow way.
 - trio -> asyncio: asyncio job functions (``peer.runtime.aio.run_coroutine``):
   an asyncio task on this loop, created in a copy of the context the
   program entered the node in (not the trio task's: ``sniffio``, anyio and
@@ -96,6 +130,7 @@ from peer.runtime.exceptions import leaf_exceptions
 
 if TYPE_CHECKING:
     from peer.control.node import Node
+    from peer.runtime.agent import Agent
 
 log = logging.getLogger("peer.node")
 
@@ -126,6 +161,25 @@ def bridged(method: Callable[Concatenate[S, P], Awaitable[R]]) -> Callable[Conca
     async def crossing(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
         guest = self._guest
         if guest is None or not aio.running_asyncio():
+            return await method(self, *args, **kwargs)
+        return await guest.call(functools.partial(method, self, *args, **kwargs))
+
+    return crossing
+
+
+def inlined(method: Callable[Concatenate[S, P], Awaitable[R]]) -> Callable[Concatenate[S, P], Coroutine[Any, Any, R]]:
+    """``bridged``, with a fast path for a method written for both
+    libraries: its body only reads and changes the node's synchronous state,
+    reads ``trio.current_time()``, and awaits nothing but the waits that
+    work on both (``Node._run_changed``; ``Agent.submit_soon`` in place of
+    ``Agent.submit``). From an asyncio task on the node's own loop
+    (``GuestRun.here``) it runs in that task: the same code, no crossing.
+    From anywhere else, as ``bridged``."""
+
+    @functools.wraps(method)
+    async def crossing(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        guest = self._guest
+        if guest is None or not aio.running_asyncio() or guest.here():
             return await method(self, *args, **kwargs)
         return await guest.call(functools.partial(method, self, *args, **kwargs))
 
@@ -244,6 +298,34 @@ class GuestRun:
             if self._host_task is not None:
                 self._host_task.uncancel()
         return bool(self._result())
+
+    def here(self) -> bool:
+        """True in an asyncio task on this guest's loop, while it runs: on the
+        node's thread between two trio ticks, where no trio task is
+        mid-step, so the node's state may be read and changed directly, as
+        a trio task does between two checkpoints."""
+        return self._running and asyncio._get_running_loop() is self._loop and aio.running_asyncio()
+
+    async def run_changed(self, agent: Agent, run_id: str, at_most: float) -> None:
+        """``Agent.run_changed`` for an asyncio task on this loop (``here``):
+        the same registration (``Agent.on_run_change``), woken by the same
+        change or after ``at_most`` seconds, on an asyncio future; the
+        first waiter's reader mark is flushed by trio (``flush_soon``)."""
+        assert self._loop is not None
+        woken = self._loop.create_future()
+
+        def wake() -> None:  # on this thread: from a trio tick, or the timer
+            if not woken.done():
+                woken.set_result(None)
+
+        timer = self._loop.call_later(max(0.0, at_most), wake)
+        try:
+            if agent.on_run_change(run_id, wake):
+                agent.flush_soon()
+            await woken
+        finally:
+            timer.cancel()
+            agent.off_run_change(run_id, wake)
 
     async def call(self, function: Callable[[], Awaitable[R]]) -> R:
         """Await ``function()`` as a trio task of the guest run, from an

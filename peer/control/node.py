@@ -54,8 +54,11 @@ layer adds is what a program needs to hold a node in its own process:
 Under asyncio the same class runs the node as a trio guest run on the
 program's loop (``peer.control.asyncio_host`` has the how and the costs):
 every ``async def`` method is marked ``@bridged``, which runs it as it is
-from trio and as a trio task of the guest run from asyncio. A new ``async
-def`` method must be marked too. A node is used from the thread its loop runs in. It never prints; it logs
+from trio and as a trio task of the guest run from asyncio, or ``@inlined``
+(submit, submit_with, result, wait, watch), which runs it in the asyncio
+caller's task: code written for both, that waits only with
+``Node._run_changed`` and submits with ``Agent.submit_soon`` there. A new
+``async def`` method must be marked too. A node is used from the thread its loop runs in. It never prints; it logs
 through ``logging`` (``peer.control.node``, ``peer.agent``, ``peer.jobs.scheduler``...),
 and leaves configuring handlers to the program.
 """
@@ -74,7 +77,7 @@ import attrs
 import trio
 
 from membership.state import Status
-from peer.control.asyncio_host import GuestRun, bridged
+from peer.control.asyncio_host import GuestRun, bridged, inlined
 from peer.control.decorators import CronJob, JobFunction, check_arguments
 from peer.control.errors import RunFailed, RunFinishedError, UnknownJob, UnknownRun
 from peer.control.server import HttpControlPlane
@@ -572,6 +575,7 @@ class Node:
                 await agent.run(task_status=task_status)
             finally:
                 self._stopped.set()
+                agent.release_run_waits()  # callers waiting on a run look again now, and see it stopped
 
     async def _exit(self, agent: Agent) -> None:
         """Leave gracefully, within a bound, even when cancelled; stop the
@@ -743,7 +747,7 @@ class Node:
 
     # -- runs ---------------------------------------------------------------------------------
 
-    @bridged
+    @inlined
     async def submit(self, target: Callable[..., Any] | str | Target, /, **kwargs: Any) -> str:
         """Run ``target`` once, now, somewhere in the cluster; the run id.
         ``kwargs`` are the function's arguments (plain data: str, int,
@@ -753,7 +757,7 @@ class Node:
         the cluster's pending runs are at ``max_pending_runs``: try later."""
         return await self._submit(target, kwargs, {}, "submit()")
 
-    @bridged
+    @inlined
     async def submit_with(
         self,
         target: Callable[..., Any] | str | Target,
@@ -780,7 +784,10 @@ class Node:
         keys = self._target_keys(target, kwargs, where, fields)
         job_id = job_id or _default_id(keys.get("call") or _program(keys))
         spec = parse_job(_with_tags_as_list({**fields, **keys, "id": job_id}), where=where)
-        return await self._require().submit(spec)
+        agent = self._require()
+        if self._here():
+            return agent.submit_soon(spec)  # the same submit; trio flushes it just after
+        return await agent.submit(spec)
 
     @bridged
     async def trigger(self, job_id: str, /, **kwargs: Any) -> str:
@@ -824,7 +831,7 @@ class Node:
         records.sort(key=lambda record: (-(record.created or record.tick or 0), record.id))
         return records if limit is None else records[:limit]
 
-    @bridged
+    @inlined
     async def result(self, run_id: str, *, timeout: float | None = None) -> Any:
         """Wait until the run has finished and give its result (what the
         function returned, as plain data: tuples come back as lists).
@@ -838,7 +845,7 @@ class Node:
             return record.result
         raise RunFailed(record)
 
-    @bridged
+    @inlined
     async def wait(self, run_id: str, *, timeout: float | None = None) -> RunRecord:
         """Wait until the run has finished, however it went; its record.
         ``TimeoutError``, ``UnknownRun`` as ``result``."""
@@ -851,7 +858,7 @@ class Node:
                 return record
             if trio.current_time() >= deadline:
                 break
-            await agent.run_changed(run_id, at_most=min(RUN_WAIT_RECHECK, deadline - trio.current_time()))
+            await self._run_changed(agent, run_id, min(RUN_WAIT_RECHECK, deadline - trio.current_time()))
         if record is None:
             raise UnknownRun(run_id, f" (nothing heard of it within {timeout:g} s)")
         raise TimeoutError(f"run {run_id} has not finished within {timeout:g} s (it is {record.state.value})")
@@ -886,6 +893,21 @@ class Node:
         if self._stopped.is_set():
             raise RuntimeError(f"node {self.name!r} has stopped")
         return agent
+
+    def _here(self) -> bool:
+        """Called from an asyncio task on the node's own loop (``GuestRun.here``)."""
+        guest = self._guest
+        return guest is not None and guest.here()
+
+    async def _run_changed(self, agent: Agent, run_id: str, at_most: float) -> None:
+        """Return at the run's next change on this node, or after ``at_most``
+        seconds: in a trio task, ``Agent.run_changed``; in an asyncio task on
+        the node's loop, the same wait on an asyncio future."""
+        guest = self._guest
+        if guest is not None and guest.here():
+            await guest.run_changed(agent, run_id, at_most)
+        else:
+            await agent.run_changed(run_id, at_most=at_most)
 
     async def _settled(self) -> None:
         """Wait until the scheduler has caught up (no longer ``starting``)."""
@@ -972,7 +994,7 @@ class _Watch:
     def _guest(self) -> GuestRun | None:
         return self._node._guest
 
-    @bridged
+    @inlined
     async def __anext__(self) -> RunRecord:
         if self._done:
             raise StopAsyncIteration
@@ -982,7 +1004,7 @@ class _Watch:
                 self._last = record
                 self._done = record.state.finished
                 return record
-            await self._node._require().run_changed(self._run_id, at_most=self._interval)
+            await self._node._run_changed(self._node._require(), self._run_id, self._interval)
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -354,17 +354,18 @@ class Scheduler:
     def drained(self) -> bool:
         return self.role is Role.DRAINING and not self._records.running
 
-    def watch(self, run_id: str) -> None:
+    def watch(self, run_id: str) -> bool:
         """Note every change of this run's record here, for
         ``take_watched_changes`` (someone waits on it). Unless the run has
         finished, or its outcome comes here anyway (we run it, or it was
         submitted through us), ask for it: a reader mark in the updates
         map, handed to the run's owner, which hands the outcome to every
-        reader directly when it has one."""
+        reader directly when it has one. Whether it asked (effects to
+        carry out)."""
         self._records.watch(run_id)
         record = self.record(run_id)
         if record is not None and (record.state.finished or self.name in (record.via, record.owner)):
-            return
+            return False
         key = reader_key(run_id, self.name)
         if self._store.get(UPDATES, key) is None:
             self._store.put(UPDATES, key, {"reader": self.name}, ttl=self.config.update_ttl)
@@ -375,6 +376,7 @@ class Scheduler:
         owner = self._placement.ring.owner(run_id) if record is None else record.owner
         if owner is not None and owner != self.name:
             self._store.push(UPDATES, key, [owner])
+        return True
 
     def unwatch(self, run_id: str) -> None:
         self._records.unwatch(run_id)

@@ -32,7 +32,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -150,7 +150,9 @@ class Agent:
             self.executor.policy = settings.target_policy()
         self.initial_jobs = tuple(jobs)
         self._runs: dict[str, _RunTask] = {}
-        self._run_waits: dict[str, tuple[trio.Event, int]] = {}  # run -> (set at its next change, waiters)
+        self._run_waits: dict[str, list[Callable[[], object]]] = {}  # run -> called at its next change
+        self._token: trio.lowlevel.TrioToken | None = None  # for flush_soon
+        self._flush_requested = False
         self._outbox: dict[Address, list[tuple[Any, ...]]] = {}  # datagrams for the next scheduler pass
         self._outbox_filled = trio.Event()
         self._core: NodeCore | None = None
@@ -227,6 +229,7 @@ class Agent:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until the node has left (``leave()``); ``bind()`` first."""
         assert self._core is not None, "bind() first"
+        self._token = trio.lowlevel.current_trio_token()
         if not self.keyed:
             log.warning(
                 "no cluster key: this cluster is OPEN, anyone who can reach %s can join it and "
@@ -368,34 +371,90 @@ class Agent:
                 await self.run_changed(run_id)
         return self.scheduler.record(run_id)
 
+    def submit_soon(self, spec: JobSpec) -> str:
+        """``submit`` for a caller outside trio on the trio thread (an asyncio
+        task of a guest run): the run is queued at once, exactly as
+        ``submit`` queues it (``BacklogFull`` the same), and a trio task
+        flushes its effects soon after (``flush_soon``)."""
+        run_id = self.scheduler.submit(self.core.wall_ms(), spec)
+        self.flush_soon()
+        return run_id
+
+    def flush_soon(self) -> None:
+        """Have a trio task carry out the core's effects soon, for a caller
+        that changed the core from outside trio on the trio thread (an
+        asyncio task of a guest run, between two trio ticks, when no trio
+        task is mid-step: ``peer.control.asyncio_host``). Requests made
+        before that flush starts share it."""
+        if self._flush_requested or self._token is None:
+            return
+        self._flush_requested = True
+        try:
+            self._token.run_sync_soon(self._start_flush)
+        except trio.RunFinishedError:
+            pass  # the node has stopped: nothing is carried out any more
+
+    def _start_flush(self) -> None:
+        self._flush_requested = False
+        if self._nursery is not None:
+            self._nursery.start_soon(self._flush)
+
     async def run_changed(self, run_id: str, *, at_most: float = RUN_WAIT_RECHECK) -> None:
         """Return once the run's record has changed on this node (it arrived,
         was written, or expired), or after ``at_most`` seconds: callers look
         again either way, so nothing is missed if the node stops meanwhile."""
-        event, waiters = self._run_waits.get(run_id, (None, 0))
-        self._run_waits[run_id] = (event if event is not None else trio.Event(), waiters + 1)
-        event = self._run_waits[run_id][0]
+        event = trio.Event()
+        wake = event.set
+        asked = self.on_run_change(run_id, wake)
         try:
             with trio.move_on_after(at_most):
-                if waiters == 0:
-                    self.scheduler.watch(run_id)
+                if asked:
                     await self._flush()  # its reader mark goes out now
                 await event.wait()
         finally:
-            current = self._run_waits.get(run_id)
-            if current is not None and current[0] is event:
-                if current[1] > 1:
-                    self._run_waits[run_id] = (event, current[1] - 1)
-                else:
-                    del self._run_waits[run_id]
-                    self.scheduler.unwatch(run_id)
+            self.off_run_change(run_id, wake)
+
+    def on_run_change(self, run_id: str, wake: Callable[[], object]) -> bool:
+        """Call ``wake()`` once, on the trio thread, at the run's next change
+        on this node (or when the node stops: ``release_run_waits``); take
+        it back with ``off_run_change`` (the same object) once done waiting,
+        woken or not. The run's first waiter watches it (``Scheduler.watch``),
+        which may ask for its outcome: then True, and the caller flushes that
+        reader mark (``_flush``, ``flush_soon``). Synchronous: a trio task,
+        or an asyncio task of a guest run."""
+        waits = self._run_waits.get(run_id)
+        asked = False
+        if waits is None:
+            waits = self._run_waits[run_id] = []
+            asked = self.scheduler.watch(run_id)
+        waits.append(wake)
+        return asked
+
+    def off_run_change(self, run_id: str, wake: Callable[[], object]) -> None:
+        waits = self._run_waits.get(run_id)
+        if waits is None or not any(waiting is wake for waiting in waits):
+            return  # woken: the list was handed out (a new one may have started since)
+        waits[:] = [waiting for waiting in waits if waiting is not wake]
+        if not waits:
+            del self._run_waits[run_id]
+            self.scheduler.unwatch(run_id)
 
     def _wake_run_waits(self) -> None:
         for run_id in self.scheduler.take_watched_changes():
-            waiting = self._run_waits.pop(run_id, None)
-            if waiting is not None:
+            waits = self._run_waits.pop(run_id, None)
+            if waits is not None:
                 self.scheduler.unwatch(run_id)
-                waiting[0].set()
+                for wake in waits:
+                    wake()
+
+    def release_run_waits(self) -> None:
+        """The node has stopped: wake every waiter now, so it looks again
+        and sees that, rather than at its next periodic look."""
+        waits, self._run_waits = self._run_waits, {}
+        for run_id, wakes in waits.items():
+            self.scheduler.unwatch(run_id)
+            for wake in wakes:
+                wake()
 
     def api_drained(self) -> None:
         """Called by the API server once it stopped: nothing is left to wait for."""

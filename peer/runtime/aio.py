@@ -30,7 +30,10 @@ awaits its outcome:
 the trio thread to the loop thread, or later on the same thread in guest
 mode) and waits on a ``trio.Event`` that the task's done callback sets
 through the trio token, so the wake-up is ordered after everything the task
-sent to trio before it ended (its progress reports). When the trio side is
+sent to trio before it ended (its progress reports); in a guest run, trio
+first awaits it for a few ticks (``GUEST_SPIN_TICKS``) rather than parking in
+its I/O thread at once, so a task that ends right away does not pay the
+thread switches of waking it. When the trio side is
 cancelled (the run's timeout, a lost claim, a replaced run), the asyncio task
 is cancelled (it sees ``asyncio.CancelledError`` at its await, and may clean
 up in ``finally``), and the trio side waits up to ``CANCEL_GRACE`` seconds for
@@ -72,6 +75,8 @@ log = logging.getLogger(__name__)
 
 # How long a cancelled asyncio task may take to unwind before the run moves on without it.
 CANCEL_GRACE = 5.0
+# In a guest run, how many trio ticks an asyncio job is awaited by ticking before trio parks (run_coroutine).
+GUEST_SPIN_TICKS = 6
 # How long stopping the executor's loop thread waits for its tasks and the thread.
 STOP_TIMEOUT = 5.0
 
@@ -200,14 +205,23 @@ async def run_coroutine(host: HostLoop, factory: Callable[[], Coroutine[Any, Any
     on. An asyncio cancellation that did not come from here is a
     ``RuntimeError`` saying so."""
     run = _Run(host, factory)
+    guest = asyncio._get_running_loop() is host.loop
     try:
-        if asyncio._get_running_loop() is host.loop:
+        if guest:
             host.loop.call_soon(run.start)  # a guest run: the loop's own thread, no need to wake it
         else:
             host.loop.call_soon_threadsafe(run.start)
     except RuntimeError as error:  # the loop is closed
         raise RuntimeError(f"the asyncio loop is gone: {error}") from None
     try:
+        if guest:
+            # Idle, a guest run parks in its I/O thread, and the task's end
+            # would then cost two thread switches to wake it: a task that
+            # ends at once (a few loop iterations) is awaited by ticking.
+            for _ in range(GUEST_SPIN_TICKS):
+                if run.done.is_set():
+                    break
+                await trio.lowlevel.checkpoint()
         await run.done.wait()
     except trio.Cancelled:
         with trio.CancelScope(shield=True) as grace:
