@@ -284,9 +284,10 @@ class FastApiReplicas:
     ) -> list[RollStep]:  # fmt: skip
         """Deploy ``version`` to every replica, one after the other (``restart``),
         in their order. ``old_restart_after=K``: once K replicas run the new
-        version, restart the last not-yet-upgraded one on its old version too
-        (a crash loop, an autoscaler, a node drained meanwhile: an old replica
-        starting in the middle of the rollout). ``stop_timeout``: default the
+        version and a tick has run with its definition (the journal says so),
+        restart the last not-yet-upgraded one on its old version (a crash
+        loop, a node drained meanwhile: an old replica starting in the middle
+        of the rollout, after the switch). ``stop_timeout``: default the
         drain timeout plus 10 s."""
         stop_timeout = self.drain_timeout + 10.0 if stop_timeout is None else stop_timeout
         steps: list[RollStep] = []
@@ -294,6 +295,10 @@ class FastApiReplicas:
             steps.append(self.restart(replica, version, stop_timeout=stop_timeout, ready_timeout=ready_timeout))
             old = [other for other in self.replicas[index + 1 :] if other.version != version]
             if old_restart_after == index + 1 and old:
+                # Once the new definition is in place (a tick ran with it), not before: the
+                # old replica then finds its own declaration replaced.
+                wait_for(lambda: any(line.get("version") == version for line in self.journal()), ready_timeout,
+                         f"a tick with version {version}'s definition", interval=0.2)  # fmt: skip
                 steps.append(self.restart(old[-1], old[-1].version, stop_timeout=stop_timeout, ready_timeout=ready_timeout))
         return steps
 
