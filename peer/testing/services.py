@@ -155,7 +155,7 @@ class RollStep:
     """One replica's restart in ``FastApiReplicas.roll``: SIGTERM at ``stopped_ms``
     (epoch ms), exit ``exit_code`` (None: still running after the timeout, then
     killed) ``exit_s`` seconds later, started on ``version``, ready ``ready_s``
-    seconds after its start. ``graceful``: the app shut down completely, and
+    seconds after its start (at ``ready_ms``). ``graceful``: the app shut down completely, and
     ``left``: another replica saw its node leave (status ``left``)."""
 
     name: str
@@ -167,6 +167,7 @@ class RollStep:
     graceful: bool
     left: bool
     ready_s: float
+    ready_ms: int
 
     @property
     def clean(self) -> bool:
@@ -277,7 +278,8 @@ class FastApiReplicas:
         began = time.monotonic()
         replica.start(version)
         self.wait_ready(ready_timeout, [replica])
-        return RollStep(replica.name, old, version, stopped_ms, code, exit_s, graceful, left, time.monotonic() - began)
+        ready_s = time.monotonic() - began
+        return RollStep(replica.name, old, version, stopped_ms, code, exit_s, graceful, left, ready_s, int(time.time() * 1000))
 
     def roll(
         self, version: str, *, ready_timeout: float, stop_timeout: float | None = None, old_restart_after: int | None = None,
