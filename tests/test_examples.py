@@ -9,7 +9,11 @@
   any second execution is one the README allows after a crash (a re-run of what
   the killed replica was running or had finished unseen:
   ``peer.tools.chaos.duplicates``), and every result from before the kill is
-  still readable through every replica, the restarted one included.
+  still readable through every replica, the restarted one included. A rolling
+  deploy of a new version (``APP_VERSION``, which the cron job's definition
+  carries), with an old replica restarting in its middle: every tick once, the
+  definition switched once to the new version's and never back, every SIGTERM
+  answered by a complete shutdown in which the node left the cluster.
 - ``examples/sidecar``: a ``peer agent`` importing the app's ``tasks.py``, and the
   Flask app beside it talking to it through ``peer.Client``.
 
@@ -121,6 +125,47 @@ def test_fastapi_replicas_share_jobs_results_and_survive_a_kill(tmp_path: Path) 
     assert [tick for tick, n in crash_counts.items() if n == 0] == [], "after a kill -9: every tick at least once"
     assert duplicates(journal_lines(lines), {victim.name: [killed_at]}) == []
     assert {line["node"] for line in lines if line["tick_ms"] in stable} <= {a.name, b.name, c.name}
+
+
+def versions_by_tick(lines: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    """(tick, definition's version) of every execution, in tick order."""
+    return sorted((line["tick_ms"], line["version"]) for line in lines)
+
+
+def test_fastapi_rolling_deploy_changes_the_cron_job_once(tmp_path: Path) -> None:
+    with FastApiReplicas(tmp_path, 3, key=generate_key()) as replicas:
+        replicas.start()
+        replicas.wait_ready(TIMEOUT)
+        ready_at = now_ms()
+        wait_for(lambda: now_ms() > ready_at + MARGIN_MS + 1000, TIMEOUT, "a tick on version 1", interval=0.2)
+        # Each replica in turn: SIGTERM, exit, start on version 2, ready; once the
+        # first runs version 2, the last one restarts on version 1 (still old).
+        steps = replicas.roll("2", ready_timeout=TIMEOUT, old_restart_after=1)
+        time.sleep(3.0)  # ticks go on, all on version 2
+        ended = now_ms()
+        time.sleep(MARGIN_MS / 1000 + 1)
+        lines = replicas.journal()
+        logs = {replica.name: replica.log_text()[-2000:] for replica in replicas}
+
+    a, b, c = (replica.name for replica in replicas.replicas)
+    assert [(step.name, step.old_version, step.version) for step in steps] == [
+        (a, "1", "2"), (c, "1", "1"), (b, "1", "2"), (c, "1", "2"),
+    ]  # fmt: skip
+    # Each stop was clean: the app's shutdown completed and its node left the cluster
+    # (uvicorn then dies of the SIGTERM it caught, on purpose: RollStep.clean).
+    assert [step.clean for step in steps] == [True] * 4, (steps, logs)
+    window = ticks_between(ready_at + MARGIN_MS, ended - MARGIN_MS, EVERY_MS)
+    counts = runs_per_tick(lines, window)
+    assert {tick: n for tick, n in counts.items() if n != 1} == {}, "a rolling deploy: every tick once"
+    assert duplicates(journal_lines(lines), {}) == []
+    # The definition changed once, to version 2's, and never went back: not when the old
+    # replica restarted on version 1 after the switch, nor on any old replica running ticks.
+    versions = [version for _, version in versions_by_tick(lines)]
+    switch = versions.index("2")
+    assert switch > 0 and set(versions[:switch]) == {"1"} and set(versions[switch:]) == {"2"}, versions_by_tick(lines)
+    switched_at = versions_by_tick(lines)[switch][0]
+    assert switched_at < steps[1].stopped_ms, "the old replica restarted after the switch"
+    assert all(line["code"] == "2" or line["node"] != a for line in lines if line["tick_ms"] > steps[0].stopped_ms + 1000)
 
 
 def test_sidecar_flask_app_and_agent(tmp_path: Path) -> None:

@@ -47,6 +47,15 @@ embedded node itself reads none: the program passes what it wants):
     PEER_DRAIN_TIMEOUT  seconds a leaving replica lets its running jobs finish (default 30)
     PEER_API            serve peer's control API here too (e.g. 127.0.0.1:7947), for the `peer` CLI
     APP_JOURNAL         a file where each run of the cron job appends one JSON line (default: none)
+    APP_VERSION         the release this replica runs (default 1); the cron job's definition
+                        carries it, so a new version changes the job, as a release does
+
+Rolling out a new version (stop each replica with SIGTERM, start it again with
+APP_VERSION=2, one after another) changes the cron job's definition once, when
+the first replica of version 2 has settled; from then on every tick runs with
+version 2's definition, on the old replicas too (their journal lines say
+``"version": "2", "code": "1"``), and an old replica restarting in the middle
+of it does not bring version 1's back (README, "Jobs declared in code").
 """
 
 from __future__ import annotations
@@ -79,6 +88,7 @@ def _seconds(name: str) -> float | None:
 
 NAME = _env("PEER_NAME") or socket.gethostname()
 JOURNAL = _env("APP_JOURNAL")
+VERSION = _env("APP_VERSION") or "1"  # the code's release: what a deploy changes
 
 node = peer.Node(
     name=NAME,
@@ -97,11 +107,14 @@ node = peer.Node(
 
 # Every replica declares this schedule; the cluster holds one job "heartbeat" and each
 # tick runs on one replica (mode "one"). Its definition must be the same on every replica
-# (a replica declaring another would redefine it for all): so the journal's path, which
-# differs per replica, is read here from the environment, not passed as kwargs.
-@node.cron("@every 1s", id="heartbeat", mode="one")
-async def heartbeat(run: peer.RunContext) -> dict[str, Any]:
-    """Append one JSON line to this replica's journal: which tick ran, where, which attempt."""
+# of a version (a replica declaring another would redefine it for all): so the journal's
+# path, which differs per replica, is read here from the environment, not passed as
+# kwargs. The release is passed: a new version's definition differs, and replaces the old
+# one once, during its rollout, for every replica (old ones included).
+@node.cron("@every 1s", id="heartbeat", mode="one", kwargs={"version": VERSION})
+async def heartbeat(run: peer.RunContext, version: str) -> dict[str, Any]:
+    """Append one JSON line to this replica's journal: which tick ran, where, which attempt,
+    with which definition (``version``) on which code (``code``: this replica's release)."""
     # A tick's run id is "<job>@<its scheduled time, ISO 8601>".
     tick = datetime.fromisoformat(run.run_id.split("@")[1])
     line = {
@@ -111,6 +124,8 @@ async def heartbeat(run: peer.RunContext) -> dict[str, Any]:
         "tick": tick.isoformat(),
         "tick_ms": round(tick.timestamp() * 1000),
         "node": NAME,
+        "version": version,
+        "code": VERSION,
         "start_ms": int(time.time() * 1000),
     }
     if JOURNAL is not None:
@@ -190,8 +205,9 @@ async def result(run_id: str, wait: float = Query(0.0, ge=0, le=60)) -> JSONResp
 
 @app.get("/health")
 async def health() -> JSONResponse:
-    """200 once this replica's node is ready (joined and caught up), else 503: a readiness probe."""
+    """200 once this replica's node is ready (joined and caught up), else 503: a readiness probe.
+    Says which release the replica runs (``version``)."""
     running = node.running  # False while shutting down: the node has left
     ready = running and node.ready
     members = {member.name: member.status for member in node.members()} if running else {}
-    return JSONResponse({"node": NAME, "ready": ready, "members": members}, status_code=200 if ready else 503)
+    return JSONResponse({"node": NAME, "version": VERSION, "ready": ready, "members": members}, status_code=200 if ready else 503)

@@ -9,7 +9,9 @@ whatever happened. The examples are not part of the installed package: they
 are found beside it, in a source checkout (``pip install -e``).
 
 Each replica's cron job appends to a journal file of its own (``APP_JOURNAL``),
-one JSON line per execution; ``journal()`` reads them all.
+one JSON line per execution; ``journal()`` reads them all. ``roll()`` deploys
+another release (``APP_VERSION``) as a rolling restart does: each replica in
+turn stopped with SIGTERM, started again on the new version, waited for.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ import attrs
 import httpx
 
 from peer.runtime.addresses import format_address
+from peer.testing.cluster import wait_for
 from peer.testing.processes import LOOPBACK, Ports, Processes, is_running, kill, send_signal, wait
 
-__all__ = ["EXAMPLES", "FastApiReplica", "FastApiReplicas", "quote_run"]
+__all__ = ["EXAMPLES", "FastApiReplica", "FastApiReplicas", "RollStep", "quote_run"]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FASTAPI_APP = EXAMPLES / "fastapi"
@@ -65,15 +68,23 @@ class FastApiReplica:
         assert self.process is not None
         return self.process.pid
 
-    def start(self) -> None:
+    @property
+    def version(self) -> str:
+        """The app's release this replica runs (``APP_VERSION``; the app's default is 1)."""
+        return self.env.get("APP_VERSION", "1")
+
+    def start(self, version: str | None = None) -> None:
+        """Start the replica's process; ``version``: run that release (``APP_VERSION``) from now on."""
         assert not self.running, f"{self.name} is already running"
+        if version is not None:
+            self.env["APP_VERSION"] = version
         self.starts += 1
         host, port = self.http.rsplit(":", 1)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         try:
             self.process = self.processes.spawn(
                 [sys.executable, "-m", "uvicorn", "app:app", "--app-dir", str(FASTAPI_APP), "--host", host, "--port", port,
-                 "--log-level", "warning", "--no-access-log"],
+                 "--log-level", "info", "--no-access-log"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
             )  # fmt: skip
         finally:
@@ -108,6 +119,15 @@ class FastApiReplica:
         except httpx.HTTPError:
             return False
 
+    def member_status(self, name: str) -> str | None:
+        """The status of member ``name`` as this replica's ``/health`` says (None: no answer)."""
+        try:
+            members = self.get("/health", timeout=2.0).json().get("members", {})
+        except (httpx.HTTPError, ValueError):
+            return None
+        status = members.get(name)
+        return status if isinstance(status, str) else None
+
     def submit(self, numbers: list[float], delay: float = 0.2) -> str:
         """Submit the example's one-off job through this replica: its run id."""
         response = self.post("/jobs/summarize", {"numbers": numbers, "delay": delay})
@@ -123,6 +143,40 @@ class FastApiReplica:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+# What uvicorn logs (at level info) once the app's lifespan has exited without an error:
+# the node in it has left the cluster.
+SHUTDOWN_COMPLETE = "Application shutdown complete."
+
+
+@attrs.frozen
+class RollStep:
+    """One replica's restart in ``FastApiReplicas.roll``: SIGTERM at ``stopped_ms``
+    (epoch ms), exit ``exit_code`` (None: still running after the timeout, then
+    killed) ``exit_s`` seconds later, started on ``version``, ready ``ready_s``
+    seconds after its start (at ``ready_ms``). ``graceful``: the app shut down completely, and
+    ``left``: another replica saw its node leave (status ``left``)."""
+
+    name: str
+    old_version: str
+    version: str
+    stopped_ms: int
+    exit_code: int | None
+    exit_s: float
+    graceful: bool
+    left: bool
+    ready_s: float
+    ready_ms: int
+
+    @property
+    def clean(self) -> bool:
+        """Exited by itself after a complete shutdown, its node having left.
+        uvicorn (0.29 on) ends a shutdown caused by a signal by raising that
+        signal again, with its default action, so that whoever sent it sees
+        it: the exit status of a clean stop is then -SIGTERM (143 in a shell),
+        not 0, and only the log tells it from a process killed outright."""
+        return self.exit_code in (0, -signal.SIGTERM) and self.graceful and self.left
 
 
 class FastApiReplicas:
@@ -143,6 +197,7 @@ class FastApiReplicas:
         self.workdir = workdir
         self.processes = Processes()
         self.ports = Ports()
+        self.drain_timeout = drain_timeout
         key_file = workdir / "cluster.key"
         key_file.write_text(key + "\n")
         key_file.chmod(0o600)
@@ -194,6 +249,60 @@ class FastApiReplicas:
                     state = "exited" if not replica.running else "not ready"
                     raise AssertionError(f"{replica.name} {state} after {timeout:g} s; its log:\n{replica.log_text()[-3000:]}")
                 time.sleep(0.2)
+
+    def restart(self, replica: FastApiReplica, version: str, *, stop_timeout: float, ready_timeout: float) -> RollStep:
+        """A graceful restart as a deploy does it: SIGTERM (the node leaves,
+        draining its runs), wait for the exit (``kill -9`` if it takes longer
+        than ``stop_timeout``: the step says so), start on ``version``, wait
+        until ready (``AssertionError`` after ``ready_timeout``)."""
+        old = replica.version
+        logged = replica.log_path.stat().st_size if replica.log_path.exists() else 0
+        others = [other for other in self.replicas if other is not replica and other.running]
+        stopped_ms = int(time.time() * 1000)
+        began = time.monotonic()
+        code = replica.stop(stop_timeout)
+        exit_s = time.monotonic() - began
+        if code is None:
+            replica.kill()
+        with replica.log_path.open("rb") as log:
+            log.seek(logged)
+            shutdown = log.read().decode(errors="replace")
+        graceful = code is not None and SHUTDOWN_COMPLETE in shutdown and "Traceback" not in shutdown
+        # Its leave reaches the others before it exits; a moment for the answer's round trip.
+        left = False
+        if others:
+            try:
+                left = wait_for(lambda: others[0].member_status(replica.name) == "left", 5.0, "the leave", interval=0.1)
+            except TimeoutError:
+                pass
+        began = time.monotonic()
+        replica.start(version)
+        self.wait_ready(ready_timeout, [replica])
+        ready_s = time.monotonic() - began
+        return RollStep(replica.name, old, version, stopped_ms, code, exit_s, graceful, left, ready_s, int(time.time() * 1000))
+
+    def roll(
+        self, version: str, *, ready_timeout: float, stop_timeout: float | None = None, old_restart_after: int | None = None,
+    ) -> list[RollStep]:  # fmt: skip
+        """Deploy ``version`` to every replica, one after the other (``restart``),
+        in their order. ``old_restart_after=K``: once K replicas run the new
+        version and a tick has run with its definition (the journal says so),
+        restart the last not-yet-upgraded one on its old version (a crash
+        loop, a node drained meanwhile: an old replica starting in the middle
+        of the rollout, after the switch). ``stop_timeout``: default the
+        drain timeout plus 10 s."""
+        stop_timeout = self.drain_timeout + 10.0 if stop_timeout is None else stop_timeout
+        steps: list[RollStep] = []
+        for index, replica in enumerate(self.replicas):
+            steps.append(self.restart(replica, version, stop_timeout=stop_timeout, ready_timeout=ready_timeout))
+            old = [other for other in self.replicas[index + 1 :] if other.version != version]
+            if old_restart_after == index + 1 and old:
+                # Once the new definition is in place (a tick ran with it), not before: the
+                # old replica then finds its own declaration replaced.
+                wait_for(lambda: any(line.get("version") == version for line in self.journal()), ready_timeout,
+                         f"a tick with version {version}'s definition", interval=0.2)  # fmt: skip
+                steps.append(self.restart(old[-1], old[-1].version, stop_timeout=stop_timeout, ready_timeout=ready_timeout))
+        return steps
 
     def journal(self) -> list[dict[str, Any]]:
         """Every line of every replica's journal (whole lines only: a line being
