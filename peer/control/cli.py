@@ -35,9 +35,9 @@ from typing import Any
 
 import trio
 
-from peer.control.client import WAIT_CHUNK_SECONDS, Client, ClientError, Endpoint, api_path, default_job_id, split_scheme
+from peer.control.client import WAIT_CHUNK_SECONDS, Client, ClientError, Endpoint, api_path, split_scheme
 from peer.control.text import format_table
-from peer.jobs.definition import JobError, load_jobs_file, parse_job
+from peer.jobs.definition import JobError, default_job_id, load_jobs_file, parse_job
 from peer.runtime.keys import KeyringError, generate_key, load_keyring
 from peer.runtime.settings import ConfigError, load
 from peer.runtime.transport import BindError

@@ -38,7 +38,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import ssl
 import time
 import urllib.parse
@@ -51,7 +50,7 @@ import httpx
 
 from membership.state import Address, Status
 from peer.control.errors import RunFailed, RunFinishedError, UnknownJob, UnknownRun
-from peer.jobs.definition import JobError, JobSpec, parse_job
+from peer.jobs.definition import TARGET_KEYS, JobError, JobSpec, default_job_id, parse_job, program_name, with_tags_as_list
 from peer.jobs.local import BacklogFull, Role
 from peer.jobs.runs import RunRecord, RunState
 from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget, Target
@@ -74,7 +73,6 @@ RUNS_PAGE = 100
 # The ETag of no record (``peer.control.api.run_tag``): a watch starts from it.
 NO_RECORD_TAG = '"none"'
 # Keys of a job definition a caller gives as arguments, not as **fields (as peer.Node).
-_TARGET_FIELDS = frozenset({"id", "schedule", "call", "kwargs", "command", "shell", "env", "cwd", "http"})
 _ONE_OFF_ONLY = ("schedule", "timezone", "mode", "overlap", "misfire", "grace", "paused")
 _ENVIRONMENT = ("PEER_API_TOKEN", "PEER_API_TOKEN_FILE", "PEER_API_CA")
 
@@ -165,12 +163,6 @@ def api_path(*segments: str, query: Mapping[str, Any] | None = None) -> str:
     given = {key: value for key, value in (query or {}).items() if value is not None}
     return f"{text}?{urllib.parse.urlencode(given)}" if given else text
 
-
-def default_job_id(name: str) -> str:
-    """A job id from a function or program name: ``pkg.mod:fn`` -> ``fn``
-    (what ``peer submit`` and ``Node.submit`` make)."""
-    base = re.split(r"[:./\\]", name.strip())[-1]
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", base).lstrip("_.-")[:128] or "adhoc"
 
 
 # -- one exchange ----------------------------------------------------------------------------
@@ -340,7 +332,7 @@ def _submit_answer(answer: _Answer, where: str) -> str:
 def _submit(target: Callable[..., Any] | str | Target, kwargs: Mapping[str, Any], fields: dict[str, Any], where: str) -> Steps[str]:
     job_id = fields.pop("id", None)
     keys = _target_keys(target, kwargs, where, fields)
-    data = _with_tags_as_list({**fields, **keys, "id": job_id or default_job_id(keys.get("call") or _program(keys))})
+    data = with_tags_as_list({**fields, **keys, "id": job_id or default_job_id(keys.get("call") or program_name(keys))})
     parse_job(data, where=where)  # refused here, as peer.Node refuses it
     answer = yield _Request("POST", "/submit", data)
     return _submit_answer(answer, where)
@@ -437,7 +429,7 @@ def _schedule(
     data = {**fields, **_target_keys(target, kwargs, "schedule", fields), "id": job_id}
     if schedule is not None:
         data["schedule"] = schedule
-    data = _with_tags_as_list(data)
+    data = with_tags_as_list(data)
     parse_job(data, where="schedule()")
     answer = yield _Request("POST", "/jobs", data)
     _raise_refused_definition(answer, "schedule()")
@@ -550,7 +542,7 @@ def _target_keys(
 ) -> dict[str, Any]:
     """The keys of a job definition naming ``target`` (as ``peer.Node``'s,
     but a function is named by where it is, for the agent to import it)."""
-    clash = sorted(_TARGET_FIELDS & fields.keys())
+    clash = sorted(TARGET_KEYS & fields.keys())
     if clash:
         raise TypeError(f"{where} got an unexpected keyword argument {clash[0]!r} (the target is an argument of its own)")
     if isinstance(target, CallTarget):
@@ -578,19 +570,6 @@ def _target_keys(
     return {"call": name, "kwargs": dict(kwargs or {})}
 
 
-def _program(keys: Mapping[str, Any]) -> str:
-    command = keys.get("command")
-    if isinstance(command, list) and command:
-        return str(command[0])
-    if isinstance(command, str):
-        return (command.split() or ["adhoc"])[0]
-    return "http"
-
-
-def _with_tags_as_list(data: dict[str, Any]) -> dict[str, Any]:
-    if isinstance(data.get("tags"), tuple):
-        data["tags"] = list(data["tags"])
-    return data
 
 
 def _one_off_fields(target_id: str | None, fields: dict[str, Any]) -> dict[str, Any]:

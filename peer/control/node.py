@@ -68,7 +68,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import re
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, Self, TypeVar, overload
@@ -82,7 +81,7 @@ from peer.control.decorators import CronJob, JobFunction, check_arguments
 from peer.control.errors import RunFailed, RunFinishedError, UnknownJob, UnknownRun
 from peer.control.server import HttpControlPlane
 from peer.core.replication import ReplicationConfig
-from peer.jobs.definition import JobError, JobSpec, parse_job
+from peer.jobs.definition import TARGET_KEYS, JobError, JobSpec, default_job_id, parse_job, program_name, with_tags_as_list
 from peer.jobs.runs import RunRecord, RunState
 from peer.jobs.scheduler import JobEntry, Role, Scheduler, SchedulerConfig
 from peer.jobs.targets import CallTarget, CommandTarget, HttpTarget, Target
@@ -125,8 +124,7 @@ _SETTING_KEYS = (
     "api_token", "api_token_file", "metrics_public", "api_hosts", "api_origins", "api_tls_cert", "api_tls_key",
     "api_max_waits", "api_max_connections", "allowed_commands", "allowed_calls", "max_running_runs", "max_pending_runs",
 )  # fmt: skip
-# Keys of a job definition a caller gives as arguments, not as **fields.
-_TARGET_FIELDS = frozenset({"id", "schedule", "call", "kwargs", "command", "shell", "env", "cwd", "http"})
+# Keys of a job definition that a one-off (submit_with) cannot have.
 _ONE_OFF_ONLY = ("schedule", "timezone", "mode", "overlap", "misfire", "grace", "paused")
 
 
@@ -457,7 +455,7 @@ class Node:
         if not isinstance(registered, str) or not _valid_function_name(registered):
             raise ValueError(f"{function!r} has no usable name: give one with {where}(name='a_name')")
         spec = parse_job(
-            _with_tags_as_list({**data, "id": job_id or _default_id(registered), "call": registered, "kwargs": kwargs}),
+            with_tags_as_list({**data, "id": job_id or default_job_id(registered), "call": registered, "kwargs": kwargs}),
             where=where,
         )
         if kwargs is not None:
@@ -706,7 +704,7 @@ class Node:
         data = {**fields, **self._target_keys(target, kwargs, "schedule", fields), "id": job_id}
         if schedule is not None:
             data["schedule"] = schedule
-        spec = parse_job(_with_tags_as_list(data), where="schedule()")
+        spec = parse_job(with_tags_as_list(data), where="schedule()")
         agent = self._require()
         await self._settled()
         return await agent.define_job(spec)
@@ -782,8 +780,8 @@ class Node:
     ) -> str:
         job_id = fields.pop("id", None)
         keys = self._target_keys(target, kwargs, where, fields)
-        job_id = job_id or _default_id(keys.get("call") or _program(keys))
-        spec = parse_job(_with_tags_as_list({**fields, **keys, "id": job_id}), where=where)
+        job_id = job_id or default_job_id(keys.get("call") or program_name(keys))
+        spec = parse_job(with_tags_as_list({**fields, **keys, "id": job_id}), where=where)
         agent = self._require()
         if self._here():
             return agent.submit_soon(spec)  # the same submit; trio flushes it just after
@@ -935,7 +933,7 @@ class Node:
         self, target: Callable[..., Any] | str | Target, kwargs: Mapping[str, Any] | None, where: str, fields: Mapping[str, Any]
     ) -> dict[str, Any]:
         """The keys of a job definition naming ``target``."""
-        clash = sorted(_TARGET_FIELDS & fields.keys())
+        clash = sorted(TARGET_KEYS & fields.keys())
         if clash:
             raise TypeError(f"{where} got an unexpected keyword argument {clash[0]!r} (the target is an argument of its own)")
         if isinstance(target, CallTarget):
@@ -1046,7 +1044,7 @@ def _keyring(key: str | bytes | Sequence[str | bytes] | Keyring | None, key_file
 def _check_declared_fields(fields: Mapping[str, Any], where: str) -> None:
     if "paused" in fields:
         raise JobError(where, "pausing is the operator's (peer jobs pause, node.pause_job): kept across restarts", field="paused")
-    clash = sorted(_TARGET_FIELDS & fields.keys())
+    clash = sorted(TARGET_KEYS & fields.keys())
     if clash:
         raise TypeError(f"{where} got an unexpected keyword argument {clash[0]!r}")
 
@@ -1072,27 +1070,7 @@ def _describe(function: Any) -> str:
     return f"{module}.{qualname}" if module and qualname else repr(function)
 
 
-def _default_id(name: str) -> str:
-    """A job id from a function or program name: ``pkg.mod:fn`` -> ``fn``
-    (as ``peer submit`` makes it)."""
-    base = re.split(r"[:./\\]", name.strip())[-1]
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", base).lstrip("_.-")[:128] or "adhoc"
 
-
-def _program(keys: Mapping[str, Any]) -> str:
-    command = keys.get("command")
-    if isinstance(command, list) and command:
-        return str(command[0])
-    if isinstance(command, str):
-        return (command.split() or ["adhoc"])[0]
-    return "http"
-
-
-def _with_tags_as_list(data: dict[str, Any]) -> dict[str, Any]:
-    """Tuples of tags as the list a job definition takes."""
-    if isinstance(data.get("tags"), tuple):
-        data["tags"] = list(data["tags"])
-    return data
 
 
 def _states(state: RunState | str | Iterable[RunState | str]) -> frozenset[RunState]:

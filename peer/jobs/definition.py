@@ -79,8 +79,12 @@ __all__ = [
     "WIRE_VERSION",
     "JobError",
     "JobSpec",
+    "TARGET_KEYS",
+    "default_job_id",
     "load_jobs_file",
     "parse_job",
+    "program_name",
+    "with_tags_as_list",
 ]
 
 WIRE_VERSION = 1
@@ -686,6 +690,36 @@ def _user_job(data: Mapping[str, Any]) -> JobSpec:
     if "paused" in data:
         values["paused"] = _user_bool(data["paused"], "paused")
     return JobSpec(id=data["id"], target=target, schedule=schedule, **values)
+
+
+
+# The keys of a definition that name its target (or the job): given as the
+# target argument of ``schedule()`` / ``submit_with()``, never as a field.
+TARGET_KEYS = frozenset({"id", "schedule", "call", "kwargs", "command", "shell", "env", "cwd", "http"})
+
+
+def default_job_id(name: str) -> str:
+    """A job id from a function or program name: ``pkg.mod:fn`` -> ``fn``
+    (what ``peer submit``, ``Node.submit`` and ``Client.submit`` make)."""
+    base = re.split(r"[:./\\]", name.strip())[-1]
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", base).lstrip("_.-")[:128] or "adhoc"
+
+
+def program_name(keys: Mapping[str, Any]) -> str:
+    """What to name a one-off by when it has no ``call``: its command's program, or ``http``."""
+    command = keys.get("command")
+    if isinstance(command, list) and command:
+        return str(command[0])
+    if isinstance(command, str):
+        return (command.split() or ["adhoc"])[0]
+    return "http"
+
+
+def with_tags_as_list(data: dict[str, Any]) -> dict[str, Any]:
+    """Tuples of tags (as Python callers pass them) as the list a definition takes."""
+    if isinstance(data.get("tags"), tuple):
+        data["tags"] = list(data["tags"])
+    return data
 
 
 def parse_job(data: Mapping[str, Any], *, where: str, index: int | None = None) -> JobSpec:
