@@ -202,14 +202,11 @@ class RunContext:
             return await self._next_update_asyncio()
         while True:
             with self._lock:
-                if self._pending:
-                    was_full = len(self._pending) >= MAX_PENDING_UPDATES
-                    value = self._pending.popleft()
+                if (taken := self._take_locked()) is not None:
                     break
-                if self._ended:
-                    raise trio.EndOfChannel("no more updates for this run")
                 arrived = self._arrived
             await arrived.wait()
+        value, was_full = taken
         if was_full:
             self._free_space()
         return value
@@ -218,12 +215,8 @@ class RunContext:
         loop = asyncio.get_running_loop()
         while True:
             with self._lock:
-                if self._pending:
-                    was_full = len(self._pending) >= MAX_PENDING_UPDATES
-                    value = self._pending.popleft()
+                if (taken := self._take_locked()) is not None:
                     break
-                if self._ended:
-                    raise trio.EndOfChannel("no more updates for this run")
                 waiter = (loop, loop.create_future())
                 self._asyncio_waiters.append(waiter)
             try:
@@ -232,6 +225,7 @@ class RunContext:
                 with self._lock:
                     if waiter in self._asyncio_waiters:
                         self._asyncio_waiters.remove(waiter)
+        value, was_full = taken
         if was_full:
             self._free_space_from_thread()
         return value
@@ -246,18 +240,26 @@ class RunContext:
             raise RuntimeError("get_update() blocks; in async code use `await run.next_update()`")
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
-            while not self._pending:
-                if self._ended:
-                    raise trio.EndOfChannel("no more updates for this run")
+            while (taken := self._take_locked()) is None:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"no update within {timeout:g} s")
                 self._changed.wait(remaining)
-            was_full = len(self._pending) >= MAX_PENDING_UPDATES
-            value = self._pending.popleft()
+        value, was_full = taken
         if was_full:
             self._free_space_from_thread()
         return value
+
+    def _take_locked(self) -> tuple[Any, bool] | None:
+        """With the lock held: the next update and whether the buffer was
+        full (the pump then waits for space), or None if none is pending;
+        ``trio.EndOfChannel`` once none is pending and none can arrive."""
+        if self._pending:
+            was_full = len(self._pending) >= MAX_PENDING_UPDATES
+            return self._pending.popleft(), was_full
+        if self._ended:
+            raise trio.EndOfChannel("no more updates for this run")
+        return None
 
     def updates_nowait(self) -> list[Any]:
         """Every update received and not yet taken, without blocking (from
